@@ -1,0 +1,163 @@
+"""The unit of work: one input shape -> the members of one sample (or a RejectError with the reason).
+
+Deterministic: the random state of a shape (cameras, point fill-up) is seeded from (seed, key), so the output does
+not depend on which worker, process or order prepared it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+
+from recon3d.config import Config
+from recon3d.data import schema
+from recon3d.data.formats import RejectError, load_mesh, read_binvox, voxel_boundary_mesh
+from recon3d.data.sources import Item
+from recon3d.geometry.camera import sample_views
+from recon3d.geometry.render import render_views
+from recon3d.geometry.sampling import sample_points
+from recon3d.geometry.transform import normalise
+from recon3d.geometry.voxelize import solid_voxels
+
+
+@dataclass
+class Prepared:
+    key: str
+    members: Dict[str, bytes]
+    seconds: Dict[str, float] = field(default_factory=dict)  # per stage, for benchmarks; never stored in shards
+
+
+def item_rng(seed: int, key: str) -> np.random.Generator:
+    digest = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+    return np.random.default_rng([seed, digest])
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Raise RejectError if the block runs longer than `seconds` (main thread of a Unix process only)."""
+    usable = seconds > 0 and hasattr(signal, "setitimer")
+    if usable:
+        try:
+            def _expired(signum, frame):
+                raise RejectError(f"timed out after {seconds:g} s (geometry.timeout_s)")
+
+            previous = signal.signal(signal.SIGALRM, _expired)
+        except ValueError:  # not the main thread: no limit
+            usable = False
+    if usable:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        if usable:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+        self._last = now
+
+
+def _mesh_members(vertices, faces, item: Item, cfg: Config, clock: _Clock) -> Dict[str, bytes]:
+    geo, ren = cfg.geometry, cfg.render
+    rng = item_rng(cfg.shards.seed, item.key)
+    norm = normalise(vertices, faces, up=item.up, front=item.front, center=geo.center,
+                     half_extent=0.5 - geo.padding / geo.voxel_resolution)
+    verts = norm.apply(vertices)
+    clock.lap("normalise")
+    solid = solid_voxels(verts, faces, geo.voxel_resolution, geo.fine_resolution, geo.seal_voxels)
+    if not solid.coarse.any():
+        raise RejectError(f"voxelised to an empty solid at {geo.voxel_resolution}^3 (shape thinner than a voxel)")
+    members = {schema.VOXELS: schema.pack_voxels(solid.coarse)}
+    if geo.store_fine:
+        members[schema.VOXELS_FINE] = schema.pack_voxels(solid.fine)
+    clock.lap("voxels")
+    counts = {}
+    for res, count in zip(geo.point_resolutions, geo.point_counts):
+        points = sample_points(solid.fine, res, count, rng, geo.edge_window)
+        members[schema.points_member(res)] = schema.npy_bytes(points.indices)
+        members[schema.values_member(res)] = schema.pack_values(points.values)
+        counts[str(res)] = {"points": int(count), "stage": points.stage}
+    clock.lap("points")
+    views = sample_views(ren.views, rng, size=ren.image_size, azimuth_range=ren.azimuth_range,
+                         elevation_range=ren.elevation_range, distance_range=ren.distance_range,
+                         focal_px=ren.focal_px, padding_px=ren.padding_px)
+    images = render_views(verts, faces, views, supersample=ren.supersample, color=ren.color, ambient=ren.ambient,
+                          light_offset=ren.light_offset)
+    for i, image in enumerate(images):
+        members[schema.view_member(i)] = schema.png_bytes(image)
+    if len(views):
+        members[schema.CAMERA_POSE] = schema.npy_bytes(views.pose_array())
+        members[schema.CAMERA_K] = schema.npy_bytes(views.intrinsics.astype(np.float32))
+        members[schema.CAMERA_RT] = schema.npy_bytes(views.extrinsics.astype(np.float32))
+    clock.lap("views")
+    meta = {"normalisation": norm.as_dict(), "faces": int(len(faces)), "sealed_voxels": solid.sealed_voxels,
+            "voxel_resolution": geo.voxel_resolution, "point_grid": geo.fine_resolution, "point_sets": counts,
+            "views": len(views), "cameras": bool(len(views))}
+    members[schema.META] = meta  # completed by the caller
+    return members
+
+
+def _imnet_members(path: Path, item: Item, cfg: Config, clock: _Clock) -> Dict[str, bytes]:
+    import h5py
+
+    order = ["xyz".index(axis) for axis in cfg.source.hdf5_axes]
+    members, counts = {}, {}
+    with h5py.File(path, "r") as h5:
+        try:
+            voxels = np.asarray(h5["voxels"][item.row]).reshape(h5["voxels"].shape[1:4]) > 0
+            members[schema.VOXELS] = schema.pack_voxels(voxels.transpose(order))
+            for name in sorted(k for k in h5.keys() if k.startswith("points_")):
+                res = int(name.split("_")[1])
+                points = np.asarray(h5[name][item.row]).reshape(-1, 3)[:, order]
+                values = np.asarray(h5[f"values_{res}"][item.row]).reshape(-1) > 0.5
+                members[schema.points_member(res)] = schema.npy_bytes(np.clip(points, 0, 255).astype(np.uint8))
+                members[schema.values_member(res)] = schema.pack_values(values)
+                counts[str(res)] = {"points": int(len(points)), "stage": 0}
+            pixels = np.asarray(h5["pixels"][item.row]) if "pixels" in h5 else np.zeros((0, 1, 1), np.uint8)
+        except KeyError as err:
+            raise RejectError(f"hdf5 is missing dataset {str(err.args[0]).split(':')[0]!r}") from None
+    if not counts:
+        raise RejectError("hdf5 has no points_<r> datasets")
+    for i, image in enumerate(pixels):
+        members[schema.view_member(i)] = schema.png_bytes(image.astype(np.uint8))
+    clock.lap("convert")
+    members[schema.META] = {"voxel_resolution": int(voxels.shape[0]), "point_grid": 256, "point_sets": counts,
+                            "views": int(len(pixels)), "cameras": False}
+    return members
+
+
+def prepare(item: Item, root: str, cfg: Config) -> Prepared:
+    """Build every member of `item`'s sample. Raises RejectError with a one-line reason for bad input."""
+    clock = _Clock()
+    path = Path(root) if Path(root).is_file() else Path(root) / item.path
+    geo = cfg.geometry
+    with time_limit(geo.timeout_s):
+        if item.kind == "imnet_row":
+            members = _imnet_members(path, item, cfg, clock)
+        else:
+            if item.kind == "binvox":
+                grid = read_binvox(path)
+                mesh = voxel_boundary_mesh(grid.occupancy, grid.translate, grid.voxel_size)
+            else:
+                mesh = load_mesh(path, geo.max_faces, geo.max_file_mb * 2**20)
+            clock.lap("load")
+            members = _mesh_members(mesh.vertices, mesh.faces, item, cfg, clock)
+    meta = members[schema.META]
+    meta.update({"key": item.key, "category": item.category, "source": item.path, "row": item.row})
+    members[schema.META] = schema.json_bytes(meta)
+    return Prepared(item.key, members, clock.seconds)

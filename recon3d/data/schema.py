@@ -1,0 +1,137 @@
+"""The shard schema: the one place that names the members of a sample and encodes/decodes them.
+
+A sample's key is `<category>/<shape_id>` (no dots: WebDataset splits member names at the first dot of the
+basename). Members, all lower case:
+
+    meta.json           category, shape_id, source file, split, normalisation, point grid, counts
+    voxels.npy          (R, R, R/8) uint8: the stored solid, bits packed along z (np.packbits)
+    voxels_fine.npy     the fine solid, packed the same way (optional)
+    points_<r>.npy      (P, 3) uint8: fine-grid voxel indices; position = (index + 0.5) / point_grid - 0.5
+    values_<r>.npy      (ceil(P/8),) uint8: occupancy of those points, packed bits
+    view_<vv>.png       one rendered view (RGBA; grayscale for IM-NET hdf5 input)
+    camera_pose.npy     (V, 3) float32: azimuth, elevation (degrees), distance
+    camera_k.npy        (V, 3, 3) float32 intrinsics, pixels
+    camera_rt.npy       (V, 3, 4) float32 world-to-camera [R | t], OpenCV axes (x right, y down, z forward)
+
+Arrays are .npy read with allow_pickle=False.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from typing import Dict
+
+import numpy as np
+
+FORMAT = "recon3d-shards/1"
+META = "meta.json"
+VOXELS = "voxels.npy"
+VOXELS_FINE = "voxels_fine.npy"
+CAMERA_POSE = "camera_pose.npy"
+CAMERA_K = "camera_k.npy"
+CAMERA_RT = "camera_rt.npy"
+SPLITS = ("train", "val", "test")
+
+
+def points_member(resolution: int) -> str:
+    return f"points_{resolution}.npy"
+
+
+def values_member(resolution: int) -> str:
+    return f"values_{resolution}.npy"
+
+
+def view_member(index: int) -> str:
+    return f"view_{index:02d}.png"
+
+
+def is_view_member(name: str) -> bool:
+    return name.startswith("view_") and name.endswith(".png")
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def safe_name(name: str) -> str:
+    """A key-safe version of a file or folder name; a short hash of the original keeps distinct names distinct."""
+    cleaned = _UNSAFE.sub("_", name).strip("_") or "unnamed"
+    if cleaned == name:
+        return name
+    return f"{cleaned}-{hashlib.sha1(name.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+
+def make_key(category: str, shape_id: str) -> str:
+    return f"{safe_name(category)}/{safe_name(shape_id)}"
+
+
+def split_by_hash(key: str, fractions=(0.8, 0.1, 0.1)) -> str:
+    """Deterministic train/val/test assignment from a hash of the key (stable across machines and runs)."""
+    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    edge = 0.0
+    for split, fraction in zip(SPLITS, fractions):
+        edge += fraction
+        if h < edge:
+            return split
+    return SPLITS[-1]
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def pack_voxels(grid: np.ndarray) -> bytes:
+    if grid.ndim != 3 or grid.shape[2] % 8:
+        raise ValueError(f"voxel grid must be (R, R, R) with R a multiple of 8, got {grid.shape}")
+    return npy_bytes(np.packbits(grid.astype(bool), axis=-1))
+
+
+def unpack_voxels(data: bytes) -> np.ndarray:
+    """(R, R, R) bool from a packed voxels member."""
+    packed = load_npy(data)
+    if packed.ndim != 3 or packed.dtype != np.uint8 or packed.shape[2] * 8 != packed.shape[0]:
+        raise ValueError(f"packed voxels must be (R, R, R/8) uint8, got {packed.shape} {packed.dtype}")
+    return np.unpackbits(packed, axis=-1).astype(bool)
+
+
+def pack_values(values: np.ndarray) -> bytes:
+    return npy_bytes(np.packbits(values.astype(bool).ravel()))
+
+
+def unpack_values(data: bytes, count: int) -> np.ndarray:
+    packed = load_npy(data)
+    if packed.dtype != np.uint8 or packed.ndim != 1 or len(packed) != (count + 7) // 8:
+        raise ValueError(f"packed values for {count} points must be ({(count + 7) // 8},) uint8, got {packed.shape}")
+    return np.unpackbits(packed, count=count).astype(bool)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def load_png(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return np.asarray(img)
+
+
+def json_bytes(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def decode_meta(sample: Dict[str, bytes]) -> dict:
+    return json.loads(sample[META])
