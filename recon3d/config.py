@@ -65,7 +65,8 @@ class GeometryConfig:
 
     def __post_init__(self) -> None:
         _check(self.center in ("mass", "bbox"), f"geometry.center={self.center!r}: expected mass or bbox")
-        _check(self.voxel_resolution >= 8, "geometry.voxel_resolution must be >= 8")
+        _check(self.voxel_resolution >= 8 and self.voxel_resolution % 8 == 0,
+               "geometry.voxel_resolution must be a multiple of 8 (voxels are stored bit-packed)")
         _check(self.fine_resolution % self.voxel_resolution == 0,
                f"geometry.fine_resolution={self.fine_resolution} must be a multiple of "
                f"geometry.voxel_resolution={self.voxel_resolution}")
@@ -90,7 +91,7 @@ class RenderConfig:
     distance_range: List[float] = field(default_factory=lambda: [0.65 * 1.75, 0.95 * 1.75])  # camera distance
     focal_px: float = 0.0  # focal length in pixels; 0: 3D-R2N2's 35 mm lens on a 32 mm sensor (35/32 x size)
     padding_px: float = 0.0  # >0: choose focal so the whole unit cube stays this far from the border
-    supersample: int = 2  # anti-aliasing factor per axis
+    supersample: int = 4  # anti-aliasing factor per axis (4: sub-pixel-thin parts still show in alpha)
     color: List[float] = field(default_factory=lambda: [0.72, 0.72, 0.75])  # albedo RGB in [0, 1]
     ambient: float = 0.25  # ambient light fraction
     light_offset: List[float] = field(default_factory=lambda: [0.3, 0.6, 0.0])  # light = camera + offset (camera frame)
@@ -139,7 +140,7 @@ class LoaderConfig:
     def __post_init__(self) -> None:
         _check(self.stage in STAGES, f"loader.stage={self.stage!r}: expected one of {STAGES}")
         _check(self.batch_size >= 1 and self.num_workers >= 0, "loader.batch_size >= 1 and loader.num_workers >= 0")
-        _check(self.point_resolution in (16, 32, 64, 128, 256), "loader.point_resolution must be a stored resolution")
+        _check(self.point_resolution in (8, 16, 32, 64, 128, 256), "loader.point_resolution must be a power of 2, 8..256")
         _check(self.crop_size >= 8, "loader.crop_size must be >= 8")
 
 
@@ -148,6 +149,7 @@ class DemoConfig:
     out_dir: str = "runs/demo"  # run folder: meshes/, shards/, summaries
     shapes_per_category: int = 8  # procedural shapes per category
     categories: List[str] = field(default_factory=lambda: ["chair", "table", "lamp", "airplane", "car"])
+    samples_per_shard: int = 16  # shard size for the demo (small, so that loaders have several shards to spread)
 
 
 @dataclass

@@ -1,0 +1,177 @@
+"""The `recon3d` command: `recon3d <verb> [-c a.yaml -c b.yaml] [key=value ...]`.
+
+Configuration errors (unknown key, wrong type, broken rule) are reported before any work starts, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from recon3d.config import ConfigError, load_config
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", action="append", default=[], metavar="YAML",
+                        help="config file; several are merged left to right")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. shards.workers=2")
+
+
+def _config(args: argparse.Namespace, extra: Optional[List[str]] = None):
+    return load_config(args.config, list(args.overrides) + (extra or []))
+
+
+def _shards_build(args) -> int:
+    from recon3d.data.verify import summarise
+    from recon3d.data.writer import build_shards
+
+    extra = []
+    if args.root:
+        extra.append(f"source.root={args.root}")
+    if args.out:
+        extra.append(f"shards.out_dir={args.out}")
+    if args.workers:
+        extra.append(f"shards.workers={args.workers}")
+    cfg = _config(args, extra)
+    if not cfg.source.root:
+        raise ConfigError("no input: give --root DIR or source.root=DIR")
+    result = build_shards(cfg, progress=not args.no_progress)
+    print(summarise(result.out_dir))
+    print(f"prepared {result.prepared} input(s) in {result.seconds:.1f} s with {cfg.shards.workers} worker(s)")
+    return 0
+
+
+def _shards_verify(args) -> int:
+    from recon3d.data.verify import verify_shards
+
+    report = verify_shards(args.dir, decode=not args.quick)
+    for problem in report.problems:
+        print(f"PROBLEM {problem}")
+    print(f"{args.dir}: {report.shards} shards, {report.samples} samples, {report.bytes / 2**20:.1f} MiB: "
+          f"{'OK' if report.ok else f'{len(report.problems)} problem(s)'}")
+    return 0 if report.ok else 1
+
+
+def _shards_show(args) -> int:
+    from recon3d.data.contact_sheet import contact_sheet
+
+    out = args.output or os.path.join(args.dir, "contact_sheet.png")
+    print(contact_sheet(args.dir, out, count=args.count, views=args.views, split=args.split))
+    return 0
+
+
+def _shards_summary(args) -> int:
+    from recon3d.data.verify import summarise
+
+    print(summarise(args.dir))
+    return 0
+
+
+def _demo(args) -> int:
+    from recon3d.engine.demo import run_demo
+
+    extra = [f"shards.workers={args.workers}"] if args.workers else []
+    if args.out:
+        extra.append(f"demo.out_dir={args.out}")
+    return run_demo(_config(args, extra), meshes=args.meshes, progress=not args.no_progress)
+
+
+def _bench(args) -> int:
+    from recon3d import bench
+
+    workers = [int(w) for w in args.workers.split(",")]
+    if args.what == "prep":
+        extra = [f"source.root={args.target}"] if args.target else []
+        cfg = _config(args, extra)
+        print(bench.bench_prep(cfg, args.limit, workers))
+    elif args.what == "loader":
+        print(bench.bench_loader(args.target, args.stage, workers, args.batches, args.batch_size, args.resolution))
+    else:
+        print(bench.bench_shards(args.target))
+    return 0
+
+
+def _show_config(args) -> int:
+    import json
+
+    from recon3d.config import to_dict
+
+    print(json.dumps(to_dict(_config(args)), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recon3d", description="Single-image 2D->3D reconstruction on a cluster")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    demo = verbs.add_parser("demo", help="the main job: procedural shapes (or --meshes DIR) -> verified shards")
+    _add_config_args(demo)
+    demo.add_argument("--meshes", default="", help="use this folder of meshes instead of procedural shapes")
+    demo.add_argument("--out", default="", help="run folder (demo.out_dir, default runs/demo)")
+    demo.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                      help="parallel processes (default: one per core)")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(func=_demo)
+
+    shards = verbs.add_parser("shards", help="build, verify and inspect WebDataset shards")
+    shard_verbs = shards.add_subparsers(dest="shards_verb", required=True)
+    build = shard_verbs.add_parser("build", help="meshes/binvox/IM-NET hdf5 -> shards (resumable)")
+    _add_config_args(build)
+    build.add_argument("--root", default="", help="input folder or file (source.root)")
+    build.add_argument("--out", default="", help="output folder (shards.out_dir)")
+    build.add_argument("--workers", type=int, default=0, help="parallel processes (shards.workers)")
+    build.add_argument("--no-progress", action="store_true")
+    build.set_defaults(func=_shards_build)
+    verify = shard_verbs.add_parser("verify", help="check every checksum, count and member against the manifest")
+    verify.add_argument("dir")
+    verify.add_argument("--quick", action="store_true", help="checksums and counts only, no decoding")
+    verify.set_defaults(func=_shards_verify)
+    show = shard_verbs.add_parser("show", help="write a contact sheet PNG (views + voxel projections)")
+    show.add_argument("dir")
+    show.add_argument("-o", "--output", default="")
+    show.add_argument("-n", "--count", type=int, default=8)
+    show.add_argument("--views", type=int, default=4)
+    show.add_argument("--split", default="", choices=["", "train", "val", "test"])
+    show.set_defaults(func=_shards_show)
+    summary = shard_verbs.add_parser("summary", help="splits, categories, rejects and size of a shard folder")
+    summary.add_argument("dir")
+    summary.set_defaults(func=_shards_summary)
+
+    bench = verbs.add_parser("bench", help="print speed and size figures (prep, loader, shards)")
+    bench.add_argument("what", choices=["prep", "loader", "shards"])
+    bench.add_argument("target", nargs="?", default="", help="prep: input folder; loader/shards: shard folder")
+    bench.add_argument("-c", "--config", action="append", default=[], metavar="YAML")
+    bench.add_argument("overrides", nargs="*", metavar="key=value")
+    bench.add_argument("--workers", default="1,2", help="comma-separated worker counts to compare")
+    bench.add_argument("--limit", type=int, default=12, help="prep: inputs to time")
+    bench.add_argument("--stage", default="autoencoder", choices=["autoencoder", "image"])
+    bench.add_argument("--batches", type=int, default=30)
+    bench.add_argument("--batch-size", type=int, default=16)
+    bench.add_argument("--resolution", type=int, default=64, help="loader: point set to read")
+    bench.set_defaults(func=_bench)
+
+    config = verbs.add_parser("config", help="print the resolved configuration as JSON")
+    _add_config_args(config)
+    config.set_defaults(func=_show_config)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"recon3d: config error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"recon3d: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("recon3d: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

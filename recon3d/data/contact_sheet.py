@@ -1,0 +1,96 @@
+"""`recon3d shards show`: a contact sheet PNG of a few samples so that a person can eyeball the data.
+
+One row per sample: its key, a few views composited on white, then the solid voxels seen along X, Y and Z (depth-
+shaded projections) and one middle slice, all at the view size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from recon3d.data import schema
+from recon3d.data.verify import _read_tar
+from recon3d.data.writer import load_manifest
+
+_LABEL_H = 14
+
+
+def _on_white(image: np.ndarray) -> np.ndarray:
+    img = image.astype(np.float32)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    if img.shape[-1] == 4:
+        alpha = img[..., 3:] / 255.0
+        img = img[..., :3] * alpha + 255.0 * (1 - alpha)
+    return img[..., :3].astype(np.uint8)
+
+
+def voxel_projection(voxels: np.ndarray, axis: int) -> np.ndarray:
+    """(R, R) uint8 image of a boolean grid seen along `axis` (0 = x, 1 = y, 2 = z), nearer voxels darker.
+
+    Rows go top to bottom along -Y (or -Z when looking down Y), so the object stands upright.
+    """
+    r = voxels.shape[0]
+    moved = np.moveaxis(voxels, axis, 0)  # depth first
+    hit = moved.any(axis=0)
+    depth = np.argmax(moved, axis=0)
+    shade = np.where(hit, 40 + 160 * depth / max(r - 1, 1), 255).astype(np.uint8)
+    if axis == 0:  # remaining axes (y, z): show z across, y up
+        shade = shade.T[::-1]
+    elif axis == 1:  # (x, z): x across, z down
+        shade = shade.T
+    else:  # (x, y): x across, y up
+        shade = shade.T[::-1]
+    return shade
+
+
+def _tile(gray: np.ndarray, size: int) -> np.ndarray:
+    img = Image.fromarray(gray).resize((size, size), Image.NEAREST)
+    return np.repeat(np.asarray(img)[..., None], 3, axis=-1)
+
+
+def sample_row(key: str, members: dict, views: int, size: int) -> np.ndarray:
+    names = sorted(m for m in members if schema.is_view_member(m))
+    picks = [names[i] for i in np.linspace(0, len(names) - 1, min(views, len(names))).astype(int)] if names else []
+    tiles = [_on_white(np.asarray(Image.fromarray(schema.load_png(members[n])).resize((size, size))))
+             for n in picks]
+    tiles += [np.full((size, size, 3), 255, np.uint8)] * (views - len(tiles))
+    voxels = schema.unpack_voxels(members[schema.VOXELS])
+    tiles += [_tile(voxel_projection(voxels, axis), size) for axis in (0, 1, 2)]
+    middle = (~voxels[:, :, voxels.shape[2] // 2]).astype(np.uint8).T[::-1] * 255
+    tiles.append(_tile(middle, size))
+    row = np.concatenate(tiles, axis=1)
+    label = Image.new("RGB", (row.shape[1], _LABEL_H), "white")
+    ImageDraw.Draw(label).text((2, 1), key, fill="black")
+    return np.concatenate([np.asarray(label), row], axis=0)
+
+
+def contact_sheet(shard_dir: str | Path, out: str | Path, *, count: int = 8, views: int = 4, size: int = 96,
+                  split: str = "") -> Path:
+    """Write a PNG with `count` samples (spread over categories where possible) and return its path."""
+    shard_dir, out = Path(shard_dir), Path(out)
+    manifest = load_manifest(shard_dir)
+    chosen: List[tuple] = []
+    seen_categories = set()
+    leftovers: List[tuple] = []
+    for shard in manifest["shards"]:
+        if split and shard["split"] != split:
+            continue
+        for key, members in _read_tar(shard_dir / f"{shard['name']}.tar").items():
+            category = key.split("/")[0]
+            (leftovers if category in seen_categories else chosen).append((key, members))
+            seen_categories.add(category)
+        if len(chosen) >= count:
+            break
+    rows = [sample_row(k, m, views, size) for k, m in (chosen + leftovers)[:count]]
+    if not rows:
+        raise ValueError(f"{shard_dir}: no samples to show")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.png")
+    Image.fromarray(np.concatenate(rows, axis=0)).save(tmp)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,102 @@
+"""ShardDataModule: the LightningDataModule over a shard folder, one pipeline per training stage."""
+
+from __future__ import annotations
+
+import functools
+import random
+from pathlib import Path
+from typing import List, Optional
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from recon3d.config import LoaderConfig
+from recon3d.data.pipelines import EvalStream, ShardInfo, TrainStream, decode_autoencoder, decode_image
+from recon3d.data.writer import load_manifest
+
+
+def _decode_autoencoder(raw, rng: random.Random, train: bool, *, resolution: int, points: int):
+    return decode_autoencoder(raw, resolution, points, rng if train else random.Random(raw["__key__"]))
+
+
+def _decode_image(raw, rng: random.Random, train: bool, *, crop: int, flip: bool, grayscale: bool):
+    return decode_image(raw, crop, train, flip, grayscale, rng)
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Train/val/test loaders over `<shards>/manifest.json` for the "autoencoder" or "image" stage.
+
+    The autoencoder stage yields voxels (B, 1, R, R, R), points (B, P, 3) and values (B, P, 1) at
+    `point_resolution`; `set_point_resolution` switches it between phases of progressive training. The image stage
+    yields image (B, C, crop, crop), view (B,), camera_k (B, 3, 3), camera_rt (B, 3, 4) and voxels.
+    """
+
+    def __init__(self, *, shards: str, stage: str = "autoencoder", batch_size: int = 16, num_workers: int = 2,
+                 point_resolution: int = 16, points_per_sample: int = 0, crop_size: int = 128, flip: bool = True,
+                 grayscale: bool = True, train_samples_per_epoch: int = 0, shuffle_buffer: int = 64, seed: int = 0,
+                 rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
+        super().__init__()
+        self.shard_dir = Path(shards)
+        self.stage = stage
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.point_resolution = point_resolution
+        self.points_per_sample = points_per_sample
+        self.crop_size, self.flip, self.grayscale = crop_size, flip, grayscale
+        self.train_samples_per_epoch = train_samples_per_epoch
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self._rank, self._world = rank, world_size
+        self.manifest: dict = {}
+
+    @classmethod
+    def from_config(cls, cfg: LoaderConfig, **kwargs) -> "ShardDataModule":
+        fields = {k: getattr(cfg, k) for k in ("shards", "stage", "batch_size", "num_workers", "point_resolution",
+                                               "points_per_sample", "crop_size", "flip", "grayscale",
+                                               "train_samples_per_epoch", "shuffle_buffer", "seed")}
+        return cls(**fields, **kwargs)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        self.manifest = load_manifest(self.shard_dir)
+        stored = self.manifest["config"]["geometry"]["point_resolutions"]
+        if self.stage == "autoencoder" and self.manifest["source"]["kind"] != "imnet_hdf5" and \
+                self.point_resolution not in stored:
+            raise ValueError(f"{self.shard_dir}: no point set at {self.point_resolution}^3 (stored: {stored})")
+
+    def set_point_resolution(self, resolution: int) -> None:
+        """Switch the autoencoder stage to another stored point set (takes effect at the next epoch's loaders)."""
+        self.point_resolution = resolution
+
+    def shard_infos(self, split: str) -> List[ShardInfo]:
+        if not self.manifest:
+            self.setup()
+        return [ShardInfo(str(self.shard_dir / f"{s['name']}.tar"), s["samples"])
+                for s in self.manifest["shards"] if s["split"] == split]
+
+    def _decoder(self):
+        if self.stage == "autoencoder":
+            return functools.partial(_decode_autoencoder, resolution=self.point_resolution,
+                                     points=self.points_per_sample)
+        return functools.partial(_decode_image, crop=self.crop_size, flip=self.flip, grayscale=self.grayscale)
+
+    def _loader(self, dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=False, pin_memory=False)
+
+    def train_dataloader(self) -> DataLoader:
+        stream = TrainStream(self.shard_infos("train"), self._decoder(), self.batch_size,
+                             samples_per_epoch=self.train_samples_per_epoch, shuffle_buffer=self.shuffle_buffer,
+                             seed=self.seed, rank=self._rank, world_size=self._world)
+        return self._loader(stream)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        stream = EvalStream(self.shard_infos(split), self._decoder(), self.batch_size, seed=self.seed,
+                            rank=self._rank, world_size=self._world)
+        stream.num_workers = self.num_workers
+        return self._loader(stream)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")

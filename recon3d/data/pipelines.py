@@ -1,0 +1,272 @@
+"""Reading shards for training and evaluation: per-stage decoding and exact per-rank, per-worker arithmetic.
+
+Training (`TrainStream`): every DataLoader worker of every rank draws shards at random (weighted by their sample
+counts, with replacement), shuffles samples in a buffer and yields exactly its share of the epoch's batches: an
+epoch of N samples is ceil(N / (world_size x batch_size)) batches per rank, split over the workers so that their
+counts differ by at most one. Randomness comes from (seed, rank, worker, epoch), so ranks never replay each other.
+
+Evaluation (`EvalStream`): every sample exactly once per epoch over all ranks and workers. With at least as many
+shards as (rank, worker) slots, whole shards go to slots round-robin; otherwise each slot reads every shard and keeps
+the samples whose index is its own modulo the slot count.
+
+A sample that fails to decode, or a shard that ends early, is skipped with a warning naming it and a running count;
+the rest of the epoch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from recon3d.data import schema
+from recon3d.geometry.sampling import point_positions
+
+log = logging.getLogger("recon3d.data")
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: str
+    samples: int
+
+
+def dist_context(rank: Optional[int] = None, world_size: Optional[int] = None) -> tuple[int, int]:
+    """(rank, world_size) from arguments, an initialised process group, or 0/1."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def worker_context() -> tuple[int, int, Optional[int]]:
+    info = get_worker_info()
+    return (0, 1, None) if info is None else (info.id, info.num_workers, info.seed)
+
+
+class SkipCounter:
+    """Counts samples skipped in this process and logs each with its reason."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def skip(self, where: str, err: BaseException) -> None:
+        self.count += 1
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log.warning("skipping %s: %s (%d skipped so far in this process)", where, reason, self.count)
+
+
+def iter_raw(paths: Sequence[str], skips: SkipCounter) -> Iterator[Dict[str, bytes]]:
+    """Raw samples (member suffix -> bytes, plus __key__ and __url__) of the given tars, in order."""
+    from webdataset.tariterators import tarfile_samples
+
+    def handler(err: BaseException) -> bool:
+        url = err.args[-1] if err.args and isinstance(err.args[-1], str) else "a shard"
+        skips.skip(f"rest of {url}", err)
+        return True
+
+    for path in paths:
+        if not Path(path).is_file():
+            skips.skip(path, FileNotFoundError("shard file is missing"))
+            continue
+        yield from tarfile_samples([{"url": str(path)}], handler=handler)
+
+
+# ---------------------------------------------------------------------------------------------------- decoding
+
+
+def decode_autoencoder(raw: Dict[str, bytes], resolution: int, points: int, rng: random.Random) -> dict:
+    """voxels (1, R, R, R) float32, points (P, 3) float32 in [-0.5, 0.5], values (P, 1) float32 in {0, 1}."""
+    meta = schema.decode_meta(raw)
+    voxels = schema.unpack_voxels(raw[schema.VOXELS])
+    index = schema.load_npy(raw[schema.points_member(resolution)])
+    values = schema.unpack_values(raw[schema.values_member(resolution)], len(index))
+    if points and points < len(index):
+        keep = np.sort(np.array(rng.sample(range(len(index)), points)))
+        index, values = index[keep], values[keep]
+    return {"key": raw["__key__"], "voxels": voxels[None].astype(np.float32),
+            "points": point_positions(index, int(meta["point_grid"])),
+            "values": values[:, None].astype(np.float32)}
+
+
+def _to_float_image(image: np.ndarray, grayscale: bool) -> np.ndarray:
+    """(C, H, W) float32 in [0, 1] composited over white."""
+    img = image.astype(np.float32) / 255.0
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.shape[-1] in (2, 4):
+        alpha = img[..., -1:]
+        img = img[..., :-1] * alpha + (1.0 - alpha)
+    if grayscale and img.shape[-1] == 3:
+        img = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None]
+    elif not grayscale and img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+def decode_image(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, grayscale: bool,
+                 rng: random.Random) -> dict:
+    """One view: image (C, crop, crop), its index, camera K/[R|t] adjusted for crop and flip, and the voxels."""
+    views = sorted(k for k in raw if schema.is_view_member(k))
+    if not views:
+        raise ValueError("sample has no views")
+    view = rng.randrange(len(views)) if train else 0
+    image = _to_float_image(schema.load_png(raw[views[view]]), grayscale)
+    height, width = image.shape[1:]
+    if crop > min(height, width):
+        raise ValueError(f"crop {crop} larger than the {height}x{width} view")
+    if train:
+        y0, x0 = rng.randint(0, height - crop), rng.randint(0, width - crop)
+    else:
+        y0, x0 = (height - crop) // 2, (width - crop) // 2
+    image = image[:, y0:y0 + crop, x0:x0 + crop]
+    has_camera = schema.CAMERA_K in raw
+    if has_camera:
+        k = schema.load_npy(raw[schema.CAMERA_K])[view].copy()
+        rt = schema.load_npy(raw[schema.CAMERA_RT])[view]
+        k[0, 2] -= x0
+        k[1, 2] -= y0
+    else:
+        k, rt = np.full((3, 3), np.nan, np.float32), np.full((3, 4), np.nan, np.float32)
+    if train and flip and rng.random() < 0.5:
+        image = image[:, :, ::-1]
+        k = k.copy()
+        k[0, 0], k[0, 2] = -k[0, 0], crop - k[0, 2]  # u' = crop - u
+    return {"key": raw["__key__"], "image": np.ascontiguousarray(image), "view": view,
+            "camera_k": k.astype(np.float32), "camera_rt": rt.astype(np.float32), "has_camera": has_camera,
+            "voxels": schema.unpack_voxels(raw[schema.VOXELS])[None].astype(np.float32)}
+
+
+def collate(samples: List[dict]) -> dict:
+    """Stack a list of decoded samples into tensors (keys stay a list of strings)."""
+    out = {}
+    for name in samples[0]:
+        values = [s[name] for s in samples]
+        out[name] = values if isinstance(values[0], str) else torch.as_tensor(np.stack(values))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- streams
+
+
+class _Stream(IterableDataset):
+    def __init__(self, shards: Sequence[ShardInfo], decode: Callable[[dict, random.Random, bool], dict],
+                 batch_size: int, *, seed: int = 0, rank: Optional[int] = None,
+                 world_size: Optional[int] = None) -> None:
+        super().__init__()
+        self.shards = [s for s in shards if s.samples > 0]
+        self.decode = decode
+        self.batch_size = batch_size
+        self.seed = seed
+        self._rank, self._world = rank, world_size
+        self.skips = SkipCounter()
+        self._calls = 0  # iterations started in this process (distinguishes epochs without workers)
+
+    def _decoded(self, raws: Iterator[dict], rng: random.Random, train: bool) -> Iterator[dict]:
+        for raw in raws:
+            try:
+                yield self.decode(raw, rng, train)
+            except Exception as err:  # one bad sample must not end the epoch
+                self.skips.skip(f"sample {raw.get('__key__')!r} in {raw.get('__url__')}", err)
+
+
+class TrainStream(_Stream):
+    """Infinite resampling over the train shards, cut into exact per-worker batch counts (see module doc)."""
+
+    def __init__(self, shards, decode, batch_size, *, samples_per_epoch: int = 0, shuffle_buffer: int = 64,
+                 **kwargs) -> None:
+        super().__init__(shards, decode, batch_size, **kwargs)
+        self.samples_per_epoch = samples_per_epoch or sum(s.samples for s in self.shards)
+        self.shuffle_buffer = shuffle_buffer
+
+    def __len__(self) -> int:
+        _, world = dist_context(self._rank, self._world)
+        return math.ceil(self.samples_per_epoch / (world * self.batch_size))
+
+    def batches_for_worker(self, worker: int, workers: int) -> int:
+        steps = len(self)
+        return steps // workers + (1 if worker < steps % workers else 0)
+
+    def __iter__(self) -> Iterator[dict]:
+        if not self.shards:
+            raise ValueError("no training samples: the train split is empty")
+        rank, _ = dist_context(self._rank, self._world)
+        worker, workers, torch_seed = worker_context()
+        self._calls += 1
+        epoch_seed = torch_seed if torch_seed is not None else self._calls
+        rng = random.Random(hash((self.seed, rank, worker, epoch_seed)))
+        wanted = self.batches_for_worker(worker, workers)
+        weights = [s.samples for s in self.shards]
+
+        def endless() -> Iterator[dict]:
+            misses = 0
+            while True:
+                shard = rng.choices(self.shards, weights=weights)[0]
+                got = False
+                for sample in self._decoded(iter_raw([shard.path], self.skips), rng, True):
+                    got = True
+                    yield sample
+                misses = 0 if got else misses + 1
+                if misses > 10 * len(self.shards):
+                    raise RuntimeError("no decodable training sample in any shard (see the warnings above)")
+
+        buffer: List[dict] = []
+        batch: List[dict] = []
+        produced = 0
+        stream = endless()
+        while produced < wanted:
+            buffer.append(next(stream))
+            if len(buffer) < self.shuffle_buffer:
+                continue
+            batch.append(buffer.pop(rng.randrange(len(buffer))))
+            if len(batch) == self.batch_size:
+                yield collate(batch)
+                produced, batch = produced + 1, []
+
+
+class EvalStream(_Stream):
+    """Every sample once per epoch over all ranks and workers, in a fixed order (see module doc)."""
+
+    def _slot_samples(self, slot: int, slots: int) -> tuple[List[ShardInfo], Optional[int]]:
+        if len(self.shards) >= slots:
+            return self.shards[slot::slots], None
+        return self.shards, slot
+
+    def __len__(self) -> int:
+        rank, world = dist_context(self._rank, self._world)
+        workers = max(1, getattr(self, "num_workers", 1))
+        return sum(math.ceil(self._slot_count(rank * workers + w, world * workers) / self.batch_size)
+                   for w in range(workers))
+
+    def _slot_count(self, slot: int, slots: int) -> int:
+        shards, modulo = self._slot_samples(slot, slots)
+        if modulo is None:
+            return sum(s.samples for s in shards)
+        total = sum(s.samples for s in shards)
+        return total // slots + (1 if slot < total % slots else 0)
+
+    def __iter__(self) -> Iterator[dict]:
+        rank, world = dist_context(self._rank, self._world)
+        worker, workers, _ = worker_context()
+        slot, slots = rank * workers + worker, world * workers
+        shards, modulo = self._slot_samples(slot, slots)
+        rng = random.Random(self.seed)
+        raws = iter_raw([s.path for s in shards], self.skips)
+        if modulo is not None:
+            raws = (raw for i, raw in enumerate(raws) if i % slots == modulo)
+        batch: List[dict] = []
+        for sample in self._decoded(raws, rng, False):
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                yield collate(batch)
+                batch = []
+        if batch:
+            yield collate(batch)

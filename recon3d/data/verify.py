@@ -1,0 +1,150 @@
+"""`recon3d shards verify`: every shard's checksum, size and sample count, and that every sample decodes."""
+
+from __future__ import annotations
+
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List
+
+from recon3d.data import schema
+from recon3d.data.writer import file_sha256, load_manifest
+
+
+@dataclass
+class VerifyReport:
+    shards: int = 0
+    samples: int = 0
+    bytes: int = 0
+    problems: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _check_sample(key: str, members: dict, expected: dict) -> List[str]:
+    """Problems with one sample's members (decoding each one)."""
+    problems = []
+    missing = [m for m in expected["required"] if m not in members]
+    if missing:
+        return [f"{key}: missing members {missing}"]
+    try:
+        meta = schema.decode_meta(members)
+        voxels = schema.unpack_voxels(members[schema.VOXELS])
+        if voxels.shape[0] != meta["voxel_resolution"]:
+            problems.append(f"{key}: voxels are {voxels.shape[0]}^3, meta says {meta['voxel_resolution']}")
+        for res, info in meta["point_sets"].items():
+            points = schema.load_npy(members[schema.points_member(int(res))])
+            schema.unpack_values(members[schema.values_member(int(res))], len(points))
+            if points.shape != (info["points"], 3):
+                problems.append(f"{key}: points_{res} has shape {points.shape}, expected ({info['points']}, 3)")
+        views = [m for m in members if schema.is_view_member(m)]
+        if len(views) != meta["views"]:
+            problems.append(f"{key}: {len(views)} views, meta says {meta['views']}")
+        for name in views:
+            schema.load_png(members[name])
+        if meta.get("cameras"):
+            for name in (schema.CAMERA_POSE, schema.CAMERA_K, schema.CAMERA_RT):
+                if len(schema.load_npy(members[name])) != meta["views"]:
+                    problems.append(f"{key}: {name} does not have one entry per view")
+    except Exception as err:  # any decoding failure is a finding, not a crash
+        problems.append(f"{key}: cannot decode ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
+    return problems
+
+
+def _read_tar(path: Path) -> dict:
+    """key -> {member: bytes}, in file order; raises tarfile/OSError errors for a damaged file."""
+    samples: dict = {}
+    with tarfile.open(path, "r:") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            base = info.name.rsplit("/", 1)
+            stem, _, suffix = base[-1].partition(".")
+            key = f"{base[0]}/{stem}" if len(base) == 2 else stem
+            samples.setdefault(key, {})[suffix] = tar.extractfile(info).read()
+    return samples
+
+
+def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport:
+    """Check a shard folder against its manifest; problems are collected, never raised."""
+    shard_dir = Path(shard_dir)
+    report = VerifyReport()
+    try:
+        manifest = load_manifest(shard_dir)
+    except (FileNotFoundError, ValueError) as err:
+        report.problems.append(str(err))
+        return report
+    geo = manifest["config"]["geometry"]
+    required = [schema.META, schema.VOXELS]
+    if manifest["source"]["kind"] != "imnet_hdf5":
+        required += [schema.points_member(r) for r in geo["point_resolutions"]]
+    expected = {"required": required}
+    listed = set()
+    for shard in manifest["shards"]:
+        path = shard_dir / f"{shard['name']}.tar"
+        listed.add(path.name)
+        report.shards += 1
+        if not path.is_file():
+            report.problems.append(f"{path.name}: missing")
+            continue
+        size = path.stat().st_size
+        report.bytes += size
+        if size != shard["bytes"]:
+            report.problems.append(f"{path.name}: {size} bytes, manifest says {shard['bytes']}")
+            continue
+        if file_sha256(path) != shard["sha256"]:
+            report.problems.append(f"{path.name}: sha256 differs from the manifest")
+            continue
+        try:
+            samples = _read_tar(path)
+        except (tarfile.TarError, OSError, EOFError) as err:
+            report.problems.append(f"{path.name}: unreadable tar ({err})")
+            continue
+        if len(samples) != shard["samples"]:
+            report.problems.append(f"{path.name}: {len(samples)} samples, manifest says {shard['samples']}")
+        report.samples += len(samples)
+        if decode:
+            for key, members in samples.items():
+                report.problems.extend(f"{path.name}: {p}" for p in _check_sample(key, members, expected))
+    for path in sorted(shard_dir.glob("*.tar")):
+        if path.name not in listed:
+            report.problems.append(f"{path.name}: not in the manifest (left over from another build?)")
+    if report.samples != manifest["samples"] and not report.problems:
+        report.problems.append(f"{report.samples} samples found, manifest says {manifest['samples']}")
+    return report
+
+
+def summarise(shard_dir: str | Path) -> str:
+    """A short human summary of a shard folder: splits, categories, rejects by reason, bytes per sample."""
+    import collections
+    import json
+
+    shard_dir = Path(shard_dir)
+    manifest = load_manifest(shard_dir)
+    categories: collections.Counter = collections.Counter()
+    for shard in manifest["shards"]:
+        side = shard_dir / f"{shard['name']}.json"
+        if side.is_file():
+            info = json.loads(side.read_text())
+            rejected = {r["key"] for r in info["rejects"]}
+            categories.update(k.split("/")[0] for k in info["keys"] if k not in rejected)
+    total_bytes = sum(s["bytes"] for s in manifest["shards"])
+    lines = [f"shards: {shard_dir} ({manifest['source']['kind']} source {manifest['source']['root']})"]
+    for split in schema.SPLITS:
+        info = manifest["splits"][split]
+        lines.append(f"  {split:<5} {info['samples']:6d} samples in {info['shards']} shard(s)")
+    if categories:
+        lines.append("  categories: " + ", ".join(f"{c} {n}" for c, n in sorted(categories.items())))
+    if manifest["samples"]:
+        lines.append(f"  {total_bytes / manifest['samples'] / 1024:.0f} KiB per sample, "
+                     f"{total_bytes / 2**20:.1f} MiB in all")
+    rejects_path = shard_dir / "rejects.jsonl"
+    rejects = [json.loads(line) for line in rejects_path.read_text().splitlines()] if rejects_path.is_file() else []
+    lines.append(f"  rejected inputs: {len(rejects)}" + (f" (see {rejects_path})" if rejects else ""))
+    for reject in rejects[:10]:
+        lines.append(f"    {reject['path']}: {reject['reason']}")
+    if len(rejects) > 10:
+        lines.append(f"    ... {len(rejects) - 10} more")
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny world (procedural shapes, 16^3 voxels, small renders, a few shards) in a temp dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from recon3d.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RECON3D_SHARED", REPO.parent / "shared"))
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test with the reason when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: reference data from ../shared is not available here")
+    return path
+
+
+def tiny_config(*overrides: str):
+    return load_config([TINY], list(overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_meshes(tmp_path_factory) -> Path:
+    from recon3d.engine.demo import write_procedural_meshes
+
+    root = tmp_path_factory.mktemp("meshes")
+    write_procedural_meshes(root, ["chair", "table", "car"], 4)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_meshes, tmp_path_factory) -> Path:
+    """12 procedural shapes in shards of 2 samples (several shards per split)."""
+    from recon3d.data.writer import build_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    cfg = tiny_config(f"source.root={tiny_meshes}", f"shards.out_dir={out}", "shards.samples_per_shard=2",
+                      "shards.split=[0.5,0.25,0.25]")
+    build_shards(cfg, progress=False)
+    return out
