@@ -87,16 +87,27 @@ def _load_trimesh(path: Path) -> Mesh:
 
     logging.getLogger("trimesh").setLevel(logging.ERROR)  # missing .mtl/textures are normal and not our concern
     try:
-        loaded = trimesh.load(str(path), force="mesh", process=False, skip_materials=True)
+        loaded = trimesh.load(str(path), process=False, skip_materials=True)
+        if isinstance(loaded, trimesh.Scene):  # glTF/glb/multi-object: every node, with its transform applied
+            parts = loaded.dump(concatenate=False)
+            surfaces = [g for g in parts if isinstance(g, trimesh.Trimesh) and len(g.faces)]
+            if not surfaces:
+                kinds = sorted({type(g).__name__ for g in parts}) or ["nothing"]
+                raise RejectError(f"no faces: the scene holds {', '.join(kinds)}, not a surface")
+            loaded = trimesh.util.concatenate(surfaces)
+    except RejectError:
+        raise
     except Exception as err:  # trimesh raises many types for corrupt input
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise RejectError(f"cannot parse {path.suffix.lower()[1:]}: {reason[:200]}") from None
-    faces = getattr(loaded, "faces", None)
+    if isinstance(loaded, trimesh.PointCloud):
+        raise RejectError(f"no faces: a point cloud of {len(loaded.vertices)} points, not a surface")
     vertices = getattr(loaded, "vertices", None)
+    faces = getattr(loaded, "faces", None)
     if vertices is None or len(vertices) == 0:
         raise RejectError("no geometry: the file holds no vertices")
     if faces is None or len(faces) == 0:
-        raise RejectError("no faces: a point cloud or line set, not a surface")
+        raise RejectError(f"no faces: {len(vertices)} vertices but no triangles, not a surface")
     return Mesh(np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int64))
 
 

@@ -118,6 +118,10 @@ def _imnet_members(path: Path, item: Item, cfg: Config, clock: _Clock) -> Dict[s
     order = ["xyz".index(axis) for axis in cfg.source.hdf5_axes]
     members, counts = {}, {}
     with h5py.File(path, "r") as h5:
+        needed = ["voxels"] + [f"values_{k.split('_')[1]}" for k in h5.keys() if k.startswith("points_")]
+        missing = [name for name in needed if name not in h5]
+        if missing:
+            raise RejectError(f"hdf5 is missing dataset {missing[0]!r}")
         try:
             voxels = np.asarray(h5["voxels"][item.row]).reshape(h5["voxels"].shape[1:4]) > 0
             members[schema.VOXELS] = schema.pack_voxels(voxels.transpose(order))

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import trimesh
+
+from recon3d.data.formats import RejectError, read_binvox, read_off, voxel_boundary_mesh
+from tests.conftest import shared_path
+
+
+def test_binvox_reference_pair_and_commented_header():
+    root = shared_path("reference", "binvox_pair")
+    plain = read_binvox(root / "chair_model.binvox")
+    commented = read_binvox(root / "chair_model.commented-header.binvox")
+    assert plain.occupancy.shape == (32, 32, 32) and plain.occupancy.any()
+    assert np.array_equal(plain.occupancy, commented.occupancy)
+    np.testing.assert_allclose(plain.translate, [-0.265511, -0.331878, -0.263364])
+    assert plain.voxel_size == pytest.approx(0.663756 / 32)  # scale / dim, not scale / (dim - 1)
+
+
+def test_binvox_axis_order_round_trip(tmp_path):
+    """binvox runs x slowest, then z, then y: a single voxel at (x, y, z) = (1, 2, 3) must come back there."""
+    dim = 4
+    grid = np.zeros((dim, dim, dim), bool)
+    grid[1, 2, 3] = True
+    flat = grid.transpose(0, 2, 1).ravel()  # to x, z, y order
+    runs, i = bytearray(), 0
+    while i < len(flat):
+        j = i
+        while j < len(flat) and flat[j] == flat[i] and j - i < 255:
+            j += 1
+        runs += bytes([int(flat[i]), j - i])
+        i = j
+    path = tmp_path / "one.binvox"
+    path.write_bytes(b"#binvox 1\ndim 4 4 4\ntranslate 0 0 0\nscale 1\ndata\n" + bytes(runs))
+    assert np.array_equal(read_binvox(path).occupancy, grid)
+
+
+def test_voxel_boundary_mesh_is_closed_and_has_the_voxel_volume():
+    grid = np.zeros((5, 5, 5), bool)
+    grid[1:4, 1:3, 2] = True
+    grid[2, 2, 3] = True
+    mesh = voxel_boundary_mesh(grid, (0, 0, 0), 0.5)
+    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    assert tm.is_watertight
+    assert tm.volume == pytest.approx(grid.sum() * 0.125)
+
+
+def test_off_with_comments_colours_and_ngons(tmp_path):
+    path = tmp_path / "quad.off"
+    path.write_text("COFF\n# comment\n4 1 0\n0 0 0 255 0 0\n1 0 0 0 255 0\n1 1 0 0 0 255\n0 1 0 9 9 9\n4 0 1 2 3\n")
+    mesh = read_off(path)
+    assert mesh.vertices.shape == (4, 3) and mesh.faces.tolist() == [[0, 1, 2], [0, 2, 3]]
+
+
+def test_off_without_header_is_refused(tmp_path):
+    path = tmp_path / "x.off"
+    path.write_text("3 1 0\n0 0 0\n")
+    with pytest.raises(RejectError, match="missing OFF header"):
+        read_off(path)

@@ -1,0 +1,158 @@
+import io
+import json
+import logging
+import math
+import shutil
+import tarfile
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from recon3d.data import schema
+from recon3d.data.datamodule import ShardDataModule
+
+
+def _dm(shards, rank=None, world=None, **kwargs):
+    args = dict(shards=str(shards), stage="autoencoder", batch_size=2, num_workers=0, point_resolution=16,
+                shuffle_buffer=2, rank=rank, world_size=world)
+    args.update(kwargs)
+    dm = ShardDataModule(**args)
+    dm.setup()
+    return dm
+
+
+def _split_keys(shards, split):
+    manifest = json.loads((shards / "manifest.json").read_text())
+    from recon3d.data.verify import _read_tar
+
+    return sorted(k for s in manifest["shards"] if s["split"] == split
+                  for k in _read_tar(shards / f"{s['name']}.tar"))
+
+
+def test_autoencoder_batch_shapes_and_ranges(tiny_shards):
+    batch = next(iter(_dm(tiny_shards).train_dataloader()))
+    assert batch["voxels"].shape == (2, 1, 16, 16, 16) and batch["voxels"].dtype == torch.float32
+    assert batch["points"].shape == (2, 1024, 3) and batch["values"].shape == (2, 1024, 1)
+    assert batch["points"].abs().max() < 0.5 and set(batch["values"].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_point_subsets_and_resolution_switch(tiny_shards):
+    dm = _dm(tiny_shards, points_per_sample=100)
+    dm.set_point_resolution(8)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["points"].shape == (2, 100, 3)
+    with pytest.raises(ValueError, match="no point set at 64"):
+        _dm(tiny_shards, point_resolution=64)
+
+
+def test_image_stage_crops_and_cameras(tiny_shards):
+    dm = _dm(tiny_shards, stage="image", crop_size=28, grayscale=False)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 28, 28) and 0 <= batch["image"].min() <= batch["image"].max() <= 1
+    assert batch["camera_k"].shape == (2, 3, 3) and batch["camera_rt"].shape == (2, 3, 4)
+    val = next(iter(dm.val_dataloader()))
+    k = val["camera_k"][0]
+    assert k[0, 2] == pytest.approx(16 - 2) and k[0, 0] > 0  # centre crop of 32 -> 28 moves the centre by 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_train_epoch_arithmetic_per_rank_and_worker(tiny_shards, workers):
+    """An epoch of N samples is ceil(N / (world x batch)) batches on every rank, whatever the worker count."""
+    for world in (1, 2, 3):
+        for rank in range(world):
+            dm = _dm(tiny_shards, rank, world, num_workers=workers, train_samples_per_epoch=13)
+            loader = dm.train_dataloader()
+            batches = list(loader)
+            assert len(batches) == len(loader) == math.ceil(13 / (world * 2))
+            assert all(len(b["key"]) == 2 for b in batches)
+
+
+def test_ranks_draw_different_samples(tiny_shards):
+    keys = [sum((b["key"] for b in _dm(tiny_shards, r, 2, train_samples_per_epoch=40).train_dataloader()), [])
+            for r in range(2)]
+    assert keys[0] != keys[1]
+
+
+@pytest.mark.parametrize("workers, world", [(0, 1), (2, 1), (0, 2), (2, 2), (2, 3)])
+def test_eval_sees_every_sample_once(tiny_shards, workers, world):
+    expected = _split_keys(tiny_shards, "val")
+    seen = []
+    for rank in range(world):
+        loader = _dm(tiny_shards, rank, world, num_workers=workers).val_dataloader()
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        seen += [k for b in batches for k in b["key"]]
+    assert sorted(seen) == expected
+
+
+def test_eval_with_more_slots_than_shards_and_fewer(tiny_meshes, tmp_path):
+    """Shard-level split when shards >= slots, sample-level modulo otherwise: both see every sample once."""
+    from recon3d.data.writer import build_shards
+    from tests.conftest import tiny_config
+
+    for per_shard in (1, 12):
+        out = tmp_path / str(per_shard)
+        build_shards(tiny_config(f"source.root={tiny_meshes}", f"shards.out_dir={out}",
+                                 f"shards.samples_per_shard={per_shard}", "shards.split=[0,1,0]"), progress=False)
+        seen = [k for rank in range(2) for b in _dm(out, rank, 2, num_workers=2).val_dataloader() for k in b["key"]]
+        assert sorted(seen) == _split_keys(out, "val") and len(seen) == 12
+
+
+def _rewrite(src, dst, damage):
+    """Copy a shard, passing each member through damage(name, data) -> data or None (drop)."""
+    with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
+        for info in tin:
+            data = damage(info.name, tin.extractfile(info).read())
+            if data is None:
+                continue
+            info.size = len(data)
+            tout.addfile(info, io.BytesIO(data))
+
+
+def test_corrupt_sample_is_skipped_with_a_warning(tiny_shards, tmp_path, caplog):
+    shutil.copytree(tiny_shards, tmp_path / "s", dirs_exist_ok=True)
+    shards = tmp_path / "s"
+    name = next(s["name"] for s in json.loads((shards / "manifest.json").read_text())["shards"]
+                if s["split"] == "val" and s["samples"] >= 1)
+    victim = None
+
+    def damage(member, data):
+        nonlocal victim
+        if member.endswith(schema.VOXELS) and victim is None:
+            victim = member.split(".")[0]
+            return b"not an npy file"
+        return data
+
+    _rewrite(shards / f"{name}.tar", tmp_path / "x.tar", damage)
+    shutil.move(tmp_path / "x.tar", shards / f"{name}.tar")
+    dm = _dm(shards)
+    with caplog.at_level(logging.WARNING, logger="recon3d.data"):
+        seen = [k for b in dm.val_dataloader() for k in b["key"]]
+    expected = _split_keys(tiny_shards, "val")
+    assert sorted(seen) == sorted(k for k in expected if k != victim)
+    assert any(victim in r.getMessage() and "skipping" in r.getMessage() for r in caplog.records)
+
+
+def test_truncated_shard_keeps_what_it_can_and_goes_on(tiny_shards, tmp_path, caplog):
+    shutil.copytree(tiny_shards, tmp_path / "s", dirs_exist_ok=True)
+    shards = tmp_path / "s"
+    val = [s for s in json.loads((shards / "manifest.json").read_text())["shards"] if s["split"] == "val"]
+    first = shards / f"{val[0]['name']}.tar"
+    with open(first, "r+b") as fh:
+        fh.truncate(first.stat().st_size // 2)
+    with caplog.at_level(logging.WARNING, logger="recon3d.data"):
+        seen = [k for b in _dm(shards).val_dataloader() for k in b["key"]]
+    later = [k for k in _split_keys(tiny_shards, "val") if k not in set(_split_keys_of(tiny_shards, val[0]["name"]))]
+    assert set(later) <= set(seen)  # the following shards were read
+    assert any("skipping" in r.getMessage() for r in caplog.records)
+    from recon3d.data.verify import verify_shards
+
+    report = verify_shards(shards)
+    assert not report.ok and any(val[0]["name"] in p for p in report.problems)
+
+
+def _split_keys_of(shards, name):
+    from recon3d.data.verify import _read_tar
+
+    return list(_read_tar(shards / f"{name}.tar"))

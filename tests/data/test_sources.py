@@ -1,0 +1,116 @@
+import h5py
+import numpy as np
+import pytest
+import trimesh
+
+from recon3d.config import load_config
+from recon3d.data import schema
+from recon3d.data.sources import assign_split, detect_kind, discover
+from recon3d.data.verify import _read_tar
+from recon3d.data.writer import build_shards
+from tests.conftest import tiny_config
+
+BOX = trimesh.creation.box((1, 2, 1))
+
+
+def _source(root, *extra):
+    return load_config([], [f"source.root={root}", *extra]).source
+
+
+def test_shapenet_v1_and_v2_with_synset_names(tmp_path):
+    for rel in ("03001627/abc/model.obj", "02691156/def/models/model_normalized.obj", "04379243/ghi/readme.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(trimesh.exchange.obj.export_obj(BOX) if rel.endswith(".obj") else "x")
+    items, rejects, kind = discover(_source(tmp_path))
+    assert kind == "shapenet"
+    assert [i.key for i in items] == ["airplane/def", "chair/abc"]
+    assert rejects[0]["key"] == "table/ghi" and "model_normalized.obj" in rejects[0]["reason"]
+
+
+def test_modelnet_keeps_its_split_and_is_z_up(tmp_path):
+    for rel in ("chair/train/chair_0001.off", "chair/test/chair_0002.off", "desk/train/desk_0001.off"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(trimesh.exchange.off.export_off(BOX))
+    items, _, kind = discover(_source(tmp_path))
+    assert kind == "modelnet" and all(i.up == "+z" for i in items)
+    by_key = {i.key: i for i in items}
+    assert assign_split(by_key["chair/chair_0002"], (0.8, 0.1, 0.1)) == "test"
+    assert assign_split(by_key["chair/chair_0001"], (0.8, 0.1, 0.1)) in ("train", "val")
+
+
+def test_folder_categories_nested_ids_and_safe_keys(tmp_path):
+    for rel in ("lamp/a.obj", "lamp/sub/b.stl", "loose.ply", "lamp/notes.md", "chaise longue/siège.obj"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    items, _, kind = discover(_source(tmp_path))
+    keys = [i.key for i in items]
+    assert kind == "folder" and len(keys) == 4
+    assert "lamp/a" in keys and "uncategorized/loose" in keys
+    assert all("." not in k and " " not in k and k.isascii() for k in keys)
+    assert len({schema.safe_name("a b"), schema.safe_name("a_b"), schema.safe_name("a.b")}) == 3
+
+
+def test_category_filter_and_limit(tmp_path):
+    for rel in ("a/1.obj", "a/2.obj", "a/3.obj", "b/1.obj"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    items, _, _ = discover(_source(tmp_path, "source.categories=[a]", "source.limit_per_category=2"))
+    assert [i.key for i in items] == ["a/1", "a/2"]
+
+
+def _imnet_file(path, rows=3, drop=()):
+    rng = np.random.default_rng(0)
+    voxels = np.zeros((rows, 16, 16, 16, 1), np.uint8)
+    voxels[:, 4:12, 2:14, 6:10] = 1
+    data = {"voxels": voxels, "points_16": rng.integers(0, 256, (rows, 64, 3)).astype(np.uint8),
+            "values_16": rng.integers(0, 2, (rows, 64, 1)).astype(np.uint8),
+            "pixels": rng.integers(0, 256, (rows, 24, 32, 32)).astype(np.uint8)}
+    with h5py.File(path, "w") as h5:
+        for name, value in data.items():
+            if name not in drop:
+                h5.create_dataset(name, data=value)
+    return data
+
+
+def test_imnet_hdf5_converts_without_meshes(tmp_path):
+    src = tmp_path / "all_vox256_img_test.hdf5"
+    data = _imnet_file(src)
+    src.with_suffix(".txt").write_text("03001627/aaa\n03001627/bbb\n02691156/ccc\n")
+    out = tmp_path / "out"
+    cfg = tiny_config(f"source.root={src}", f"shards.out_dir={out}", "source.hdf5_axes=zyx")
+    result = build_shards(cfg, progress=False)
+    assert result.manifest["samples"] == 3 and result.manifest["splits"]["test"]["samples"] == 3
+    samples = _read_tar(out / "test-000000.tar")
+    chair = samples["chair/aaa"]
+    voxels = schema.unpack_voxels(chair[schema.VOXELS])
+    assert np.array_equal(voxels, data["voxels"][0, ..., 0].transpose(2, 1, 0) > 0)
+    assert np.array_equal(schema.load_npy(chair[schema.points_member(16)]), data["points_16"][0][:, [2, 1, 0]])
+    assert np.array_equal(schema.unpack_values(chair[schema.values_member(16)], 64), data["values_16"][0, :, 0] > 0)
+    assert np.array_equal(schema.load_png(chair[schema.view_member(23)]), data["pixels"][0, 23])
+
+
+@pytest.mark.parametrize("drop, reason", [(("voxels",), "missing dataset 'voxels'"),
+                                          (("values_16",), "missing dataset 'values_16'"),
+                                          (("points_16", "values_16"), "no points_<r> datasets")])
+def test_imnet_hdf5_missing_dataset(tmp_path, drop, reason):
+    src = tmp_path / "broken.hdf5"
+    _imnet_file(src, drop=drop)
+    out = tmp_path / "out"
+    result = build_shards(tiny_config(f"source.root={src}", f"shards.out_dir={out}"), progress=False)
+    assert result.manifest["samples"] == 0 and result.rejects and reason in result.rejects[0]["reason"]
+
+
+def test_binvox_folder_becomes_samples(tmp_path):
+    from tests.conftest import shared_path
+
+    ref = shared_path("reference", "binvox_pair", "chair_model.binvox")
+    (tmp_path / "src" / "chair").mkdir(parents=True)
+    (tmp_path / "src" / "chair" / "one.binvox").write_bytes(ref.read_bytes())
+    out = tmp_path / "out"
+    result = build_shards(tiny_config(f"source.root={tmp_path / 'src'}", f"shards.out_dir={out}",
+                                      "shards.split=[1,0,0]"), progress=False)
+    assert detect_kind(tmp_path / "src") == "folder" and result.manifest["samples"] == 1
+    voxels = schema.unpack_voxels(_read_tar(out / "train-000000.tar")["chair/one"][schema.VOXELS])
+    interior = voxels[1:-1, 1:-1, 1:-1] & voxels[:-2, 1:-1, 1:-1] & voxels[2:, 1:-1, 1:-1] & \
+        voxels[1:-1, :-2, 1:-1] & voxels[1:-1, 2:, 1:-1] & voxels[1:-1, 1:-1, :-2] & voxels[1:-1, 1:-1, 2:]
+    assert interior.any()  # the binvox shell became a solid with an inside, not a one-voxel crust

@@ -1,0 +1,100 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recon3d.data import schema
+from recon3d.data.verify import _read_tar, verify_shards
+from recon3d.data.writer import build_shards, file_sha256
+from tests.conftest import REPO, TINY, tiny_config
+
+
+def _build(meshes, out, *extra):
+    return build_shards(tiny_config(f"source.root={meshes}", f"shards.out_dir={out}", *extra), progress=False)
+
+
+def test_round_trip_members_and_manifest(tiny_shards, tiny_meshes):
+    manifest = json.loads((tiny_shards / "manifest.json").read_text())
+    assert manifest["format"] == schema.FORMAT and manifest["samples"] == 12
+    assert sum(s["samples"] for s in manifest["shards"]) == 12
+    assert {s["split"] for s in manifest["shards"]} <= set(schema.SPLITS)
+    assert manifest["config"]["geometry"]["voxel_resolution"] == 16
+    for shard in manifest["shards"]:
+        path = tiny_shards / f"{shard['name']}.tar"
+        assert file_sha256(path) == shard["sha256"]
+        for key, members in _read_tar(path).items():
+            meta = schema.decode_meta(members)
+            assert meta["key"] == key and key.split("/")[0] in ("chair", "table", "car")
+            assert schema.unpack_voxels(members[schema.VOXELS]).shape == (16, 16, 16)
+            for res, count in ((8, 256), (16, 1024)):
+                points = schema.load_npy(members[schema.points_member(res)])
+                assert points.shape == (count, 3) and points.dtype == np.uint8
+                assert schema.unpack_values(members[schema.values_member(res)], count).dtype == bool
+            assert schema.load_png(members[schema.view_member(2)]).shape == (32, 32, 4)
+            assert schema.load_npy(members[schema.CAMERA_RT]).shape == (3, 3, 4)
+    assert verify_shards(tiny_shards).ok
+
+
+def test_split_is_by_key_hash_and_stable(tiny_shards):
+    for shard in json.loads((tiny_shards / "manifest.json").read_text())["shards"]:
+        for key in _read_tar(tiny_shards / f"{shard['name']}.tar"):
+            assert schema.split_by_hash(key, (0.5, 0.25, 0.25)) == shard["split"]
+
+
+def test_same_bytes_with_one_or_two_workers(tiny_meshes, tmp_path):
+    one = _build(tiny_meshes, tmp_path / "one", "shards.workers=1")
+    two = _build(tiny_meshes, tmp_path / "two", "shards.workers=2")
+    assert one.manifest == two.manifest
+    assert [s["sha256"] for s in one.manifest["shards"]] == [s["sha256"] for s in two.manifest["shards"]]
+
+
+def test_rerun_skips_finished_shards_and_redoes_a_damaged_one(tiny_meshes, tmp_path):
+    first = _build(tiny_meshes, tmp_path)
+    assert first.prepared == 12
+    assert _build(tiny_meshes, tmp_path).prepared == 0
+    name = first.manifest["shards"][0]["name"]
+    with open(tmp_path / f"{name}.tar", "r+b") as fh:
+        fh.truncate(1000)
+    (tmp_path / "stray.tar.tmp").write_bytes(b"partial")
+    again = _build(tiny_meshes, tmp_path)
+    assert again.prepared == first.manifest["shards"][0]["samples"]
+    assert again.manifest == first.manifest and not list(tmp_path.glob("*.tmp"))
+
+
+def test_changed_config_rebuilds(tiny_meshes, tmp_path):
+    _build(tiny_meshes, tmp_path)
+    assert _build(tiny_meshes, tmp_path, "shards.seed=7").prepared == 12
+
+
+def test_kill_dash_nine_then_rerun_gives_the_same_manifest(tiny_meshes, tmp_path):
+    """kill -9 in the middle of a build, rerun: same manifest and shards as an uninterrupted build."""
+    reference = _build(tiny_meshes, tmp_path / "reference", "shards.samples_per_shard=1")
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "recon3d.cli", "shards", "build", "-c", str(TINY), "--root", str(tiny_meshes),
+           "--out", str(out), "--no-progress", "shards.samples_per_shard=1", "geometry.fine_resolution=64",
+           "render.views=12"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*.json"))) < 2:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists(), "the build finished before the kill: nothing was tested"
+    sidecars_before = len(list(out.glob("*-*.json")))
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"prepared {12 - sidecars_before} input(s)" in rerun.stdout  # finished shards were not redone
+    fresh = _build(tiny_meshes, tmp_path / "fresh", "shards.samples_per_shard=1", "geometry.fine_resolution=64",
+                   "render.views=12")
+    killed_manifest = json.loads((out / "manifest.json").read_text())
+    fresh_manifest = dict(fresh.manifest, source=killed_manifest["source"])
+    assert killed_manifest == fresh_manifest
+    assert verify_shards(out).ok and not list(out.glob("*.tmp"))
+    assert reference.manifest["samples"] == killed_manifest["samples"]
