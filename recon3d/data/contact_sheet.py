@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from recon3d.data import schema
-from recon3d.data.verify import _read_tar
+from recon3d.data.verify import read_tar
 from recon3d.data.writer import load_manifest
 
 _LABEL_H = 14
@@ -40,7 +40,7 @@ def voxel_projection(voxels: np.ndarray, axis: int) -> np.ndarray:
     depth = np.argmax(moved, axis=0)
     shade = np.where(hit, 40 + 160 * depth / max(r - 1, 1), 255).astype(np.uint8)
     if axis == 0:  # remaining axes (y, z): show z across, y up
-        shade = shade.T[::-1]
+        shade = shade[::-1]
     elif axis == 1:  # (x, z): x across, z down
         shade = shade.T
     else:  # (x, y): x across, y up
@@ -80,7 +80,7 @@ def contact_sheet(shard_dir: str | Path, out: str | Path, *, count: int = 8, vie
     for shard in manifest["shards"]:
         if split and shard["split"] != split:
             continue
-        for key, members in _read_tar(shard_dir / f"{shard['name']}.tar").items():
+        for key, members in read_tar(shard_dir / f"{shard['name']}.tar").items():
             category = key.split("/")[0]
             (leftovers if category in seen_categories else chosen).append((key, members))
             seen_categories.add(category)

@@ -90,9 +90,8 @@ class ShardDataModule(L.LightningDataModule):
         return self._loader(stream)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        stream = EvalStream(self.shard_infos(split), self._decoder(), self.batch_size, seed=self.seed,
-                            rank=self._rank, world_size=self._world)
-        stream.num_workers = self.num_workers
+        stream = EvalStream(self.shard_infos(split), self._decoder(), self.batch_size, num_workers=self.num_workers,
+                            seed=self.seed, rank=self._rank, world_size=self._world)
         return self._loader(stream)
 
     def val_dataloader(self) -> DataLoader:

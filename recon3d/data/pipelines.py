@@ -235,6 +235,10 @@ class TrainStream(_Stream):
 class EvalStream(_Stream):
     """Every sample once per epoch over all ranks and workers, in a fixed order (see module doc)."""
 
+    def __init__(self, shards, decode, batch_size, *, num_workers: int = 0, **kwargs) -> None:
+        super().__init__(shards, decode, batch_size, **kwargs)
+        self.num_workers = num_workers  # the DataLoader's, so that len() can count each worker's share
+
     def _slot_samples(self, slot: int, slots: int) -> tuple[List[ShardInfo], Optional[int]]:
         if len(self.shards) >= slots:
             return self.shards[slot::slots], None
@@ -242,7 +246,7 @@ class EvalStream(_Stream):
 
     def __len__(self) -> int:
         rank, world = dist_context(self._rank, self._world)
-        workers = max(1, getattr(self, "num_workers", 1))
+        workers = max(1, self.num_workers)
         return sum(math.ceil(self._slot_count(rank * workers + w, world * workers) / self.batch_size)
                    for w in range(workers))
 

@@ -53,8 +53,8 @@ def _check_sample(key: str, members: dict, expected: dict) -> List[str]:
     return problems
 
 
-def _read_tar(path: Path) -> dict:
-    """key -> {member: bytes}, in file order; raises tarfile/OSError errors for a damaged file."""
+def read_tar(path: Path) -> dict:
+    """All samples of one shard: key -> {member suffix: bytes}, in file order (raises for a damaged file)."""
     samples: dict = {}
     with tarfile.open(path, "r:") as tar:
         for info in tar:
@@ -98,7 +98,7 @@ def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport
             report.problems.append(f"{path.name}: sha256 differs from the manifest")
             continue
         try:
-            samples = _read_tar(path)
+            samples = read_tar(path)
         except (tarfile.TarError, OSError, EOFError) as err:
             report.problems.append(f"{path.name}: unreadable tar ({err})")
             continue

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import tarfile
 import time
@@ -34,6 +35,7 @@ from recon3d.data.sources import Item, assign_split, discover
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 BUILD_LOG = "build_log.json"
+_SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}$")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -203,7 +205,7 @@ def _clean_stale(out: Path, plans: List[ShardPlan]) -> None:
     for path in out.iterdir():
         if path.name.endswith(".tmp"):
             path.unlink()
-        elif path.suffix in (".tar", ".json") and path.stem.split("-")[0] in schema.SPLITS and path.stem not in names:
+        elif path.suffix in (".tar", ".json") and _SHARD_NAME.match(path.stem) and path.stem not in names:
             path.unlink()  # a shard of an earlier, larger plan
 
 

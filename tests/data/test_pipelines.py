@@ -24,10 +24,10 @@ def _dm(shards, rank=None, world=None, **kwargs):
 
 def _split_keys(shards, split):
     manifest = json.loads((shards / "manifest.json").read_text())
-    from recon3d.data.verify import _read_tar
+    from recon3d.data.verify import read_tar
 
     return sorted(k for s in manifest["shards"] if s["split"] == split
-                  for k in _read_tar(shards / f"{s['name']}.tar"))
+                  for k in read_tar(shards / f"{s['name']}.tar"))
 
 
 def test_autoencoder_batch_shapes_and_ranges(tiny_shards):
@@ -153,6 +153,19 @@ def test_truncated_shard_keeps_what_it_can_and_goes_on(tiny_shards, tmp_path, ca
 
 
 def _split_keys_of(shards, name):
-    from recon3d.data.verify import _read_tar
+    from recon3d.data.verify import read_tar
 
-    return list(_read_tar(shards / f"{name}.tar"))
+    return list(read_tar(shards / f"{name}.tar"))
+
+
+def test_contact_sheet_projections_keep_objects_upright():
+    import numpy as np
+
+    from recon3d.data.contact_sheet import voxel_projection
+
+    tall = np.zeros((8, 8, 8), bool)
+    tall[3:5, 0:8, 3:5] = True  # a pole along Y
+    for axis in (0, 2):
+        image = voxel_projection(tall, axis)
+        filled = image < 255
+        assert filled.sum(axis=0).max() == 8 and filled.sum(axis=1).max() == 2  # tall and thin in the picture

@@ -6,7 +6,7 @@ import trimesh
 from recon3d.config import load_config
 from recon3d.data import schema
 from recon3d.data.sources import assign_split, detect_kind, discover
-from recon3d.data.verify import _read_tar
+from recon3d.data.verify import read_tar
 from recon3d.data.writer import build_shards
 from tests.conftest import tiny_config
 
@@ -80,7 +80,7 @@ def test_imnet_hdf5_converts_without_meshes(tmp_path):
     cfg = tiny_config(f"source.root={src}", f"shards.out_dir={out}", "source.hdf5_axes=zyx")
     result = build_shards(cfg, progress=False)
     assert result.manifest["samples"] == 3 and result.manifest["splits"]["test"]["samples"] == 3
-    samples = _read_tar(out / "test-000000.tar")
+    samples = read_tar(out / "test-000000.tar")
     chair = samples["chair/aaa"]
     voxels = schema.unpack_voxels(chair[schema.VOXELS])
     assert np.array_equal(voxels, data["voxels"][0, ..., 0].transpose(2, 1, 0) > 0)
@@ -110,7 +110,7 @@ def test_binvox_folder_becomes_samples(tmp_path):
     result = build_shards(tiny_config(f"source.root={tmp_path / 'src'}", f"shards.out_dir={out}",
                                       "shards.split=[1,0,0]"), progress=False)
     assert detect_kind(tmp_path / "src") == "folder" and result.manifest["samples"] == 1
-    voxels = schema.unpack_voxels(_read_tar(out / "train-000000.tar")["chair/one"][schema.VOXELS])
+    voxels = schema.unpack_voxels(read_tar(out / "train-000000.tar")["chair/one"][schema.VOXELS])
     interior = voxels[1:-1, 1:-1, 1:-1] & voxels[:-2, 1:-1, 1:-1] & voxels[2:, 1:-1, 1:-1] & \
         voxels[1:-1, :-2, 1:-1] & voxels[1:-1, 2:, 1:-1] & voxels[1:-1, 1:-1, :-2] & voxels[1:-1, 1:-1, 2:]
     assert interior.any()  # the binvox shell became a solid with an inside, not a one-voxel crust

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from recon3d.data import schema
-from recon3d.data.verify import _read_tar, verify_shards
+from recon3d.data.verify import read_tar, verify_shards
 from recon3d.data.writer import build_shards, file_sha256
 from tests.conftest import REPO, TINY, tiny_config
 
@@ -28,7 +28,7 @@ def test_round_trip_members_and_manifest(tiny_shards, tiny_meshes):
     for shard in manifest["shards"]:
         path = tiny_shards / f"{shard['name']}.tar"
         assert file_sha256(path) == shard["sha256"]
-        for key, members in _read_tar(path).items():
+        for key, members in read_tar(path).items():
             meta = schema.decode_meta(members)
             assert meta["key"] == key and key.split("/")[0] in ("chair", "table", "car")
             assert schema.unpack_voxels(members[schema.VOXELS]).shape == (16, 16, 16)
@@ -43,7 +43,7 @@ def test_round_trip_members_and_manifest(tiny_shards, tiny_meshes):
 
 def test_split_is_by_key_hash_and_stable(tiny_shards):
     for shard in json.loads((tiny_shards / "manifest.json").read_text())["shards"]:
-        for key in _read_tar(tiny_shards / f"{shard['name']}.tar"):
+        for key in read_tar(tiny_shards / f"{shard['name']}.tar"):
             assert schema.split_by_hash(key, (0.5, 0.25, 0.25)) == shard["split"]
 
 
