@@ -87,7 +87,8 @@ def _bench(args) -> int:
         cfg = _config(args, extra)
         print(bench.bench_prep(cfg, args.limit, workers))
     elif args.what == "loader":
-        print(bench.bench_loader(args.target, args.stage, workers, args.batches, args.batch_size, args.resolution))
+        print(bench.bench_loader(args.target, args.stage, workers, args.batches, args.batch_size, args.resolution,
+                                 args.repeats))
     else:
         print(bench.bench_shards(args.target))
     return 0
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--limit", type=int, default=12, help="prep: inputs to time")
     bench.add_argument("--stage", default="autoencoder", choices=["autoencoder", "image"])
     bench.add_argument("--batches", type=int, default=30)
+    bench.add_argument("--repeats", type=int, default=3, help="loader: runs per setting (the median is printed)")
     bench.add_argument("--batch-size", type=int, default=16)
     bench.add_argument("--resolution", type=int, default=64, help="loader: point set to read")
     bench.set_defaults(func=_bench)

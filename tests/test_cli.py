@@ -60,7 +60,7 @@ def test_bench_prints_figures(tiny_shards, tiny_meshes, capsys):
     assert main(["bench", "shards", str(tiny_shards)]) == 0
     assert "KiB per sample" in capsys.readouterr().out
     assert main(["bench", "loader", str(tiny_shards), "--workers", "0", "--batches", "2", "--batch-size", "2",
-                 "--resolution", "16"]) == 0
+                 "--resolution", "16", "--repeats", "1"]) == 0
     assert "samples/s" in capsys.readouterr().out
     assert main(["bench", "prep", str(tiny_meshes), "-c", str(TINY), "--limit", "2", "--workers", "1"]) == 0
     assert "s/mesh" in capsys.readouterr().out

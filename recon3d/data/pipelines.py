@@ -27,7 +27,6 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from recon3d.data import schema
-from recon3d.geometry.sampling import point_positions
 
 log = logging.getLogger("recon3d.data")
 
@@ -64,9 +63,15 @@ class SkipCounter:
         log.warning("skipping %s: %s (%d skipped so far in this process)", where, reason, self.count)
 
 
-def iter_raw(paths: Sequence[str], skips: SkipCounter) -> Iterator[Dict[str, bytes]]:
-    """Raw samples (member suffix -> bytes, plus __key__ and __url__) of the given tars, in order."""
+def iter_raw(paths: Sequence[str], skips: SkipCounter,
+             wanted: Optional[Callable[[str], bool]] = None) -> Iterator[Dict[str, bytes]]:
+    """Raw samples (member suffix -> bytes, plus __key__ and __url__) of the given tars, in order.
+
+    `wanted(suffix)` keeps only the members a stage decodes: the rest are skipped inside the tar reader.
+    """
     from webdataset.tariterators import tarfile_samples
+
+    select = None if wanted is None else (lambda name: wanted(name.rsplit("/", 1)[-1].partition(".")[2]))
 
     def handler(err: BaseException) -> bool:
         url = err.args[-1] if err.args and isinstance(err.args[-1], str) else "a shard"
@@ -77,14 +82,24 @@ def iter_raw(paths: Sequence[str], skips: SkipCounter) -> Iterator[Dict[str, byt
         if not Path(path).is_file():
             skips.skip(path, FileNotFoundError("shard file is missing"))
             continue
-        yield from tarfile_samples([{"url": str(path)}], handler=handler)
+        yield from tarfile_samples([{"url": str(path)}], handler=handler, select_files=select)
 
 
 # ---------------------------------------------------------------------------------------------------- decoding
 
 
+def autoencoder_members(resolution: int) -> Callable[[str], bool]:
+    keep = {schema.META, schema.VOXELS, schema.points_member(resolution), schema.values_member(resolution)}
+    return keep.__contains__
+
+
+def image_members(suffix: str) -> bool:
+    return not suffix.startswith(("points_", "values_")) and suffix != schema.VOXELS_FINE
+
+
 def decode_autoencoder(raw: Dict[str, bytes], resolution: int, points: int, rng: random.Random) -> dict:
-    """voxels (1, R, R, R) float32, points (P, 3) float32 in [-0.5, 0.5], values (P, 1) float32 in {0, 1}."""
+    """Compact arrays (see `expand_batch`): voxels (1, R, R, R) uint8, point_index (P, 3) uint8 fine-grid indices,
+    point_grid (), values (P, 1) uint8. Keeping them small makes worker-to-trainer transfer 4x cheaper."""
     meta = schema.decode_meta(raw)
     voxels = schema.unpack_voxels(raw[schema.VOXELS])
     index = schema.load_npy(raw[schema.points_member(resolution)])
@@ -92,9 +107,20 @@ def decode_autoencoder(raw: Dict[str, bytes], resolution: int, points: int, rng:
     if points and points < len(index):
         keep = np.sort(np.array(rng.sample(range(len(index)), points)))
         index, values = index[keep], values[keep]
-    return {"key": raw["__key__"], "voxels": voxels[None].astype(np.float32),
-            "points": point_positions(index, int(meta["point_grid"])),
-            "values": values[:, None].astype(np.float32)}
+    return {"key": raw["__key__"], "voxels": voxels[None].view(np.uint8), "point_index": index,
+            "point_grid": np.int32(meta["point_grid"]), "values": values[:, None].view(np.uint8)}
+
+
+def expand_batch(batch: dict) -> dict:
+    """Turn a compact batch into model inputs, on whatever device it now lives on (float32 everywhere):
+    voxels (B, 1, R, R, R) in {0, 1}; points (B, P, 3) in [-0.5, 0.5]; values (B, P, 1) in {0, 1}."""
+    if "point_index" in batch:
+        grid = batch.pop("point_grid").to(torch.float32).view(-1, 1, 1)
+        batch["points"] = (batch.pop("point_index").to(torch.float32) + 0.5) / grid - 0.5
+        batch["values"] = batch["values"].to(torch.float32)
+    if "voxels" in batch:
+        batch["voxels"] = batch["voxels"].to(torch.float32)
+    return batch
 
 
 def _to_float_image(image: np.ndarray, grayscale: bool) -> np.ndarray:
@@ -142,7 +168,7 @@ def decode_image(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, gray
         k[0, 0], k[0, 2] = -k[0, 0], crop - k[0, 2]  # u' = crop - u
     return {"key": raw["__key__"], "image": np.ascontiguousarray(image), "view": view,
             "camera_k": k.astype(np.float32), "camera_rt": rt.astype(np.float32), "has_camera": has_camera,
-            "voxels": schema.unpack_voxels(raw[schema.VOXELS])[None].astype(np.float32)}
+            "voxels": schema.unpack_voxels(raw[schema.VOXELS])[None].view(np.uint8)}
 
 
 def collate(samples: List[dict]) -> dict:
@@ -159,11 +185,12 @@ def collate(samples: List[dict]) -> dict:
 
 class _Stream(IterableDataset):
     def __init__(self, shards: Sequence[ShardInfo], decode: Callable[[dict, random.Random, bool], dict],
-                 batch_size: int, *, seed: int = 0, rank: Optional[int] = None,
-                 world_size: Optional[int] = None) -> None:
+                 batch_size: int, *, members: Optional[Callable[[str], bool]] = None, seed: int = 0,
+                 rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
         super().__init__()
         self.shards = [s for s in shards if s.samples > 0]
         self.decode = decode
+        self.members = members
         self.batch_size = batch_size
         self.seed = seed
         self._rank, self._world = rank, world_size
@@ -211,7 +238,7 @@ class TrainStream(_Stream):
             while True:
                 shard = rng.choices(self.shards, weights=weights)[0]
                 got = False
-                for sample in self._decoded(iter_raw([shard.path], self.skips), rng, True):
+                for sample in self._decoded(iter_raw([shard.path], self.skips, self.members), rng, True):
                     got = True
                     yield sample
                 misses = 0 if got else misses + 1
@@ -263,7 +290,7 @@ class EvalStream(_Stream):
         slot, slots = rank * workers + worker, world * workers
         shards, modulo = self._slot_samples(slot, slots)
         rng = random.Random(self.seed)
-        raws = iter_raw([s.path for s in shards], self.skips)
+        raws = iter_raw([s.path for s in shards], self.skips, self.members)
         if modulo is not None:
             raws = (raw for i, raw in enumerate(raws) if i % slots == modulo)
         batch: List[dict] = []

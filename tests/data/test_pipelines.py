@@ -31,7 +31,10 @@ def _split_keys(shards, split):
 
 
 def test_autoencoder_batch_shapes_and_ranges(tiny_shards):
-    batch = next(iter(_dm(tiny_shards).train_dataloader()))
+    dm = _dm(tiny_shards)
+    compact = next(iter(dm.train_dataloader()))
+    assert compact["voxels"].dtype == torch.uint8 and compact["point_index"].dtype == torch.uint8
+    batch = dm.on_after_batch_transfer(compact, 0)
     assert batch["voxels"].shape == (2, 1, 16, 16, 16) and batch["voxels"].dtype == torch.float32
     assert batch["points"].shape == (2, 1024, 3) and batch["values"].shape == (2, 1024, 1)
     assert batch["points"].abs().max() < 0.5 and set(batch["values"].unique().tolist()) <= {0.0, 1.0}
@@ -40,7 +43,7 @@ def test_autoencoder_batch_shapes_and_ranges(tiny_shards):
 def test_point_subsets_and_resolution_switch(tiny_shards):
     dm = _dm(tiny_shards, points_per_sample=100)
     dm.set_point_resolution(8)
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert batch["points"].shape == (2, 100, 3)
     with pytest.raises(ValueError, match="no point set at 64"):
         _dm(tiny_shards, point_resolution=64)
