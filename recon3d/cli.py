@@ -81,16 +81,17 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     from recon3d import bench
 
-    workers = [int(w) for w in args.workers.split(",")]
+    workers = [int(w) for w in (args.workers or ("1,2" if args.what == "prep" else "0,1,2")).split(",")]
     if args.what == "prep":
         extra = [f"source.root={args.target}"] if args.target else []
         cfg = _config(args, extra)
         print(bench.bench_prep(cfg, args.limit, workers))
-    elif args.what == "loader":
-        print(bench.bench_loader(args.target, args.stage, workers, args.batches, args.batch_size, args.resolution,
-                                 args.repeats))
     else:
-        print(bench.bench_shards(args.target))
+        if args.what in ("loader", "data"):
+            print(bench.bench_loader(args.target, args.stage, workers, args.batches, args.batch_size,
+                                     args.resolution, args.repeats))
+        if args.what in ("shards", "data"):
+            print(bench.bench_shards(args.target))
     return 0
 
 
@@ -140,12 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("dir")
     summary.set_defaults(func=_shards_summary)
 
-    bench = verbs.add_parser("bench", help="print speed and size figures (prep, loader, shards)")
-    bench.add_argument("what", choices=["prep", "loader", "shards"])
+    bench = verbs.add_parser("bench", help="print speed and size figures (prep, loader, shards; data = both)")
+    bench.add_argument("what", choices=["prep", "loader", "shards", "data"])
     bench.add_argument("target", nargs="?", default="", help="prep: input folder; loader/shards: shard folder")
     bench.add_argument("-c", "--config", action="append", default=[], metavar="YAML")
     bench.add_argument("overrides", nargs="*", metavar="key=value")
-    bench.add_argument("--workers", default="1,2", help="comma-separated worker counts to compare")
+    bench.add_argument("--workers", default="", help="comma-separated worker counts (prep: 1,2; loader: 0,1,2)")
     bench.add_argument("--limit", type=int, default=12, help="prep: inputs to time")
     bench.add_argument("--stage", default="autoencoder", choices=["autoencoder", "image"])
     bench.add_argument("--batches", type=int, default=30)

@@ -135,6 +135,7 @@ class LoaderConfig:
     grayscale: bool = True  # image stage: one channel (as IM-NET) or RGB, composited on white
     train_samples_per_epoch: int = 0  # resampled training epoch length over all ranks (0: the train split size)
     shuffle_buffer: int = 64  # per-worker shuffle buffer for training samples
+    persistent_workers: bool = True  # keep DataLoader workers between epochs (start-up costs seconds each)
     seed: int = 0  # seeds shard resampling and augmentation
 
     def __post_init__(self) -> None:

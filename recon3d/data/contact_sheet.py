@@ -74,19 +74,21 @@ def contact_sheet(shard_dir: str | Path, out: str | Path, *, count: int = 8, vie
     """Write a PNG with `count` samples (spread over categories where possible) and return its path."""
     shard_dir, out = Path(shard_dir), Path(out)
     manifest = load_manifest(shard_dir)
-    chosen: List[tuple] = []
-    seen_categories = set()
-    leftovers: List[tuple] = []
+    by_category: dict = {}
     for shard in manifest["shards"]:
         if split and shard["split"] != split:
             continue
         for key, members in read_tar(shard_dir / f"{shard['name']}.tar").items():
-            category = key.split("/")[0]
-            (leftovers if category in seen_categories else chosen).append((key, members))
-            seen_categories.add(category)
-        if len(chosen) >= count:
+            by_category.setdefault(key.split("/")[0], []).append((key, members))
+        if sum(len(v) for v in by_category.values()) >= 4 * count:
             break
-    rows = [sample_row(k, m, views, size) for k, m in (chosen + leftovers)[:count]]
+    picked: List[tuple] = []
+    queues = [list(v) for _, v in sorted(by_category.items())]
+    while len(picked) < count and any(queues):  # round-robin over categories
+        for queue in queues:
+            if queue and len(picked) < count:
+                picked.append(queue.pop(0))
+    rows = [sample_row(k, m, views, size) for k, m in picked]
     if not rows:
         raise ValueError(f"{shard_dir}: no samples to show")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import random
 from pathlib import Path
 from typing import List, Optional
 
@@ -11,17 +9,9 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from recon3d.config import LoaderConfig
-from recon3d.data.pipelines import (EvalStream, ShardInfo, TrainStream, autoencoder_members, decode_autoencoder,
-                                    decode_image, expand_batch, image_members)
+from recon3d.data.pipelines import (AutoencoderDecoder, EvalStream, ImageDecoder, ShardInfo, TrainStream,
+                                    autoencoder_members, expand_batch, image_members)
 from recon3d.data.writer import load_manifest
-
-
-def _decode_autoencoder(raw, rng: random.Random, train: bool, *, resolution: int, points: int):
-    return decode_autoencoder(raw, resolution, points, rng if train else random.Random(raw["__key__"]))
-
-
-def _decode_image(raw, rng: random.Random, train: bool, *, crop: int, flip: bool, grayscale: bool):
-    return decode_image(raw, crop, train, flip, grayscale, rng)
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -36,8 +26,9 @@ class ShardDataModule(L.LightningDataModule):
 
     def __init__(self, *, shards: str, stage: str = "autoencoder", batch_size: int = 16, num_workers: int = 2,
                  point_resolution: int = 16, points_per_sample: int = 0, crop_size: int = 128, flip: bool = True,
-                 grayscale: bool = True, train_samples_per_epoch: int = 0, shuffle_buffer: int = 64, seed: int = 0,
-                 rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
+                 grayscale: bool = True, train_samples_per_epoch: int = 0, shuffle_buffer: int = 64,
+                 persistent_workers: bool = True, seed: int = 0, rank: Optional[int] = None,
+                 world_size: Optional[int] = None) -> None:
         super().__init__()
         self.shard_dir = Path(shards)
         self.stage = stage
@@ -48,6 +39,7 @@ class ShardDataModule(L.LightningDataModule):
         self.crop_size, self.flip, self.grayscale = crop_size, flip, grayscale
         self.train_samples_per_epoch = train_samples_per_epoch
         self.shuffle_buffer = shuffle_buffer
+        self.persistent_workers = persistent_workers
         self.seed = seed
         self._rank, self._world = rank, world_size
         self.manifest: dict = {}
@@ -56,7 +48,8 @@ class ShardDataModule(L.LightningDataModule):
     def from_config(cls, cfg: LoaderConfig, **kwargs) -> "ShardDataModule":
         fields = {k: getattr(cfg, k) for k in ("shards", "stage", "batch_size", "num_workers", "point_resolution",
                                                "points_per_sample", "crop_size", "flip", "grayscale",
-                                               "train_samples_per_epoch", "shuffle_buffer", "seed")}
+                                               "train_samples_per_epoch", "shuffle_buffer", "persistent_workers",
+                                               "seed")}
         return cls(**fields, **kwargs)
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -70,7 +63,8 @@ class ShardDataModule(L.LightningDataModule):
         return expand_batch(batch)
 
     def set_point_resolution(self, resolution: int) -> None:
-        """Switch the autoencoder stage to another stored point set (takes effect at the next epoch's loaders)."""
+        """Switch the autoencoder stage to another stored point set; takes effect in loaders made after the call
+        (with persistent workers, ask the trainer to reload its dataloaders)."""
         self.point_resolution = resolution
 
     def shard_infos(self, split: str) -> List[ShardInfo]:
@@ -81,16 +75,15 @@ class ShardDataModule(L.LightningDataModule):
 
     def _decoder(self):
         if self.stage == "autoencoder":
-            return functools.partial(_decode_autoencoder, resolution=self.point_resolution,
-                                     points=self.points_per_sample)
-        return functools.partial(_decode_image, crop=self.crop_size, flip=self.flip, grayscale=self.grayscale)
+            return AutoencoderDecoder(self.point_resolution, self.points_per_sample)
+        return ImageDecoder(self.crop_size, self.flip, self.grayscale)
 
     def _members(self):
         return autoencoder_members(self.point_resolution) if self.stage == "autoencoder" else image_members
 
     def _loader(self, dataset) -> DataLoader:
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=False, pin_memory=False)
+                          persistent_workers=self.persistent_workers and self.num_workers > 0, pin_memory=False)
 
     def train_dataloader(self) -> DataLoader:
         stream = TrainStream(self.shard_infos("train"), self._decoder(), self.batch_size, members=self._members(),

@@ -171,6 +171,25 @@ def decode_image(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, gray
             "voxels": schema.unpack_voxels(raw[schema.VOXELS])[None].view(np.uint8)}
 
 
+class AutoencoderDecoder:
+    """Picklable per-stage decoder (workers import only this module: no Lightning in worker start-up)."""
+
+    def __init__(self, resolution: int, points: int) -> None:
+        self.resolution, self.points = resolution, points
+
+    def __call__(self, raw: dict, rng: random.Random, train: bool) -> dict:
+        # evaluation subsets are fixed per shape, so metrics compare like with like across epochs
+        return decode_autoencoder(raw, self.resolution, self.points, rng if train else random.Random(raw["__key__"]))
+
+
+class ImageDecoder:
+    def __init__(self, crop: int, flip: bool, grayscale: bool) -> None:
+        self.crop, self.flip, self.grayscale = crop, flip, grayscale
+
+    def __call__(self, raw: dict, rng: random.Random, train: bool) -> dict:
+        return decode_image(raw, self.crop, train, self.flip, self.grayscale, rng)
+
+
 def collate(samples: List[dict]) -> dict:
     """Stack a list of decoded samples into tensors (keys stay a list of strings)."""
     out = {}
@@ -193,7 +212,8 @@ class _Stream(IterableDataset):
         self.members = members
         self.batch_size = batch_size
         self.seed = seed
-        self._rank, self._world = rank, world_size
+        # Resolved here, in the trainer process: DataLoader workers have no process group of their own.
+        self._rank, self._world = dist_context(rank, world_size)
         self.skips = SkipCounter()
         self._calls = 0  # iterations started in this process (distinguishes epochs without workers)
 
@@ -227,9 +247,8 @@ class TrainStream(_Stream):
             raise ValueError("no training samples: the train split is empty")
         rank, _ = dist_context(self._rank, self._world)
         worker, workers, torch_seed = worker_context()
-        self._calls += 1
-        epoch_seed = torch_seed if torch_seed is not None else self._calls
-        rng = random.Random(hash((self.seed, rank, worker, epoch_seed)))
+        self._calls += 1  # counts epochs inside a persistent worker, whose torch seed stays the same
+        rng = random.Random(hash((self.seed, rank, worker, torch_seed, self._calls)))
         wanted = self.batches_for_worker(worker, workers)
         weights = [s.samples for s in self.shards]
 

@@ -172,3 +172,10 @@ def test_contact_sheet_projections_keep_objects_upright():
         image = voxel_projection(tall, axis)
         filled = image < 255
         assert filled.sum(axis=0).max() == 8 and filled.sum(axis=1).max() == 2  # tall and thin in the picture
+
+
+def test_persistent_workers_reshuffle_every_epoch(tiny_shards):
+    dm = _dm(tiny_shards, num_workers=1, train_samples_per_epoch=12, persistent_workers=True)
+    loader = dm.train_dataloader()
+    epochs = [[k for b in loader for k in b["key"]] for _ in range(2)]
+    assert loader.persistent_workers and epochs[0] != epochs[1]
