@@ -22,6 +22,7 @@ import sys
 import tarfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional
@@ -161,8 +162,16 @@ def _init_worker() -> None:
         os.environ[var] = "1"
 
 
+_DIED = "worker process died while preparing this input (killed: out of memory, or a crash in a native library)"
+
+
 def ordered_map(jobs: List[tuple], workers: int) -> Iterator[tuple]:
-    """Results of _work in job order, with at most 4 x workers jobs in flight (bounded memory)."""
+    """Results of _work in job order, with at most 4 x workers jobs in flight (bounded memory).
+
+    A worker that dies (OOM killer, segfault) breaks the whole pool and every job in flight with it. Those jobs are
+    then run again one at a time, each in a pool of its own: the one that kills its worker again is rejected with a
+    reason, the others give their results, and the build goes on with a fresh pool.
+    """
     if workers <= 1:
         for job in jobs:
             yield _work(job)
@@ -170,19 +179,38 @@ def ordered_map(jobs: List[tuple], workers: int) -> Iterator[tuple]:
     import multiprocessing
 
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-        window: collections.deque = collections.deque()
-        jobs_iter = iter(jobs)
-        for job in jobs_iter:
-            window.append(pool.submit(_work, job))
-            if len(window) >= 4 * workers:
-                break
-        while window:
-            result = window.popleft().result()
-            nxt = next(jobs_iter, None)
-            if nxt is not None:
-                window.append(pool.submit(_work, nxt))
-            yield result
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+
+    def alone(job: tuple) -> tuple:
+        with ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker) as single:
+            try:
+                return single.submit(_work, job).result()
+            except BrokenProcessPool:
+                item = job[0]
+                return "reject", {"path": item.path, "key": item.key, "reason": _DIED}
+
+    pending = collections.deque(jobs)
+    pool = new_pool()
+    window: collections.deque = collections.deque()
+    try:
+        while pending or window:
+            while pending and len(window) < 4 * workers:
+                job = pending.popleft()
+                window.append((job, pool.submit(_work, job)))
+            job, future = window.popleft()
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                lost = [job] + [j for j, _ in window]
+                window.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                for lost_job in lost:
+                    yield alone(lost_job)
+                pool = new_pool()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _finish_shard(out: Path, plan: ShardPlan, tar: tarfile.TarFile, handle, count: int, rejects: List[dict]):

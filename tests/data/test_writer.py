@@ -98,3 +98,21 @@ def test_kill_dash_nine_then_rerun_gives_the_same_manifest(tiny_meshes, tmp_path
     assert killed_manifest == fresh_manifest
     assert verify_shards(out).ok and not list(out.glob("*.tmp"))
     assert reference.manifest["samples"] == killed_manifest["samples"]
+
+
+def test_a_worker_killed_mid_item_rejects_that_item_and_the_build_goes_on(tiny_meshes, tmp_path, monkeypatch):
+    """Simulates the OOM killer: preparing one input kills its worker process outright."""
+    import recon3d.data.writer as writer
+
+    real_prepare = writer.prepare
+
+    def deadly(item, root, cfg):
+        if item.key == "chair/chair_001":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_prepare(item, root, cfg)
+
+    monkeypatch.setattr(writer, "prepare", deadly)  # fork-started workers inherit the patch
+    result = _build(tiny_meshes, tmp_path, "shards.workers=2")
+    assert result.manifest["samples"] == 11
+    assert [r["key"] for r in result.rejects] == ["chair/chair_001"]
+    assert "worker process died" in result.rejects[0]["reason"]
