@@ -58,6 +58,7 @@ class GeometryConfig:
     point_resolutions: List[int] = field(default_factory=lambda: [16, 32, 64])  # IM-NET point sets to store
     point_counts: List[int] = field(default_factory=lambda: [4096, 8192, 32768])  # points per set, in that order
     edge_window: int = 7  # a voxel is "edge" when this cube around it holds both values (odd)
+    surface_points: int = 8192  # points (+ normals) sampled on the normalised mesh, for surface metrics (0: none)
     seal_voxels: int = 2  # dilation (in stored voxels) used to seal holes of leaky meshes; 0 disables sealing
     max_faces: int = 5_000_000  # reject meshes with more faces (bounds time and memory)
     max_file_mb: float = 1024.0  # reject files larger than this before reading them

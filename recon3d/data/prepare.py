@@ -21,6 +21,7 @@ from recon3d.data import schema
 from recon3d.data.formats import RejectError, load_mesh, read_binvox, voxel_boundary_mesh
 from recon3d.data.sources import Item
 from recon3d.geometry.camera import sample_views
+from recon3d.geometry.metrics import sample_surface
 from recon3d.geometry.render import render_views
 from recon3d.geometry.sampling import sample_points
 from recon3d.geometry.transform import normalise
@@ -92,6 +93,9 @@ def _mesh_members(vertices, faces, item: Item, cfg: Config, clock: _Clock) -> Di
         members[schema.points_member(res)] = schema.npy_bytes(points.indices)
         members[schema.values_member(res)] = schema.pack_values(points.values)
         counts[str(res)] = {"points": int(count), "stage": points.stage}
+    if geo.surface_points:
+        points, normals = sample_surface(verts, faces, geo.surface_points, rng)
+        members.update(schema.pack_surface(points, normals))
     clock.lap("points")
     views = sample_views(ren.views, rng, size=ren.image_size, azimuth_range=ren.azimuth_range,
                          elevation_range=ren.elevation_range, distance_range=ren.distance_range,
@@ -107,7 +111,7 @@ def _mesh_members(vertices, faces, item: Item, cfg: Config, clock: _Clock) -> Di
     clock.lap("views")
     meta = {"normalisation": norm.as_dict(), "faces": int(len(faces)), "sealed_voxels": solid.sealed_voxels,
             "voxel_resolution": geo.voxel_resolution, "point_grid": geo.fine_resolution, "point_sets": counts,
-            "views": len(views), "cameras": bool(len(views))}
+            "views": len(views), "cameras": bool(len(views)), "surface_points": geo.surface_points}
     members[schema.META] = meta  # completed by the caller
     return members
 

@@ -12,6 +12,8 @@ basename). Members, all lower case:
     camera_pose.npy     (V, 3) float32: azimuth, elevation (degrees), distance
     camera_k.npy        (V, 3, 3) float32 intrinsics, pixels
     camera_rt.npy       (V, 3, 4) float32 world-to-camera [R | t], OpenCV axes (x right, y down, z forward)
+    surface_points.npy  (S, 3) float16: points on the normalised mesh (area-uniform), for surface metrics
+    surface_normals.npy (S, 3) int8: their face normals x 127 (sign follows the mesh's winding)
 
 Arrays are .npy read with allow_pickle=False.
 """
@@ -33,6 +35,8 @@ VOXELS_FINE = "voxels_fine.npy"
 CAMERA_POSE = "camera_pose.npy"
 CAMERA_K = "camera_k.npy"
 CAMERA_RT = "camera_rt.npy"
+SURFACE_POINTS = "surface_points.npy"
+SURFACE_NORMALS = "surface_normals.npy"
 SPLITS = ("train", "val", "test")
 
 
@@ -111,6 +115,18 @@ def unpack_values(data: bytes, count: int) -> np.ndarray:
     if packed.dtype != np.uint8 or packed.ndim != 1 or len(packed) != (count + 7) // 8:
         raise ValueError(f"packed values for {count} points must be ({(count + 7) // 8},) uint8, got {packed.shape}")
     return np.unpackbits(packed, count=count).astype(bool)
+
+
+def pack_surface(points: np.ndarray, normals: np.ndarray) -> Dict[str, bytes]:
+    return {SURFACE_POINTS: npy_bytes(points.astype(np.float16)),
+            SURFACE_NORMALS: npy_bytes(np.clip(np.rint(normals * 127), -127, 127).astype(np.int8))}
+
+
+def unpack_surface(sample: Dict[str, bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """(S, 3) float32 points and unit normals of a sample's stored surface."""
+    normals = load_npy(sample[SURFACE_NORMALS]).astype(np.float32)
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-6)
+    return load_npy(sample[SURFACE_POINTS]).astype(np.float32), normals
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -44,6 +44,10 @@ def _check_sample(key: str, members: dict, expected: dict) -> List[str]:
             problems.append(f"{key}: {len(views)} views, meta says {meta['views']}")
         for name in views:
             schema.load_png(members[name])
+        if meta.get("surface_points"):
+            points, _ = schema.unpack_surface(members)
+            if points.shape != (meta["surface_points"], 3):
+                problems.append(f"{key}: surface_points has shape {points.shape}")
         if meta.get("cameras"):
             for name in (schema.CAMERA_POSE, schema.CAMERA_K, schema.CAMERA_RT):
                 if len(schema.load_npy(members[name])) != meta["views"]:

@@ -14,8 +14,12 @@ from recon3d.geometry.camera import Views
 
 
 @numba.njit(cache=True, nogil=True)
-def _rasterise(xy, inv_depth, faces, shade, width, zbuf, image):  # pragma: no cover - compiled
-    """Fill `image` (H, W) with per-face `shade` where the face is nearest (largest 1/z wins)."""
+def _rasterise(xy, inv_depth, faces, shade, width, zbuf, image, slack):  # pragma: no cover - compiled
+    """Fill `image` (H, W) with per-face `shade` where the face is nearest (largest 1/z wins).
+
+    slack 0 samples pixel centres; slack 0.5 is conservative: a pixel counts when the triangle touches its square
+    (each edge function tested at the pixel corner where it is largest).
+    """
     height = zbuf.shape[0]
     for f in range(faces.shape[0]):
         a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
@@ -31,6 +35,10 @@ def _rasterise(xy, inv_depth, faces, shade, width, zbuf, image):  # pragma: no c
         xmax = min(int(np.ceil(max(x0, x1, x2))), width - 1)
         ymin = max(int(np.floor(min(y0, y1, y2))), 0)
         ymax = min(int(np.ceil(max(y0, y1, y2))), height - 1)
+        # d(w_i)/dx and d(w_i)/dy: how far each barycentric can rise within half a pixel
+        g0 = slack * (abs(y1 - y2) + abs(x2 - x1)) / abs(area)
+        g1 = slack * (abs(y2 - y0) + abs(x0 - x2)) / abs(area)
+        g2 = slack * (abs(y0 - y1) + abs(x1 - x0)) / abs(area)
         for py in range(ymin, ymax + 1):
             cy = py + 0.5
             for px in range(xmin, xmax + 1):
@@ -38,7 +46,7 @@ def _rasterise(xy, inv_depth, faces, shade, width, zbuf, image):  # pragma: no c
                 w0 = ((x1 - cx) * (y2 - cy) - (x2 - cx) * (y1 - cy)) / area
                 w1 = ((x2 - cx) * (y0 - cy) - (x0 - cx) * (y2 - cy)) / area
                 w2 = 1.0 - w0 - w1
-                if w0 < 0.0 or w1 < 0.0 or w2 < 0.0:
+                if w0 + g0 < 0.0 or w1 + g1 < 0.0 or w2 + g2 < 0.0:
                     continue
                 z = w0 * inv_depth[a] + w1 * inv_depth[b] + w2 * inv_depth[c]
                 if z > zbuf[py, px]:
@@ -85,14 +93,24 @@ def render_view(vertices: np.ndarray, faces: np.ndarray, intr: np.ndarray, extr:
     offset = np.asarray(light_offset, dtype=np.float64)
     light = eye + rot.T @ np.array([offset[0], -offset[1], offset[2]])  # camera y points down
     shade = face_shading(vertices, faces, light, ambient)
+    faces64 = np.ascontiguousarray(faces, dtype=np.int64)
     zbuf = np.zeros((size * s, size * s))
     image = np.full((size * s, size * s), -1.0)
-    _rasterise(xy, inv_depth, np.ascontiguousarray(faces, dtype=np.int64), shade, size * s, zbuf, image)
+    _rasterise(xy, inv_depth, faces64, shade, size * s, zbuf, image, 0.0)
     covered = (image >= 0).reshape(size, s, size, s)
     value = np.where(image >= 0, image, 0.0).reshape(size, s, size, s).sum(axis=(1, 3))
     count = covered.sum(axis=(1, 3))
     alpha = count / float(s * s)
     mean_shade = value / np.maximum(count, 1)
+    # Geometry thinner than the sample spacing can fall between samples: a conservative pass at the image's own
+    # resolution gives every pixel that the geometry touches at least the smallest visible alpha, so the mask
+    # holds the whole silhouette (as a renderer's reconstruction filter would).
+    touched_z = np.zeros((size, size))
+    touched = np.full((size, size), -1.0)
+    _rasterise(np.ascontiguousarray(xy / s), inv_depth, faces64, shade, size, touched_z, touched, 0.5)
+    missed = (count == 0) & (touched >= 0)
+    alpha = np.where(missed, 1.0 / 255.0, alpha)
+    mean_shade = np.where(missed, touched, mean_shade)
     rgb = mean_shade[..., None] * np.asarray(color, dtype=np.float64)
     out = np.concatenate([rgb, alpha[..., None]], axis=-1)
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)

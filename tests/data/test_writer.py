@@ -38,6 +38,9 @@ def test_round_trip_members_and_manifest(tiny_shards, tiny_meshes):
                 assert schema.unpack_values(members[schema.values_member(res)], count).dtype == bool
             assert schema.load_png(members[schema.view_member(2)]).shape == (32, 32, 4)
             assert schema.load_npy(members[schema.CAMERA_RT]).shape == (3, 3, 4)
+            points, normals = schema.unpack_surface(members)
+            assert points.shape == normals.shape == (256, 3) and np.abs(points).max() <= 0.5
+            assert np.allclose(np.linalg.norm(normals, axis=1), 1, atol=1e-3)
     assert verify_shards(tiny_shards).ok
 
 

@@ -76,3 +76,12 @@ def test_our_cameras_on_real_meshes(tmp_path, name):
     path = shared_path("meshes", name)
     cfg = tiny_config("render.views=6", "render.image_size=137", "render.supersample=4")
     assert _check_sample(tmp_path, path, cfg) >= 0.99
+
+
+def test_a_wire_thinner_than_the_samples_still_shows_in_alpha():
+    """A 0.02-pixel-wide sliver is missed by every sample; the conservative pass keeps it in the mask."""
+    verts = np.array([[-0.4, 0.0, 0.0], [0.4, 0.0, 0.0], [0.4, 0.0002, 0.0]])
+    views = make_views([90.0], [0.0], [2.0], 100.0, 64)  # camera on +Z looking at the sliver face-on
+    image = render_view(verts, np.array([[0, 1, 2]]), views.intrinsics[0], views.extrinsics[0], 64, supersample=4)
+    row = image[..., 3].max(axis=1).argmax()
+    assert (image[row, 16:48, 3] > 0).all()

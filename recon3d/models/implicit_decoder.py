@@ -1,0 +1,68 @@
+"""IM-NET's implicit decoder: f(point, z) -> occupancy."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+OUTPUTS = ("sigmoid", "leaky_clip")
+
+
+class ImplicitDecoder(nn.Module):
+    """An MLP on [point, z] with leaky ReLU (slope 0.02) between layers.
+
+    Args:
+        latent_dim: Z.
+        decoder_widths: hidden layer widths; the improved IM-NET uses 1024-1024-1024-512-256-128.
+        decoder_output: "sigmoid", or IM-NET's "leaky_clip" (identity in [0, 1] with slope 0.01 outside), which
+            keeps gradients alive where a sigmoid saturates.
+    """
+
+    def __init__(self, *, latent_dim: int = 256, decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128),
+                 decoder_output: str = "sigmoid") -> None:
+        super().__init__()
+        if decoder_output not in OUTPUTS:
+            raise ValueError(f"decoder_output must be one of {OUTPUTS}, got {decoder_output!r}")
+        self.latent_dim = latent_dim
+        self.output = decoder_output
+        widths = [3 + latent_dim, *decoder_widths]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.last = nn.Linear(widths[-1], 1)
+        for layer in self.hidden:
+            nn.init.normal_(layer.weight, 0.0, 0.02)
+            nn.init.zeros_(layer.bias)
+        nn.init.normal_(self.last.weight, 1e-5, 0.02)
+        nn.init.zeros_(self.last.bias)
+
+    def forward(self, points: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """points (B, P, 3) in [-0.5, 0.5], z (B, Z) -> occupancy (B, P, 1) in [0, 1] (leaky_clip: about)."""
+        if points.ndim != 3 or points.shape[-1] != 3 or z.ndim != 2 or z.shape[0] != points.shape[0] \
+                or z.shape[1] != self.latent_dim:
+            raise ValueError(f"expected points (B, P, 3) and z (B, {self.latent_dim}), "
+                             f"got {tuple(points.shape)} and {tuple(z.shape)}")
+        x = torch.cat([points, z[:, None, :].expand(-1, points.shape[1], -1)], dim=-1)
+        for layer in self.hidden:
+            x = nn.functional.leaky_relu(layer(x), 0.02)
+        x = self.last(x)
+        if self.output == "sigmoid":
+            return torch.sigmoid(x)
+        return torch.maximum(torch.minimum(x, 0.01 * x + 0.99), 0.01 * x)
+
+
+class Autoencoder(nn.Module):
+    """Encoder + decoder, so that one module holds both (checkpoints, export, extraction)."""
+
+    def __init__(self, *, latent_dim: int = 256, encoder_channels: int = 32, resolution: int = 64,
+                 decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128),
+                 decoder_output: str = "sigmoid") -> None:
+        super().__init__()
+        from recon3d.models.voxel_encoder import VoxelEncoder
+
+        self.encoder = VoxelEncoder(latent_dim=latent_dim, encoder_channels=encoder_channels, resolution=resolution)
+        self.decoder = ImplicitDecoder(latent_dim=latent_dim, decoder_widths=decoder_widths,
+                                       decoder_output=decoder_output)
+
+    def forward(self, voxels: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        return self.decoder(points, self.encoder(voxels))

@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+import torch
+
+from recon3d.geometry.extract import coarse_to_fine_grid, dense_grid, grid_to_mesh
+from recon3d.geometry.voxelize import iou
+
+
+def chair_like_field(points: torch.Tensor) -> torch.Tensor:
+    """Union of boxes with thin legs: occupancy 1 inside, 0 outside (sharp, like a trained decoder)."""
+    boxes = [((-0.3, -0.05, -0.3), (0.3, 0.02, 0.3)), ((-0.3, 0.02, 0.25), (0.3, 0.45, 0.3))]
+    for sx in (-0.28, 0.25):
+        for sz in (-0.28, 0.25):
+            boxes.append(((sx, -0.45, sz), (sx + 0.03, -0.05, sz + 0.03)))
+    inside = torch.zeros(len(points), dtype=torch.bool)
+    for lo, hi in boxes:
+        inside |= ((points >= torch.tensor(lo)) & (points <= torch.tensor(hi))).all(-1)
+    return inside.float()
+
+
+def sphere_field(points: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(40 * (0.35 - points.norm(dim=-1)))
+
+
+@pytest.mark.parametrize("field", [sphere_field, chair_like_field])
+def test_coarse_to_fine_matches_dense_with_far_fewer_points(field):
+    dense = dense_grid(field, 128)
+    fast = coarse_to_fine_grid(field, 128, coarse=16)
+    assert iou(fast.values > 0.5, dense.values > 0.5) >= 0.99
+    assert fast.evaluated < 0.25 * dense.evaluated
+
+
+def test_mesh_of_a_sphere_has_the_right_radius():
+    grid = coarse_to_fine_grid(sphere_field, 64, coarse=16)
+    verts, faces = grid_to_mesh(grid.values)
+    radius = np.linalg.norm(verts, axis=1)
+    assert len(faces) > 1000 and abs(radius.mean() - 0.35) < 0.01
+
+
+def test_empty_field_gives_an_empty_mesh():
+    grid = dense_grid(lambda p: torch.zeros(len(p)), 16)
+    verts, faces = grid_to_mesh(grid.values)
+    assert verts.shape == (0, 3) and faces.shape == (0, 3)
+
+
+def test_resolution_must_be_a_power_of_two_multiple():
+    with pytest.raises(ValueError, match="power of two"):
+        coarse_to_fine_grid(sphere_field, 100, coarse=32)
