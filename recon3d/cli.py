@@ -95,6 +95,25 @@ def _bench(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from recon3d.engine.run import run
+
+    extra = [f"loader.shards={args.shards}"] if args.shards else []
+    if args.run_dir:
+        extra.append(f"train.run_dir={args.run_dir}")
+    result = run(_config(args, extra))
+    print(f"run folder: {result.run_dir}")
+    print(f"stopped at epoch {result.epoch}, step {result.global_step}")
+    for name in sorted(result.metrics):
+        print(f"  {name} = {result.metrics[name]:.4f}")
+    print(f"last checkpoint: {result.last_checkpoint}")
+    print(f"best checkpoint (val/iou): {result.best_checkpoint}")
+    wandb_dir = result.run_dir / "wandb"
+    if wandb_dir.is_dir():
+        print(f"W&B ran offline; to upload: wandb sync {wandb_dir}/offline-run-*")
+    return 0
+
+
 def _show_config(args) -> int:
     import json
 
@@ -154,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=16)
     bench.add_argument("--resolution", type=int, default=64, help="loader: point set to read")
     bench.set_defaults(func=_bench)
+
+    train = verbs.add_parser("train", help="train the autoencoder from shards (resumes from last.ckpt)")
+    _add_config_args(train)
+    train.add_argument("--shards", default="", help="shard folder (loader.shards)")
+    train.add_argument("--run-dir", default="", help="run folder (train.run_dir)")
+    train.set_defaults(func=_train)
 
     config = verbs.add_parser("config", help="print the resolved configuration as JSON")
     _add_config_args(config)

@@ -147,6 +147,55 @@ class LoaderConfig:
 
 
 @dataclass
+class ModelConfig:
+    latent_dim: int = 256  # z size; the original IM-NET paper uses 128
+    encoder_channels: int = 32  # first 3D-conv width of the voxel encoder (doubles per level)
+    decoder_widths: List[int] = field(default_factory=lambda: [1024, 1024, 1024, 512, 256, 128])  # implicit MLP
+    decoder_output: str = "sigmoid"  # sigmoid | leaky_clip (IM-NET's)
+
+    def __post_init__(self) -> None:
+        _check(self.latent_dim >= 1 and self.encoder_channels >= 1, "model.latent_dim/encoder_channels must be >= 1")
+        _check(len(self.decoder_widths) >= 1 and min(self.decoder_widths) >= 1, "model.decoder_widths: >= 1 layer")
+        _check(self.decoder_output in ("sigmoid", "leaky_clip"), "model.decoder_output: sigmoid or leaky_clip")
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/autoencoder"  # checkpoints/, logs/, wandb/, reconstructions/ go here
+    point_resolutions: List[int] = field(default_factory=lambda: [16, 32, 64])  # progressive phases (IM-NET)
+    phase_epochs: List[int] = field(default_factory=lambda: [20, 20, 40])  # epochs per phase
+    lr: float = 5e-5  # Adam learning rate (IM-NET)
+    beta1: float = 0.5  # Adam beta1 (IM-NET)
+    beta2: float = 0.999  # Adam beta2
+    accelerator: str = "auto"  # cpu | gpu | auto
+    devices: int = 1  # devices per node (SLURM: must equal --ntasks-per-node)
+    num_nodes: int = 1  # nodes
+    strategy: str = "auto"  # auto | ddp | deepspeed_stage_2 | ...
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    accumulate_grad_batches: int = 1  # gradient accumulation
+    val_resolution: int = 32  # grid on which val/iou is measured and val/chamfer's mesh is extracted
+    val_every_epochs: int = 1  # validation frequency
+    checkpoint_every_steps: int = 0  # also write last.ckpt every N steps (0: at epoch ends only)
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this long (0: no limit)
+    log_every_steps: int = 10  # scalar logging frequency
+    reconstructions_to_log: int = 4  # shapes rendered (input beside output) per validation
+    logger: str = "wandb"  # wandb (offline unless wandb_mode=online) | csv (a CSV log is always written)
+    wandb_project: str = "recon3d"  # W&B project
+    wandb_mode: str = "offline"  # offline | online | disabled
+    resume: str = "auto"  # auto: continue from run_dir/checkpoints/last.ckpt if present | never | a .ckpt path
+    seed: int = 0  # seeds weights and data order
+
+    def __post_init__(self) -> None:
+        _check(len(self.point_resolutions) == len(self.phase_epochs) >= 1,
+               "train.point_resolutions and train.phase_epochs must have the same (non-zero) length")
+        _check(all(e >= 0 for e in self.phase_epochs) and sum(self.phase_epochs) > 0,
+               "train.phase_epochs must be >= 0 and not all zero")
+        _check(self.logger in ("wandb", "csv"), f"train.logger={self.logger!r}: wandb or csv")
+        _check(self.wandb_mode in ("offline", "online", "disabled"), "train.wandb_mode: offline | online | disabled")
+        _check(self.lr > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.lr > 0 and betas in [0, 1)")
+
+
+@dataclass
 class DemoConfig:
     out_dir: str = "runs/demo"  # run folder: meshes/, shards/, summaries
     shapes_per_category: int = 8  # procedural shapes per category
@@ -161,7 +210,13 @@ class Config:
     render: RenderConfig = field(default_factory=RenderConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+SAFE_GLOBALS = [Config, SourceConfig, GeometryConfig, RenderConfig, ShardConfig, LoaderConfig, ModelConfig,
+                TrainConfig, DemoConfig]  # registered with torch's weights_only loader by recon3d.engine
 
 
 def _suggest(key: str, node: Any) -> str:

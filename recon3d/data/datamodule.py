@@ -78,8 +78,10 @@ class ShardDataModule(L.LightningDataModule):
             return AutoencoderDecoder(self.point_resolution, self.points_per_sample)
         return ImageDecoder(self.crop_size, self.flip, self.grayscale)
 
-    def _members(self):
-        return autoencoder_members(self.point_resolution) if self.stage == "autoencoder" else image_members
+    def _members(self, evaluation: bool = False):
+        if self.stage == "autoencoder":
+            return autoencoder_members(self.point_resolution, surface=evaluation)
+        return image_members
 
     def _loader(self, dataset) -> DataLoader:
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
@@ -92,7 +94,7 @@ class ShardDataModule(L.LightningDataModule):
         return self._loader(stream)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        stream = EvalStream(self.shard_infos(split), self._decoder(), self.batch_size, members=self._members(),
+        stream = EvalStream(self.shard_infos(split), self._decoder(), self.batch_size, members=self._members(True),
                             num_workers=self.num_workers, seed=self.seed, rank=self._rank, world_size=self._world)
         return self._loader(stream)
 

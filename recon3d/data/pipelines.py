@@ -88,8 +88,10 @@ def iter_raw(paths: Sequence[str], skips: SkipCounter,
 # ---------------------------------------------------------------------------------------------------- decoding
 
 
-def autoencoder_members(resolution: int) -> Callable[[str], bool]:
+def autoencoder_members(resolution: int, surface: bool = False) -> Callable[[str], bool]:
     keep = {schema.META, schema.VOXELS, schema.points_member(resolution), schema.values_member(resolution)}
+    if surface:
+        keep |= {schema.SURFACE_POINTS, schema.SURFACE_NORMALS}
     return keep.__contains__
 
 
@@ -107,8 +109,11 @@ def decode_autoencoder(raw: Dict[str, bytes], resolution: int, points: int, rng:
     if points and points < len(index):
         keep = np.sort(np.array(rng.sample(range(len(index)), points)))
         index, values = index[keep], values[keep]
-    return {"key": raw["__key__"], "voxels": voxels[None].view(np.uint8), "point_index": index,
-            "point_grid": np.int32(meta["point_grid"]), "values": values[:, None].view(np.uint8)}
+    out = {"key": raw["__key__"], "voxels": voxels[None].view(np.uint8), "point_index": index,
+           "point_grid": np.int32(meta["point_grid"]), "values": values[:, None].view(np.uint8)}
+    if schema.SURFACE_POINTS in raw:  # evaluation streams ask for the surface samples (surface metrics)
+        out["surface_points"], out["surface_normals"] = schema.unpack_surface(raw)
+    return out
 
 
 def expand_batch(batch: dict) -> dict:

@@ -84,18 +84,21 @@ def coarse_to_fine_grid(field: Field, resolution: int = 256, *, coarse: int = 32
     return FieldGrid(grid.cpu().numpy(), evaluated)
 
 
-def grid_to_mesh(grid: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Marching cubes (scikit-image) on a corner grid over [-0.5, 0.5]^3: vertices (V, 3) float32, faces (F, 3).
+def grid_to_mesh(grid: np.ndarray, threshold: float = 0.5, *, corners: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Marching cubes (scikit-image) on a grid over [-0.5, 0.5]^3: vertices (V, 3) float32, faces (F, 3).
 
+    corners=True: values at the N+1 corners -0.5 + i / N; False: values at the N cell centres (i + 0.5) / N - 0.5.
     Returns empty arrays when the threshold surface does not cross the grid.
     """
     from skimage.measure import marching_cubes
 
     if not (grid.min() < threshold < grid.max()):
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
-    n = grid.shape[0] - 1
     # pad with "outside" so that shapes touching the border still close
     padded = np.pad(grid, 1, constant_values=min(float(grid.min()), threshold - 1.0))
     verts, faces, _, _ = marching_cubes(padded, level=threshold)
-    verts = (verts - 1.0) / n - 0.5
+    if corners:
+        verts = (verts - 1.0) / (grid.shape[0] - 1) - 0.5
+    else:
+        verts = (verts - 0.5) / grid.shape[0] - 0.5
     return verts.astype(np.float32), faces.astype(np.int64)

@@ -121,3 +121,17 @@ def render_views(vertices: np.ndarray, faces: np.ndarray, views: Views, **kwargs
     size = int(round(views.intrinsics[0, 0, 2] * 2)) if len(views) else 0
     return np.stack([render_view(vertices, faces, views.intrinsics[i], views.extrinsics[i], size, **kwargs)
                      for i in range(len(views))]) if len(views) else np.zeros((0, size, size, 4), np.uint8)
+
+
+def render_preview(vertices: np.ndarray, faces: np.ndarray, size: int = 128, azimuth: float = 225.0,
+                   elevation: float = 25.0) -> np.ndarray:
+    """(size, size, 3) uint8: a mesh in the unit cube seen from a fixed 3/4 view, on white (for logs and sheets)."""
+    from recon3d.geometry.camera import make_views
+
+    if len(faces) == 0:
+        return np.full((size, size, 3), 255, np.uint8)
+    views = make_views([azimuth], [elevation], [1.8], 1.25 * size, size)
+    rgba = render_view(np.asarray(vertices, np.float64), np.asarray(faces), views.intrinsics[0],
+                       views.extrinsics[0], size, supersample=2).astype(np.float32)
+    alpha = rgba[..., 3:] / 255.0
+    return (rgba[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)

@@ -1,0 +1,100 @@
+"""The only place where configuration values reach constructors: DataModule, task, callbacks, loggers, trainer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List
+
+import torch
+
+from recon3d.config import SAFE_GLOBALS, Config, ConfigError, to_dict
+
+torch.serialization.add_safe_globals(SAFE_GLOBALS)  # checkpoints reload with weights_only=True
+
+
+def build_datamodule(cfg: Config):
+    from recon3d.data.datamodule import ShardDataModule
+
+    return ShardDataModule.from_config(cfg.loader)
+
+
+def check_training_config(cfg: Config, manifest: dict) -> None:
+    """Rules that need the shards: the phases' point sets exist, the voxel grid suits the encoder."""
+    stored = manifest["config"]["geometry"]["point_resolutions"]
+    if manifest["source"]["kind"] != "imnet_hdf5":
+        missing = [r for r in cfg.train.point_resolutions if r not in stored]
+        if missing:
+            raise ConfigError(f"train.point_resolutions {missing} are not in the shards (stored: {stored}); "
+                              f"rebuild them or change the schedule")
+    if manifest["samples"] == 0 or manifest["splits"]["train"]["samples"] == 0:
+        raise ConfigError(f"{cfg.loader.shards}: no training samples")
+
+
+def build_autoencoder_task(cfg: Config, voxel_resolution: int):
+    from recon3d.tasks.autoencoder import AutoencoderTask
+
+    train = cfg.train
+    return AutoencoderTask(**to_dict(cfg.model), voxel_resolution=voxel_resolution, lr=train.lr, beta1=train.beta1,
+                           beta2=train.beta2, point_resolutions=list(train.point_resolutions),
+                           phase_epochs=list(train.phase_epochs), val_resolution=train.val_resolution,
+                           reconstructions_to_log=train.reconstructions_to_log, run_dir=train.run_dir)
+
+
+def build_callbacks(cfg: Config) -> list:
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    ckpt_dir = Path(cfg.train.run_dir) / "checkpoints"
+    last = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, save_on_train_epoch_end=True,
+                           every_n_train_steps=cfg.train.checkpoint_every_steps or None)
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}-{step}", monitor="val/iou", mode="max",
+                           save_top_k=1, auto_insert_metric_name=False)
+    return [last, best, LearningRateMonitor(logging_interval="step")]
+
+
+def build_loggers(cfg: Config, enable_wandb: bool = True) -> list:
+    from lightning.pytorch.loggers import CSVLogger
+
+    run_dir = Path(cfg.train.run_dir)
+    # a new version folder per (re)start: a resumed run must not overwrite the history it continues
+    loggers: List = [CSVLogger(save_dir=str(run_dir), name="logs")]
+    if enable_wandb and cfg.train.logger == "wandb" and cfg.train.wandb_mode != "disabled":
+        from lightning.pytorch.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        loggers.insert(0, WandbLogger(project=cfg.train.wandb_project, name=run_dir.name, save_dir=str(run_dir),
+                                      offline=cfg.train.wandb_mode == "offline", config=to_dict(cfg),
+                                      id=_wandb_run_id(run_dir)))
+    return loggers
+
+
+def _wandb_run_id(run_dir: Path) -> str:
+    """One W&B run per run folder, kept across resumes (the id is stored in the folder)."""
+    path = run_dir / "wandb_id.txt"
+    if path.is_file():
+        return path.read_text().strip()
+    import uuid
+
+    run_id = uuid.uuid4().hex[:12]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id)
+    return run_id
+
+
+def build_trainer(cfg: Config, *, enable_wandb: bool = True, **overrides):
+    import lightning as L
+
+    train = cfg.train
+    kwargs = dict(accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes,
+                  strategy=train.strategy, precision=train.precision,
+                  accumulate_grad_batches=train.accumulate_grad_batches, max_epochs=sum(train.phase_epochs),
+                  check_val_every_n_epoch=train.val_every_epochs, log_every_n_steps=train.log_every_steps,
+                  default_root_dir=train.run_dir, callbacks=build_callbacks(cfg),
+                  logger=build_loggers(cfg, enable_wandb),
+                  # the point set changes between phases: loaders are remade every epoch
+                  reload_dataloaders_every_n_epochs=1 if len(set(train.point_resolutions)) > 1 else 0,
+                  enable_model_summary=False)
+    if train.max_minutes > 0:
+        kwargs["max_time"] = {"minutes": train.max_minutes}
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)

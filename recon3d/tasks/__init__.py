@@ -1,0 +1,1 @@
+"""LightningModules: steps, losses, optimisers and logging for each training stage."""

@@ -1,0 +1,187 @@
+"""AutoencoderTask: IM-NET's 3D->3D autoencoder trained progressively 16 -> 32 -> 64 with an MSE loss."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recon3d.geometry.extract import grid_to_mesh
+from recon3d.geometry.metrics import sample_surface, surface_metrics
+from recon3d.models.implicit_decoder import Autoencoder
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops so that the last good checkpoint is kept."""
+
+
+def cell_centres(resolution: int, device=None) -> torch.Tensor:
+    """(R^3, 3) centres (i + 0.5) / R - 0.5 of a resolution^3 grid, x-major like the stored voxels."""
+    axis = (torch.arange(resolution, device=device, dtype=torch.float32) + 0.5) / resolution - 0.5
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
+class AutoencoderTask(L.LightningModule):
+    """Progressive training of the voxel encoder and implicit decoder.
+
+    Phase k trains on the point set at point_resolutions[k] for phase_epochs[k] epochs; the task tells the
+    DataModule which set to load (`set_point_resolution`) before each epoch's loaders are made. Logs train/loss,
+    train/resolution, train/points_per_s, val/iou (on val_resolution^3 cells), val/chamfer (IM-NET's squared-L2
+    Chamfer x 1000 between the extracted mesh and the shape's stored surface samples) and val/fscore.
+    """
+
+    def __init__(self, *, latent_dim: int = 256, encoder_channels: int = 32, voxel_resolution: int = 64,
+                 decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128), decoder_output: str = "sigmoid",
+                 lr: float = 5e-5, beta1: float = 0.5, beta2: float = 0.999,
+                 point_resolutions: Sequence[int] = (16, 32, 64), phase_epochs: Sequence[int] = (20, 20, 40),
+                 val_resolution: int = 32, reconstructions_to_log: int = 4, run_dir: str = "") -> None:
+        super().__init__()
+        if len(point_resolutions) != len(phase_epochs):
+            raise ValueError("point_resolutions and phase_epochs must have the same length")
+        if voxel_resolution % val_resolution:
+            raise ValueError(f"val_resolution {val_resolution} must divide voxel_resolution {voxel_resolution}")
+        self.save_hyperparameters()
+        self.model = Autoencoder(latent_dim=latent_dim, encoder_channels=encoder_channels,
+                                 resolution=voxel_resolution, decoder_widths=list(decoder_widths),
+                                 decoder_output=decoder_output)
+        self._step_started = 0.0
+        self._rendered_epoch = -1
+
+    # ------------------------------------------------------------------------------------------- schedule
+    def resolution_for_epoch(self, epoch: int) -> int:
+        edge = 0
+        for res, epochs in zip(self.hparams.point_resolutions, self.hparams.phase_epochs):
+            edge += epochs
+            if epoch < edge:
+                return int(res)
+        return int(self.hparams.point_resolutions[-1])
+
+    def _select_resolution(self, epoch: int) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "set_point_resolution"):
+            datamodule.set_point_resolution(self.resolution_for_epoch(epoch))
+
+    def on_fit_start(self) -> None:
+        self._select_resolution(self.current_epoch)  # also right after a resume: the epoch is restored by now
+
+    def on_train_epoch_end(self) -> None:
+        self._select_resolution(self.current_epoch + 1)  # the next epoch's loaders are made with it
+
+    # ------------------------------------------------------------------------------------------- training
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, betas=(self.hparams.beta1, self.hparams.beta2))
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        pred = self.model(batch["voxels"], batch["points"])
+        loss = F.mse_loss(pred, batch["values"])
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
+                f"points at {self.resolution_for_epoch(self.current_epoch)}^3); stopping. The last good checkpoint "
+                f"is in {Path(self.hparams.run_dir) / 'checkpoints'}; lower train.lr or check the data.")
+        batch_size = batch["voxels"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/resolution", float(self.resolution_for_epoch(self.current_epoch)), batch_size=batch_size)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        elapsed = time.perf_counter() - self._step_started
+        if elapsed > 0:
+            points = batch["points"].shape[0] * batch["points"].shape[1]
+            self.log("train/points_per_s", points / elapsed, batch_size=batch["points"].shape[0])
+
+    # ------------------------------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def decode_grid(self, z: torch.Tensor, resolution: int, chunk: int = 32768) -> torch.Tensor:
+        """Occupancy (B, R, R, R) of latent codes z (B, Z) at the centres of a resolution^3 grid."""
+        points = cell_centres(resolution, z.device)
+        out = []
+        for start in range(0, len(points), chunk):
+            part = points[start:start + chunk].expand(z.shape[0], -1, -1)
+            out.append(self.model.decoder(part, z)[..., 0])
+        return torch.cat(out, dim=1).reshape(z.shape[0], resolution, resolution, resolution)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        voxels = batch["voxels"]
+        batch_size = voxels.shape[0]
+        z = self.model.encoder(voxels)
+        res = self.hparams.val_resolution
+        pred = self.decode_grid(z, res)
+        target = F.avg_pool3d(voxels, voxels.shape[-1] // res)[:, 0] > 0.5
+        occupied = pred > 0.5
+        inter = (occupied & target).flatten(1).sum(1).float()
+        union = (occupied | target).flatten(1).sum(1).float()
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        self.log("val/iou", iou.mean(), prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self.log("val/loss", F.mse_loss(self.model.decoder(batch["points"], z), batch["values"]),
+                 batch_size=batch_size, sync_dist=True)
+        if "surface_points" in batch:
+            chamfer, fscore, empty = self._surface_scores(pred.float().cpu().numpy(),
+                                                          batch["surface_points"].cpu().numpy())
+            self.log("val/chamfer", chamfer, batch_size=batch_size, sync_dist=True)
+            self.log("val/fscore@1%", fscore, batch_size=batch_size, sync_dist=True)
+            self.log("val/empty_meshes", empty, batch_size=batch_size, sync_dist=True)
+        if batch_idx == 0 and self.global_rank == 0:
+            self._log_reconstructions(voxels, pred)
+
+    def _surface_scores(self, grids: np.ndarray, surfaces: np.ndarray) -> tuple[float, float, float]:
+        """Mean Chamfer (IM-NET convention, x1000) and F-score@1% over shapes whose mesh is not empty."""
+        rng = np.random.default_rng(0)
+        chamfers, fscores, empty = [], [], 0
+        for grid, surface in zip(grids, surfaces):
+            verts, faces = grid_to_mesh(grid, 0.5, corners=False)
+            if len(faces) == 0:
+                empty += 1
+                continue
+            points, _ = sample_surface(verts, faces, 2048, rng)
+            target = surface[rng.choice(len(surface), min(2048, len(surface)), replace=False)]
+            metrics = surface_metrics(points, target, thresholds=(0.01,))
+            chamfers.append(1000.0 * metrics["chamfer_l2"])
+            fscores.append(metrics["fscore@1%"])
+        nan = float("nan")
+        return (float(np.mean(chamfers)) if chamfers else nan, float(np.mean(fscores)) if fscores else nan,
+                empty / max(len(grids), 1))
+
+    def _log_reconstructions(self, voxels: torch.Tensor, pred: torch.Tensor) -> None:
+        """Input voxels beside the reconstruction, rendered with our renderer: a PNG per epoch, and to W&B."""
+        count = min(self.hparams.reconstructions_to_log, voxels.shape[0])
+        if count == 0 or self._rendered_epoch == self.current_epoch or self.trainer.sanity_checking:
+            return
+        self._rendered_epoch = self.current_epoch
+        from PIL import Image
+
+        from recon3d.geometry.render import render_preview
+
+        rows = []
+        meshes = []
+        for i in range(count):
+            target = voxels[i, 0].float().cpu().numpy()
+            recon = pred[i].float().cpu().numpy()
+            pair = [grid_to_mesh(target, 0.5, corners=False), grid_to_mesh(recon, 0.5, corners=False)]
+            meshes.append(pair[1])
+            rows.append(np.concatenate([render_preview(v, f, 128) for v, f in pair], axis=1))
+        sheet = np.concatenate(rows, axis=0)
+        if self.hparams.run_dir:
+            out = Path(self.hparams.run_dir) / "reconstructions"
+            out.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(sheet).save(out / f"epoch_{self.current_epoch:04d}.png")
+        for logger in self.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                import wandb
+
+                logger.log_image("val/reconstructions", [sheet], step=self.global_step,
+                                 caption=["left: input voxels, right: reconstruction"])
+                clouds = [wandb.Object3D(v) for v, f in meshes if len(v)]
+                if clouds:
+                    logger.experiment.log({"val/reconstruction_3d": clouds}, step=self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["recon3d_resolution"] = self.resolution_for_epoch(self.current_epoch)
