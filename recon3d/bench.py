@@ -114,3 +114,141 @@ def bench_shards(shard_dir: str) -> str:
         lines.append(f"  {kind:<16} {size / samples / 1024:8.1f} KiB/sample")
     lines.append(f"  {'tar headers':<16} {(total_bytes - sum(sizes.values())) / samples / 1024:8.1f} KiB/sample")
     return "\n".join(lines)
+
+
+def bench_train_step(cfg: Config, batch_size: int, points: int, steps: int, warmup: int, device: str) -> str:
+    """Forward+backward+Adam step of the configured autoencoder: a plain PyTorch loop vs our Lightning task."""
+    import torch
+
+    from recon3d.config import to_dict
+    from recon3d.models.implicit_decoder import Autoencoder
+
+    res = cfg.geometry.voxel_resolution
+    gen = torch.Generator().manual_seed(0)
+    batch = {"voxels": (torch.rand(batch_size, 1, res, res, res, generator=gen) > 0.7).float().to(device),
+             "points": (torch.rand(batch_size, points, 3, generator=gen) - 0.5).to(device),
+             "values": (torch.rand(batch_size, points, 1, generator=gen) > 0.5).float().to(device)}
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    torch.manual_seed(0)
+    model = Autoencoder(**to_dict(cfg.model), resolution=res).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
+    times = []
+    for i in range(warmup + steps):
+        sync()
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(model(batch["voxels"], batch["points"]), batch["values"])
+        loss.backward()
+        opt.step()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    plain = statistics.median(times)
+    lightning = _lightning_step_time(cfg, batch, steps, warmup, device)
+    per_step = batch_size * points
+    return "\n".join([
+        f"train-step benchmark on {device}: batch {batch_size} x {points} points, voxels {res}^3, "
+        f"latent {cfg.model.latent_dim}, decoder {list(cfg.model.decoder_widths)}; median of {steps} after {warmup}",
+        f"  plain PyTorch loop: {plain * 1000:8.1f} ms/step  {per_step / plain:12.0f} points/s",
+        f"  AutoencoderTask:    {lightning * 1000:8.1f} ms/step  {per_step / lightning:12.0f} points/s  "
+        f"(ratio to plain: {lightning / plain:.3f})"])
+
+
+def _lightning_step_time(cfg: Config, batch: dict, steps: int, warmup: int, device: str) -> float:
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from recon3d.engine.build import build_autoencoder_task
+
+    class Repeat(IterableDataset):
+        def __iter__(self):
+            for _ in range(warmup + steps):
+                yield {k: v.cpu() for k, v in batch.items()}
+
+    class StepTimer(L.Callback):
+        def __init__(self):
+            self.times, self.start = [], 0.0
+
+        def on_train_batch_start(self, trainer, module, b, i):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, out, b, i):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if i >= warmup:
+                self.times.append(time.perf_counter() - self.start)
+
+    torch.manual_seed(0)
+    task = build_autoencoder_task(cfg, cfg.geometry.voxel_resolution)
+    timer = StepTimer()
+    trainer = L.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_steps=warmup + steps,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(task, train_dataloaders=DataLoader(Repeat(), batch_size=None))
+    return statistics.median(timer.times)
+
+
+def bench_extract(ckpt: str, shard_dir: str, shapes: int, resolution: int, device: str) -> str:
+    """Shapes/s of coarse-to-fine extraction at resolution^3 against dense evaluation and a per-cell Python loop."""
+    import torch
+
+    from recon3d.engine.inference import decoder_field, iter_split, load_task
+    from recon3d.geometry.extract import coarse_to_fine_grid, dense_grid
+
+    task = load_task(ckpt, device)
+    codes = []
+    for split in ("test", "val", "train"):
+        for batch in iter_split(shard_dir, split, 8):
+            with torch.no_grad():
+                codes += list(task.model.encoder(batch["voxels"].to(device)))
+            if len(codes) >= shapes:
+                break
+        if len(codes) >= shapes:
+            break
+    codes = codes[:shapes]
+    fast, dense, loop, evaluated = [], [], [], []
+    for z in codes:
+        field = decoder_field(task, z)
+        start = time.perf_counter()
+        grid = coarse_to_fine_grid(field, resolution, device=device)
+        fast.append(time.perf_counter() - start)
+        evaluated.append(grid.evaluated)
+        start = time.perf_counter()
+        dense_grid(field, resolution, device=device)
+        dense.append(time.perf_counter() - start)
+        loop.append(_per_cell_loop_seconds(field, grid.values, resolution, device))
+    med = statistics.median
+    return "\n".join([
+        f"extraction benchmark on {device}: {len(codes)} shapes at {resolution}^3 (median per shape)",
+        f"  coarse-to-fine:  {med(fast):7.2f} s  ({1 / med(fast):.2f} shapes/s), {med(evaluated):.0f} points "
+        f"evaluated of {(resolution + 1) ** 3}",
+        f"  dense grid:      {med(dense):7.2f} s  ({med(dense) / med(fast):.1f}x slower)",
+        f"  per-cell loop:   {med(loop):7.2f} s  ({med(loop) / med(fast):.1f}x slower; one decoder call per "
+        f"surface cell of a 32^3 frame, as a Python loop; timed on 64 cells and scaled)"])
+
+
+def _per_cell_loop_seconds(field, grid, resolution: int, device: str) -> float:
+    """Time of refining the surface cells of a 32^3 frame one cell at a time in Python (a reference baseline)."""
+    import numpy as np
+    import torch
+
+    step = resolution // 32
+    frame = grid[::step, ::step, ::step] > 0.5
+    cells = np.argwhere(frame[:-1, :-1, :-1] != frame[1:, 1:, 1:])
+    if len(cells) == 0:
+        return 0.0
+    offsets = torch.stack(torch.meshgrid(*[torch.arange(step + 1)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    sample = cells[:64]
+    start = time.perf_counter()
+    with torch.no_grad():
+        for cell in sample:
+            points = ((torch.as_tensor(cell) * step + offsets).float() / resolution - 0.5).to(device)
+            field(points)
+    return (time.perf_counter() - start) * len(cells) / len(sample)

@@ -6,8 +6,10 @@ Configuration errors (unknown key, wrong type, broken rule) are reported before 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from recon3d.config import ConfigError, load_config
@@ -81,6 +83,15 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     from recon3d import bench
 
+    if args.what == "train-step":
+        print(bench.bench_train_step(_config(args), args.batch_size, args.points, args.batches, args.warmup,
+                                     args.device))
+        return 0
+    if args.what == "extract":
+        if not args.ckpt:
+            raise ConfigError("bench extract needs --ckpt (and a shard folder as target)")
+        print(bench.bench_extract(args.ckpt, args.target, args.shapes, args.extract_resolution, args.device))
+        return 0
     workers = [int(w) for w in (args.workers or ("1,2" if args.what == "prep" else "0,1,2")).split(",")]
     if args.what == "prep":
         extra = [f"source.root={args.target}"] if args.target else []
@@ -111,6 +122,43 @@ def _train(args) -> int:
     wandb_dir = result.run_dir / "wandb"
     if wandb_dir.is_dir():
         print(f"W&B ran offline; to upload: wandb sync {wandb_dir}/offline-run-*")
+    return 0
+
+
+def _export_latents(args) -> int:
+    from recon3d.engine.inference import export_latents
+
+    out = export_latents(args.ckpt, args.shards, name=args.name, device=args.device)
+    index = json.loads((out / "latents.json").read_text())
+    for split, entry in index["splits"].items():
+        print(f"{split}: {entry['count']} codes of size {index['latent_dim']} -> {out / entry['codes']}")
+    return 0
+
+
+def _extract(args) -> int:
+    from recon3d.engine.inference import extract_meshes
+
+    rows = extract_meshes(args.ckpt, args.shards, args.output, split=args.split, keys=args.keys, count=args.count,
+                          resolution=args.resolution, fmt=args.format, device=args.device)
+    for row in rows:
+        print(f"{row['path']}: {row['faces']} faces, {row['evaluated']} points evaluated "
+              f"(dense {row['dense']}: {row['dense'] / max(row['evaluated'], 1):.1f}x fewer), {row['seconds']:.2f} s")
+    if not rows:
+        print("no shape matched", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _eval(args) -> int:
+    from recon3d.engine.inference import evaluate, format_table
+
+    out = args.output or str(Path(args.ckpt).resolve().parent.parent / "eval")
+    summary = evaluate(args.ckpt, args.shards, split=args.split, resolution=args.resolution, device=args.device,
+                       out_dir=out)
+    print(format_table(summary))
+    print(f"Chamfer-L2: IM-NET convention (squared distances, mean of both directions) x1000 on 4096 points; "
+          f"Chamfer-L1: OccNet (accuracy + completeness) / 2; F-score at 1/2 % of the cube edge")
+    print(f"tables: {out}/eval_{args.split}.csv, .json and per-shape eval_{args.split}_shapes.csv")
     return 0
 
 
@@ -161,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.set_defaults(func=_shards_summary)
 
     bench = verbs.add_parser("bench", help="print speed and size figures (prep, loader, shards; data = both)")
-    bench.add_argument("what", choices=["prep", "loader", "shards", "data"])
+    bench.add_argument("what", choices=["prep", "loader", "shards", "data", "train-step", "extract"])
     bench.add_argument("target", nargs="?", default="", help="prep: input folder; loader/shards: shard folder")
     bench.add_argument("-c", "--config", action="append", default=[], metavar="YAML")
     bench.add_argument("overrides", nargs="*", metavar="key=value")
@@ -172,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="loader: runs per setting (the median is printed)")
     bench.add_argument("--batch-size", type=int, default=16)
     bench.add_argument("--resolution", type=int, default=64, help="loader: point set to read")
+    bench.add_argument("--points", type=int, default=8192, help="train-step: points per shape")
+    bench.add_argument("--warmup", type=int, default=3, help="train-step: untimed steps")
+    bench.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu")
+    bench.add_argument("--ckpt", default="", help="extract: autoencoder checkpoint")
+    bench.add_argument("--shapes", type=int, default=3, help="extract: shapes to time")
+    bench.add_argument("--extract-resolution", type=int, default=256, help="extract: grid cells per edge")
     bench.set_defaults(func=_bench)
 
     train = verbs.add_parser("train", help="train the autoencoder from shards (resumes from last.ckpt)")
@@ -179,6 +233,34 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--shards", default="", help="shard folder (loader.shards)")
     train.add_argument("--run-dir", default="", help="run folder (train.run_dir)")
     train.set_defaults(func=_train)
+
+    latents = verbs.add_parser("export-latents", help="z for every shape of every split, next to the shards")
+    latents.add_argument("--ckpt", required=True)
+    latents.add_argument("--shards", required=True)
+    latents.add_argument("--name", default="", help="folder under <shards>/latents (default: the run's name)")
+    latents.add_argument("--device", default="cpu")
+    latents.set_defaults(func=_export_latents)
+
+    extract = verbs.add_parser("extract", help="meshes from the autoencoder (coarse-to-fine + marching cubes)")
+    extract.add_argument("--ckpt", required=True)
+    extract.add_argument("--shards", required=True)
+    extract.add_argument("-o", "--output", required=True, help="folder for the mesh files")
+    extract.add_argument("--keys", nargs="*", default=[], help="sample keys (default: the first --count of --split)")
+    extract.add_argument("--split", default="test", choices=["train", "val", "test"])
+    extract.add_argument("--count", type=int, default=8)
+    extract.add_argument("--resolution", type=int, default=256)
+    extract.add_argument("--format", default="obj", choices=["obj", "ply", "glb"])
+    extract.add_argument("--device", default="cpu")
+    extract.set_defaults(func=_extract)
+
+    evaluate = verbs.add_parser("eval", help="per-category metrics of a split (CSV/JSON tables)")
+    evaluate.add_argument("--ckpt", required=True)
+    evaluate.add_argument("--shards", required=True)
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--resolution", type=int, default=128, help="extraction grid for the surface metrics")
+    evaluate.add_argument("-o", "--output", default="", help="table folder (default: <run>/eval)")
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.set_defaults(func=_eval)
 
     config = verbs.add_parser("config", help="print the resolved configuration as JSON")
     _add_config_args(config)

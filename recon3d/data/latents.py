@@ -1,0 +1,66 @@
+"""Latent codes stored next to the shards: `<shards>/latents/<name>/`, keyed by the same sample keys.
+
+Files per split: `<split>.npy` (N, Z) float32 and `<split>.keys.json` (N keys, same order); `latents.json` records
+the checkpoint, the latent size and the sha256 of every file, so readers can trust what they load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from recon3d.data.writer import atomic_write, file_sha256
+
+INDEX = "latents.json"
+
+
+def write_latents(out_dir: Path, latents: Dict[str, Tuple[List[str], np.ndarray]], info: dict) -> Path:
+    """Write {split: (keys, codes (N, Z))} atomically plus the index with checksums; returns the index path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for split, (keys, codes) in latents.items():
+        if len(keys) != len(codes):
+            raise ValueError(f"{split}: {len(keys)} keys but {len(codes)} codes")
+        codes_path, keys_path = out_dir / f"{split}.npy", out_dir / f"{split}.keys.json"
+        tmp = out_dir / f"{split}.npy.tmp"
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(codes, dtype=np.float32), allow_pickle=False)
+        tmp.replace(codes_path)
+        atomic_write(keys_path, json.dumps(keys).encode())
+        splits[split] = {"count": len(keys), "codes": codes_path.name, "codes_sha256": file_sha256(codes_path),
+                         "keys": keys_path.name, "keys_sha256": file_sha256(keys_path)}
+    index = dict(info, splits=splits, latent_dim=int(next(iter(latents.values()))[1].shape[1]) if latents else 0)
+    atomic_write(out_dir / INDEX, json.dumps(index, indent=1, sort_keys=True).encode())
+    return out_dir / INDEX
+
+
+def read_latents(out_dir: str | Path, split: str) -> Tuple[List[str], np.ndarray]:
+    """(keys, codes) of one split, after checking both files against the index.
+
+    Raises:
+        FileNotFoundError: no index or no such split; ValueError: a checksum differs.
+    """
+    out_dir = Path(out_dir)
+    index_path = out_dir / INDEX
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{out_dir}: no {INDEX} (run `recon3d export-latents`)")
+    entry = json.loads(index_path.read_text())["splits"].get(split)
+    if entry is None:
+        raise FileNotFoundError(f"{out_dir}: no latents for split {split!r}")
+    for name, digest in ((entry["codes"], entry["codes_sha256"]), (entry["keys"], entry["keys_sha256"])):
+        if file_sha256(out_dir / name) != digest:
+            raise ValueError(f"{out_dir / name}: sha256 differs from {INDEX}; re-export the latents")
+    keys = json.loads((out_dir / entry["keys"]).read_text())
+    return keys, np.load(out_dir / entry["codes"], allow_pickle=False)
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
