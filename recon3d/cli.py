@@ -140,6 +140,10 @@ def _extract(args) -> int:
 
     rows = extract_meshes(args.ckpt, args.shards, args.output, split=args.split, keys=args.keys, count=args.count,
                           resolution=args.resolution, fmt=args.format, device=args.device)
+    if args.sheet and rows:
+        from recon3d.engine.inference import write_sheet
+
+        print(f"sheet (input view | reconstruction): {write_sheet(Path(args.sheet), args.shards, rows)}")
     for row in rows:
         print(f"{row['path']}: {row['faces']} faces, {row['evaluated']} points evaluated "
               f"(dense {row['dense']}: {row['dense'] / max(row['evaluated'], 1):.1f}x fewer), {row['seconds']:.2f} s")
@@ -153,8 +157,11 @@ def _eval(args) -> int:
     from recon3d.engine.inference import evaluate, format_table
 
     out = args.output or str(Path(args.ckpt).resolve().parent.parent / "eval")
-    summary = evaluate(args.ckpt, args.shards, split=args.split, resolution=args.resolution, device=args.device,
-                       out_dir=out)
+    from recon3d.engine.inference import log_eval
+
+    summary = evaluate(args.ckpt, args.shards, split=args.split, resolution=args.resolution,
+                       iou_resolution=args.iou_resolution, device=args.device, out_dir=out)
+    log_eval(args.ckpt, args.split, summary)
     print(format_table(summary))
     print(f"Chamfer-L2: IM-NET convention (squared distances, mean of both directions) x1000 on 4096 points; "
           f"Chamfer-L1: OccNet (accuracy + completeness) / 2; F-score at 1/2 % of the cube edge")
@@ -250,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--count", type=int, default=8)
     extract.add_argument("--resolution", type=int, default=256)
     extract.add_argument("--format", default="obj", choices=["obj", "ply", "glb"])
+    extract.add_argument("--sheet", default="", help="also write a PNG: input view beside each reconstruction")
     extract.add_argument("--device", default="cpu")
     extract.set_defaults(func=_extract)
 
@@ -258,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--shards", required=True)
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--resolution", type=int, default=128, help="extraction grid for the surface metrics")
+    evaluate.add_argument("--iou-resolution", type=int, default=0, help="grid of the voxel metrics (0: stored)")
     evaluate.add_argument("-o", "--output", default="", help="table folder (default: <run>/eval)")
     evaluate.add_argument("--device", default="cpu")
     evaluate.set_defaults(func=_eval)

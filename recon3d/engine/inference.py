@@ -85,6 +85,44 @@ def save_mesh(path: Path, vertices: np.ndarray, faces: np.ndarray) -> Path:
     return path
 
 
+def input_views(shard_dir: str | Path, keys: Sequence[str]) -> Dict[str, np.ndarray]:
+    """The first stored view of each key, composited on white, (H, W, 3) uint8."""
+    from recon3d.data.contact_sheet import _on_white
+    from recon3d.data.verify import read_tar
+    from recon3d.data.writer import load_manifest
+
+    wanted, found = set(keys), {}
+    for shard in load_manifest(shard_dir)["shards"]:
+        for key, members in read_tar(Path(shard_dir) / f"{shard['name']}.tar").items():
+            if key in wanted and schema.view_member(0) in members:
+                found[key] = _on_white(schema.load_png(members[schema.view_member(0)]))
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def write_sheet(path: Path, shard_dir: str | Path, rows: List[dict], size: int = 128) -> Path:
+    """One line per mesh: the shape's first input view beside a render of the extracted mesh."""
+    import trimesh
+    from PIL import Image, ImageDraw
+
+    from recon3d.geometry.render import render_preview
+
+    views = input_views(shard_dir, [r["key"] for r in rows])
+    lines = []
+    for row in rows:
+        mesh = trimesh.load(row["path"], force="mesh")
+        left = views.get(row["key"], np.full((size, size, 3), 255, np.uint8))
+        left = np.asarray(Image.fromarray(left).resize((size, size)))
+        line = np.concatenate([left, render_preview(mesh.vertices, mesh.faces, size)], axis=1)
+        label = Image.fromarray(line)
+        ImageDraw.Draw(label).text((2, 2), row["key"], fill="black")
+        lines.append(np.asarray(label))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(lines, axis=0)).save(path)
+    return path
+
+
 @torch.no_grad()
 def extract_meshes(ckpt: str | Path, shard_dir: str | Path, out_dir: str | Path, *, split: str = "test",
                    keys: Sequence[str] = (), count: int = 8, resolution: int = 256, fmt: str = "obj",
@@ -110,11 +148,12 @@ def extract_meshes(ckpt: str | Path, shard_dir: str | Path, out_dir: str | Path,
 
 @torch.no_grad()
 def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", resolution: int = 128,
-             imnet_points: int = 4096, occnet_points: int = 100_000, device: str = "cpu",
+             iou_resolution: int = 0, imnet_points: int = 4096, occnet_points: int = 100_000, device: str = "cpu",
              out_dir: Optional[str | Path] = None) -> Dict[str, dict]:
     """Per-shape metrics on a split, summarised per category, over categories and over shapes.
 
-    Voxel metrics compare the decoder at the stored grid's cell centres with the stored voxels. Surface metrics
+    Voxel metrics compare the decoder at the cell centres of an iou_resolution^3 grid (0: the stored grid) with the
+    stored voxels pooled to it by majority. Surface metrics
     compare a mesh extracted at `resolution` with the shape's stored surface samples: Chamfer-L2 (IM-NET, x1000)
     on `imnet_points` points per side; Chamfer-L1, normal consistency and F-scores with `occnet_points` points on the
     prediction against all stored ground-truth samples.
@@ -125,10 +164,12 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", re
     for batch in iter_split(shard_dir, split, 8, surface=True):
         voxels = batch["voxels"].to(device)
         z = task.model.encoder(voxels)
-        occupancy = task.decode_grid(z, voxels.shape[-1]).cpu().numpy()
+        grid = iou_resolution or voxels.shape[-1]
+        occupancy = task.decode_grid(z, grid).cpu().numpy()
+        target = (torch.nn.functional.avg_pool3d(voxels, voxels.shape[-1] // grid)[:, 0] > 0.5).float().cpu().numpy()
         for i, key in enumerate(batch["key"]):
             row = {"key": key, "category": key.split("/")[0]}
-            row.update(voxel_metrics(occupancy[i], voxels[i, 0].cpu().numpy()))
+            row.update(voxel_metrics(occupancy[i], target[i]))
             verts, faces, _ = extract_mesh(task, z[i], resolution)
             gt_points = batch["surface_points"][i].numpy()
             gt_normals = batch["surface_normals"][i].numpy()
@@ -165,6 +206,25 @@ def summarise_rows(rows: List[dict]) -> Dict[str, dict]:
         m: float(np.nanmean([summary[c][m] for c in by_category])) for m in metrics}}
     summary["mean over shapes"] = {"shapes": len(rows), **{m: mean(rows, m) for m in metrics}}
     return summary
+
+
+def log_eval(ckpt: str | Path, split: str, summary: Dict[str, dict]) -> None:
+    """Send the summary to the run's loggers (CSV always, W&B offline when the run used it)."""
+    from recon3d.config import load_config
+    from recon3d.engine.build import build_loggers
+
+    run_dir = Path(ckpt).resolve().parent.parent
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        return
+    saved = json.loads(config_path.read_text())
+    cfg = load_config([], [f"train.run_dir={run_dir}", f"train.logger={saved['train']['logger']}",
+                           f"train.wandb_mode={saved['train']['wandb_mode']}"])
+    metrics = {f"eval/{split}/{group}/{name}": value for group, values in summary.items()
+               for name, value in values.items() if not (isinstance(value, float) and np.isnan(value))}
+    for logger in build_loggers(cfg):
+        logger.log_metrics(metrics)
+        logger.finalize("success")
 
 
 def write_eval(out: Path, split: str, rows: List[dict], summary: Dict[str, dict]) -> None:

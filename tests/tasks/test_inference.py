@@ -37,10 +37,12 @@ def test_export_latents_keyed_and_checksummed(tiny_ckpt, tiny_shards, capsys):
 
 def test_extract_writes_meshes_with_counts(tiny_ckpt, tiny_shards, tmp_path, capsys):
     assert main(["extract", "--ckpt", str(tiny_ckpt), "--shards", str(tiny_shards), "-o", str(tmp_path),
-                 "--split", "train", "--count", "2", "--resolution", "64", "--format", "ply"]) == 0
+                 "--split", "train", "--count", "2", "--resolution", "64", "--format", "ply",
+                 "--sheet", str(tmp_path / "sheet.png")]) == 0
     out = capsys.readouterr().out
     files = sorted(tmp_path.glob("*.ply"))
     assert len(files) == 2 and out.count("points evaluated (dense 274625") == 2
+    assert (tmp_path / "sheet.png").is_file()
     for path in files:
         mesh = trimesh.load(path, force="mesh")
         assert len(mesh.vertices) == 0 or np.abs(mesh.vertices).max() <= 0.5 + 1e-6
@@ -48,13 +50,15 @@ def test_extract_writes_meshes_with_counts(tiny_ckpt, tiny_shards, tmp_path, cap
 
 def test_eval_table_has_categories_and_means(tiny_ckpt, tiny_shards, tmp_path, capsys):
     assert main(["eval", "--ckpt", str(tiny_ckpt), "--shards", str(tiny_shards), "--split", "train",
-                 "--resolution", "32", "-o", str(tmp_path)]) == 0
+                 "--resolution", "32", "--iou-resolution", "8", "-o", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "eval_train.json").read_text())
     assert "mean over categories" in summary and "mean over shapes" in summary
     for values in summary.values():
         assert 0 <= values["iou"] <= 1 and "chamfer_l2_x1000" in values and "fscore@1%" in values
     assert (tmp_path / "eval_train_shapes.csv").is_file()
     assert "IM-NET convention" in capsys.readouterr().out
+    logged = list((tiny_ckpt.parent.parent / "logs").glob("version_*/metrics.csv"))
+    assert any("eval/train/mean over shapes/iou" in p.read_text() for p in logged)
 
 
 def test_summary_means_per_category_and_over_shapes():
