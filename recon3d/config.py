@@ -151,7 +151,7 @@ class ModelConfig:
     latent_dim: int = 256  # z size; the original IM-NET paper uses 128
     encoder_channels: int = 32  # first 3D-conv width of the voxel encoder (doubles per level)
     decoder_widths: List[int] = field(default_factory=lambda: [1024, 1024, 1024, 512, 256, 128])  # implicit MLP
-    decoder_output: str = "sigmoid"  # sigmoid | leaky_clip (IM-NET's)
+    decoder_output: str = "leaky_clip"  # leaky_clip (IM-NET's; keeps gradients where a sigmoid saturates) | sigmoid
 
     def __post_init__(self) -> None:
         _check(self.latent_dim >= 1 and self.encoder_channels >= 1, "model.latent_dim/encoder_channels must be >= 1")

@@ -44,9 +44,10 @@ def build_autoencoder_task(cfg: Config, voxel_resolution: int):
 def build_callbacks(cfg: Config) -> list:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    from recon3d.engine.callbacks import rolling_last_checkpoint
+
     ckpt_dir = Path(cfg.train.run_dir) / "checkpoints"
-    last = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, save_on_train_epoch_end=True,
-                           every_n_train_steps=cfg.train.checkpoint_every_steps or None)
+    last = rolling_last_checkpoint(ckpt_dir, cfg.train.checkpoint_every_steps)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}-{step}", monitor="val/iou", mode="max",
                            save_top_k=1, auto_insert_metric_name=False)
     return [last, best, LearningRateMonitor(logging_interval="step")]
@@ -96,5 +97,9 @@ def build_trainer(cfg: Config, *, enable_wandb: bool = True, **overrides):
                   enable_model_summary=False)
     if train.max_minutes > 0:
         kwargs["max_time"] = {"minutes": train.max_minutes}
+    if "deepspeed" not in str(train.strategy):  # DeepSpeed writes checkpoint folders through its own engine
+        from recon3d.engine.callbacks import AtomicCheckpointIO
+
+        kwargs["plugins"] = [AtomicCheckpointIO()]
     kwargs.update(overrides)
     return L.Trainer(**kwargs)

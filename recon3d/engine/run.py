@@ -50,7 +50,8 @@ def run(cfg: Config, *, enable_wandb: bool = True, **trainer_overrides) -> RunRe
     trainer = build_trainer(cfg, enable_wandb=enable_wandb, **trainer_overrides)
     trainer.fit(task, datamodule=datamodule, ckpt_path=resolve_resume(cfg))
     callbacks = [c for c in trainer.checkpoint_callbacks]
-    last = Path(callbacks[0].last_model_path) if callbacks and callbacks[0].last_model_path else None
+    last_file = Path(cfg.train.run_dir) / "checkpoints" / "last.ckpt"
+    last = last_file if last_file.is_file() else None
     best_path = callbacks[1].best_model_path if len(callbacks) > 1 else ""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return RunResult(run_dir, last, Path(best_path) if best_path else None, metrics, trainer.global_step,

@@ -1,7 +1,7 @@
 """IM-NET's point sampling: O(n^2) labelled points per resolution instead of O(n^3), concentrated near the surface.
 
-At resolution r the cube is split into r^3 cells whose value is the majority of the fine solid inside them (the same
-rule as the stored voxels). A cell is an "edge" cell when the window x window x window cube of cells centred on it
+At resolution r the cube is split into r^3 cells; a cell is occupied when any fine voxel inside it is (IM-NET's max
+pooling: thin parts such as chair legs survive at 16^3, where a majority rule would erase them). A cell is an "edge" cell when the window x window x window cube of cells centred on it
 holds both values. Stage 1 takes every edge cell in walk order and fills up to the count with random other cells; if
 the edge cells alone exceed the count, stage 2 does the same over even-indexed cells only; if that overflows too,
 stage 3 takes random cells. Each chosen cell contributes one point: a random fine voxel inside the cell that carries
@@ -76,7 +76,7 @@ def sample_points(fine: np.ndarray, resolution: int, count: int, rng: np.random.
     if fine.shape != (size, size, size) or size % resolution:
         raise ValueError(f"fine grid {fine.shape} must be cubic with a side that is a multiple of {resolution}")
     block = size // resolution
-    cells = pool(fine, block, "half")
+    cells = pool(fine, block, "any")
     chosen, stage = choose_cells(edge_cells(cells, window), count, rng)
     cell_ijk = np.stack(np.unravel_index(chosen, cells.shape), axis=1)
     values = cells.ravel()[chosen]
@@ -93,8 +93,15 @@ def sample_points(fine: np.ndarray, resolution: int, count: int, rng: np.random.
     keys = np.where(cand_values == values[:, None], keys, -1.0)
     pick = keys.argmax(axis=1)
     points = candidates[np.arange(len(chosen)), pick]
-    missed = keys[np.arange(len(chosen)), pick] < 0  # no matching fine voxel drawn: use the cell centre
-    points[missed] = cell_ijk[missed] * block + block // 2
+    missed = np.flatnonzero(keys[np.arange(len(chosen)), pick] < 0)
+    if len(missed):  # no matching voxel among the draws (a cell with few filled voxels): search its whole block
+        every = np.stack(np.unravel_index(np.arange(block ** 3), (block,) * 3), axis=1)
+        for start in range(0, len(missed), 256):  # bounded memory: 256 cells x block^3 at a time
+            part = missed[start:start + 256]
+            full = cell_ijk[part][:, None, :] * block + every[None]
+            match = fine[full[..., 0], full[..., 1], full[..., 2]] == values[part, None]
+            score = np.where(match, rng.random(match.shape), -1.0)
+            points[part] = full[np.arange(len(part)), score.argmax(axis=1)]
     dtype = np.uint8 if size <= 256 else np.uint16
     return PointSet(indices=points.astype(dtype), values=values.astype(bool), stage=stage)
 

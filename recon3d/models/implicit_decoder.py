@@ -16,12 +16,13 @@ class ImplicitDecoder(nn.Module):
     Args:
         latent_dim: Z.
         decoder_widths: hidden layer widths; the improved IM-NET uses 1024-1024-1024-512-256-128.
-        decoder_output: "sigmoid", or IM-NET's "leaky_clip" (identity in [0, 1] with slope 0.01 outside), which
-            keeps gradients alive where a sigmoid saturates.
+        decoder_output: IM-NET's "leaky_clip" (identity in [0, 1] with slope 0.01 outside), or "sigmoid". With a
+            sigmoid, a decoder pushed toward "empty" early (most points are outside) saturates near 0 and stops
+            learning; the leaky clip keeps a gradient there.
     """
 
     def __init__(self, *, latent_dim: int = 256, decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128),
-                 decoder_output: str = "sigmoid") -> None:
+                 decoder_output: str = "leaky_clip") -> None:
         super().__init__()
         if decoder_output not in OUTPUTS:
             raise ValueError(f"decoder_output must be one of {OUTPUTS}, got {decoder_output!r}")
@@ -56,7 +57,7 @@ class Autoencoder(nn.Module):
 
     def __init__(self, *, latent_dim: int = 256, encoder_channels: int = 32, resolution: int = 64,
                  decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128),
-                 decoder_output: str = "sigmoid") -> None:
+                 decoder_output: str = "leaky_clip") -> None:
         super().__init__()
         from recon3d.models.voxel_encoder import VoxelEncoder
 

@@ -36,7 +36,7 @@ class AutoencoderTask(L.LightningModule):
     """
 
     def __init__(self, *, latent_dim: int = 256, encoder_channels: int = 32, voxel_resolution: int = 64,
-                 decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128), decoder_output: str = "sigmoid",
+                 decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128), decoder_output: str = "leaky_clip",
                  lr: float = 5e-5, beta1: float = 0.5, beta2: float = 0.999,
                  point_resolutions: Sequence[int] = (16, 32, 64), phase_epochs: Sequence[int] = (20, 20, 40),
                  val_resolution: int = 32, reconstructions_to_log: int = 4, run_dir: str = "") -> None:

@@ -29,7 +29,7 @@ def test_exact_counts_distinct_cells_and_exact_labels(fine, res, count):
     cells = points.indices.astype(int) // block
     assert len(np.unique(cells, axis=0)) == count  # one point per chosen cell
     assert (fine[tuple(points.indices.astype(int).T)] == points.values).all()  # labels exact on the fine grid
-    assert (pool(fine, block, "half")[tuple(cells.T)] == points.values).all()
+    assert (pool(fine, block, "any")[tuple(cells.T)] == points.values).all()
 
 
 def test_deterministic_for_a_seed_and_different_across_seeds(fine):
@@ -43,7 +43,7 @@ def test_near_surface_emphasis():
     """When the edge cells fit (stage 1), every one of them is taken: points concentrate at the surface."""
     mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.2)
     fine = solid_voxels(mesh.vertices, mesh.faces, 32, 128).fine
-    cells = pool(fine, 4, "half")
+    cells = pool(fine, 4, "any")
     edge = edge_cells(cells, 3)
     points = sample_points(fine, 32, 4096, np.random.default_rng(0), window=3)
     assert points.stage == 1 and edge.sum() <= 4096
@@ -69,3 +69,12 @@ def test_three_stages():
 def test_positions_follow_imnet_convention():
     np.testing.assert_allclose(point_positions(np.array([[0, 255, 128]], np.uint8), 256),
                                [[0.5 / 256 - 0.5, 255.5 / 256 - 0.5, 128.5 / 256 - 0.5]])
+
+
+def test_thin_parts_survive_at_coarse_resolutions():
+    """A leg one fine voxel thick is occupied at 16^3 (IM-NET's max pooling); a majority rule would erase it."""
+    fine = np.zeros((64, 64, 64), bool)
+    fine[30, 10:50, 30] = True  # a 1-voxel pole
+    points = sample_points(fine, 16, 4096, np.random.default_rng(0))
+    assert points.values.sum() == 11  # y = 10..49 crosses cells 2..12
+    assert fine[tuple(points.indices[points.values].astype(int).T)].all()

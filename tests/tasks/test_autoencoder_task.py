@@ -77,3 +77,25 @@ def test_wandb_runs_offline_without_a_key(tiny_shards, tmp_path, monkeypatch):
     cfg = _cfg(tiny_shards, tmp_path, "train.logger=wandb", "train.wandb_mode=offline")
     run(cfg, enable_progress_bar=False, max_epochs=1)
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_last_checkpoint_is_written_during_training_not_only_at_the_end(tiny_shards, tmp_path):
+    import lightning as L
+
+    from recon3d.engine import build
+
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            seen.append((tmp_path / "checkpoints" / "last.ckpt").is_file())
+
+    cfg = _cfg(tiny_shards, tmp_path, "train.phase_epochs=[2,1]")
+    original = build.build_callbacks
+    try:
+        build.build_callbacks = lambda c: original(c) + [Spy()]
+        run(cfg, enable_wandb=False, enable_progress_bar=False)
+    finally:
+        build.build_callbacks = original
+    assert seen == [False, True, True]
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))
