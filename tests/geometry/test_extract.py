@@ -22,10 +22,11 @@ def sphere_field(points: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(40 * (0.35 - points.norm(dim=-1)))
 
 
-@pytest.mark.parametrize("field", [sphere_field, chair_like_field])
-def test_coarse_to_fine_matches_dense_with_far_fewer_points(field):
-    dense = dense_grid(field, 128)
-    fast = coarse_to_fine_grid(field, 128, coarse=16)
+@pytest.mark.parametrize("field, resolution, coarse", [(sphere_field, 128, 16), (chair_like_field, 128, 16),
+                                                       (chair_like_field, 256, 32)])
+def test_coarse_to_fine_matches_dense_with_far_fewer_points(field, resolution, coarse):
+    dense = dense_grid(field, resolution, batch_points=1 << 20)
+    fast = coarse_to_fine_grid(field, resolution, coarse=coarse, batch_points=1 << 20)
     assert iou(fast.values > 0.5, dense.values > 0.5) >= 0.99
     assert fast.evaluated < 0.25 * dense.evaluated
 
