@@ -160,7 +160,24 @@ class ModelConfig:
 
 
 @dataclass
+class SVRConfig:
+    autoencoder_ckpt: str = ""  # the trained autoencoder: its frozen decoder measures predictions in shape space
+    latents: str = ""  # exported latents folder (default <loader.shards>/latents/<autoencoder run name>)
+    architecture: str = "resnet18"  # resnet18 | resnet34
+    base_width: int = 64  # first-stage channels (64 in the paper; smaller for CPU runs)
+    epochs: int = 50  # training epochs
+    lr: float = 1e-4  # Adam learning rate
+    beta1: float = 0.5  # Adam beta1
+    beta2: float = 0.999  # Adam beta2
+
+    def __post_init__(self) -> None:
+        _check(self.architecture in ("resnet18", "resnet34"), "svr.architecture: resnet18 or resnet34")
+        _check(self.epochs >= 1 and self.base_width >= 1 and self.lr > 0, "svr.epochs/base_width/lr must be > 0")
+
+
+@dataclass
 class TrainConfig:
+    stage: str = "autoencoder"  # autoencoder | svr (the image encoder; needs svr.autoencoder_ckpt)
     run_dir: str = "runs/autoencoder"  # checkpoints/, logs/, wandb/, reconstructions/ go here
     point_resolutions: List[int] = field(default_factory=lambda: [16, 32, 64])  # progressive phases (IM-NET)
     phase_epochs: List[int] = field(default_factory=lambda: [20, 20, 40])  # epochs per phase
@@ -191,6 +208,7 @@ class TrainConfig:
         _check(all(e >= 0 for e in self.phase_epochs) and sum(self.phase_epochs) > 0,
                "train.phase_epochs must be >= 0 and not all zero")
         _check(self.logger in ("wandb", "csv"), f"train.logger={self.logger!r}: wandb or csv")
+        _check(self.stage in ("autoencoder", "svr"), f"train.stage={self.stage!r}: autoencoder or svr")
         _check(self.wandb_mode in ("offline", "online", "disabled"), "train.wandb_mode: offline | online | disabled")
         _check(self.lr > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.lr > 0 and betas in [0, 1)")
 
@@ -211,12 +229,13 @@ class Config:
     shards: ShardConfig = field(default_factory=ShardConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    svr: SVRConfig = field(default_factory=SVRConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
 SAFE_GLOBALS = [Config, SourceConfig, GeometryConfig, RenderConfig, ShardConfig, LoaderConfig, ModelConfig,
-                TrainConfig, DemoConfig]  # registered with torch's weights_only loader by recon3d.engine
+                SVRConfig, TrainConfig, DemoConfig]  # registered with torch's weights_only loader by recon3d.engine
 
 
 def _suggest(key: str, node: Any) -> str:

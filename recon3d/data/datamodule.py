@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from recon3d.config import LoaderConfig
 from recon3d.data.pipelines import (AutoencoderDecoder, EvalStream, ImageDecoder, ShardInfo, TrainStream,
-                                    autoencoder_members, expand_batch, image_members)
+                                    autoencoder_members, expand_batch, image_eval_members, image_members)
 from recon3d.data.writer import load_manifest
 
 
@@ -81,7 +81,7 @@ class ShardDataModule(L.LightningDataModule):
     def _members(self, evaluation: bool = False):
         if self.stage == "autoencoder":
             return autoencoder_members(self.point_resolution, surface=evaluation)
-        return image_members
+        return image_eval_members if evaluation else image_members
 
     def _loader(self, dataset) -> DataLoader:
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
@@ -93,13 +93,15 @@ class ShardDataModule(L.LightningDataModule):
                              seed=self.seed, rank=self._rank, world_size=self._world)
         return self._loader(stream)
 
-    def _eval_loader(self, split: str) -> DataLoader:
-        stream = EvalStream(self.shard_infos(split), self._decoder(), self.batch_size, members=self._members(True),
+    def split_dataloader(self, split: str, *, surface: bool = True) -> DataLoader:
+        """Every sample of `split` once (over all ranks and workers), in a fixed order; `surface` adds the stored
+        surface samples to autoencoder batches (for surface metrics)."""
+        stream = EvalStream(self.shard_infos(split), self._decoder(), self.batch_size, members=self._members(surface),
                             num_workers=self.num_workers, seed=self.seed, rank=self._rank, world_size=self._world)
         return self._loader(stream)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+        return self.split_dataloader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return self.split_dataloader("test")

@@ -96,7 +96,11 @@ def autoencoder_members(resolution: int, surface: bool = False) -> Callable[[str
 
 
 def image_members(suffix: str) -> bool:
-    return not suffix.startswith(("points_", "values_")) and suffix != schema.VOXELS_FINE
+    return not suffix.startswith(("points_", "values_", "surface_")) and suffix != schema.VOXELS_FINE
+
+
+def image_eval_members(suffix: str) -> bool:
+    return image_members(suffix) or suffix in (schema.SURFACE_POINTS, schema.SURFACE_NORMALS)
 
 
 def decode_autoencoder(raw: Dict[str, bytes], resolution: int, points: int, rng: random.Random) -> dict:
@@ -171,9 +175,12 @@ def decode_image(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, gray
         image = image[:, :, ::-1]
         k = k.copy()
         k[0, 0], k[0, 2] = -k[0, 0], crop - k[0, 2]  # u' = crop - u
-    return {"key": raw["__key__"], "image": np.ascontiguousarray(image), "view": view,
-            "camera_k": k.astype(np.float32), "camera_rt": rt.astype(np.float32), "has_camera": has_camera,
-            "voxels": schema.unpack_voxels(raw[schema.VOXELS])[None].view(np.uint8)}
+    out = {"key": raw["__key__"], "image": np.ascontiguousarray(image), "view": view,
+           "camera_k": k.astype(np.float32), "camera_rt": rt.astype(np.float32), "has_camera": has_camera,
+           "voxels": schema.unpack_voxels(raw[schema.VOXELS])[None].view(np.uint8)}
+    if schema.SURFACE_POINTS in raw:  # evaluation streams ask for the surface samples (shape-space metrics)
+        out["surface_points"], out["surface_normals"] = schema.unpack_surface(raw)
+    return out
 
 
 class AutoencoderDecoder:

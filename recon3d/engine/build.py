@@ -20,15 +20,21 @@ def build_datamodule(cfg: Config):
 
 
 def check_training_config(cfg: Config, manifest: dict) -> None:
-    """Rules that need the shards: the phases' point sets exist, the voxel grid suits the encoder."""
+    """Rules that need the shards: the phases' point sets exist, the stage has the data it reads."""
+    if manifest["samples"] == 0 or manifest["splits"]["train"]["samples"] == 0:
+        raise ConfigError(f"{cfg.loader.shards}: no training samples")
+    if cfg.train.stage == "svr":
+        if cfg.loader.stage != "image":
+            raise ConfigError("train.stage=svr reads images: set loader.stage=image")
+        if not cfg.svr.autoencoder_ckpt:
+            raise ConfigError("train.stage=svr needs svr.autoencoder_ckpt (the trained autoencoder)")
+        return
     stored = manifest["config"]["geometry"]["point_resolutions"]
     if manifest["source"]["kind"] != "imnet_hdf5":
         missing = [r for r in cfg.train.point_resolutions if r not in stored]
         if missing:
             raise ConfigError(f"train.point_resolutions {missing} are not in the shards (stored: {stored}); "
                               f"rebuild them or change the schedule")
-    if manifest["samples"] == 0 or manifest["splits"]["train"]["samples"] == 0:
-        raise ConfigError(f"{cfg.loader.shards}: no training samples")
 
 
 def build_autoencoder_task(cfg: Config, voxel_resolution: int):
@@ -39,6 +45,34 @@ def build_autoencoder_task(cfg: Config, voxel_resolution: int):
                            beta2=train.beta2, point_resolutions=list(train.point_resolutions),
                            phase_epochs=list(train.phase_epochs), val_resolution=train.val_resolution,
                            reconstructions_to_log=train.reconstructions_to_log, run_dir=train.run_dir)
+
+
+def default_latents(cfg: Config) -> str:
+    """svr.latents, or where `recon3d export-latents` puts the autoencoder's codes next to the shards."""
+    if cfg.svr.latents:
+        return cfg.svr.latents
+    return str(Path(cfg.loader.shards) / "latents" / Path(cfg.svr.autoencoder_ckpt).resolve().parent.parent.name)
+
+
+def build_svr_task(cfg: Config):
+    from recon3d.tasks.svr import SVRTask
+
+    ckpt = Path(cfg.svr.autoencoder_ckpt)
+    if not ckpt.is_file():
+        raise ConfigError(f"svr.autoencoder_ckpt={str(ckpt)!r} does not exist")
+    latent_dim = int(torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]["latent_dim"])
+    svr = cfg.svr
+    return SVRTask(latent_dim=latent_dim, image_channels=1 if cfg.loader.grayscale else 3,
+                   architecture=svr.architecture, base_width=svr.base_width, lr=svr.lr, beta1=svr.beta1,
+                   beta2=svr.beta2, autoencoder_ckpt=str(ckpt), latents=default_latents(cfg),
+                   val_resolution=cfg.train.val_resolution)
+
+
+def build_task(cfg: Config, manifest: dict):
+    """The LightningModule of cfg.train.stage."""
+    if cfg.train.stage == "svr":
+        return build_svr_task(cfg)
+    return build_autoencoder_task(cfg, int(manifest["config"]["geometry"]["voxel_resolution"]))
 
 
 def build_callbacks(cfg: Config) -> list:
@@ -88,12 +122,14 @@ def build_trainer(cfg: Config, *, enable_wandb: bool = True, **overrides):
     train = cfg.train
     kwargs = dict(accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes,
                   strategy=train.strategy, precision=train.precision,
-                  accumulate_grad_batches=train.accumulate_grad_batches, max_epochs=sum(train.phase_epochs),
+                  accumulate_grad_batches=train.accumulate_grad_batches,
+                  max_epochs=cfg.svr.epochs if train.stage == "svr" else sum(train.phase_epochs),
                   check_val_every_n_epoch=train.val_every_epochs, log_every_n_steps=train.log_every_steps,
                   default_root_dir=train.run_dir, callbacks=build_callbacks(cfg),
                   logger=build_loggers(cfg, enable_wandb),
                   # the point set changes between phases: loaders are remade every epoch
-                  reload_dataloaders_every_n_epochs=1 if len(set(train.point_resolutions)) > 1 else 0,
+                  reload_dataloaders_every_n_epochs=1 if train.stage == "autoencoder" and
+                  len(set(train.point_resolutions)) > 1 else 0,
                   enable_model_summary=False)
     if train.max_minutes > 0:
         kwargs["max_time"] = {"minutes": train.max_minutes}

@@ -33,11 +33,8 @@ def iter_split(shard_dir: str | Path, split: str, batch_size: int, *, surface: b
 
     dm = ShardDataModule(shards=str(shard_dir), batch_size=batch_size, num_workers=0, rank=0, world_size=1)
     dm.setup()
-    dm.point_resolution = dm.manifest["config"]["geometry"]["point_resolutions"][0]
-    loader = dm.test_dataloader() if split == "test" else dm._eval_loader(split)
-    if not surface:
-        loader.dataset.members = dm._members(False)
-    for batch in loader:
+    dm.set_point_resolution(dm.manifest["config"]["geometry"]["point_resolutions"][0])
+    for batch in dm.split_dataloader(split, surface=surface):
         yield expand_batch(batch)
 
 
@@ -102,8 +99,7 @@ def input_views(shard_dir: str | Path, keys: Sequence[str]) -> Dict[str, np.ndar
 
 
 def write_sheet(path: Path, shard_dir: str | Path, rows: List[dict], size: int = 128) -> Path:
-    """One line per mesh: the shape's first input view beside a render of the extracted mesh."""
-    import trimesh
+    """One line per mesh: the shape's first input view beside a render of the extracted mesh (row["mesh"])."""
     from PIL import Image, ImageDraw
 
     from recon3d.geometry.render import render_preview
@@ -111,10 +107,10 @@ def write_sheet(path: Path, shard_dir: str | Path, rows: List[dict], size: int =
     views = input_views(shard_dir, [r["key"] for r in rows])
     lines = []
     for row in rows:
-        mesh = trimesh.load(row["path"], force="mesh")
+        vertices, faces = row["mesh"]
         left = views.get(row["key"], np.full((size, size, 3), 255, np.uint8))
         left = np.asarray(Image.fromarray(left).resize((size, size)))
-        line = np.concatenate([left, render_preview(mesh.vertices, mesh.faces, size)], axis=1)
+        line = np.concatenate([left, render_preview(vertices, faces, size)], axis=1)
         label = Image.fromarray(line)
         ImageDraw.Draw(label).text((2, 2), row["key"], fill="black")
         lines.append(np.asarray(label))
@@ -142,7 +138,7 @@ def extract_meshes(ckpt: str | Path, shard_dir: str | Path, out_dir: str | Path,
                 seconds = time.perf_counter() - start
                 path = save_mesh(Path(out_dir) / f"{key.replace('/', '__')}.{fmt}", verts, faces)
                 rows.append({"key": key, "path": str(path), "faces": len(faces), "evaluated": evaluated,
-                             "dense": (resolution + 1) ** 3, "seconds": seconds})
+                             "dense": (resolution + 1) ** 3, "seconds": seconds, "mesh": (verts, faces)})
     return rows
 
 

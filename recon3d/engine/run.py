@@ -33,10 +33,10 @@ def resolve_resume(cfg: Config) -> Optional[str]:
 
 
 def run(cfg: Config, *, enable_wandb: bool = True, **trainer_overrides) -> RunResult:
-    """Train the autoencoder described by cfg (resuming when a last.ckpt exists) and return where things went."""
+    """Train the stage described by cfg (resuming when a last.ckpt exists) and return where things went."""
     import lightning as L
 
-    from recon3d.engine.build import build_autoencoder_task, build_datamodule, build_trainer, check_training_config
+    from recon3d.engine.build import build_datamodule, build_task, build_trainer, check_training_config
 
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -44,8 +44,7 @@ def run(cfg: Config, *, enable_wandb: bool = True, **trainer_overrides) -> RunRe
     datamodule = build_datamodule(cfg)
     datamodule.setup()
     check_training_config(cfg, datamodule.manifest)
-    voxel_resolution = int(datamodule.manifest["config"]["geometry"]["voxel_resolution"])
-    task = build_autoencoder_task(cfg, voxel_resolution)
+    task = build_task(cfg, datamodule.manifest)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
     trainer = build_trainer(cfg, enable_wandb=enable_wandb, **trainer_overrides)
     trainer.fit(task, datamodule=datamodule, ckpt_path=resolve_resume(cfg))

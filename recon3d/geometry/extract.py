@@ -2,7 +2,8 @@
 
 The field is evaluated on a coarse grid of corners; each finer level (twice the resolution) starts from the
 trilinear upsampling of the previous one and evaluates exactly only the corners of cells that straddle the
-threshold (dilated by one cell, so that a surface passing between samples is not missed at the next level). Far from
+threshold or come within `band` of it (dilated by one cell). The band matters for thin parts of a learned field:
+a chair leg or a wing can peak between coarse samples, whose values then stay just below the threshold. Far from
 the surface the interpolated values keep the right side of the threshold, which is all marching cubes needs there.
 Everything is batched and vectorised in torch; no per-cell Python loop.
 """
@@ -45,13 +46,14 @@ def dense_grid(field: Field, resolution: int, *, batch_points: int = 65536, devi
 
 @torch.no_grad()
 def coarse_to_fine_grid(field: Field, resolution: int = 256, *, coarse: int = 32, threshold: float = 0.5,
-                        batch_points: int = 65536, device="cpu") -> FieldGrid:
+                        band: float = 0.3, batch_points: int = 65536, device="cpu") -> FieldGrid:
     """The field on a resolution^3 grid, evaluated exactly only near the threshold surface.
 
     Args:
         field: maps (P, 3) points to (P,) values; called on batches of at most `batch_points`.
         resolution: final cells per edge; coarse * 2^k for some k >= 0.
         coarse: cells per edge of the first, fully evaluated grid.
+        band: also refine cells whose corners come within this of the threshold without crossing it.
 
     Raises:
         ValueError: resolution is not coarse times a power of two.
@@ -65,9 +67,9 @@ def coarse_to_fine_grid(field: Field, resolution: int = 256, *, coarse: int = 32
     evaluated = values.evaluated
     exact = torch.ones_like(grid, dtype=torch.bool)
     for _ in range(levels):
-        inside = grid > threshold
-        cells = inside.unfold(0, 2, 1).unfold(1, 2, 1).unfold(2, 2, 1).reshape(n, n, n, 8)
-        active = cells.any(-1) & ~cells.all(-1)  # corners on both sides of the threshold
+        corners = grid.unfold(0, 2, 1).unfold(1, 2, 1).unfold(2, 2, 1).reshape(n, n, n, 8)
+        high, low = corners.amax(-1), corners.amin(-1)
+        active = (high > threshold - band) & (low < threshold + band)  # crossing, or close enough to hide one
         active = F.max_pool3d(active[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
         n *= 2
         grid = F.interpolate(grid[None, None], size=(n + 1,) * 3, mode="trilinear", align_corners=True)[0, 0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import List, Sequence
+from typing import Sequence
 
 import lightning as L
 import numpy as np
@@ -12,18 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from recon3d.geometry.extract import grid_to_mesh
-from recon3d.geometry.metrics import sample_surface, surface_metrics
 from recon3d.models.implicit_decoder import Autoencoder
+from recon3d.tasks.shape_eval import decode_occupancy, surface_scores, voxel_iou
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stops so that the last good checkpoint is kept."""
-
-
-def cell_centres(resolution: int, device=None) -> torch.Tensor:
-    """(R^3, 3) centres (i + 0.5) / R - 0.5 of a resolution^3 grid, x-major like the stored voxels."""
-    axis = (torch.arange(resolution, device=device, dtype=torch.float32) + 0.5) / resolution - 0.5
-    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
 class AutoencoderTask(L.LightningModule):
@@ -99,15 +93,9 @@ class AutoencoderTask(L.LightningModule):
             self.log("train/points_per_s", points / elapsed, batch_size=batch["points"].shape[0])
 
     # ------------------------------------------------------------------------------------------- validation
-    @torch.no_grad()
-    def decode_grid(self, z: torch.Tensor, resolution: int, chunk: int = 32768) -> torch.Tensor:
+    def decode_grid(self, z: torch.Tensor, resolution: int) -> torch.Tensor:
         """Occupancy (B, R, R, R) of latent codes z (B, Z) at the centres of a resolution^3 grid."""
-        points = cell_centres(resolution, z.device)
-        out = []
-        for start in range(0, len(points), chunk):
-            part = points[start:start + chunk].expand(z.shape[0], -1, -1)
-            out.append(self.model.decoder(part, z)[..., 0])
-        return torch.cat(out, dim=1).reshape(z.shape[0], resolution, resolution, resolution)
+        return decode_occupancy(self.model.decoder, z, resolution)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         voxels = batch["voxels"]
@@ -115,40 +103,19 @@ class AutoencoderTask(L.LightningModule):
         z = self.model.encoder(voxels)
         res = self.hparams.val_resolution
         pred = self.decode_grid(z, res)
-        target = F.avg_pool3d(voxels, voxels.shape[-1] // res)[:, 0] > 0.5
-        occupied = pred > 0.5
-        inter = (occupied & target).flatten(1).sum(1).float()
-        union = (occupied | target).flatten(1).sum(1).float()
-        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        iou = voxel_iou(pred, voxels)
         self.log("val/iou", iou.mean(), prog_bar=True, batch_size=batch_size, sync_dist=True)
         self.log("val/loss", F.mse_loss(self.model.decoder(batch["points"], z), batch["values"]),
                  batch_size=batch_size, sync_dist=True)
         if "surface_points" in batch:
-            chamfer, fscore, empty = self._surface_scores(pred.float().cpu().numpy(),
-                                                          batch["surface_points"].cpu().numpy())
-            self.log("val/chamfer", chamfer, batch_size=batch_size, sync_dist=True)
-            self.log("val/fscore@1%", fscore, batch_size=batch_size, sync_dist=True)
-            self.log("val/empty_meshes", empty, batch_size=batch_size, sync_dist=True)
+            chamfers, fscores = surface_scores(pred.float().cpu().numpy(), batch["surface_points"].cpu().numpy())
+            found = [c for c in chamfers if not np.isnan(c)]
+            if found:  # empty meshes have no Chamfer distance; their share is logged on its own
+                self.log("val/chamfer", float(np.mean(found)), batch_size=len(found), sync_dist=True)
+            self.log("val/fscore@1%", float(np.mean(fscores)), batch_size=batch_size, sync_dist=True)
+            self.log("val/empty_meshes", 1 - len(found) / batch_size, batch_size=batch_size, sync_dist=True)
         if batch_idx == 0 and self.global_rank == 0:
             self._log_reconstructions(voxels, pred)
-
-    def _surface_scores(self, grids: np.ndarray, surfaces: np.ndarray) -> tuple[float, float, float]:
-        """Mean Chamfer (IM-NET convention, x1000) and F-score@1% over shapes whose mesh is not empty."""
-        rng = np.random.default_rng(0)
-        chamfers, fscores, empty = [], [], 0
-        for grid, surface in zip(grids, surfaces):
-            verts, faces = grid_to_mesh(grid, 0.5, corners=False)
-            if len(faces) == 0:
-                empty += 1
-                continue
-            points, _ = sample_surface(verts, faces, 2048, rng)
-            target = surface[rng.choice(len(surface), min(2048, len(surface)), replace=False)]
-            metrics = surface_metrics(points, target, thresholds=(0.01,))
-            chamfers.append(1000.0 * metrics["chamfer_l2"])
-            fscores.append(metrics["fscore@1%"])
-        nan = float("nan")
-        return (float(np.mean(chamfers)) if chamfers else nan, float(np.mean(fscores)) if fscores else nan,
-                empty / max(len(grids), 1))
 
     def _log_reconstructions(self, voxels: torch.Tensor, pred: torch.Tensor) -> None:
         """Input voxels beside the reconstruction, rendered with our renderer: a PNG per epoch, and to W&B."""

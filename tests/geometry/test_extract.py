@@ -18,12 +18,19 @@ def chair_like_field(points: torch.Tensor) -> torch.Tensor:
     return inside.float()
 
 
+def thin_rod_field(points: torch.Tensor) -> torch.Tensor:
+    """A smooth rod of radius 0.012 along y at (x, z) = (0.01, 0.013): between the corners of a 32^3 frame, where
+    the field stays below 0.5, like the thin parts of a learned decoder."""
+    distance = torch.sqrt((points[:, 0] - 0.01) ** 2 + (points[:, 2] - 0.013) ** 2)
+    return torch.sigmoid(200 * (0.012 - distance)) * (points[:, 1].abs() < 0.4)
+
+
 def sphere_field(points: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(40 * (0.35 - points.norm(dim=-1)))
 
 
 @pytest.mark.parametrize("field, resolution, coarse", [(sphere_field, 128, 16), (chair_like_field, 128, 16),
-                                                       (chair_like_field, 256, 32)])
+                                                       (chair_like_field, 256, 32), (thin_rod_field, 128, 32)])
 def test_coarse_to_fine_matches_dense_with_far_fewer_points(field, resolution, coarse):
     dense = dense_grid(field, resolution, batch_points=1 << 20)
     fast = coarse_to_fine_grid(field, resolution, coarse=coarse, batch_points=1 << 20)
@@ -47,3 +54,9 @@ def test_empty_field_gives_an_empty_mesh():
 def test_resolution_must_be_a_power_of_two_multiple():
     with pytest.raises(ValueError, match="power of two"):
         coarse_to_fine_grid(sphere_field, 100, coarse=32)
+
+
+def test_without_the_band_a_thin_rod_would_be_lost():
+    assert dense_grid(thin_rod_field, 32).values.max() < 0.5 < dense_grid(thin_rod_field, 128).values.max()
+    missed = coarse_to_fine_grid(thin_rod_field, 128, coarse=32, band=0.0)
+    assert (missed.values > 0.5).sum() == 0

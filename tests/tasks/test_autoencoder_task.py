@@ -27,8 +27,11 @@ def test_two_phases_switch_point_sets_and_write_logs(tiny_shards, tmp_path):
     resolutions = {float(r.split(",")[header.index("train/resolution")]) for r in rows[1:]
                    if r.split(",")[header.index("train/resolution")]}
     assert resolutions == {8.0, 16.0}
-    for column in ("train/loss", "val/iou", "val/chamfer", "train/points_per_s"):
+    for column in ("train/loss", "val/iou", "val/fscore@1%", "val/empty_meshes", "train/points_per_s"):
         assert column in header
+    empty = [float(r.split(",")[header.index("val/empty_meshes")]) for r in rows[1:]
+             if r.split(",")[header.index("val/empty_meshes")]]
+    assert ("val/chamfer" in header) == (min(empty) < 1.0)  # Chamfer only over shapes whose mesh is not empty
     assert list((tmp_path / "reconstructions").glob("epoch_*.png"))
     assert result.last_checkpoint.name == "last.ckpt" and result.best_checkpoint is not None
 

@@ -1,0 +1,57 @@
+"""Validation in shape space, shared by the tasks: decode codes on a grid, IoU against voxels, surface scores."""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recon3d.geometry.extract import grid_to_mesh
+from recon3d.geometry.metrics import sample_surface, surface_metrics
+
+
+def cell_centres(resolution: int, device=None) -> torch.Tensor:
+    """(R^3, 3) centres (i + 0.5) / R - 0.5 of a resolution^3 grid, x-major like the stored voxels."""
+    axis = (torch.arange(resolution, device=device, dtype=torch.float32) + 0.5) / resolution - 0.5
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
+@torch.no_grad()
+def decode_occupancy(decoder, z: torch.Tensor, resolution: int, chunk: int = 32768) -> torch.Tensor:
+    """Occupancy (B, R, R, R) of codes z (B, Z) at the cell centres of a resolution^3 grid."""
+    points = cell_centres(resolution, z.device)
+    out = []
+    for start in range(0, len(points), chunk):
+        out.append(decoder(points[start:start + chunk].expand(z.shape[0], -1, -1), z)[..., 0])
+    return torch.cat(out, dim=1).reshape(z.shape[0], resolution, resolution, resolution)
+
+
+def voxel_iou(pred: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
+    """Per-shape IoU (B,) of occupancy pred (B, r, r, r) against stored voxels (B, 1, R, R, R) pooled to r by majority
+    (1 when both are empty)."""
+    target = F.avg_pool3d(voxels, voxels.shape[-1] // pred.shape[-1])[:, 0] > 0.5
+    occupied = pred > 0.5
+    inter = (occupied & target).flatten(1).sum(1).float()
+    union = (occupied | target).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def surface_scores(grids: np.ndarray, surfaces: np.ndarray, points: int = 2048) -> Tuple[List[float], List[float]]:
+    """Per shape: Chamfer-L2 x1000 (IM-NET convention) and F-score@1 % between the mesh of each occupancy grid
+    (cell centres) and the stored surface samples; NaN and 0 for an empty mesh."""
+    rng = np.random.default_rng(0)
+    chamfers, fscores = [], []
+    for grid, surface in zip(grids, surfaces):
+        verts, faces = grid_to_mesh(grid, 0.5, corners=False)
+        if len(faces) == 0:
+            chamfers.append(float("nan"))
+            fscores.append(0.0)
+            continue
+        pred, _ = sample_surface(verts, faces, points, rng)
+        target = surface[rng.choice(len(surface), min(points, len(surface)), replace=False)]
+        metrics = surface_metrics(pred, target, thresholds=(0.01,))
+        chamfers.append(1000.0 * metrics["chamfer_l2"])
+        fscores.append(metrics["fscore@1%"])
+    return chamfers, fscores

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from recon3d.config import ConfigError
+from recon3d.engine.inference import export_latents
+from recon3d.engine.run import run
+from recon3d.tasks.svr import SVRTask
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained_autoencoder(tiny_shards, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ae")
+    cfg = tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={run_dir}", "loader.train_samples_per_epoch=8",
+                      "train.accelerator=cpu")
+    ckpt = run(cfg, enable_wandb=False, enable_progress_bar=False).last_checkpoint
+    export_latents(ckpt, tiny_shards)
+    return ckpt
+
+
+def _svr_cfg(shards, ckpt, run_dir, *extra):
+    return tiny_config(f"loader.shards={shards}", f"train.run_dir={run_dir}", "train.stage=svr", "loader.stage=image",
+                       f"svr.autoencoder_ckpt={ckpt}", "svr.base_width=4", "svr.epochs=2", "svr.lr=0.001",
+                       "loader.train_samples_per_epoch=8", "train.accelerator=cpu", *extra)
+
+
+def test_svr_trains_and_measures_in_shape_space(tiny_shards, trained_autoencoder, tmp_path):
+    result = run(_svr_cfg(tiny_shards, trained_autoencoder, tmp_path), enable_wandb=False,
+                 enable_progress_bar=False)
+    assert result.global_step == 8
+    for key in ("train/loss", "val/latent_mse", "val/iou", "val/fscore@1%"):
+        assert key in result.metrics
+    assert any(k.startswith("val/iou/") for k in result.metrics)  # per category
+    task = SVRTask.load_from_checkpoint(result.last_checkpoint, map_location="cpu", weights_only=True)
+    assert task.eval().encoder(torch.rand(1, 1, 28, 28)).shape == (1, 16)
+
+
+def test_svr_regresses_the_exported_codes(tiny_shards, trained_autoencoder, tmp_path):
+    """The targets are the autoencoder's own codes of the pictured shapes, found by key."""
+    from recon3d.data.latents import read_latents
+
+    cfg = _svr_cfg(tiny_shards, trained_autoencoder, tmp_path)
+    from recon3d.engine.build import build_svr_task
+
+    task = build_svr_task(cfg)
+    task.setup("fit")
+    keys, codes = read_latents(tiny_shards / "latents" / trained_autoencoder.parent.parent.name, "train")
+    assert torch.allclose(task.targets(keys[:2]), torch.as_tensor(codes[:2]))
+    with pytest.raises(KeyError, match="no latent code for sample 'nope/x'"):
+        task.targets(["nope/x"])
+
+
+def test_svr_config_errors_name_the_fix(tiny_shards, trained_autoencoder, tmp_path):
+    with pytest.raises(ConfigError, match="loader.stage=image"):
+        run(_svr_cfg(tiny_shards, trained_autoencoder, tmp_path, "loader.stage=autoencoder"), enable_wandb=False)
+    with pytest.raises(ConfigError, match="svr.autoencoder_ckpt"):
+        run(_svr_cfg(tiny_shards, "", tmp_path), enable_wandb=False)
