@@ -47,43 +47,37 @@ def dense_grid(field: Field, resolution: int, *, batch_points: int = 65536, devi
 @torch.no_grad()
 def coarse_to_fine_grid(field: Field, resolution: int = 256, *, coarse: int = 32, threshold: float = 0.5,
                         band: float = 0.3, batch_points: int = 65536, device="cpu") -> FieldGrid:
-    """The field on a resolution^3 grid, evaluated exactly only near the threshold surface.
+    """The field on a resolution^3 corner grid, evaluated exactly only in frame cells near the threshold surface.
 
     Args:
         field: maps (P, 3) points to (P,) values; called on batches of at most `batch_points`.
-        resolution: final cells per edge; coarse * 2^k for some k >= 0.
-        coarse: cells per edge of the first, fully evaluated grid.
-        band: also refine cells whose corners come within this of the threshold without crossing it.
+        resolution: final cells per edge, a multiple of `coarse`.
+        coarse: cells per edge of the frame, evaluated everywhere.
+        band: also refine frame cells whose corners come within this of the threshold without crossing it.
 
     Raises:
-        ValueError: resolution is not coarse times a power of two.
+        ValueError: resolution is not a multiple of coarse.
     """
-    levels = int(round(np.log2(resolution / coarse)))
-    if levels < 0 or coarse * 2**levels != resolution:
-        raise ValueError(f"resolution {resolution} must be coarse ({coarse}) times a power of two")
-    n = coarse
-    values = dense_grid(field, n, batch_points=batch_points, device=device)
-    grid = torch.as_tensor(values.values, device=device)
-    evaluated = values.evaluated
-    exact = torch.ones_like(grid, dtype=torch.bool)
-    for _ in range(levels):
-        corners = grid.unfold(0, 2, 1).unfold(1, 2, 1).unfold(2, 2, 1).reshape(n, n, n, 8)
-        high, low = corners.amax(-1), corners.amin(-1)
-        active = (high > threshold - band) & (low < threshold + band)  # crossing, or close enough to hide one
-        active = F.max_pool3d(active[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
-        n *= 2
-        grid = F.interpolate(grid[None, None], size=(n + 1,) * 3, mode="trilinear", align_corners=True)[0, 0]
-        old_exact = torch.zeros((n + 1,) * 3, dtype=torch.bool, device=device)
-        old_exact[::2, ::2, ::2] = exact
-        fine_cells = active.repeat_interleave(2, 0).repeat_interleave(2, 1).repeat_interleave(2, 2)
-        touched = F.max_pool3d(F.pad(fine_cells[None, None].float(), (1, 1, 1, 1, 1, 1)), 2, stride=1)[0, 0] > 0
-        todo = touched & ~old_exact
-        index = todo.nonzero(as_tuple=True)
-        points = torch.stack(index, dim=-1).float() / n - 0.5
-        grid[index] = _evaluate(field, points, batch_points)
-        evaluated += len(points)
-        exact = old_exact | todo
-    return FieldGrid(grid.cpu().numpy(), evaluated)
+    if resolution % coarse:
+        raise ValueError(f"resolution {resolution} must be a multiple of coarse ({coarse})")
+    frame = dense_grid(field, coarse, batch_points=batch_points, device=device)
+    if resolution == coarse:
+        return frame
+    values = torch.as_tensor(frame.values, device=device)
+    corners = values.unfold(0, 2, 1).unfold(1, 2, 1).unfold(2, 2, 1).reshape(coarse, coarse, coarse, 8)
+    active = (corners.amax(-1) > threshold - band) & (corners.amin(-1) < threshold + band)
+    grid = F.interpolate(values[None, None], size=(resolution + 1,) * 3, mode="trilinear", align_corners=True)[0, 0]
+    cells = active.nonzero()
+    if len(cells) == 0:
+        return FieldGrid(grid.cpu().numpy(), frame.evaluated)
+    step = resolution // coarse
+    offsets = torch.stack(torch.meshgrid(*[torch.arange(step + 1, device=device)] * 3, indexing="ij"), -1)
+    side = resolution + 1
+    linear = torch.unique((cells[:, None, :] * step + offsets.reshape(1, -1, 3)) @
+                          torch.tensor([side * side, side, 1], device=device))
+    ijk = torch.stack([linear // (side * side), (linear // side) % side, linear % side], dim=-1)
+    grid.view(-1)[linear] = _evaluate(field, ijk.float() / resolution - 0.5, batch_points)
+    return FieldGrid(grid.cpu().numpy(), frame.evaluated + len(linear))
 
 
 def grid_to_mesh(grid: np.ndarray, threshold: float = 0.5, *, corners: bool = True) -> tuple[np.ndarray, np.ndarray]:
