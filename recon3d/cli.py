@@ -163,8 +163,8 @@ def _eval(args) -> int:
                        iou_resolution=args.iou_resolution, device=args.device, out_dir=out)
     log_eval(args.ckpt, args.split, summary)
     print(format_table(summary))
-    print(f"Chamfer-L2: IM-NET convention (squared distances, mean of both directions) x1000 on 4096 points; "
-          f"Chamfer-L1: OccNet (accuracy + completeness) / 2; F-score at 1/2 % of the cube edge")
+    print("Chamfer-L2: IM-NET convention (squared distances, mean of both directions) x1000 on 4096 points; "
+          "Chamfer-L1: OccNet (accuracy + completeness) / 2; F-score at 1/2 % of the cube edge")
     print(f"tables: {out}/eval_{args.split}.csv, .json and per-shape eval_{args.split}_shapes.csv")
     return 0
 

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from recon3d.data import schema
-from recon3d.geometry.extract import coarse_to_fine_grid, dense_grid, grid_to_mesh
+from recon3d.geometry.extract import coarse_to_fine_grid, grid_to_mesh
 from recon3d.geometry.metrics import FSCORE_THRESHOLDS, sample_surface, surface_metrics, voxel_metrics
 
 
 def load_task(ckpt: str | Path, device: str = "cpu"):
-    from recon3d.engine import build  # noqa: F401  (registers the safe globals)
+    import recon3d.engine.build  # noqa: F401  (importing it registers the config classes as safe globals)
     from recon3d.tasks.autoencoder import AutoencoderTask
 
     task = AutoencoderTask.load_from_checkpoint(str(ckpt), map_location=device, weights_only=True)

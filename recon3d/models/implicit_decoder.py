@@ -10,6 +10,11 @@ from torch import nn
 OUTPUTS = ("sigmoid", "leaky_clip")
 
 
+def leaky_clip(x: torch.Tensor) -> torch.Tensor:
+    """IM-NET's output: identity on [0, 1], slope 0.01 below 0 and above 1."""
+    return torch.maximum(torch.minimum(x, 0.01 * x + 0.99), 0.01 * x)
+
+
 class ImplicitDecoder(nn.Module):
     """An MLP on [point, z] with leaky ReLU (slope 0.02) between layers.
 
@@ -52,7 +57,7 @@ class ImplicitDecoder(nn.Module):
         x = self.last(x)
         if self.output == "sigmoid":
             return torch.sigmoid(x)
-        return torch.maximum(torch.minimum(x, 0.01 * x + 0.99), 0.01 * x)
+        return leaky_clip(x)
 
 
 class Autoencoder(nn.Module):

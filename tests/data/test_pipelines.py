@@ -7,7 +7,6 @@ import tarfile
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from recon3d.data import schema
 from recon3d.data.datamodule import ShardDataModule

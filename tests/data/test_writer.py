@@ -4,10 +4,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from recon3d.data import schema
 from recon3d.data.verify import read_tar, verify_shards

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from recon3d.models.implicit_decoder import Autoencoder, ImplicitDecoder
+from recon3d.models.implicit_decoder import Autoencoder, ImplicitDecoder, leaky_clip
 from recon3d.models.voxel_encoder import VoxelEncoder
 
 
@@ -32,10 +32,15 @@ def test_decoder_shapes_and_gradients(output):
 
 
 def test_leaky_clip_is_identity_inside_and_leaky_outside():
-    dec = ImplicitDecoder(latent_dim=1, decoder_widths=[2], decoder_output="leaky_clip")
-    x = torch.tensor([-1.0, 0.3, 2.0])
-    clip = torch.maximum(torch.minimum(x, 0.01 * x + 0.99), 0.01 * x)
-    assert torch.allclose(clip, torch.tensor([-0.01, 0.3, 1.01]))
+    assert torch.allclose(leaky_clip(torch.tensor([-1.0, 0.0, 0.3, 1.0, 2.0])),
+                          torch.tensor([-0.01, 0.0, 0.3, 1.0, 1.01]))
+
+
+def test_decoder_output_goes_through_the_chosen_function():
+    dec = ImplicitDecoder(latent_dim=2, decoder_widths=[4], decoder_output="leaky_clip")
+    torch.nn.init.constant_(dec.last.bias, 3.0)  # pre-activation ~3: clipped to ~1.02, not sigmoid's 0.95
+    out = dec(torch.zeros(1, 5, 3), torch.zeros(1, 2))
+    assert torch.allclose(out, torch.full_like(out, 1.02), atol=1e-3)
 
 
 def test_decoder_rejects_mismatched_z():
