@@ -21,6 +21,13 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. shards.workers=2")
 
 
+def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    """--ckpt, --shards and --device, shared by the commands that use a trained autoencoder."""
+    parser.add_argument("--ckpt", required=True, help="autoencoder checkpoint (e.g. runs/ae/checkpoints/last.ckpt)")
+    parser.add_argument("--shards", required=True, help="shard folder")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
 def _config(args: argparse.Namespace, extra: Optional[List[str]] = None):
     return load_config(args.config, list(args.overrides) + (extra or []))
 
@@ -242,15 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     latents = verbs.add_parser("export-latents", help="z for every shape of every split, next to the shards")
-    latents.add_argument("--ckpt", required=True)
-    latents.add_argument("--shards", required=True)
+    _add_checkpoint_args(latents)
     latents.add_argument("--name", default="", help="folder under <shards>/latents (default: the run's name)")
-    latents.add_argument("--device", default="cpu")
     latents.set_defaults(func=_export_latents)
 
     extract = verbs.add_parser("extract", help="meshes from the autoencoder (coarse-to-fine + marching cubes)")
-    extract.add_argument("--ckpt", required=True)
-    extract.add_argument("--shards", required=True)
+    _add_checkpoint_args(extract)
     extract.add_argument("-o", "--output", required=True, help="folder for the mesh files")
     extract.add_argument("--keys", nargs="*", default=[], help="sample keys (default: the first --count of --split)")
     extract.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -258,17 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--resolution", type=int, default=256)
     extract.add_argument("--format", default="obj", choices=["obj", "ply", "glb"])
     extract.add_argument("--sheet", default="", help="also write a PNG: input view beside each reconstruction")
-    extract.add_argument("--device", default="cpu")
     extract.set_defaults(func=_extract)
 
     evaluate = verbs.add_parser("eval", help="per-category metrics of a split (CSV/JSON tables)")
-    evaluate.add_argument("--ckpt", required=True)
-    evaluate.add_argument("--shards", required=True)
+    _add_checkpoint_args(evaluate)
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--resolution", type=int, default=128, help="extraction grid for the surface metrics")
     evaluate.add_argument("--iou-resolution", type=int, default=0, help="grid of the voxel metrics (0: stored)")
     evaluate.add_argument("-o", "--output", default="", help="table folder (default: <run>/eval)")
-    evaluate.add_argument("--device", default="cpu")
     evaluate.set_defaults(func=_eval)
 
     config = verbs.add_parser("config", help="print the resolved configuration as JSON")
