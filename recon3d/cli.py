@@ -185,10 +185,7 @@ def _show_config(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recon3d", description="Single-image 2D->3D reconstruction on a cluster")
-    verbs = parser.add_subparsers(dest="verb", required=True)
-
+def _add_demo_parser(verbs) -> None:
     demo = verbs.add_parser("demo", help="the main job: procedural shapes (or --meshes DIR) -> verified shards")
     _add_config_args(demo)
     demo.add_argument("--meshes", default="", help="use this folder of meshes instead of procedural shapes")
@@ -198,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=_demo)
 
+
+def _add_shards_parsers(verbs) -> None:
     shards = verbs.add_parser("shards", help="build, verify and inspect WebDataset shards")
     shard_verbs = shards.add_subparsers(dest="shards_verb", required=True)
     build = shard_verbs.add_parser("build", help="meshes/binvox/IM-NET hdf5 -> shards (resumable)")
@@ -222,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("dir")
     summary.set_defaults(func=_shards_summary)
 
+
+def _add_bench_parser(verbs) -> None:
     bench = verbs.add_parser("bench", help="print speed and size figures (prep, loader, shards; data = both)")
     bench.add_argument("what", choices=["prep", "loader", "shards", "data", "train-step", "extract"])
     bench.add_argument("target", nargs="?", default="", help="prep: input folder; loader/shards: shard folder")
@@ -242,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--extract-resolution", type=int, default=256, help="extract: grid cells per edge")
     bench.set_defaults(func=_bench)
 
+
+def _add_model_parsers(verbs) -> None:
+    """train, export-latents, extract, eval."""
     train = verbs.add_parser("train", help="train the autoencoder from shards (resumes from last.ckpt)")
     _add_config_args(train)
     train.add_argument("--shards", default="", help="shard folder (loader.shards)")
@@ -272,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-o", "--output", default="", help="table folder (default: <run>/eval)")
     evaluate.set_defaults(func=_eval)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recon3d", description="Single-image 2D->3D reconstruction on a cluster")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    _add_demo_parser(verbs)
+    _add_shards_parsers(verbs)
+    _add_bench_parser(verbs)
+    _add_model_parsers(verbs)
     config = verbs.add_parser("config", help="print the resolved configuration as JSON")
     _add_config_args(config)
     config.set_defaults(func=_show_config)
