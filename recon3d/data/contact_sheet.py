@@ -15,18 +15,9 @@ from PIL import Image, ImageDraw
 from recon3d.data import schema
 from recon3d.data.verify import read_tar
 from recon3d.data.writer import load_manifest
+from recon3d.geometry.render import on_white
 
 _LABEL_H = 14
-
-
-def _on_white(image: np.ndarray) -> np.ndarray:
-    img = image.astype(np.float32)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=-1)
-    if img.shape[-1] == 4:
-        alpha = img[..., 3:] / 255.0
-        img = img[..., :3] * alpha + 255.0 * (1 - alpha)
-    return img[..., :3].astype(np.uint8)
 
 
 def voxel_projection(voxels: np.ndarray, axis: int) -> np.ndarray:
@@ -56,7 +47,7 @@ def _tile(gray: np.ndarray, size: int) -> np.ndarray:
 def sample_row(key: str, members: dict, views: int, size: int) -> np.ndarray:
     names = sorted(m for m in members if schema.is_view_member(m))
     picks = [names[i] for i in np.linspace(0, len(names) - 1, min(views, len(names))).astype(int)] if names else []
-    tiles = [_on_white(np.asarray(Image.fromarray(schema.load_png(members[n])).resize((size, size))))
+    tiles = [on_white(np.asarray(Image.fromarray(schema.load_png(members[n])).resize((size, size))))
              for n in picks]
     tiles += [np.full((size, size, 3), 255, np.uint8)] * (views - len(tiles))
     voxels = schema.unpack_voxels(members[schema.VOXELS])

@@ -6,13 +6,13 @@ the checkpoint, the latent size and the sha256 of every file, so readers can tru
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
 
+from recon3d.data.schema import npy_bytes
 from recon3d.data.writer import atomic_write, file_sha256
 
 INDEX = "latents.json"
@@ -26,10 +26,7 @@ def write_latents(out_dir: Path, latents: Dict[str, Tuple[List[str], np.ndarray]
         if len(keys) != len(codes):
             raise ValueError(f"{split}: {len(keys)} keys but {len(codes)} codes")
         codes_path, keys_path = out_dir / f"{split}.npy", out_dir / f"{split}.keys.json"
-        tmp = out_dir / f"{split}.npy.tmp"
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(codes, dtype=np.float32), allow_pickle=False)
-        tmp.replace(codes_path)
+        atomic_write(codes_path, npy_bytes(np.asarray(codes, dtype=np.float32)))
         atomic_write(keys_path, json.dumps(keys).encode())
         splits[split] = {"count": len(keys), "codes": codes_path.name, "codes_sha256": file_sha256(codes_path),
                          "keys": keys_path.name, "keys_sha256": file_sha256(keys_path)}
@@ -56,11 +53,3 @@ def read_latents(out_dir: str | Path, split: str) -> Tuple[List[str], np.ndarray
             raise ValueError(f"{out_dir / name}: sha256 differs from {INDEX}; re-export the latents")
     keys = json.loads((out_dir / entry["keys"]).read_text())
     return keys, np.load(out_dir / entry["codes"], allow_pickle=False)
-
-
-def checkpoint_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -42,7 +42,8 @@ def iter_split(shard_dir: str | Path, split: str, batch_size: int, *, surface: b
 def export_latents(ckpt: str | Path, shard_dir: str | Path, name: str = "", batch_size: int = 32,
                    device: str = "cpu") -> Path:
     """z for every shape of every split, written next to the shards; returns the latents folder."""
-    from recon3d.data.latents import checkpoint_digest, write_latents
+    from recon3d.data.latents import write_latents
+    from recon3d.data.writer import file_sha256
 
     task = load_task(ckpt, device)
     name = name or Path(ckpt).resolve().parent.parent.name or "autoencoder"
@@ -55,7 +56,7 @@ def export_latents(ckpt: str | Path, shard_dir: str | Path, name: str = "", batc
             codes.append(task.model.encoder(batch["voxels"].to(device)).cpu().numpy())
         if keys:
             found[split] = (keys, np.concatenate(codes))
-    write_latents(out, found, {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_sha256": checkpoint_digest(ckpt)})
+    write_latents(out, found, {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_sha256": file_sha256(Path(ckpt))})
     return out
 
 
@@ -84,7 +85,7 @@ def save_mesh(path: Path, vertices: np.ndarray, faces: np.ndarray) -> Path:
 
 def input_views(shard_dir: str | Path, keys: Sequence[str]) -> Dict[str, np.ndarray]:
     """The first stored view of each key, composited on white, (H, W, 3) uint8."""
-    from recon3d.data.contact_sheet import _on_white
+    from recon3d.geometry.render import on_white
     from recon3d.data.verify import read_tar
     from recon3d.data.writer import load_manifest
 
@@ -92,7 +93,7 @@ def input_views(shard_dir: str | Path, keys: Sequence[str]) -> Dict[str, np.ndar
     for shard in load_manifest(shard_dir)["shards"]:
         for key, members in read_tar(Path(shard_dir) / f"{shard['name']}.tar").items():
             if key in wanted and schema.view_member(0) in members:
-                found[key] = _on_white(schema.load_png(members[schema.view_member(0)]))
+                found[key] = on_white(schema.load_png(members[schema.view_member(0)]))
         if len(found) == len(wanted):
             break
     return found

@@ -123,6 +123,17 @@ def render_views(vertices: np.ndarray, faces: np.ndarray, views: Views, **kwargs
                      for i in range(len(views))]) if len(views) else np.zeros((0, size, size, 4), np.uint8)
 
 
+def on_white(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8: an RGBA, RGB or grayscale image composited over a white background."""
+    img = image.astype(np.float32)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    if img.shape[-1] == 4:
+        alpha = img[..., 3:] / 255.0
+        img = img[..., :3] * alpha + 255.0 * (1 - alpha)
+    return img[..., :3].astype(np.uint8)
+
+
 def render_preview(vertices: np.ndarray, faces: np.ndarray, size: int = 128, azimuth: float = 225.0,
                    elevation: float = 25.0) -> np.ndarray:
     """(size, size, 3) uint8: a mesh in the unit cube seen from a fixed 3/4 view, on white (for logs and sheets)."""
@@ -131,7 +142,5 @@ def render_preview(vertices: np.ndarray, faces: np.ndarray, size: int = 128, azi
     if len(faces) == 0:
         return np.full((size, size, 3), 255, np.uint8)
     views = make_views([azimuth], [elevation], [1.8], 1.25 * size, size)
-    rgba = render_view(np.asarray(vertices, np.float64), np.asarray(faces), views.intrinsics[0],
-                       views.extrinsics[0], size, supersample=2).astype(np.float32)
-    alpha = rgba[..., 3:] / 255.0
-    return (rgba[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
+    return on_white(render_view(np.asarray(vertices, np.float64), np.asarray(faces), views.intrinsics[0],
+                                views.extrinsics[0], size, supersample=2))
