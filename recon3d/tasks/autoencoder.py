@@ -20,6 +20,14 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stops so that the last good checkpoint is kept."""
 
 
+def check_finite(loss: torch.Tensor, module: L.LightningModule, where: str, run_dir: str = "") -> None:
+    """Raise NonFiniteLossError naming the step when `loss` is NaN or infinite."""
+    if not torch.isfinite(loss):
+        ckpt = f" The last good checkpoint is in {Path(run_dir) / 'checkpoints'};" if run_dir else ""
+        raise NonFiniteLossError(f"loss is {loss.item()} at global step {module.global_step} ({where}); stopping."
+                                 f"{ckpt} lower the learning rate or check the data.")
+
+
 class AutoencoderTask(L.LightningModule):
     """Progressive training of the voxel encoder and implicit decoder.
 
@@ -76,11 +84,8 @@ class AutoencoderTask(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         pred = self.model(batch["voxels"], batch["points"])
         loss = F.mse_loss(pred, batch["values"])
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
-                f"points at {self.resolution_for_epoch(self.current_epoch)}^3); stopping. The last good checkpoint "
-                f"is in {Path(self.hparams.run_dir) / 'checkpoints'}; lower train.lr or check the data.")
+        check_finite(loss, self, f"epoch {self.current_epoch}, points at "
+                     f"{self.resolution_for_epoch(self.current_epoch)}^3", self.hparams.run_dir)
         batch_size = batch["voxels"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/resolution", float(self.resolution_for_epoch(self.current_epoch)), batch_size=batch_size)

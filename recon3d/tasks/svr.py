@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from recon3d.models.image_encoder import ImageEncoder
+from recon3d.tasks.autoencoder import check_finite
 from recon3d.tasks.shape_eval import decode_occupancy, surface_scores, voxel_iou
 
 
@@ -81,8 +82,7 @@ class SVRTask(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = F.mse_loss(self.encoder(batch["image"]), self.targets(batch["key"]))
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"loss is {loss.item()} at global step {self.global_step}; stopping")
+        check_finite(loss, self, f"epoch {self.current_epoch}", self.trainer.default_root_dir)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["key"]))
         return loss
 
