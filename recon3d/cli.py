@@ -120,12 +120,14 @@ def _train(args) -> int:
     if args.run_dir:
         extra.append(f"train.run_dir={args.run_dir}")
     result = run(_config(args, extra))
+    if not result.is_global_zero:  # one summary per job, not one per process
+        return 0
     print(f"run folder: {result.run_dir}")
     print(f"stopped at epoch {result.epoch}, step {result.global_step}")
     for name in sorted(result.metrics):
         print(f"  {name} = {result.metrics[name]:.4f}")
     print(f"last checkpoint: {result.last_checkpoint}")
-    print(f"best checkpoint (val/iou): {result.best_checkpoint}")
+    print(f"best checkpoint ({result.monitor}): {result.best_checkpoint}")
     wandb_dir = result.run_dir / "wandb"
     if wandb_dir.is_dir():
         print(f"W&B ran offline; to upload: wandb sync {wandb_dir}/offline-run-*")
@@ -246,7 +248,7 @@ def _add_bench_parser(verbs) -> None:
 
 def _add_model_parsers(verbs) -> None:
     """train, export-latents, extract, eval."""
-    train = verbs.add_parser("train", help="train the autoencoder from shards (resumes from last.ckpt)")
+    train = verbs.add_parser("train", help="train a stage (train.stage: autoencoder, svr, gan); resumes from last.ckpt")
     _add_config_args(train)
     train.add_argument("--shards", default="", help="shard folder (loader.shards)")
     train.add_argument("--run-dir", default="", help="run folder (train.run_dir)")

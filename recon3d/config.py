@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Sequence
 AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
 SOURCE_KINDS = ("auto", "folder", "shapenet", "modelnet", "binvox", "imnet_hdf5")
 STAGES = ("autoencoder", "image")
+TRAIN_STAGES = ("autoencoder", "svr", "gan")
 
 
 class ConfigError(ValueError):
@@ -176,8 +177,37 @@ class SVRConfig:
 
 
 @dataclass
+class GANConfig:
+    autoencoder_ckpt: str = ""  # the trained autoencoder: its decoder turns samples into shapes for COV/MMD
+    latents: str = ""  # exported latents folder (default <loader.shards>/latents/<autoencoder run name>)
+    noise_dim: int = 128  # generator input size
+    generator_widths: List[int] = field(default_factory=lambda: [2048, 2048])  # hidden layers (IM-NET's latent GAN)
+    critic_widths: List[int] = field(default_factory=lambda: [2048, 2048])  # hidden layers of the critic
+    n_critic: int = 5  # critic updates per generator update (WGAN-GP)
+    gp_weight: float = 10.0  # gradient penalty weight lambda (WGAN-GP)
+    lr: float = 1e-4  # Adam learning rate, both networks (WGAN-GP)
+    beta1: float = 0.5  # Adam beta1 (WGAN-GP)
+    beta2: float = 0.9  # Adam beta2 (WGAN-GP)
+    batch_size: int = 64  # latent codes per step per process
+    epochs: int = 200  # training epochs
+    samples_per_epoch: int = 0  # codes drawn per epoch over all ranks (0: the train split size)
+    eval_samples: int = 64  # generated shapes compared with the reference shapes for COV / MMD
+    reference_split: str = "val"  # split whose shapes are the COV / MMD reference set
+    reference_shapes: int = 100  # at most this many reference shapes
+    eval_points: int = 1024  # surface points per shape in the COV / MMD Chamfer distances
+
+    def __post_init__(self) -> None:
+        _check(self.noise_dim >= 1 and min(self.generator_widths + self.critic_widths, default=1) >= 1,
+               "gan.noise_dim and the widths must be >= 1")
+        _check(self.n_critic >= 1 and self.gp_weight >= 0 and self.lr > 0, "gan.n_critic >= 1, gp_weight >= 0, lr > 0")
+        _check(self.batch_size >= 2 and self.epochs >= 1, "gan.batch_size >= 2 and gan.epochs >= 1")
+        _check(self.reference_split in ("train", "val", "test"), "gan.reference_split: train, val or test")
+        _check(self.eval_samples >= 1 and self.eval_points >= 16, "gan.eval_samples >= 1 and gan.eval_points >= 16")
+
+
+@dataclass
 class TrainConfig:
-    stage: str = "autoencoder"  # autoencoder | svr (the image encoder; needs svr.autoencoder_ckpt)
+    stage: str = "autoencoder"  # autoencoder | svr (image encoder, needs svr.autoencoder_ckpt) | gan (latent GAN)
     run_dir: str = "runs/autoencoder"  # checkpoints/, logs/, wandb/, reconstructions/ go here
     point_resolutions: List[int] = field(default_factory=lambda: [16, 32, 64])  # progressive phases (IM-NET)
     phase_epochs: List[int] = field(default_factory=lambda: [20, 20, 40])  # epochs per phase
@@ -208,7 +238,10 @@ class TrainConfig:
         _check(all(e >= 0 for e in self.phase_epochs) and sum(self.phase_epochs) > 0,
                "train.phase_epochs must be >= 0 and not all zero")
         _check(self.logger in ("wandb", "csv"), f"train.logger={self.logger!r}: wandb or csv")
-        _check(self.stage in ("autoencoder", "svr"), f"train.stage={self.stage!r}: autoencoder or svr")
+        _check(self.stage in TRAIN_STAGES, f"train.stage={self.stage!r}: one of {TRAIN_STAGES}")
+        _check(not (self.stage == "gan" and "deepspeed" in self.strategy),
+               f"train.strategy={self.strategy}: the gan stage trains two networks with two optimisers and "
+               f"Lightning's DeepSpeed strategy takes one; use ddp (or auto)")
         _check(self.wandb_mode in ("offline", "online", "disabled"), "train.wandb_mode: offline | online | disabled")
         _check(self.lr > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.lr > 0 and betas in [0, 1)")
 
@@ -230,12 +263,13 @@ class Config:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     svr: SVRConfig = field(default_factory=SVRConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
 SAFE_GLOBALS = [Config, SourceConfig, GeometryConfig, RenderConfig, ShardConfig, LoaderConfig, ModelConfig,
-                SVRConfig, TrainConfig, DemoConfig]  # registered with torch's weights_only loader by recon3d.engine
+                SVRConfig, GANConfig, TrainConfig, DemoConfig]  # registered with torch's weights_only loader by recon3d.engine
 
 
 def _suggest(key: str, node: Any) -> str:

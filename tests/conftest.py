@@ -45,3 +45,17 @@ def tiny_shards(tiny_meshes, tmp_path_factory) -> Path:
                       "shards.split=[0.5,0.25,0.25]")
     build_shards(cfg, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_autoencoder(tiny_shards, tmp_path_factory) -> Path:
+    """A tiny autoencoder trained for two short epochs on tiny_shards, its latents exported; the last.ckpt path."""
+    from recon3d.engine.inference import export_latents
+    from recon3d.engine.run import run
+
+    run_dir = tmp_path_factory.mktemp("ae")
+    cfg = tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={run_dir}", "loader.train_samples_per_epoch=8",
+                      "train.accelerator=cpu")
+    ckpt = run(cfg, enable_wandb=False, enable_progress_bar=False).last_checkpoint
+    export_latents(ckpt, tiny_shards)
+    return ckpt

@@ -80,3 +80,22 @@ def test_to_dict_is_json_ready():
     import json
 
     json.dumps(to_dict(load_config()))
+
+
+@pytest.mark.parametrize("section, cls, skip", [
+    ("model", "recon3d.tasks.autoencoder:AutoencoderTask", set()),
+    ("gan", "recon3d.tasks.gan:LatentGANTask", {"latents", "batch_size", "epochs", "samples_per_epoch"}),
+    ("svr", "recon3d.tasks.svr:SVRTask", {"latents", "epochs"}),
+])
+def test_config_fields_match_constructor_keywords(section, cls, skip):
+    """The builder passes these sections straight through: a renamed keyword must fail here, not at run time."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    from recon3d.config import Config
+
+    module, name = cls.split(":")
+    keywords = set(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+    section_fields = {f.name for f in dataclasses.fields(getattr(Config(), section))}
+    assert section_fields - skip <= keywords, section_fields - skip - keywords

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
+import lightning as L
 import numpy as np
+import torch
+from torch.utils import data as torch_data
 
 from recon3d.data.schema import npy_bytes
 from recon3d.data.writer import atomic_write, file_sha256
@@ -53,3 +56,48 @@ def read_latents(out_dir: str | Path, split: str) -> Tuple[List[str], np.ndarray
             raise ValueError(f"{out_dir / name}: sha256 differs from {INDEX}; re-export the latents")
     keys = json.loads((out_dir / entry["keys"]).read_text())
     return keys, np.load(out_dir / entry["codes"], allow_pickle=False)
+
+
+class _Repeated(torch_data.Dataset):
+    """Codes (N, Z) seen `length` times per epoch (index modulo N), so an epoch can hold more steps than shapes."""
+
+    def __init__(self, codes: np.ndarray, length: int) -> None:
+        self.codes = torch.as_tensor(codes, dtype=torch.float32)
+        self.length = max(length, len(codes))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.codes[index % len(self.codes)]
+
+
+class LatentDataModule(L.LightningDataModule):
+    """Loaders over exported latents for the latent GAN: shuffled train codes, and the val codes (the train codes
+    when there is no val split). Under DDP Lightning adds a DistributedSampler, so each rank sees its share."""
+
+    def __init__(self, *, latents: str, batch_size: int = 64, samples_per_epoch: int = 0) -> None:
+        super().__init__()
+        self.latents, self.batch_size, self.samples_per_epoch = latents, batch_size, samples_per_epoch
+        self.codes: Dict[str, np.ndarray] = {}
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        for split in ("train", "val"):
+            try:
+                self.codes[split] = read_latents(self.latents, split)[1]
+            except FileNotFoundError:
+                if split == "train":
+                    raise
+        self.codes.setdefault("val", self.codes["train"])
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.codes["train"].shape[1])
+
+    def train_dataloader(self):
+        data = _Repeated(self.codes["train"], self.samples_per_epoch)
+        return torch_data.DataLoader(data, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        data = _Repeated(self.codes["val"], 0)
+        return torch_data.DataLoader(data, batch_size=self.batch_size)

@@ -14,15 +14,37 @@ torch.serialization.add_safe_globals(SAFE_GLOBALS)  # checkpoints reload with we
 
 
 def build_datamodule(cfg: Config):
+    if cfg.train.stage == "gan":
+        from recon3d.data.latents import LatentDataModule
+
+        if not cfg.gan.autoencoder_ckpt:
+            raise ConfigError("train.stage=gan needs gan.autoencoder_ckpt (the trained autoencoder)")
+        return LatentDataModule(latents=default_latents(cfg.loader.shards, cfg.gan.autoencoder_ckpt, cfg.gan.latents),
+                                batch_size=cfg.gan.batch_size, samples_per_epoch=cfg.gan.samples_per_epoch)
     from recon3d.data.datamodule import ShardDataModule
 
     return ShardDataModule.from_config(cfg.loader)
 
 
-def check_training_config(cfg: Config, manifest: dict) -> None:
+def _check_gan_config(cfg: Config, manifest: dict, latent_dim: int) -> None:
+    if latent_dim != cfg.model.latent_dim:
+        raise ConfigError(f"the latents have z of size {latent_dim} but model.latent_dim={cfg.model.latent_dim}: "
+                          f"set model.latent_dim={latent_dim} (the autoencoder's) so the generator matches it")
+    split = cfg.gan.reference_split
+    if manifest["splits"].get(split, {}).get("samples", 0) == 0:
+        raise ConfigError(f"gan.reference_split={split}: {cfg.loader.shards} has no {split} shapes for COV/MMD; "
+                          f"choose another split")
+    if not manifest["config"]["geometry"].get("surface_points"):
+        raise ConfigError(f"{cfg.loader.shards} stores no surface samples (geometry.surface_points=0): "
+                          f"COV/MMD need them; rebuild the shards")
+
+
+def check_training_config(cfg: Config, manifest: dict, datamodule=None) -> None:
     """Rules that need the shards: the phases' point sets exist, the stage has the data it reads."""
     if manifest["samples"] == 0 or manifest["splits"]["train"]["samples"] == 0:
         raise ConfigError(f"{cfg.loader.shards}: no training samples")
+    if cfg.train.stage == "gan":
+        return _check_gan_config(cfg, manifest, datamodule.latent_dim)
     if cfg.train.stage == "svr":
         if cfg.loader.stage != "image":
             raise ConfigError("train.stage=svr reads images: set loader.stage=image")
@@ -47,11 +69,11 @@ def build_autoencoder_task(cfg: Config, voxel_resolution: int):
                            reconstructions_to_log=train.reconstructions_to_log, run_dir=train.run_dir)
 
 
-def default_latents(cfg: Config) -> str:
-    """svr.latents, or where `recon3d export-latents` puts the autoencoder's codes next to the shards."""
-    if cfg.svr.latents:
-        return cfg.svr.latents
-    return str(Path(cfg.loader.shards) / "latents" / Path(cfg.svr.autoencoder_ckpt).resolve().parent.parent.name)
+def default_latents(shards: str, autoencoder_ckpt: str, latents: str = "") -> str:
+    """`latents`, or where `recon3d export-latents` puts the autoencoder's codes next to the shards."""
+    if latents:
+        return latents
+    return str(Path(shards) / "latents" / Path(autoencoder_ckpt).resolve().parent.parent.name)
 
 
 def build_svr_task(cfg: Config):
@@ -64,15 +86,33 @@ def build_svr_task(cfg: Config):
     svr = cfg.svr
     return SVRTask(latent_dim=latent_dim, image_channels=1 if cfg.loader.grayscale else 3,
                    architecture=svr.architecture, base_width=svr.base_width, lr=svr.lr, beta1=svr.beta1,
-                   beta2=svr.beta2, autoencoder_ckpt=str(ckpt), latents=default_latents(cfg),
+                   beta2=svr.beta2, autoencoder_ckpt=str(ckpt),
+                   latents=default_latents(cfg.loader.shards, svr.autoencoder_ckpt, svr.latents),
                    val_resolution=cfg.train.val_resolution)
+
+
+def build_gan_task(cfg: Config):
+    from recon3d.tasks.gan import LatentGANTask
+
+    gan = cfg.gan
+    fields = {k: getattr(gan, k) for k in ("noise_dim", "generator_widths", "critic_widths", "n_critic", "gp_weight",
+                                           "lr", "beta1", "beta2", "autoencoder_ckpt", "reference_split",
+                                           "reference_shapes", "eval_samples", "eval_points")}
+    return LatentGANTask(**fields, latent_dim=cfg.model.latent_dim, shards=cfg.loader.shards,
+                         eval_resolution=cfg.train.val_resolution, samples_to_log=cfg.train.reconstructions_to_log,
+                         run_dir=cfg.train.run_dir)
 
 
 def build_task(cfg: Config, manifest: dict):
     """The LightningModule of cfg.train.stage."""
     if cfg.train.stage == "svr":
         return build_svr_task(cfg)
+    if cfg.train.stage == "gan":
+        return build_gan_task(cfg)
     return build_autoencoder_task(cfg, int(manifest["config"]["geometry"]["voxel_resolution"]))
+
+
+BEST_BY = {"autoencoder": ("val/iou", "max"), "svr": ("val/iou", "max"), "gan": ("val/mmd", "min")}
 
 
 def build_callbacks(cfg: Config) -> list:
@@ -82,7 +122,8 @@ def build_callbacks(cfg: Config) -> list:
 
     ckpt_dir = Path(cfg.train.run_dir) / "checkpoints"
     last = rolling_last_checkpoint(ckpt_dir, cfg.train.checkpoint_every_steps)
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}-{step}", monitor="val/iou", mode="max",
+    monitor, mode = BEST_BY[cfg.train.stage]
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}-{step}", monitor=monitor, mode=mode,
                            save_top_k=1, auto_insert_metric_name=False)
     return [last, best, LearningRateMonitor(logging_interval="step")]
 
@@ -120,10 +161,14 @@ def build_trainer(cfg: Config, *, enable_wandb: bool = True, **overrides):
     import lightning as L
 
     train = cfg.train
+    strategy = train.strategy
+    if train.stage == "gan" and strategy == "ddp":
+        # the critic's update does not use the generator's weights: DDP must not wait for their gradients
+        strategy = "ddp_find_unused_parameters_true"
     kwargs = dict(accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes,
-                  strategy=train.strategy, precision=train.precision,
+                  strategy=strategy, precision=train.precision,
                   accumulate_grad_batches=train.accumulate_grad_batches,
-                  max_epochs=cfg.svr.epochs if train.stage == "svr" else sum(train.phase_epochs),
+                  max_epochs={"svr": cfg.svr.epochs, "gan": cfg.gan.epochs}.get(train.stage, sum(train.phase_epochs)),
                   check_val_every_n_epoch=train.val_every_epochs, log_every_n_steps=train.log_every_steps,
                   default_root_dir=train.run_dir, callbacks=build_callbacks(cfg),
                   logger=build_loggers(cfg, enable_wandb),

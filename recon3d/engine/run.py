@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from recon3d.config import Config, to_dict
+from recon3d.data.writer import load_manifest
 
 
 @dataclass
@@ -18,6 +19,8 @@ class RunResult:
     metrics: dict
     global_step: int
     epoch: int
+    monitor: str = ""  # the metric that picks the best checkpoint
+    is_global_zero: bool = True  # False on the other ranks of a multi-process run
 
 
 def resolve_resume(cfg: Config) -> Optional[str]:
@@ -36,15 +39,16 @@ def run(cfg: Config, *, enable_wandb: bool = True, **trainer_overrides) -> RunRe
     """Train the stage described by cfg (resuming when a last.ckpt exists) and return where things went."""
     import lightning as L
 
-    from recon3d.engine.build import build_datamodule, build_task, build_trainer, check_training_config
+    from recon3d.engine.build import BEST_BY, build_datamodule, build_task, build_trainer, check_training_config
 
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     datamodule.setup()
-    check_training_config(cfg, datamodule.manifest)
-    task = build_task(cfg, datamodule.manifest)
+    manifest = getattr(datamodule, "manifest", None) or load_manifest(cfg.loader.shards)
+    check_training_config(cfg, manifest, datamodule)
+    task = build_task(cfg, manifest)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
     trainer = build_trainer(cfg, enable_wandb=enable_wandb, **trainer_overrides)
     trainer.fit(task, datamodule=datamodule, ckpt_path=resolve_resume(cfg))
@@ -54,4 +58,4 @@ def run(cfg: Config, *, enable_wandb: bool = True, **trainer_overrides) -> RunRe
     best_path = callbacks[1].best_model_path if len(callbacks) > 1 else ""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return RunResult(run_dir, last, Path(best_path) if best_path else None, metrics, trainer.global_step,
-                     trainer.current_epoch)
+                     trainer.current_epoch, BEST_BY[cfg.train.stage][0], trainer.is_global_zero)

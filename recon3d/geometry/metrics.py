@@ -101,3 +101,31 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int,
     points = t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
     normals = cross[face] / np.maximum(area[face], 1e-30)[:, None]
     return points, normals
+
+
+def pairwise_chamfer_l2(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.ndarray:
+    """(len(a), len(b)) matrix of IM-NET-convention Chamfer-L2 between every point set of `a` and of `b`.
+
+    Each point set is (P, 3); sets within `a` (and within `b`) must have equal sizes so they stack.
+    """
+    import torch
+
+    left = torch.as_tensor(np.stack(a), dtype=torch.float32)
+    right = torch.as_tensor(np.stack(b), dtype=torch.float32)
+    out = np.empty((len(left), len(right)))
+    for i, points in enumerate(left):
+        d = torch.cdist(points[None].expand(len(right), -1, -1), right) ** 2  # (B, P, Q)
+        out[i] = (0.5 * (d.min(2).values.mean(1) + d.min(1).values.mean(1))).numpy()
+    return out
+
+
+def coverage_and_mmd(distances: np.ndarray) -> Dict[str, float]:
+    """GAN set metrics (Achlioptas et al. 2018) from a (generated, reference) distance matrix.
+
+    cov: the share of reference shapes that are the nearest reference of at least one generated shape (higher is
+    better); mmd: the mean over reference shapes of the distance to their nearest generated shape (lower is better).
+    """
+    if distances.ndim != 2 or 0 in distances.shape:
+        raise ValueError(f"need a non-empty (generated, reference) matrix, got {distances.shape}")
+    matched = np.unique(distances.argmin(axis=1))
+    return {"cov": len(matched) / distances.shape[1], "mmd": float(distances.min(axis=0).mean())}

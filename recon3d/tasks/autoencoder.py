@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from recon3d.geometry.extract import grid_to_mesh
 from recon3d.models.implicit_decoder import Autoencoder
-from recon3d.tasks.shape_eval import decode_occupancy, surface_scores, voxel_iou
+from recon3d.tasks.shape_eval import decode_occupancy, publish_image, surface_scores, voxel_iou
 
 
 class NonFiniteLossError(RuntimeError):
@@ -128,8 +128,6 @@ class AutoencoderTask(L.LightningModule):
         if count == 0 or self._rendered_epoch == self.current_epoch or self.trainer.sanity_checking:
             return
         self._rendered_epoch = self.current_epoch
-        from PIL import Image
-
         from recon3d.geometry.render import render_preview
 
         rows = []
@@ -140,20 +138,8 @@ class AutoencoderTask(L.LightningModule):
             pair = [grid_to_mesh(target, 0.5, corners=False), grid_to_mesh(recon, 0.5, corners=False)]
             meshes.append(pair[1])
             rows.append(np.concatenate([render_preview(v, f, 128) for v, f in pair], axis=1))
-        sheet = np.concatenate(rows, axis=0)
-        if self.hparams.run_dir:
-            out = Path(self.hparams.run_dir) / "reconstructions"
-            out.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(sheet).save(out / f"epoch_{self.current_epoch:04d}.png")
-        for logger in self.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                import wandb
-
-                logger.log_image("val/reconstructions", [sheet], step=self.global_step,
-                                 caption=["left: input voxels, right: reconstruction"])
-                clouds = [wandb.Object3D(v) for v, f in meshes if len(v)]
-                if clouds:
-                    logger.experiment.log({"val/reconstruction_3d": clouds}, step=self.global_step)
+        publish_image(self, "reconstructions", np.concatenate(rows, axis=0),
+                      "left: input voxels, right: reconstruction", [v for v, f in meshes])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["recon3d_resolution"] = self.resolution_for_epoch(self.current_epoch)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from pathlib import Path
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -55,3 +56,26 @@ def surface_scores(grids: np.ndarray, surfaces: np.ndarray, points: int = 2048) 
         chamfers.append(1000.0 * metrics["chamfer_l2"])
         fscores.append(metrics["fscore@1%"])
     return chamfers, fscores
+
+
+def publish_image(task, name: str, image: np.ndarray, caption: str, objects: Sequence = ()) -> None:
+    """Save `image` (H, W, 3) uint8 as <run_dir>/<name>/epoch_NNNN.png and log it (and optional point clouds,
+    (P, 3) arrays) to W&B when the run uses it. Call on rank 0."""
+    from PIL import Image
+
+    run_dir = task.hparams.get("run_dir", "")
+    if run_dir:
+        out = Path(run_dir) / name
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"epoch_{task.current_epoch:04d}.png"
+        tmp = path.with_name(path.stem + ".tmp.png")
+        Image.fromarray(image).save(tmp)
+        tmp.replace(path)
+    for logger in task.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.log_image(f"val/{name}", [image], step=task.global_step, caption=[caption])
+            clouds = [cloud for cloud in objects if len(cloud)]
+            if clouds:
+                import wandb
+
+                logger.experiment.log({f"val/{name}_3d": [wandb.Object3D(c) for c in clouds]}, step=task.global_step)

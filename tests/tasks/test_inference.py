@@ -7,16 +7,11 @@ import trimesh
 from recon3d.cli import main
 from recon3d.data.latents import read_latents
 from recon3d.engine.inference import summarise_rows
-from recon3d.engine.run import run
-from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tiny_shards, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run")
-    cfg = tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={run_dir}", "loader.train_samples_per_epoch=8",
-                      "train.accelerator=cpu")
-    return run(cfg, enable_wandb=False, enable_progress_bar=False).last_checkpoint
+def tiny_ckpt(trained_autoencoder):
+    return trained_autoencoder
 
 
 def test_export_latents_keyed_and_checksummed(tiny_ckpt, tiny_shards, capsys):

@@ -2,20 +2,9 @@ import pytest
 import torch
 
 from recon3d.config import ConfigError
-from recon3d.engine.inference import export_latents
 from recon3d.engine.run import run
 from recon3d.tasks.svr import SVRTask
 from tests.conftest import tiny_config
-
-
-@pytest.fixture(scope="module")
-def trained_autoencoder(tiny_shards, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("ae")
-    cfg = tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={run_dir}", "loader.train_samples_per_epoch=8",
-                      "train.accelerator=cpu")
-    ckpt = run(cfg, enable_wandb=False, enable_progress_bar=False).last_checkpoint
-    export_latents(ckpt, tiny_shards)
-    return ckpt
 
 
 def _svr_cfg(shards, ckpt, run_dir, *extra):
