@@ -178,6 +178,40 @@ def _eval(args) -> int:
     return 0
 
 
+def _print_meshes(rows: list, sheet: Path) -> None:
+    for row in rows:
+        print(f"{row['path']}: {row['faces']} faces")
+    print(f"sheet: {sheet}")
+
+
+def _generate(args) -> int:
+    from recon3d.engine.latent_space import codes_to_meshes, gan_codes, load_any, write_strip
+
+    autoencoder, gan = load_any(args.ckpt, args.device)
+    if gan is None:
+        raise ValueError(f"{args.ckpt} is an autoencoder checkpoint: generate needs the latent GAN's "
+                         f"(train.stage=gan)")
+    seeds = list(range(args.seed, args.seed + args.n))
+    rows = codes_to_meshes(autoencoder, gan_codes(gan, seeds), Path(args.output), [f"gan_{s}" for s in seeds],
+                           resolution=args.resolution, fmt=args.format)
+    _print_meshes(rows, write_strip(Path(args.output) / "samples.png", rows))
+    return 0
+
+
+def _interpolate(args) -> int:
+    from recon3d.engine.latent_space import (codes_to_meshes, endpoint_codes, interpolate_codes,
+                                             interpolation_weights, load_any, write_strip)
+
+    autoencoder, gan = load_any(args.ckpt, args.device)
+    z1, z2 = endpoint_codes(autoencoder, gan, [args.a, args.b], args.shards)
+    weights = interpolation_weights(args.steps)
+    rows = codes_to_meshes(autoencoder, interpolate_codes(z1, z2, args.steps), Path(args.output),
+                           [f"step_{i:02d}_a{a:.2f}" for i, a in enumerate(weights)], resolution=args.resolution,
+                           fmt=args.format)
+    _print_meshes(rows, write_strip(Path(args.output) / "interpolation.png", rows, per_line=len(rows)))
+    return 0
+
+
 def _show_config(args) -> int:
     import json
 
@@ -279,6 +313,32 @@ def _add_model_parsers(verbs) -> None:
     evaluate.set_defaults(func=_eval)
 
 
+def _add_mesh_output_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", required=True, help="folder for the meshes and the sheet")
+    parser.add_argument("--resolution", type=int, default=128, help="extraction grid cells per edge")
+    parser.add_argument("--format", default="obj", choices=["obj", "ply", "glb"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def _add_latent_parsers(verbs) -> None:
+    """generate, interpolate."""
+    generate = verbs.add_parser("generate", help="new shapes from the latent GAN -> meshes + samples.png")
+    generate.add_argument("--ckpt", required=True, help="latent-GAN checkpoint (it names its autoencoder)")
+    generate.add_argument("-n", "--n", type=int, default=8, help="shapes to generate")
+    generate.add_argument("--seed", type=int, default=0, help="first noise seed (sample i uses seed + i)")
+    _add_mesh_output_args(generate)
+    generate.set_defaults(func=_generate)
+
+    interpolate = verbs.add_parser("interpolate", help="z_i = a_i z1 + (1 - a_i) z2 -> meshes + interpolation.png")
+    interpolate.add_argument("a", help="first endpoint: a sample key (chair/chair_001) or gan:SEED")
+    interpolate.add_argument("b", help="second endpoint, the same forms")
+    interpolate.add_argument("--ckpt", required=True, help="autoencoder or latent-GAN checkpoint")
+    interpolate.add_argument("--shards", default="", help="shard folder holding the keys' shapes")
+    interpolate.add_argument("--steps", type=int, default=8, help="shapes along the line, endpoints included")
+    _add_mesh_output_args(interpolate)
+    interpolate.set_defaults(func=_interpolate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recon3d", description="Single-image 2D->3D reconstruction on a cluster")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -286,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shards_parsers(verbs)
     _add_bench_parser(verbs)
     _add_model_parsers(verbs)
+    _add_latent_parsers(verbs)
     config = verbs.add_parser("config", help="print the resolved configuration as JSON")
     _add_config_args(config)
     config.set_defaults(func=_show_config)
@@ -299,8 +360,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as err:
         print(f"recon3d: config error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as err:
-        print(f"recon3d: {err}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"recon3d: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("recon3d: interrupted; rerun the same command to resume", file=sys.stderr)

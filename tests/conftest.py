@@ -59,3 +59,19 @@ def trained_autoencoder(tiny_shards, tmp_path_factory) -> Path:
     ckpt = run(cfg, enable_wandb=False, enable_progress_bar=False).last_checkpoint
     export_latents(ckpt, tiny_shards)
     return ckpt
+
+
+GAN_TINY = ("gan.noise_dim=8", "gan.generator_widths=[32]", "gan.critic_widths=[32]", "gan.n_critic=2",
+            "gan.batch_size=4", "gan.epochs=2", "gan.samples_per_epoch=16", "gan.eval_samples=6",
+            "gan.eval_points=64", "train.accelerator=cpu")
+
+
+@pytest.fixture(scope="session")
+def trained_gan(tiny_shards, trained_autoencoder, tmp_path_factory) -> Path:
+    """A tiny latent GAN trained briefly on trained_autoencoder's codes; its last.ckpt path."""
+    from recon3d.engine.run import run
+
+    run_dir = tmp_path_factory.mktemp("gan")
+    cfg = tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={run_dir}", "train.stage=gan",
+                      f"gan.autoencoder_ckpt={trained_autoencoder}", *GAN_TINY)
+    return run(cfg, enable_wandb=False, enable_progress_bar=False).last_checkpoint

@@ -7,15 +7,12 @@ from recon3d.engine.run import run
 from recon3d.geometry.metrics import coverage_and_mmd, pairwise_chamfer_l2
 from recon3d.models.latent_gan import LatentCritic, gradient_penalty
 from recon3d.tasks.gan import LatentGANTask
-from tests.conftest import tiny_config
+from tests.conftest import GAN_TINY, tiny_config
 
 
 def _gan_cfg(shards, ckpt, run_dir, *extra):
     return tiny_config(f"loader.shards={shards}", f"train.run_dir={run_dir}", "train.stage=gan",
-                       f"gan.autoencoder_ckpt={ckpt}", "gan.noise_dim=8", "gan.generator_widths=[32]",
-                       "gan.critic_widths=[32]", "gan.n_critic=2", "gan.batch_size=4", "gan.epochs=2",
-                       "gan.samples_per_epoch=16", "gan.eval_samples=6", "gan.eval_points=64",
-                       "train.accelerator=cpu", *extra)
+                       f"gan.autoencoder_ckpt={ckpt}", *GAN_TINY, *extra)
 
 
 def test_gan_trains_both_networks_and_measures_cov_mmd(tiny_shards, trained_autoencoder, tmp_path):
@@ -115,10 +112,7 @@ def test_gan_runs_under_two_process_ddp(tiny_shards, trained_autoencoder, tmp_pa
     import sys
 
     args = ["-c", "configs/tiny.yaml", "--shards", str(tiny_shards), "--run-dir", str(tmp_path), "train.stage=gan",
-            f"gan.autoencoder_ckpt={trained_autoencoder}", "gan.noise_dim=8", "gan.generator_widths=[32]",
-            "gan.critic_widths=[32]", "gan.n_critic=2", "gan.batch_size=4", "gan.epochs=2",
-            "gan.samples_per_epoch=16", "gan.eval_samples=4", "gan.eval_points=64", "train.accelerator=cpu",
-            "train.devices=2", "train.strategy=ddp"]
+            f"gan.autoencoder_ckpt={trained_autoencoder}", *GAN_TINY, "train.devices=2", "train.strategy=ddp"]
     from tests.conftest import REPO
 
     done = subprocess.run([sys.executable, "-m", "recon3d.cli", "train", *args], cwd=REPO, capture_output=True,
