@@ -212,6 +212,22 @@ def _interpolate(args) -> int:
     return 0
 
 
+def _reconstruct(args) -> int:
+    from recon3d.engine.reconstruct import reconstruct_images, write_photo_sheet
+
+    rows = reconstruct_images(args.ckpt, args.images, args.output, resolution=args.resolution, fmt=args.format,
+                              fill=args.fill, device=args.device)
+    done = [r for r in rows if "path" in r]
+    for row in done:
+        print(f"{row['path']}: {row['faces']} faces")
+    if done:
+        print(f"sheet (framed input | reconstruction): {write_photo_sheet(Path(args.output) / 'sheet.png', rows)}")
+    failed = len(rows) - len(done)
+    if failed:
+        print(f"{failed} of {len(rows)} image(s) skipped (reasons above)", file=sys.stderr)
+    return 0 if not failed else 1
+
+
 def _show_config(args) -> int:
     import json
 
@@ -320,6 +336,17 @@ def _add_mesh_output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
+def _add_reconstruct_parser(verbs) -> None:
+    reconstruct = verbs.add_parser("reconstruct", help="photos or renders -> meshes (image encoder + autoencoder)")
+    reconstruct.add_argument("images", nargs="+", help="PNG/JPG files of any size: alpha is used when present, "
+                             "otherwise the background is estimated from the border")
+    reconstruct.add_argument("--ckpt", required=True, help="image-encoder checkpoint (train.stage=svr)")
+    reconstruct.add_argument("--fill", type=float, default=0.7,
+                             help="the object's longer side as a fraction of the frame (0.7: as the training renders)")
+    _add_mesh_output_args(reconstruct)
+    reconstruct.set_defaults(func=_reconstruct)
+
+
 def _add_latent_parsers(verbs) -> None:
     """generate, interpolate."""
     generate = verbs.add_parser("generate", help="new shapes from the latent GAN -> meshes + samples.png")
@@ -347,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(verbs)
     _add_model_parsers(verbs)
     _add_latent_parsers(verbs)
+    _add_reconstruct_parser(verbs)
     config = verbs.add_parser("config", help="print the resolved configuration as JSON")
     _add_config_args(config)
     config.set_defaults(func=_show_config)

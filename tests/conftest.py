@@ -75,3 +75,15 @@ def trained_gan(tiny_shards, trained_autoencoder, tmp_path_factory) -> Path:
     cfg = tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={run_dir}", "train.stage=gan",
                       f"gan.autoencoder_ckpt={trained_autoencoder}", *GAN_TINY)
     return run(cfg, enable_wandb=False, enable_progress_bar=False).last_checkpoint
+
+
+@pytest.fixture(scope="session")
+def trained_svr(tiny_shards, trained_autoencoder, tmp_path_factory) -> Path:
+    """A tiny image encoder trained briefly against trained_autoencoder's codes; its last.ckpt path."""
+    from recon3d.engine.run import run
+
+    run_dir = tmp_path_factory.mktemp("svr")
+    cfg = tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={run_dir}", "train.stage=svr",
+                      "loader.stage=image", f"svr.autoencoder_ckpt={trained_autoencoder}", "svr.base_width=4",
+                      "svr.epochs=1", "loader.train_samples_per_epoch=4", "train.accelerator=cpu")
+    return run(cfg, enable_wandb=False, enable_progress_bar=False).last_checkpoint

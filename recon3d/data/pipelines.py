@@ -132,7 +132,7 @@ def expand_batch(batch: dict) -> dict:
     return batch
 
 
-def _to_float_image(image: np.ndarray, grayscale: bool) -> np.ndarray:
+def to_float_image(image: np.ndarray, grayscale: bool) -> np.ndarray:
     """(C, H, W) float32 in [0, 1] composited over white."""
     img = image.astype(np.float32) / 255.0
     if img.ndim == 2:
@@ -154,7 +154,7 @@ def decode_image(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, gray
     if not views:
         raise ValueError("sample has no views")
     view = rng.randrange(len(views)) if train else 0
-    image = _to_float_image(schema.load_png(raw[views[view]]), grayscale)
+    image = to_float_image(schema.load_png(raw[views[view]]), grayscale)
     height, width = image.shape[1:]
     if crop > min(height, width):
         raise ValueError(f"crop {crop} larger than the {height}x{width} view")

@@ -76,7 +76,7 @@ def default_latents(shards: str, autoencoder_ckpt: str, latents: str = "") -> st
     return str(Path(shards) / "latents" / Path(autoencoder_ckpt).resolve().parent.parent.name)
 
 
-def build_svr_task(cfg: Config):
+def build_svr_task(cfg: Config, image_size: int = 137):
     from recon3d.tasks.svr import SVRTask
 
     ckpt = Path(cfg.svr.autoencoder_ckpt)
@@ -88,7 +88,7 @@ def build_svr_task(cfg: Config):
                    architecture=svr.architecture, base_width=svr.base_width, lr=svr.lr, beta1=svr.beta1,
                    beta2=svr.beta2, autoencoder_ckpt=str(ckpt),
                    latents=default_latents(cfg.loader.shards, svr.autoencoder_ckpt, svr.latents),
-                   val_resolution=cfg.train.val_resolution)
+                   val_resolution=cfg.train.val_resolution, image_size=image_size, crop_size=cfg.loader.crop_size)
 
 
 def build_gan_task(cfg: Config):
@@ -106,7 +106,7 @@ def build_gan_task(cfg: Config):
 def build_task(cfg: Config, manifest: dict):
     """The LightningModule of cfg.train.stage."""
     if cfg.train.stage == "svr":
-        return build_svr_task(cfg)
+        return build_svr_task(cfg, int(manifest["config"]["render"]["image_size"]))
     if cfg.train.stage == "gan":
         return build_gan_task(cfg)
     return build_autoencoder_task(cfg, int(manifest["config"]["geometry"]["voxel_resolution"]))
