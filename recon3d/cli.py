@@ -94,6 +94,10 @@ def _bench(args) -> int:
         print(bench.bench_train_step(_config(args), args.batch_size, args.points, args.batches, args.warmup,
                                      args.device))
         return 0
+    if args.what == "lfd":
+        cfg = _config(args, [f"source.root={args.target}"] if args.target else [])
+        print(bench.bench_lfd(cfg, args.limit))
+        return 0
     if args.what == "extract":
         if not args.ckpt:
             raise ConfigError("bench extract needs --ckpt (and a shard folder as target)")
@@ -103,7 +107,7 @@ def _bench(args) -> int:
     if args.what == "prep":
         extra = [f"source.root={args.target}"] if args.target else []
         cfg = _config(args, extra)
-        print(bench.bench_prep(cfg, args.limit, workers))
+        print(bench.bench_prep(cfg, args.limit or 12, workers))
     else:
         if args.what in ("loader", "data"):
             print(bench.bench_loader(args.target, args.stage, workers, args.batches, args.batch_size,
@@ -228,6 +232,20 @@ def _reconstruct(args) -> int:
     return 0 if not failed else 1
 
 
+def _search(args) -> int:
+    from recon3d.engine.latent_space import search
+
+    found = search(args.query, args.ckpt, args.shards, k=args.k, svr_ckpt=args.svr, rerank_lfd=args.rerank_lfd,
+                   device=args.device)
+    print(f"nearest to {args.query}:")
+    for rank, row in enumerate(found["results"], 1):
+        lfd = f"  LFD {row['lfd']:.3f}" if "lfd" in row else ""
+        print(f"{rank:>3}. {row['key']:<40} latent distance {row['latent_distance']:.4f}{lfd}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"query": found["query"], "results": found["results"]}, indent=1))
+    return 0
+
+
 def _show_config(args) -> int:
     import json
 
@@ -276,12 +294,12 @@ def _add_shards_parsers(verbs) -> None:
 
 def _add_bench_parser(verbs) -> None:
     bench = verbs.add_parser("bench", help="print speed and size figures (prep, loader, shards; data = both)")
-    bench.add_argument("what", choices=["prep", "loader", "shards", "data", "train-step", "extract"])
-    bench.add_argument("target", nargs="?", default="", help="prep: input folder; loader/shards: shard folder")
+    bench.add_argument("what", choices=["prep", "loader", "shards", "data", "train-step", "extract", "lfd"])
+    bench.add_argument("target", nargs="?", default="", help="prep, lfd: input folder; loader/shards: shard folder")
     bench.add_argument("-c", "--config", action="append", default=[], metavar="YAML")
     bench.add_argument("overrides", nargs="*", metavar="key=value")
     bench.add_argument("--workers", default="", help="comma-separated worker counts (prep: 1,2; loader: 0,1,2)")
-    bench.add_argument("--limit", type=int, default=12, help="prep: inputs to time")
+    bench.add_argument("--limit", type=int, default=0, help="inputs to use (prep: 12 when 0; lfd: all)")
     bench.add_argument("--stage", default="autoencoder", choices=["autoencoder", "image"])
     bench.add_argument("--batches", type=int, default=30)
     bench.add_argument("--repeats", type=int, default=3, help="loader: runs per setting (the median is printed)")
@@ -348,7 +366,7 @@ def _add_reconstruct_parser(verbs) -> None:
 
 
 def _add_latent_parsers(verbs) -> None:
-    """generate, interpolate."""
+    """generate, interpolate, search."""
     generate = verbs.add_parser("generate", help="new shapes from the latent GAN -> meshes + samples.png")
     generate.add_argument("--ckpt", required=True, help="latent-GAN checkpoint (it names its autoencoder)")
     generate.add_argument("-n", "--n", type=int, default=8, help="shapes to generate")
@@ -364,6 +382,18 @@ def _add_latent_parsers(verbs) -> None:
     interpolate.add_argument("--steps", type=int, default=8, help="shapes along the line, endpoints included")
     _add_mesh_output_args(interpolate)
     interpolate.set_defaults(func=_interpolate)
+
+    search = verbs.add_parser("search", help="the nearest shapes of a shard set to a key, a mesh or an image")
+    search.add_argument("query", help="a sample key (chair/chair_001), a mesh file, or an image (with --svr)")
+    search.add_argument("--ckpt", required=True, help="the autoencoder whose latents were exported for --shards")
+    search.add_argument("--shards", required=True, help="shard folder (with latents/<autoencoder run>)")
+    search.add_argument("-k", type=int, default=5, help="results to list")
+    search.add_argument("--svr", default="", help="image-encoder checkpoint, for image queries")
+    search.add_argument("--rerank-lfd", type=int, default=0, metavar="N",
+                        help="re-order the N nearest by light field distance (slower: about a second per shape)")
+    search.add_argument("--json", default="", help="also write the results to this JSON file")
+    search.add_argument("--device", default="cpu", help="cpu or cuda")
+    search.set_defaults(func=_search)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -125,3 +125,92 @@ def write_strip(path: Path, rows: List[dict], size: int = 128, per_line: int = 8
     Image.fromarray(np.concatenate(lines, axis=0)).save(tmp)
     tmp.replace(path)
     return path
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@torch.no_grad()
+def mesh_code(autoencoder, path: str | Path, manifest: dict) -> Tuple[torch.Tensor, tuple]:
+    """(z, (vertices, faces)) of a mesh file, voxelised exactly as the shards were (their geometry settings)."""
+    from recon3d.data.formats import load_mesh
+    from recon3d.geometry.transform import normalise
+    from recon3d.geometry.voxelize import solid_voxels
+
+    geo = manifest["config"]["geometry"]
+    mesh = load_mesh(path)
+    norm = normalise(mesh.vertices, mesh.faces, center=geo["center"],
+                     half_extent=0.5 - geo["padding"] / geo["voxel_resolution"])
+    verts = norm.apply(mesh.vertices)
+    solid = solid_voxels(verts, mesh.faces, geo["voxel_resolution"], geo["fine_resolution"], geo["seal_voxels"])
+    voxels = torch.as_tensor(solid.coarse, dtype=torch.float32)[None, None].to(autoencoder.device)
+    return autoencoder.model.encoder(voxels)[0], (verts, mesh.faces)
+
+
+def all_latents(latents_dir: str | Path) -> Tuple[List[str], np.ndarray]:
+    """Keys and codes of every split of an exported latents folder."""
+    from recon3d.data.latents import read_latents
+
+    keys, codes = [], []
+    for split in schema.SPLITS:
+        try:
+            split_keys, split_codes = read_latents(latents_dir, split)
+        except FileNotFoundError:
+            continue
+        keys += split_keys
+        codes.append(split_codes)
+    if not keys:
+        raise FileNotFoundError(f"{latents_dir}: no exported latents (run `recon3d export-latents`)")
+    return keys, np.concatenate(codes)
+
+
+@torch.no_grad()
+def search(query: str, ckpt: str | Path, shard_dir: str | Path, *, k: int = 5, svr_ckpt: str = "",
+           rerank_lfd: int = 0, resolution: int = 64, device: str = "cpu") -> dict:
+    """The k nearest shapes of the shards to `query` (a shape key, a mesh file, or an image with svr_ckpt) by
+    Euclidean distance between codes; with rerank_lfd = N, the N nearest are re-ordered by light field distance
+    (between the query mesh, or the query's decoded shape, and the candidates' decoded shapes).
+
+    Returns {"query": ..., "results": [{"key", "latent_distance", ["lfd"]}], "query_mesh": (verts, faces) or None}.
+    """
+    from recon3d.data.writer import load_manifest
+    from recon3d.engine.build import default_latents
+    from recon3d.engine.inference import extract_mesh
+
+    autoencoder, _ = load_any(ckpt, device)
+    manifest = load_manifest(shard_dir)
+    keys, codes = all_latents(default_latents(str(shard_dir), str(ckpt)))
+    query_mesh = None
+    path = Path(query)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        if not svr_ckpt:
+            raise ValueError(f"{query} is an image: give --svr CKPT (an image encoder) to turn it into a code")
+        from recon3d.data.photo import prepare_photo
+        from recon3d.engine.reconstruct import encoder_input, load_svr
+
+        svr, _ = load_svr(svr_ckpt, device)
+        view = prepare_photo(path, int(svr.hparams.get("image_size", 137)))
+        z = svr.encoder(encoder_input(view, int(svr.hparams.image_channels),
+                                      int(svr.hparams.get("crop_size", 128))).to(device))[0]
+    elif path.suffix:
+        if not path.is_file():
+            raise FileNotFoundError(f"{query}: no such file")
+        z, query_mesh = mesh_code(autoencoder, path, manifest)
+    else:
+        z = shape_codes(autoencoder, shard_dir, [query])[query]
+    distances = np.linalg.norm(codes - z.cpu().numpy()[None], axis=1)
+    order = [i for i in np.argsort(distances, kind="stable") if keys[i] != query]
+    results = [{"key": keys[i], "latent_distance": float(distances[i])} for i in order[:max(k, rerank_lfd)]]
+    if rerank_lfd:
+        from recon3d.geometry.lfd import lfd_distance, light_field_descriptor
+
+        if query_mesh is None:
+            verts, faces, _ = extract_mesh(autoencoder, z, resolution)
+            query_mesh = (verts, faces)
+        reference = light_field_descriptor(*query_mesh)
+        table = torch.as_tensor(codes, device=autoencoder.device)
+        for row in results:
+            verts, faces, _ = extract_mesh(autoencoder, table[keys.index(row["key"])], resolution)
+            row["lfd"] = lfd_distance(reference, light_field_descriptor(verts, faces)) if len(faces) else float("inf")
+        results.sort(key=lambda r: r["lfd"])
+    return {"query": query, "results": results[:k], "query_mesh": query_mesh}

@@ -50,3 +50,30 @@ def test_latent_commands_explain_bad_input(trained_autoencoder, tiny_shards, tmp
     assert main(["interpolate", "nope/x", "gan:1", "--ckpt", str(trained_autoencoder), "--shards", str(tiny_shards),
                  "-o", str(tmp_path)]) == 2
     assert "no sample 'nope/x'" in capsys.readouterr().err
+
+
+def test_search_by_key_and_by_mesh(trained_autoencoder, tiny_shards, tiny_meshes, tmp_path, capsys):
+    import json
+
+    from recon3d.data.latents import read_latents
+
+    keys, _ = read_latents(tiny_shards / "latents" / trained_autoencoder.parent.parent.name, "train")
+    out = tmp_path / "found.json"
+    assert main(["search", keys[0], "--ckpt", str(trained_autoencoder), "--shards", str(tiny_shards), "-k", "3",
+                 "--json", str(out)]) == 0
+    found = json.loads(out.read_text())["results"]
+    assert len(found) == 3 and keys[0] not in [r["key"] for r in found]  # the query itself is left out
+    assert [r["latent_distance"] for r in found] == sorted(r["latent_distance"] for r in found)
+    # a mesh file voxelised like the shards: the same shape's own key comes first, at (nearly) zero distance
+    category, name = keys[0].split("/")
+    mesh = tiny_meshes / category / f"{name}.obj"
+    assert main(["search", str(mesh), "--ckpt", str(trained_autoencoder), "--shards", str(tiny_shards), "-k", "1",
+                 "--json", str(out)]) == 0
+    nearest = json.loads(out.read_text())["results"][0]
+    assert nearest["key"] == keys[0] and nearest["latent_distance"] < 1e-5
+    assert main(["search", str(mesh), "--ckpt", str(trained_autoencoder), "--shards", str(tiny_shards), "-k", "2",
+                 "--rerank-lfd", "2", "--json", str(out)]) == 0
+    found = json.loads(out.read_text())["results"]
+    assert len(found) == 2 and all("lfd" in r for r in found)
+    assert main(["search", "photo.png", "--ckpt", str(trained_autoencoder), "--shards", str(tiny_shards)]) == 2
+    assert "--svr" in capsys.readouterr().err
