@@ -246,6 +246,17 @@ def _search(args) -> int:
     return 0
 
 
+def _eval_svr(args) -> int:
+    from recon3d.engine.inference import evaluate_svr, format_table
+
+    out = args.output or str(Path(args.ckpt).resolve().parent.parent / "eval")
+    summary = evaluate_svr(args.ckpt, args.shards, split=args.split, resolution=args.resolution, device=args.device,
+                           out_dir=out)
+    print(format_table(summary, ("shapes", "iou", "chamfer_l2_x1000", "fscore@1%", "latent_mse")))
+    print(f"tables: {out}/eval_svr_{args.split}.csv, .json and per-shape eval_svr_{args.split}_shapes.csv")
+    return 0
+
+
 def _show_config(args) -> int:
     import json
 
@@ -345,6 +356,15 @@ def _add_model_parsers(verbs) -> None:
     evaluate.add_argument("--iou-resolution", type=int, default=0, help="grid of the voxel metrics (0: stored)")
     evaluate.add_argument("-o", "--output", default="", help="table folder (default: <run>/eval)")
     evaluate.set_defaults(func=_eval)
+
+    evaluate_svr = verbs.add_parser("eval-svr", help="per-category shape metrics of the image encoder on a split")
+    evaluate_svr.add_argument("--ckpt", required=True, help="image-encoder checkpoint (train.stage=svr)")
+    evaluate_svr.add_argument("--shards", required=True, help="shard folder")
+    evaluate_svr.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate_svr.add_argument("--resolution", type=int, default=32, help="grid of the decoded shapes")
+    evaluate_svr.add_argument("--device", default="cpu", help="cpu or cuda")
+    evaluate_svr.add_argument("-o", "--output", default="", help="table folder (default: <run>/eval)")
+    evaluate_svr.set_defaults(func=_eval_svr)
 
 
 def _add_mesh_output_args(parser: argparse.ArgumentParser) -> None:

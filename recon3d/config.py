@@ -135,6 +135,8 @@ class LoaderConfig:
     crop_size: int = 128  # image stage: random crop in training, centre crop in evaluation
     flip: bool = True  # image stage: random horizontal flip in training
     grayscale: bool = True  # image stage: one channel (as IM-NET) or RGB, composited on white
+    holdout_views: int = 0  # image stage: the last N views of every shape are never trained on; evaluation reads
+    # the last one (0: train on all views, evaluate view 0)
     train_samples_per_epoch: int = 0  # resampled training epoch length over all ranks (0: the train split size)
     shuffle_buffer: int = 64  # per-worker shuffle buffer for training samples
     persistent_workers: bool = True  # keep DataLoader workers between epochs (start-up costs seconds each)

@@ -26,7 +26,7 @@ class ShardDataModule(L.LightningDataModule):
 
     def __init__(self, *, shards: str, stage: str = "autoencoder", batch_size: int = 16, num_workers: int = 2,
                  point_resolution: int = 16, points_per_sample: int = 0, crop_size: int = 128, flip: bool = True,
-                 grayscale: bool = True, train_samples_per_epoch: int = 0, shuffle_buffer: int = 64,
+                 grayscale: bool = True, holdout_views: int = 0, train_samples_per_epoch: int = 0, shuffle_buffer: int = 64,
                  persistent_workers: bool = True, seed: int = 0, rank: Optional[int] = None,
                  world_size: Optional[int] = None) -> None:
         super().__init__()
@@ -37,6 +37,7 @@ class ShardDataModule(L.LightningDataModule):
         self.point_resolution = point_resolution
         self.points_per_sample = points_per_sample
         self.crop_size, self.flip, self.grayscale = crop_size, flip, grayscale
+        self.holdout_views = holdout_views
         self.train_samples_per_epoch = train_samples_per_epoch
         self.shuffle_buffer = shuffle_buffer
         self.persistent_workers = persistent_workers
@@ -47,7 +48,7 @@ class ShardDataModule(L.LightningDataModule):
     @classmethod
     def from_config(cls, cfg: LoaderConfig, **kwargs) -> "ShardDataModule":
         fields = {k: getattr(cfg, k) for k in ("shards", "stage", "batch_size", "num_workers", "point_resolution",
-                                               "points_per_sample", "crop_size", "flip", "grayscale",
+                                               "points_per_sample", "crop_size", "flip", "grayscale", "holdout_views",
                                                "train_samples_per_epoch", "shuffle_buffer", "persistent_workers",
                                                "seed")}
         return cls(**fields, **kwargs)
@@ -55,6 +56,10 @@ class ShardDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         self.manifest = load_manifest(self.shard_dir)
         stored = self.manifest["config"]["geometry"]["point_resolutions"]
+        views = int(self.manifest["config"]["render"]["views"])
+        if self.stage == "image" and views <= self.holdout_views:
+            raise ValueError(f"{self.shard_dir}: loader.holdout_views={self.holdout_views} but the shards hold "
+                             f"{views} views per shape; none would be left to train on")
         if self.stage == "autoencoder" and self.manifest["source"]["kind"] != "imnet_hdf5" and \
                 self.point_resolution not in stored:
             raise ValueError(f"{self.shard_dir}: no point set at {self.point_resolution}^3 (stored: {stored})")
@@ -76,7 +81,7 @@ class ShardDataModule(L.LightningDataModule):
     def _decoder(self):
         if self.stage == "autoencoder":
             return AutoencoderDecoder(self.point_resolution, self.points_per_sample)
-        return ImageDecoder(self.crop_size, self.flip, self.grayscale)
+        return ImageDecoder(self.crop_size, self.flip, self.grayscale, self.holdout_views)
 
     def _members(self, evaluation: bool = False):
         if self.stage == "autoencoder":

@@ -148,12 +148,19 @@ def to_float_image(image: np.ndarray, grayscale: bool) -> np.ndarray:
 
 
 def decode_image(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, grayscale: bool,
-                 rng: random.Random) -> dict:
-    """One view: image (C, crop, crop), its index, camera K/[R|t] adjusted for crop and flip, and the voxels."""
+                 rng: random.Random, holdout_views: int = 0) -> dict:
+    """One view: image (C, crop, crop), its index, camera K/[R|t] adjusted for crop and flip, and the voxels.
+
+    Training draws a random view among the first (views - holdout_views); evaluation reads view 0, or with
+    holdout_views > 0 the last view, one that training never saw.
+    """
     views = sorted(k for k in raw if schema.is_view_member(k))
-    if not views:
-        raise ValueError("sample has no views")
-    view = rng.randrange(len(views)) if train else 0
+    if len(views) <= holdout_views:
+        raise ValueError(f"sample has {len(views)} views; {holdout_views} held out leaves none to train on")
+    if train:
+        view = rng.randrange(len(views) - holdout_views)
+    else:
+        view = len(views) - 1 if holdout_views else 0
     image = to_float_image(schema.load_png(raw[views[view]]), grayscale)
     height, width = image.shape[1:]
     if crop > min(height, width):
@@ -195,11 +202,11 @@ class AutoencoderDecoder:
 
 
 class ImageDecoder:
-    def __init__(self, crop: int, flip: bool, grayscale: bool) -> None:
-        self.crop, self.flip, self.grayscale = crop, flip, grayscale
+    def __init__(self, crop: int, flip: bool, grayscale: bool, holdout_views: int = 0) -> None:
+        self.crop, self.flip, self.grayscale, self.holdout_views = crop, flip, grayscale, holdout_views
 
     def __call__(self, raw: dict, rng: random.Random, train: bool) -> dict:
-        return decode_image(raw, self.crop, train, self.flip, self.grayscale, rng)
+        return decode_image(raw, self.crop, train, self.flip, self.grayscale, rng, self.holdout_views)
 
 
 def collate(samples: List[dict]) -> dict:

@@ -88,7 +88,8 @@ def build_svr_task(cfg: Config, image_size: int = 137):
                    architecture=svr.architecture, base_width=svr.base_width, lr=svr.lr, beta1=svr.beta1,
                    beta2=svr.beta2, autoencoder_ckpt=str(ckpt),
                    latents=default_latents(cfg.loader.shards, svr.autoencoder_ckpt, svr.latents),
-                   val_resolution=cfg.train.val_resolution, image_size=image_size, crop_size=cfg.loader.crop_size)
+                   val_resolution=cfg.train.val_resolution, image_size=image_size, crop_size=cfg.loader.crop_size,
+                   holdout_views=cfg.loader.holdout_views)
 
 
 def build_gan_task(cfg: Config):

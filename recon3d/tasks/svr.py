@@ -20,13 +20,15 @@ class SVRTask(L.LightningModule):
     Targets come from exported latents (`recon3d export-latents`), looked up by sample key. Validation decodes the
     predicted z with the autoencoder's frozen decoder and measures the shape: val/iou (on val_resolution^3),
     val/chamfer (IM-NET convention x1000), val/fscore@1%, each also per category (val/iou/<category>), besides
-    val/latent_mse. image_size and crop_size record the framing it was trained on, for `recon3d reconstruct`.
+    val/latent_mse. image_size, crop_size and holdout_views record how it was trained, for
+    `recon3d reconstruct` and `recon3d eval-svr`.
     """
 
     def __init__(self, *, latent_dim: int = 256, image_channels: int = 1, architecture: str = "resnet18",
                  base_width: int = 64, lr: float = 1e-4, beta1: float = 0.5, beta2: float = 0.999,
                  autoencoder_ckpt: str = "", latents: str = "", val_resolution: int = 32,
-                 categories: Sequence[str] = (), image_size: int = 137, crop_size: int = 128) -> None:
+                 categories: Sequence[str] = (), image_size: int = 137, crop_size: int = 128,
+                 holdout_views: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.encoder = ImageEncoder(latent_dim=latent_dim, image_channels=image_channels,

@@ -58,6 +58,18 @@ def test_image_stage_crops_and_cameras(tiny_shards):
     assert k[0, 2] == pytest.approx(16 - 2) and k[0, 0] > 0  # centre crop of 32 -> 28 moves the centre by 2
 
 
+def test_held_out_views_never_reach_training(tiny_shards):
+    """Tiny shards carry 3 views: with one held out, training draws views 0-1 and evaluation reads view 2."""
+    dm = _dm(tiny_shards, stage="image", crop_size=28, holdout_views=1, train_samples_per_epoch=40)
+    seen = set()
+    for batch in dm.train_dataloader():
+        seen.update(batch["view"].tolist())
+    assert seen == {0, 1}
+    assert set(next(iter(dm.val_dataloader()))["view"].tolist()) == {2}
+    with pytest.raises(ValueError, match="holdout_views=3 but the shards hold 3 views"):
+        _dm(tiny_shards, stage="image", crop_size=28, holdout_views=3)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_train_epoch_arithmetic_per_rank_and_worker(tiny_shards, workers):
     """An epoch of N samples is ceil(N / (world x batch)) batches on every rank, whatever the worker count."""

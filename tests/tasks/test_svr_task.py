@@ -44,3 +44,20 @@ def test_svr_config_errors_name_the_fix(tiny_shards, trained_autoencoder, tmp_pa
         run(_svr_cfg(tiny_shards, trained_autoencoder, tmp_path, "loader.stage=autoencoder"), enable_wandb=False)
     with pytest.raises(ConfigError, match="svr.autoencoder_ckpt"):
         run(_svr_cfg(tiny_shards, "", tmp_path), enable_wandb=False)
+
+
+def test_eval_svr_reports_per_category_on_held_out_views(tiny_shards, trained_autoencoder, tmp_path, capsys):
+    import json
+
+    from recon3d.cli import main
+
+    result = run(_svr_cfg(tiny_shards, trained_autoencoder, tmp_path / "run", "loader.holdout_views=1",
+                          "svr.epochs=1"), enable_wandb=False, enable_progress_bar=False)
+    out = tmp_path / "eval"
+    assert main(["eval-svr", "--ckpt", str(result.last_checkpoint), "--shards", str(tiny_shards), "--split", "train",
+                 "--resolution", "8", "-o", str(out)]) == 0
+    summary = json.loads((out / "eval_svr_train.json").read_text())
+    assert {"car", "chair", "table"} <= set(summary) and "mean over shapes" in summary
+    shapes = (out / "eval_svr_train_shapes.csv").read_text().splitlines()
+    assert all(line.split(",")[2] == "2" for line in shapes[1:])  # view 2: the held-out one of 3
+    assert 0 <= summary["mean over shapes"]["iou"] <= 1
