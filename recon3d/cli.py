@@ -81,10 +81,20 @@ def _shards_summary(args) -> int:
 def _demo(args) -> int:
     from recon3d.engine.demo import run_demo
 
+    from recon3d.engine.demo import DEFAULTS
+
     extra = [f"shards.workers={args.workers}"] if args.workers else []
     if args.out:
         extra.append(f"demo.out_dir={args.out}")
-    return run_demo(_config(args, extra), meshes=args.meshes, progress=not args.no_progress)
+    cfg = load_config([DEFAULTS, *args.config], list(args.overrides) + extra)  # embedded defaults, then yours
+    return run_demo(cfg, meshes=args.meshes, progress=not args.no_progress)
+
+
+def _report(args) -> int:
+    from recon3d.engine.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
 
 
 def _bench(args) -> int:
@@ -267,7 +277,8 @@ def _show_config(args) -> int:
 
 
 def _add_demo_parser(verbs) -> None:
-    demo = verbs.add_parser("demo", help="the main job: procedural shapes (or --meshes DIR) -> verified shards")
+    demo = verbs.add_parser("demo", help="the main job: shapes -> shards -> autoencoder, image encoder, latent GAN "
+                            "-> meshes, metrics and report.html (resumes when rerun)")
     _add_config_args(demo)
     demo.add_argument("--meshes", default="", help="use this folder of meshes instead of procedural shapes")
     demo.add_argument("--out", default="", help="run folder (demo.out_dir, default runs/demo)")
@@ -275,6 +286,9 @@ def _add_demo_parser(verbs) -> None:
                       help="parallel processes (default: one per core)")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=_demo)
+    report = verbs.add_parser("report", help="(re)write report.html for a run folder (demo or single training run)")
+    report.add_argument("run_dir")
+    report.set_defaults(func=_report)
 
 
 def _add_shards_parsers(verbs) -> None:

@@ -250,10 +250,21 @@ class TrainConfig:
 
 @dataclass
 class DemoConfig:
-    out_dir: str = "runs/demo"  # run folder: meshes/, shards/, summaries
-    shapes_per_category: int = 8  # procedural shapes per category
+    out_dir: str = "runs/demo"  # run folder: meshes/, shards/, one folder per trained stage, report.html
+    shapes_per_category: int = 12  # procedural shapes per category
     categories: List[str] = field(default_factory=lambda: ["chair", "table", "lamp", "airplane", "car"])
     samples_per_shard: int = 16  # shard size for the demo (small, so that loaders have several shards to spread)
+    autoencoder_minutes: float = 8.0  # time cap of the autoencoder stage (train.max_minutes for it)
+    svr_minutes: float = 5.0  # time cap of the image-encoder stage
+    gan_minutes: float = 2.5  # time cap of the latent-GAN stage
+    eval_resolution: int = 64  # extraction grid of the evaluation's surface metrics
+    sheet_shapes: int = 6  # test shapes shown beside their reconstructions in the report
+    interpolation_steps: int = 8  # shapes on the report's interpolation strip
+
+    def __post_init__(self) -> None:
+        _check(self.shapes_per_category >= 1 and self.samples_per_shard >= 1, "demo: counts must be >= 1")
+        _check(min(self.autoencoder_minutes, self.svr_minutes, self.gan_minutes) > 0, "demo.*_minutes must be > 0")
+        _check(self.interpolation_steps >= 2, "demo.interpolation_steps must be >= 2")
 
 
 @dataclass

@@ -9,19 +9,68 @@ from recon3d.cli import main
 from tests.conftest import REPO, TINY, shared_path
 
 
-def test_demo_end_to_end_then_resume(tmp_path, capsys):
-    out = tmp_path / "run"
-    args = ["demo", "-c", str(TINY), "--out", str(out), "--workers", "2", "--no-progress"]
+DEMO_TINY = ["loader.points_per_sample=0", "loader.train_samples_per_epoch=8", "loader.holdout_views=1",
+             "svr.epochs=1", "svr.base_width=4", "gan.noise_dim=8", "gan.generator_widths=[32]",
+             "gan.critic_widths=[32]", "gan.epochs=1", "gan.samples_per_epoch=16", "gan.eval_samples=4",
+             "gan.eval_points=64", "demo.eval_resolution=16", "demo.sheet_shapes=2", "demo.interpolation_steps=3",
+             "shards.split=[0.5,0.25,0.25]"]
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    args = ["demo", "-c", str(TINY), "--out", str(out), "--workers", "2", "--no-progress", *DEMO_TINY]
     assert main(args) == 0
-    text = capsys.readouterr().out
-    assert "verify: clean" in text and "categories: car 3, chair 3, table 3" in text
+    return out, args
+
+
+def test_demo_end_to_end_then_resume(tiny_demo, capsys):
+    """The main job on a tiny world: every stage runs, the report holds every part, a rerun redoes nothing."""
+    out, args = tiny_demo
+    stages = json.loads((out / "stages.json").read_text())
+    assert list(stages) == ["meshes", "shards", "autoencoder", "latents", "svr", "gan", "evaluate", "report"]
     manifest = json.loads((out / "shards" / "manifest.json").read_text())
     assert manifest["samples"] == 9
-    with Image.open(out / "contact_sheet.png") as sheet:
-        assert sheet.size[0] > 100 and sheet.size[1] > 100
-    before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")}
-    assert main(args) == 0  # a rerun resumes: no shard is rewritten
-    assert before == {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")}
+    for name in ("autoencoder", "svr", "gan"):
+        assert (out / name / "checkpoints" / "last.ckpt").is_file()
+    for picture in ("autoencoder_sheet.png", "svr_sheet.png", "gan_samples.png", "interpolation.png"):
+        with Image.open(out / "evaluation" / picture) as image:
+            assert image.size[0] >= 128
+    report = (out / "report.html").read_text()
+    for part in ("Timings", "Data", "Autoencoder", "Single-view", "Latent GAN", "split, per category", "<svg",
+                 "Configuration"):
+        assert part in report, part
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*.ckpt")}
+    capsys.readouterr()
+    assert main(args) == 0  # a rerun resumes: finished stages are skipped, nothing retrained
+    text = capsys.readouterr()
+    assert "shards: done in an earlier run" in text.err and "report: " in text.out
+    assert before == {p.name: p.stat().st_mtime_ns for p in out.rglob("*.ckpt")}
+
+
+def _chromium() -> str:
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.skip("no chromium here (Debian: apt-get install chromium); .ci/run installs it")
+    return found
+
+
+def test_report_renders_in_headless_chromium_with_every_image(tiny_demo, tmp_path):
+    import re
+
+    out, _ = tiny_demo
+    assert main(["report", str(out)]) == 0  # rebuilt from the folder alone
+    done = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", (out / "report.html").as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r'data-images-loaded="(\d+)/(\d+)"', done.stdout)
+    assert found, "the page's load check did not run"
+    loaded, total = map(int, found.groups())
+    assert total >= 6 and loaded == total  # contact sheet, 2 sheets, samples, interpolation, logged pictures
+    assert done.stdout.count("<svg") >= 6  # the loss and metric plots
 
 
 def test_verify_reports_damage_with_exit_code(tiny_shards, tmp_path, capsys):

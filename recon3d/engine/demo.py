@@ -1,19 +1,24 @@
-"""The main job, as far as it goes today: procedural shapes (or the user's meshes) -> verified shards + a summary.
+"""The main job: procedural shapes (or the user's meshes) -> shards -> autoencoder -> latents -> image encoder and
+latent GAN -> evaluation, meshes and pictures -> report.html, in one run folder.
 
-A rerun resumes: existing meshes are kept, finished shards are not rebuilt.
+Every stage records its result and time in <run>/stages.json when it finishes; a rerun skips finished stages and the
+training stages continue from their last.ckpt, so a killed demo resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Dict
 
 from recon3d.config import Config
-from recon3d.data.contact_sheet import contact_sheet
-from recon3d.data.verify import summarise, verify_shards
-from recon3d.data.writer import build_shards
+from recon3d.data.writer import atomic_write
+
+DEFAULTS = Path(__file__).resolve().parents[1] / "demo.yaml"  # the demo's embedded configuration
+STAGES = ["meshes", "shards", "autoencoder", "latents", "svr", "gan", "evaluate", "report"]
 
 
 def write_procedural_meshes(out: Path, categories, per_category: int) -> int:
@@ -35,30 +40,192 @@ def write_procedural_meshes(out: Path, categories, per_category: int) -> int:
     return written
 
 
+class StageLog:
+    """<run>/stages.json: per finished stage, its seconds and what it produced (rewritten atomically)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stages: Dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def done(self, name: str) -> bool:
+        return name in self.stages
+
+    def finish(self, name: str, seconds: float, **info) -> None:
+        self.stages[name] = {"seconds": round(seconds, 1), **info}
+        atomic_write(self.path, json.dumps(self.stages, indent=1).encode())
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def first_split(shard_dir: Path, order=("test", "val", "train")) -> str:
+    """The first split of `order` that holds samples (small user folders may leave test or val empty)."""
+    from recon3d.data.writer import load_manifest
+
+    splits = load_manifest(shard_dir)["splits"]
+    return next(s for s in order if splits.get(s, {}).get("samples", 0))
+
+
+def stage_configs(cfg: Config, run_dir: Path) -> Dict[str, Config]:
+    """The configuration of each training stage: the same settings, each with its run folder, stage and time cap
+    (call once the shards exist)."""
+    shards = str(run_dir / "shards")
+    replace = dataclasses.replace
+    ae_ckpt = str(run_dir / "autoencoder" / "checkpoints" / "last.ckpt")
+
+    def stage(name: str, loader_stage: str, minutes: float, **sections) -> Config:
+        return replace(cfg, loader=replace(cfg.loader, shards=shards, stage=loader_stage),
+                       train=replace(cfg.train, stage=name, run_dir=str(run_dir / name), max_minutes=minutes),
+                       **sections)
+
+    demo = cfg.demo
+    return {"autoencoder": stage("autoencoder", "autoencoder", demo.autoencoder_minutes),
+            "svr": stage("svr", "image", demo.svr_minutes, svr=replace(cfg.svr, autoencoder_ckpt=ae_ckpt)),
+            "gan": stage("gan", "autoencoder", demo.gan_minutes, gan=replace(
+                cfg.gan, autoencoder_ckpt=ae_ckpt, reference_split=first_split(Path(shards), ("val", "test", "train"))))}
+
+
+def _train(cfg: Config, progress: bool) -> dict:
+    from recon3d.engine.run import run
+
+    result = run(cfg, enable_progress_bar=progress)
+    return {"epoch": result.epoch, "step": result.global_step, "checkpoint": str(result.last_checkpoint),
+            "metrics": {k: v for k, v in result.metrics.items() if k.startswith("val/")}}
+
+
+def _evaluate(cfg: Config, run_dir: Path) -> dict:
+    """Tables and pictures for the report: autoencoder and image-encoder metrics on the test split, test shapes beside
+    their reconstructions, GAN samples and an interpolation strip."""
+    import torch
+
+    from recon3d.engine.inference import evaluate, evaluate_svr, extract_meshes, write_sheet
+    from recon3d.engine.latent_space import codes_to_meshes, gan_codes, interpolate_codes, load_any, write_strip
+
+    shards, out = run_dir / "shards", run_dir / "evaluation"
+    ckpt = {name: run_dir / name / "checkpoints" / "last.ckpt" for name in ("autoencoder", "svr", "gan")}
+    demo = cfg.demo
+    split = first_split(shards)
+    evaluate(ckpt["autoencoder"], shards, split=split, resolution=demo.eval_resolution, out_dir=out)
+    evaluate_svr(ckpt["svr"], shards, split=split, resolution=cfg.train.val_resolution, out_dir=out)
+    rows = extract_meshes(ckpt["autoencoder"], shards, out / "meshes", split=split, count=demo.sheet_shapes,
+                          resolution=demo.eval_resolution)
+    write_sheet(out / "autoencoder_sheet.png", shards, rows)
+    _svr_sheet(ckpt["svr"], shards, split, out / "svr_sheet.png", demo.sheet_shapes, demo.eval_resolution)
+    autoencoder, gan = load_any(ckpt["gan"])
+    seeds = list(range(8))
+    samples = codes_to_meshes(autoencoder, gan_codes(gan, seeds), out / "gan", [f"gan_{s}" for s in seeds],
+                              resolution=demo.eval_resolution)
+    write_strip(out / "gan_samples.png", samples)
+    with torch.no_grad():
+        line = interpolate_codes(*gan_codes(gan, [0, 1]), demo.interpolation_steps)
+    strip = codes_to_meshes(autoencoder, line, out / "interpolation",
+                            [f"step_{i}" for i in range(demo.interpolation_steps)], resolution=demo.eval_resolution)
+    write_strip(out / "interpolation.png", strip, per_line=len(strip))
+    return {"folder": str(out), "split": split}
+
+
+def _svr_sheet(ckpt: Path, shards: Path, split: str, path: Path, count: int, resolution: int) -> Path:
+    """Held-out views of test shapes beside the image encoder's reconstructions."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from recon3d.data.datamodule import ShardDataModule
+    from recon3d.data.pipelines import expand_batch
+    from recon3d.engine.inference import extract_mesh
+    from recon3d.engine.reconstruct import load_svr
+    from recon3d.geometry.render import render_preview
+
+    svr, autoencoder = load_svr(ckpt)
+    hp = svr.hparams
+    dm = ShardDataModule(shards=str(shards), stage="image", batch_size=count, num_workers=0,
+                         crop_size=int(hp.crop_size), grayscale=int(hp.image_channels) == 1,
+                         holdout_views=int(hp.holdout_views), rank=0, world_size=1)
+    dm.setup()
+    batch = expand_batch(next(iter(dm.split_dataloader(split))))
+    lines = []
+    with torch.no_grad():
+        codes = svr.encoder(batch["image"])
+        for image, z in zip(batch["image"], codes):
+            view = (image.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            view = np.asarray(Image.fromarray(view).resize((128, 128)))
+            verts, faces, _ = extract_mesh(autoencoder, z, resolution)
+            lines.append(np.concatenate([view, render_preview(verts, faces, 128)], axis=1))
+    Image.fromarray(np.concatenate(lines, axis=0)).save(path)
+    return path
+
+
 def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
-    """Build the demo run folder; returns a process exit code (0 when the shards verify clean)."""
+    """Run (or resume) the whole method in cfg.demo.out_dir; returns a process exit code."""
+    from recon3d.data.contact_sheet import contact_sheet
+    from recon3d.data.verify import summarise, verify_shards
+    from recon3d.data.writer import build_shards
+
     run_dir = Path(cfg.demo.out_dir)
-    started = time.perf_counter()
-    if meshes:
-        source_root = Path(meshes)
-        print(f"[1/4] using your meshes in {source_root}", file=sys.stderr)
-    else:
-        source_root = run_dir / "meshes"
-        made = write_procedural_meshes(source_root, cfg.demo.categories, cfg.demo.shapes_per_category)
-        print(f"[1/4] procedural shapes in {source_root} ({made} new, "
-              f"{len(cfg.demo.categories)} categories x {cfg.demo.shapes_per_category})", file=sys.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = StageLog(run_dir / "stages.json")
+    demo = cfg.demo
+    source_root = Path(meshes) if meshes else run_dir / "meshes"
     cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, root=str(source_root)),
                               shards=dataclasses.replace(cfg.shards, out_dir=str(run_dir / "shards"),
-                                                         samples_per_shard=cfg.demo.samples_per_shard))
-    print(f"[2/4] building shards in {cfg.shards.out_dir} with {cfg.shards.workers} worker(s)", file=sys.stderr)
-    result = build_shards(cfg, progress=progress)
-    print("[3/4] verifying checksums, counts and every member", file=sys.stderr)
-    report = verify_shards(cfg.shards.out_dir)
-    sheet = contact_sheet(cfg.shards.out_dir, run_dir / "contact_sheet.png", count=min(10, result.manifest["samples"]))
-    print(f"[4/4] contact sheet: {sheet}", file=sys.stderr)
-    print(summarise(cfg.shards.out_dir))
-    print(f"verify: {'clean' if report.ok else f'{len(report.problems)} problem(s)'}; "
-          f"total {time.perf_counter() - started:.1f} s")
-    for problem in report.problems[:20]:
-        print(f"  {problem}")
-    return 0 if report.ok else 1
+                                                         samples_per_shard=demo.samples_per_shard))
+    atomic_write(run_dir / "config.json", json.dumps(_config_dict(cfg), indent=1, sort_keys=True).encode())
+    budget = {"autoencoder": demo.autoencoder_minutes, "svr": demo.svr_minutes, "gan": demo.gan_minutes}
+    started = time.perf_counter()
+
+    def shards_stage() -> dict:
+        result = build_shards(cfg, progress=progress)
+        report = verify_shards(cfg.shards.out_dir)
+        if not report.ok:
+            raise RuntimeError(f"{cfg.shards.out_dir}: verify found {len(report.problems)} problem(s), first: "
+                               f"{report.problems[0]}")
+        contact_sheet(cfg.shards.out_dir, run_dir / "contact_sheet.png", count=min(10, result.manifest["samples"]))
+        _say(summarise(cfg.shards.out_dir))
+        return {"samples": result.manifest["samples"], "rejects": result.manifest.get("rejects", 0)}
+
+    def latents_stage() -> dict:
+        from recon3d.engine.inference import export_latents
+
+        return {"folder": str(export_latents(run_dir / "autoencoder" / "checkpoints" / "last.ckpt",
+                                             run_dir / "shards"))}
+
+    def report_stage() -> dict:
+        from recon3d.engine.report import write_report
+
+        return {"path": str(write_report(run_dir))}
+
+    work: Dict[str, Callable[[], dict]] = {
+        "meshes": lambda: {"source": str(source_root), "written": 0 if meshes else write_procedural_meshes(
+            source_root, demo.categories, demo.shapes_per_category)},
+        "shards": shards_stage,
+        "autoencoder": lambda: _train(stage_configs(cfg, run_dir)["autoencoder"], progress),
+        "latents": latents_stage,
+        "svr": lambda: _train(stage_configs(cfg, run_dir)["svr"], progress),
+        "gan": lambda: _train(stage_configs(cfg, run_dir)["gan"], progress),
+        "evaluate": lambda: _evaluate(cfg, run_dir),
+        "report": report_stage,
+    }
+    for number, name in enumerate(STAGES, 1):
+        if name == "report" or not log.done(name):
+            left = sum(budget.get(s, 0.5) for s in STAGES[number - 1:] if not log.done(s))
+            cap = f", at most {budget[name]:g} min" if name in budget else ""
+            _say(f"[{number}/{len(STAGES)}] {name}{cap} (about {left:.0f} min left in the demo)")
+            stage_started = time.perf_counter()
+            info = work[name]()
+            log.finish(name, time.perf_counter() - stage_started, **info)
+        else:
+            _say(f"[{number}/{len(STAGES)}] {name}: done in an earlier run ({log.stages[name]['seconds']:.0f} s)")
+    print(f"\nrun folder: {run_dir} ({time.perf_counter() - started:.0f} s this run)")
+    print(f"report: {log.stages['report']['path']}")
+    for name in budget:
+        wandb_dir = run_dir / name / "wandb"
+        if wandb_dir.is_dir():
+            print(f"W&B ran offline; to upload: wandb sync {wandb_dir}/offline-run-*")
+    return 0
+
+
+def _config_dict(cfg: Config) -> dict:
+    from recon3d.config import to_dict
+
+    return to_dict(cfg)

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 from PIL import Image
 
 from recon3d.cli import main
