@@ -46,7 +46,19 @@ def _shards_build(args) -> int:
     cfg = _config(args, extra)
     if not cfg.source.root:
         raise ConfigError("no input: give --root DIR or source.root=DIR")
-    result = build_shards(cfg, progress=not args.no_progress)
+    part = (0, 1)
+    if args.part:
+        try:
+            index, count = (int(v) for v in args.part.split("/"))
+        except ValueError:
+            raise ConfigError(f"--part {args.part!r}: expected INDEX/COUNT, e.g. 3/8") from None
+        part = (index, count)
+    result = build_shards(cfg, progress=not args.no_progress, part=part)
+    if args.part:
+        print(f"part {part[0]}/{part[1]}: prepared {result.prepared} input(s) in {result.seconds:.1f} s")
+    if not result.manifest:
+        print("the manifest is written once every part is done (or rerun without --part to finish and merge)")
+        return 0
     print(summarise(result.out_dir))
     print(f"prepared {result.prepared} input(s) in {result.seconds:.1f} s with {cfg.shards.workers} worker(s)")
     return 0
@@ -299,6 +311,8 @@ def _add_shards_parsers(verbs) -> None:
     build.add_argument("--root", default="", help="input folder or file (source.root)")
     build.add_argument("--out", default="", help="output folder (shards.out_dir)")
     build.add_argument("--workers", type=int, default=0, help="parallel processes (shards.workers)")
+    build.add_argument("--part", default="", metavar="I/N",
+                       help="build only shards I, I+N, I+2N, ... of the plan (job arrays); disjoint and deterministic")
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=_shards_build)
     verify = shard_verbs.add_parser("verify", help="check every checksum, count and member against the manifest")
@@ -446,7 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides may come in several groups between options (e.g. from a launcher script)
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except ConfigError as err:

@@ -16,6 +16,7 @@ AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
 SOURCE_KINDS = ("auto", "folder", "shapenet", "modelnet", "binvox", "imnet_hdf5")
 STAGES = ("autoencoder", "image")
 TRAIN_STAGES = ("autoencoder", "svr", "gan")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 
 
 class ConfigError(ValueError):
@@ -219,7 +220,8 @@ class TrainConfig:
     accelerator: str = "auto"  # cpu | gpu | auto
     devices: int = 1  # devices per node (SLURM: must equal --ntasks-per-node)
     num_nodes: int = 1  # nodes
-    strategy: str = "auto"  # auto | ddp | deepspeed_stage_2 | ...
+    strategy: str = "auto"  # auto | ddp | deepspeed_stage_2 | deepspeed_stage_3 (GPUs) | any Lightning strategy name
+    deepspeed_config: str = ""  # DeepSpeed JSON (ZeRO settings), e.g. configs/deepspeed/zero2.json
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
     accumulate_grad_batches: int = 1  # gradient accumulation
     val_resolution: int = 32  # grid on which val/iou is measured and val/chamfer's mesh is extracted
@@ -241,7 +243,14 @@ class TrainConfig:
                "train.phase_epochs must be >= 0 and not all zero")
         _check(self.logger in ("wandb", "csv"), f"train.logger={self.logger!r}: wandb or csv")
         _check(self.stage in TRAIN_STAGES, f"train.stage={self.stage!r}: one of {TRAIN_STAGES}")
-        _check(not (self.stage == "gan" and "deepspeed" in self.strategy),
+        deepspeed = "deepspeed" in self.strategy
+        _check(not (deepspeed and self.accelerator == "cpu"),
+               f"train.strategy={self.strategy} with train.accelerator=cpu: Lightning's DeepSpeed strategy runs on "
+               f"GPUs only; on CPUs use train.strategy=ddp (gloo)")
+        _check(not self.deepspeed_config or deepspeed,
+               f"train.deepspeed_config is set but train.strategy={self.strategy} is not a DeepSpeed strategy")
+        _check(self.precision in PRECISIONS, f"train.precision={self.precision!r}: one of {PRECISIONS}")
+        _check(not (self.stage == "gan" and deepspeed),
                f"train.strategy={self.strategy}: the gan stage trains two networks with two optimisers and "
                f"Lightning's DeepSpeed strategy takes one; use ddp (or auto)")
         _check(self.wandb_mode in ("offline", "online", "disabled"), "train.wandb_mode: offline | online | disabled")
@@ -257,6 +266,7 @@ class DemoConfig:
     autoencoder_minutes: float = 8.0  # time cap of the autoencoder stage (train.max_minutes for it)
     svr_minutes: float = 5.0  # time cap of the image-encoder stage
     gan_minutes: float = 2.5  # time cap of the latent-GAN stage
+    gan_eval_every_epochs: int = 5  # COV/MMD of the GAN every N epochs (each decodes gan.eval_samples shapes)
     eval_resolution: int = 64  # extraction grid of the evaluation's surface metrics
     sheet_shapes: int = 6  # test shapes shown beside their reconstructions in the report
     interpolation_steps: int = 8  # shapes on the report's interpolation strip
@@ -282,7 +292,8 @@ class Config:
 
 
 SAFE_GLOBALS = [Config, SourceConfig, GeometryConfig, RenderConfig, ShardConfig, LoaderConfig, ModelConfig,
-                SVRConfig, GANConfig, TrainConfig, DemoConfig]  # registered with torch's weights_only loader by recon3d.engine
+                SVRConfig, GANConfig, TrainConfig, DemoConfig]
+# (registered with torch's weights_only loader by recon3d.engine.build)
 
 
 def _suggest(key: str, node: Any) -> str:

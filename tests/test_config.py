@@ -47,10 +47,29 @@ def test_wrong_type_names_key():
     ("source.up_axis=+q", "source.up_axis"),
     ("geometry.point_counts=[1,2]", "same length"),
     ("render.distance_range=[0.5,1.0]", "outside the unit cube"),
+    ("train.precision=bf17", "train.precision"),
+    ("train.deepspeed_config=configs/deepspeed/zero2.json", "not a DeepSpeed strategy"),
 ])
 def test_cross_field_rules(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config([], [override])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.strategy=deepspeed_stage_2", "train.accelerator=cpu"], "GPUs only; on CPUs use train.strategy=ddp"),
+    (["train.strategy=deepspeed_stage_2", "train.accelerator=gpu", "train.stage=gan"], "takes one; use ddp"),
+])
+def test_strategy_rules_per_stage(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config([], overrides)
+
+
+def test_strategy_files_load_for_the_stages_they_serve():
+    for name in ("deepspeed-zero2", "deepspeed-zero3"):
+        cfg = load_config([REPO / "configs" / "strategy" / f"{name}.yaml"])
+        assert (REPO / cfg.train.deepspeed_config).is_file() and cfg.train.precision == "bf16-mixed"
+    with pytest.raises(ConfigError, match="takes one"):
+        load_config([REPO / "configs" / "strategy" / "deepspeed-zero2.yaml"], ["train.stage=gan"])
 
 
 def test_lists_replace_rather_than_merge():

@@ -26,7 +26,8 @@ class ShardDataModule(L.LightningDataModule):
 
     def __init__(self, *, shards: str, stage: str = "autoencoder", batch_size: int = 16, num_workers: int = 2,
                  point_resolution: int = 16, points_per_sample: int = 0, crop_size: int = 128, flip: bool = True,
-                 grayscale: bool = True, holdout_views: int = 0, train_samples_per_epoch: int = 0, shuffle_buffer: int = 64,
+                 grayscale: bool = True, holdout_views: int = 0, train_samples_per_epoch: int = 0,
+                 shuffle_buffer: int = 64,
                  persistent_workers: bool = True, seed: int = 0, rank: Optional[int] = None,
                  world_size: Optional[int] = None) -> None:
         super().__init__()

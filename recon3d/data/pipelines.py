@@ -309,11 +309,19 @@ class EvalStream(_Stream):
             return self.shards[slot::slots], None
         return self.shards, slot
 
-    def __len__(self) -> int:
-        rank, world = dist_context(self._rank, self._world)
+    def _rank_batches(self, rank: int, world: int) -> int:
         workers = max(1, self.num_workers)
         return sum(math.ceil(self._slot_count(rank * workers + w, world * workers) / self.batch_size)
                    for w in range(workers))
+
+    def __len__(self) -> int:
+        """Batches of this rank. Under DDP every rank yields as many batches as the busiest one: collective
+        operations (synced metrics) need every rank to run the same number of steps, so a rank with fewer samples
+        repeats its first batch; up to world - 1 batches are then counted twice (as DistributedSampler pads)."""
+        rank, world = dist_context(self._rank, self._world)
+        if world == 1:
+            return self._rank_batches(0, 1)
+        return max(self._rank_batches(r, world) for r in range(world))
 
     def _slot_count(self, slot: int, slots: int) -> int:
         shards, modulo = self._slot_samples(slot, slots)
@@ -332,10 +340,20 @@ class EvalStream(_Stream):
         if modulo is not None:
             raws = (raw for i, raw in enumerate(raws) if i % slots == modulo)
         batch: List[dict] = []
+        first = None
         for sample in self._decoded(raws, rng, False):
             batch.append(sample)
             if len(batch) == self.batch_size:
+                first = first or batch
                 yield collate(batch)
                 batch = []
         if batch:
+            first = first or batch
             yield collate(batch)
+        padding = len(self) - self._rank_batches(rank, world) if world > 1 and worker == 0 else 0
+        if padding > 0:
+            if first is None:  # this rank read nothing: borrow the split's first sample
+                first = list(self._decoded(iter_raw([self.shards[0].path], self.skips, self.members), rng,
+                                           False))[:1]
+            for _ in range(padding):
+                yield collate(first)

@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from recon3d.config import Config, to_dict
 from recon3d.data import schema
@@ -40,8 +40,9 @@ _SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}$")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes to `path` through a temp name and rename, so readers never see a partial file."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write bytes to `path` through a temp name and rename, so readers never see a partial file (the temp name
+    carries the process id: two processes writing the same file never share a temp file)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -228,29 +229,40 @@ def _finish_shard(out: Path, plan: ShardPlan, tar: tarfile.TarFile, handle, coun
     return side
 
 
-def _clean_stale(out: Path, plans: List[ShardPlan]) -> None:
-    names = {p.name for p in plans}
+def _clean_stale(out: Path, plans: List[ShardPlan], mine: List[ShardPlan]) -> None:
+    """Remove half-written files of `mine` (other parts may be writing theirs right now) and shards that belong to
+    no plan any more."""
+    names, own = {p.name for p in plans}, {p.name for p in mine}
     for path in out.iterdir():
         if path.name.endswith(".tmp"):
-            path.unlink()
+            stem = path.name.split(".", 1)[0]
+            if stem in own or (len(own) == len(names) and stem not in names):  # a whole build owns every temp file
+                path.unlink()
         elif path.suffix in (".tar", ".json") and _SHARD_NAME.match(path.stem) and path.stem not in names:
             path.unlink()  # a shard of an earlier, larger plan
 
 
-def build_shards(cfg: Config, *, progress: bool = True, stop_after: int = 0) -> BuildResult:
+def build_shards(cfg: Config, *, progress: bool = True, stop_after: int = 0,
+                 part: Tuple[int, int] = (0, 1)) -> BuildResult:
     """Prepare every input of cfg.source into shards under cfg.shards.out_dir; resumes finished shards.
 
     Args:
         stop_after: finish after this many shards of this run (0: all), for tests of interrupted builds.
+        part: (index, count): build only the shards whose plan position is index modulo count (disjoint and
+            deterministic, for job arrays); the manifest is written by whichever run finds every shard done.
     """
+    index, count = part
+    if not 0 <= index < count:
+        raise ValueError(f"part {index}/{count}: need 0 <= index < count")
     started = time.perf_counter()
     out = Path(cfg.shards.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     items, rejects, kind = discover(cfg.source)
     plans = plan_shards(items, cfg)
-    _clean_stale(out, plans)
+    mine = [p for i, p in enumerate(plans) if i % count == index]
+    _clean_stale(out, plans, mine)
     sides = {p.name: finished(out, p) for p in plans}
-    pending = [p for p in plans if sides[p.name] is None]
+    pending = [p for p in mine if sides[p.name] is None]
     if stop_after:
         pending = pending[:stop_after]
     jobs = [(item, cfg.source.root, cfg) for p in pending for item in p.items]
@@ -258,8 +270,8 @@ def build_shards(cfg: Config, *, progress: bool = True, stop_after: int = 0) -> 
     if progress:
         from tqdm import tqdm
 
-        done = sum(len(p.items) for p in plans) - sum(len(p.items) for p in pending)
-        bar = tqdm(total=sum(len(p.items) for p in plans), initial=done, unit="shape", desc="shards",
+        done = sum(len(p.items) for p in mine) - sum(len(p.items) for p in pending)
+        bar = tqdm(total=sum(len(p.items) for p in mine), initial=done, unit="shape", desc="shards",
                    file=sys.stderr, dynamic_ncols=True)
     stage_seconds: Dict[str, List[float]] = collections.defaultdict(list)
     results = ordered_map(jobs, cfg.shards.workers)
@@ -284,7 +296,8 @@ def build_shards(cfg: Config, *, progress: bool = True, stop_after: int = 0) -> 
         sides[plan.name] = _finish_shard(out, plan, tar, handle, count, shard_rejects)
     if bar is not None:
         bar.close()
-    if any(side is None for side in sides.values()):  # stopped early on purpose: no manifest yet
+    sides = {name: side or finished(out, plan) for (name, side), plan in zip(sides.items(), plans)}  # other parts
+    if any(side is None for side in sides.values()):  # stopped early, or other parts still at work: no manifest
         return BuildResult(out, {}, rejects, len(jobs), time.perf_counter() - started, dict(stage_seconds))
     all_rejects = sorted(rejects + [r for p in plans for r in sides[p.name]["rejects"]],
                          key=lambda r: (r["path"], r["key"]))

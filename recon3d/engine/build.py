@@ -158,14 +158,34 @@ def _wandb_run_id(run_dir: Path) -> str:
     return run_id
 
 
+def build_strategy(cfg: Config):
+    """The Lightning strategy: a name, or a DeepSpeedStrategy reading train.deepspeed_config."""
+    train = cfg.train
+    if train.stage == "gan" and train.strategy == "ddp":
+        # the critic's update does not use the generator's weights: DDP must not wait for their gradients
+        return "ddp_find_unused_parameters_true"
+    if "deepspeed" not in train.strategy:
+        return train.strategy
+    try:
+        import deepspeed  # noqa: F401  (Lightning imports it lazily; fail here with the fix)
+    except ImportError:
+        raise ConfigError(f"train.strategy={train.strategy} needs DeepSpeed: pip install deepspeed") from None
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    stage = int(train.strategy.rsplit("_", 1)[-1]) if train.strategy[-1].isdigit() else 2
+    if train.deepspeed_config:
+        path = Path(train.deepspeed_config)
+        if not path.is_file():
+            raise ConfigError(f"train.deepspeed_config={train.deepspeed_config!r} does not exist")
+        return DeepSpeedStrategy(config=str(path), logging_batch_size_per_gpu=cfg.loader.batch_size)
+    return DeepSpeedStrategy(stage=stage, logging_batch_size_per_gpu=cfg.loader.batch_size)
+
+
 def build_trainer(cfg: Config, *, enable_wandb: bool = True, **overrides):
     import lightning as L
 
     train = cfg.train
-    strategy = train.strategy
-    if train.stage == "gan" and strategy == "ddp":
-        # the critic's update does not use the generator's weights: DDP must not wait for their gradients
-        strategy = "ddp_find_unused_parameters_true"
+    strategy = build_strategy(cfg)
     kwargs = dict(accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes,
                   strategy=strategy, precision=train.precision,
                   accumulate_grad_batches=train.accumulate_grad_batches,

@@ -74,20 +74,29 @@ def stage_configs(cfg: Config, run_dir: Path) -> Dict[str, Config]:
     replace = dataclasses.replace
     ae_ckpt = str(run_dir / "autoencoder" / "checkpoints" / "last.ckpt")
 
-    def stage(name: str, loader_stage: str, minutes: float, **sections) -> Config:
-        return replace(cfg, loader=replace(cfg.loader, shards=shards, stage=loader_stage),
-                       train=replace(cfg.train, stage=name, run_dir=str(run_dir / name), max_minutes=minutes),
-                       **sections)
+    def stage(name: str, loader_stage: str, minutes: float, val_every_epochs: int = 0, **sections) -> Config:
+        train = replace(cfg.train, stage=name, run_dir=str(run_dir / name), max_minutes=minutes,
+                        val_every_epochs=val_every_epochs or cfg.train.val_every_epochs)
+        return replace(cfg, loader=replace(cfg.loader, shards=shards, stage=loader_stage), train=train, **sections)
 
     demo = cfg.demo
     return {"autoencoder": stage("autoencoder", "autoencoder", demo.autoencoder_minutes),
             "svr": stage("svr", "image", demo.svr_minutes, svr=replace(cfg.svr, autoencoder_ckpt=ae_ckpt)),
-            "gan": stage("gan", "autoencoder", demo.gan_minutes, gan=replace(
-                cfg.gan, autoencoder_ckpt=ae_ckpt, reference_split=first_split(Path(shards), ("val", "test", "train"))))}
+            "gan": stage("gan", "autoencoder", demo.gan_minutes, val_every_epochs=demo.gan_eval_every_epochs,
+                         gan=replace(
+                cfg.gan, autoencoder_ckpt=ae_ckpt,
+                reference_split=first_split(Path(shards), ("val", "test", "train"))))}
 
 
 def _train(cfg: Config, progress: bool) -> dict:
+    import os
+
+    import torch
+
     from recon3d.engine.run import run
+
+    # one process trains at a time here: let it use every core (`make` exports OMP_NUM_THREADS=1 for the tests)
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
 
     result = run(cfg, enable_progress_bar=progress)
     return {"epoch": result.epoch, "step": result.global_step, "checkpoint": str(result.last_checkpoint),

@@ -26,8 +26,8 @@ CURVES = {  # stage -> plots: (title, metrics)
                                                                                                   "val/wasserstein"]),
             ("MMD (Chamfer-L2 x1000)", ["val/mmd"]), ("coverage", ["val/cov"])],
 }
-TITLES = {"autoencoder": "Autoencoder (voxels -> z -> implicit field)", "svr": "Single-view reconstruction (image -> z)",
-          "gan": "Latent GAN (noise -> z)"}
+TITLES = {"autoencoder": "Autoencoder (voxels -> z -> implicit field)",
+          "svr": "Single-view reconstruction (image -> z)", "gan": "Latent GAN (noise -> z)"}
 
 
 def read_metrics(run_dir: Path) -> Dict[str, List[Tuple[float, float]]]:
@@ -132,7 +132,8 @@ def stage_section(name: str, stage_dir: Path, evaluation: Path) -> str:
     if config:
         train = config["train"]
         parts.append(f"<p class='small'>run folder <code>{html.escape(str(stage_dir))}</code>; "
-                     f"stage <code>{html.escape(train.get('stage', 'autoencoder'))}</code>, device <code>{train['accelerator']}</code> "
+                     f"stage <code>{html.escape(train.get('stage', 'autoencoder'))}</code>, "
+                     f"device <code>{train['accelerator']}</code> "
                      f"x {train['devices']}, strategy <code>{train['strategy']}</code>, precision "
                      f"<code>{train['precision']}</code></p>")
     metrics = read_metrics(stage_dir)

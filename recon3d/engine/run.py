@@ -24,15 +24,37 @@ class RunResult:
 
 
 def resolve_resume(cfg: Config) -> Optional[str]:
-    """The checkpoint to continue from: train.resume is auto (last.ckpt if present), never, or a path."""
+    """The checkpoint to continue from: train.resume is auto (the newer of last.ckpt and the checkpoint Lightning
+    writes when SLURM signals a preemption, hpc_ckpt_N.ckpt), never, or a path."""
     if cfg.train.resume == "never":
         return None
     if cfg.train.resume != "auto":
-        if not Path(cfg.train.resume).is_file():
+        if not Path(cfg.train.resume).exists():
             raise FileNotFoundError(f"train.resume={cfg.train.resume!r} does not exist")
         return cfg.train.resume
-    last = Path(cfg.train.run_dir) / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else None
+    run_dir = Path(cfg.train.run_dir)
+    found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
+    return str(max(found, key=lambda p: p.stat().st_mtime_ns)) if found else None
+
+
+def check_slurm(cfg: Config, environ=None) -> None:
+    """Inside a SLURM allocation, tasks per node must equal train.devices and nodes train.num_nodes (Lightning starts
+    one process per task); say so before any work instead of failing inside Lightning."""
+    import os
+
+    from recon3d.config import ConfigError
+
+    env = os.environ if environ is None else environ
+    if "SLURM_JOB_ID" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return
+    tasks = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "").split("(")[0]
+    if tasks and tasks.isdigit() and int(tasks) != cfg.train.devices:
+        raise ConfigError(f"SLURM runs {tasks} task(s) per node but train.devices={cfg.train.devices}: set "
+                          f"train.devices={tasks} or #SBATCH --ntasks-per-node={cfg.train.devices}")
+    nodes = env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES")
+    if nodes and nodes.isdigit() and int(nodes) != cfg.train.num_nodes:
+        raise ConfigError(f"SLURM allocated {nodes} node(s) but train.num_nodes={cfg.train.num_nodes}: set "
+                          f"train.num_nodes={nodes} or #SBATCH --nodes={cfg.train.num_nodes}")
 
 
 def run(cfg: Config, *, enable_wandb: bool = True, **trainer_overrides) -> RunResult:
@@ -41,6 +63,7 @@ def run(cfg: Config, *, enable_wandb: bool = True, **trainer_overrides) -> RunRe
 
     from recon3d.engine.build import BEST_BY, build_datamodule, build_task, build_trainer, check_training_config
 
+    check_slurm(cfg)
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -52,6 +75,7 @@ def run(cfg: Config, *, enable_wandb: bool = True, **trainer_overrides) -> RunRe
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
     trainer = build_trainer(cfg, enable_wandb=enable_wandb, **trainer_overrides)
     trainer.fit(task, datamodule=datamodule, ckpt_path=resolve_resume(cfg))
+    _finish_wandb(trainer)
     callbacks = [c for c in trainer.checkpoint_callbacks]
     last_file = Path(cfg.train.run_dir) / "checkpoints" / "last.ckpt"
     last = last_file if last_file.is_file() else None
@@ -59,3 +83,14 @@ def run(cfg: Config, *, enable_wandb: bool = True, **trainer_overrides) -> RunRe
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return RunResult(run_dir, last, Path(best_path) if best_path else None, metrics, trainer.global_step,
                      trainer.current_epoch, BEST_BY[cfg.train.stage][0], trainer.is_global_zero)
+
+
+def _finish_wandb(trainer) -> None:
+    """Close this run's W&B run: a later run in the same process (the demo's next stage, a sweep's next trial)
+    would otherwise log into it."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()

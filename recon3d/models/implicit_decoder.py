@@ -51,9 +51,14 @@ class ImplicitDecoder(nn.Module):
                 or z.shape[1] != self.latent_dim:
             raise ValueError(f"expected points (B, P, 3) and z (B, {self.latent_dim}), "
                              f"got {tuple(points.shape)} and {tuple(z.shape)}")
-        x = torch.cat([points, z[:, None, :].expand(-1, points.shape[1], -1)], dim=-1)
-        for layer in self.hidden:
-            x = nn.functional.leaky_relu(layer(x), 0.02)
+        # The first layer on [point, z] split in two: W [p; z] + b = W_p p + (W_z z + b). The z part is computed once
+        # per shape instead of once per point (the same function and weights, without a (B, P, 3 + Z) concatenation).
+        first = self.hidden[0]
+        per_shape = torch.addmm(first.bias, z, first.weight[:, 3:].t())  # (B, H)
+        x = torch.baddbmm(per_shape[:, None, :], points, first.weight[:, :3].t().expand(points.shape[0], -1, -1))
+        x = nn.functional.leaky_relu_(x, 0.02)
+        for layer in self.hidden[1:]:
+            x = nn.functional.leaky_relu_(layer(x), 0.02)
         x = self.last(x)
         if self.output == "sigmoid":
             return torch.sigmoid(x)

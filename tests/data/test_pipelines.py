@@ -90,14 +90,21 @@ def test_ranks_draw_different_samples(tiny_shards):
 
 @pytest.mark.parametrize("workers, world", [(0, 1), (2, 1), (0, 2), (2, 2), (2, 3)])
 def test_eval_sees_every_sample_once(tiny_shards, workers, world):
+    """Every sample is seen; under DDP all ranks run the same number of batches (the short ones repeat a batch, as
+    DistributedSampler pads), so synced metrics never wait on a rank that has finished."""
     expected = _split_keys(tiny_shards, "val")
-    seen = []
+    seen, lengths = [], []
     for rank in range(world):
         loader = _dm(tiny_shards, rank, world, num_workers=workers).val_dataloader()
         batches = list(loader)
-        assert len(batches) == len(loader)
+        assert len(batches) == len(loader) >= 1
+        lengths.append(len(batches))
         seen += [k for b in batches for k in b["key"]]
-    assert sorted(seen) == expected
+    assert len(set(lengths)) == 1
+    assert sorted(set(seen)) == expected
+    if world == 1:
+        assert sorted(seen) == expected
+    assert len(seen) - len(expected) <= (world - 1) * 2 * max(1, workers)
 
 
 def test_eval_with_more_slots_than_shards_and_fewer(tiny_meshes, tmp_path):
@@ -110,7 +117,7 @@ def test_eval_with_more_slots_than_shards_and_fewer(tiny_meshes, tmp_path):
         build_shards(tiny_config(f"source.root={tiny_meshes}", f"shards.out_dir={out}",
                                  f"shards.samples_per_shard={per_shard}", "shards.split=[0,1,0]"), progress=False)
         seen = [k for rank in range(2) for b in _dm(out, rank, 2, num_workers=2).val_dataloader() for k in b["key"]]
-        assert sorted(seen) == _split_keys(out, "val") and len(seen) == 12
+        assert sorted(set(seen)) == _split_keys(out, "val") and 12 <= len(seen) <= 12 + 2
 
 
 def _rewrite(src, dst, damage):

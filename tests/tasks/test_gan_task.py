@@ -37,7 +37,7 @@ def test_gan_trains_both_networks_and_measures_cov_mmd(tiny_shards, trained_auto
 
 def test_gan_config_rules_name_the_fix(tiny_shards, trained_autoencoder, tmp_path):
     with pytest.raises(ConfigError, match="DeepSpeed strategy takes one"):
-        _gan_cfg(tiny_shards, trained_autoencoder, tmp_path, "train.strategy=deepspeed_stage_2")
+        _gan_cfg(tiny_shards, trained_autoencoder, tmp_path, "train.strategy=deepspeed_stage_2", "train.accelerator=gpu")
     with pytest.raises(ConfigError, match="model.latent_dim=16"):
         run(_gan_cfg(tiny_shards, trained_autoencoder, tmp_path, "model.latent_dim=32"), enable_wandb=False)
     with pytest.raises(ConfigError, match="gan.autoencoder_ckpt"):
