@@ -53,7 +53,7 @@ def _shards_build(args) -> int:
         except ValueError:
             raise ConfigError(f"--part {args.part!r}: expected INDEX/COUNT, e.g. 3/8") from None
         part = (index, count)
-    result = build_shards(cfg, progress=not args.no_progress, part=part)
+    result = build_shards(cfg, progress=not args.no_progress, part=part, use_ray=args.ray)
     if args.part:
         print(f"part {part[0]}/{part[1]}: prepared {result.prepared} input(s) in {result.seconds:.1f} s")
     if not result.manifest:
@@ -279,6 +279,25 @@ def _eval_svr(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from recon3d.sweep import load_sweep, run_sweep
+
+    spec = load_sweep(args.config, args.base, list(args.overrides))
+    if args.storage:
+        spec.storage = args.storage
+    if args.num_samples:
+        spec.num_samples = args.num_samples
+    found = run_sweep(spec, address=args.address)
+    print(f"sweep {spec.name}: {found['trials']} trial(s) in {found['folder']}")
+    for row in sorted(found["rows"], key=lambda r: (r[spec.metric] is None, -(r[spec.metric] or 0)
+                                                    if spec.mode == "max" else (r[spec.metric] or 0))):
+        value = "-" if row[spec.metric] is None else f"{row[spec.metric]:.4f}"
+        print(f"  {spec.metric} {value}  epoch {row['epoch']}  {row['params']}")
+    print(f"best ({spec.metric} {found['metric']}): {found['best']}")
+    print(f"best overrides: {found['folder']}/best.yaml (use with -c); full config: best_config.json")
+    return 0
+
+
 def _show_config(args) -> int:
     import json
 
@@ -313,6 +332,8 @@ def _add_shards_parsers(verbs) -> None:
     build.add_argument("--workers", type=int, default=0, help="parallel processes (shards.workers)")
     build.add_argument("--part", default="", metavar="I/N",
                        help="build only shards I, I+N, I+2N, ... of the plan (job arrays); disjoint and deterministic")
+    build.add_argument("--ray", action="store_true",
+                       help="prepare inputs as Ray tasks (local, or the cluster in RAY_ADDRESS); same output")
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=_shards_build)
     verify = shard_verbs.add_parser("verify", help="check every checksum, count and member against the manifest")
@@ -453,6 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_parsers(verbs)
     _add_latent_parsers(verbs)
     _add_reconstruct_parser(verbs)
+    sweep = verbs.add_parser("sweep", help="Ray Tune over any config keys (ASHA by default); trials run like train")
+    sweep.add_argument("-c", "--config", required=True, help="sweep file, e.g. configs/sweep/autoencoder-lr.yaml")
+    sweep.add_argument("--base", action="append", default=[], metavar="YAML", help="more config files for every trial")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every trial")
+    sweep.add_argument("--storage", default="", help="sweeps folder (default: the file's storage, runs/sweeps)")
+    sweep.add_argument("--num-samples", type=int, default=0, help="trials (default: the file's num_samples)")
+    sweep.add_argument("--address", default="", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    sweep.set_defaults(func=_sweep)
     config = verbs.add_parser("config", help="print the resolved configuration as JSON")
     _add_config_args(config)
     config.set_defaults(func=_show_config)

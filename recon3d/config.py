@@ -233,6 +233,7 @@ class TrainConfig:
     logger: str = "wandb"  # wandb (offline unless wandb_mode=online) | csv (a CSV log is always written)
     wandb_project: str = "recon3d"  # W&B project
     wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_group: str = ""  # W&B run group (a sweep groups its trials under its name)
     resume: str = "auto"  # auto: continue from run_dir/checkpoints/last.ckpt if present | never | a .ckpt path
     seed: int = 0  # seeds weights and data order
 

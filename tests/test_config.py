@@ -8,10 +8,24 @@ from recon3d.config import Config, ConfigError, load_config, to_dict
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+CONFIG_FILES = [p for p in sorted((REPO / "configs").rglob("*.yaml")) if p.parent.name != "sweep"]
+CONFIG_FILES.append(REPO / "recon3d" / "demo.yaml")
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
 def test_every_yaml_loads(path):
     cfg = load_config([path])
     assert isinstance(cfg, Config)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweep").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_sweep_file_loads(path, monkeypatch):
+    """Sweep files are checked key by key against the schema (bases resolve from the repository root)."""
+    from recon3d.sweep import load_sweep
+
+    monkeypatch.chdir(REPO)
+    spec = load_sweep(path)
+    assert spec.search_space and spec.metric
 
 
 def test_files_merge_left_to_right_then_overrides(tmp_path):

@@ -243,13 +243,15 @@ def _clean_stale(out: Path, plans: List[ShardPlan], mine: List[ShardPlan]) -> No
 
 
 def build_shards(cfg: Config, *, progress: bool = True, stop_after: int = 0,
-                 part: Tuple[int, int] = (0, 1)) -> BuildResult:
+                 part: Tuple[int, int] = (0, 1), use_ray: bool = False) -> BuildResult:
     """Prepare every input of cfg.source into shards under cfg.shards.out_dir; resumes finished shards.
 
     Args:
         stop_after: finish after this many shards of this run (0: all), for tests of interrupted builds.
         part: (index, count): build only the shards whose plan position is index modulo count (disjoint and
             deterministic, for job arrays); the manifest is written by whichever run finds every shard done.
+        use_ray: prepare inputs as Ray tasks (a local Ray, or the cluster in RAY_ADDRESS) instead of a process pool;
+            the output is the same byte for byte.
     """
     index, count = part
     if not 0 <= index < count:
@@ -274,7 +276,12 @@ def build_shards(cfg: Config, *, progress: bool = True, stop_after: int = 0,
         bar = tqdm(total=sum(len(p.items) for p in mine), initial=done, unit="shape", desc="shards",
                    file=sys.stderr, dynamic_ncols=True)
     stage_seconds: Dict[str, List[float]] = collections.defaultdict(list)
-    results = ordered_map(jobs, cfg.shards.workers)
+    if use_ray:
+        from recon3d.raytools import ray_ordered_map
+
+        results = ray_ordered_map(jobs, cfg.shards.workers)
+    else:
+        results = ordered_map(jobs, cfg.shards.workers)
     run_rejects = 0
     for plan in pending:
         handle = open(out / f"{plan.name}.tar.tmp", "wb")

@@ -141,7 +141,7 @@ def build_loggers(cfg: Config, enable_wandb: bool = True) -> list:
         os.environ.setdefault("WANDB_SILENT", "true")
         loggers.insert(0, WandbLogger(project=cfg.train.wandb_project, name=run_dir.name, save_dir=str(run_dir),
                                       offline=cfg.train.wandb_mode == "offline", config=to_dict(cfg),
-                                      id=_wandb_run_id(run_dir)))
+                                      id=_wandb_run_id(run_dir), group=cfg.train.wandb_group or None))
     return loggers
 
 
@@ -181,7 +181,7 @@ def build_strategy(cfg: Config):
     return DeepSpeedStrategy(stage=stage, logging_batch_size_per_gpu=cfg.loader.batch_size)
 
 
-def build_trainer(cfg: Config, *, enable_wandb: bool = True, **overrides):
+def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(), **overrides):
     import lightning as L
 
     train = cfg.train
@@ -191,7 +191,7 @@ def build_trainer(cfg: Config, *, enable_wandb: bool = True, **overrides):
                   accumulate_grad_batches=train.accumulate_grad_batches,
                   max_epochs={"svr": cfg.svr.epochs, "gan": cfg.gan.epochs}.get(train.stage, sum(train.phase_epochs)),
                   check_val_every_n_epoch=train.val_every_epochs, log_every_n_steps=train.log_every_steps,
-                  default_root_dir=train.run_dir, callbacks=build_callbacks(cfg),
+                  default_root_dir=train.run_dir, callbacks=build_callbacks(cfg) + list(extra_callbacks),
                   logger=build_loggers(cfg, enable_wandb),
                   # the point set changes between phases: loaders are remade every epoch
                   reload_dataloaders_every_n_epochs=1 if train.stage == "autoencoder" and

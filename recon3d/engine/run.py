@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from recon3d.config import Config, to_dict
 from recon3d.data.writer import load_manifest
@@ -57,8 +57,11 @@ def check_slurm(cfg: Config, environ=None) -> None:
                           f"train.num_nodes={nodes} or #SBATCH --nodes={cfg.train.num_nodes}")
 
 
-def run(cfg: Config, *, enable_wandb: bool = True, **trainer_overrides) -> RunResult:
-    """Train the stage described by cfg (resuming when a last.ckpt exists) and return where things went."""
+def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (), **trainer_overrides) -> RunResult:
+    """Train the stage described by cfg (resuming when a last.ckpt exists) and return where things went.
+
+    extra_callbacks join the configured ones (a sweep reports to Ray Tune through one); trainer_overrides replace
+    Trainer arguments (tests use them)."""
     import lightning as L
 
     from recon3d.engine.build import BEST_BY, build_datamodule, build_task, build_trainer, check_training_config
@@ -73,7 +76,7 @@ def run(cfg: Config, *, enable_wandb: bool = True, **trainer_overrides) -> RunRe
     check_training_config(cfg, manifest, datamodule)
     task = build_task(cfg, manifest)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
-    trainer = build_trainer(cfg, enable_wandb=enable_wandb, **trainer_overrides)
+    trainer = build_trainer(cfg, enable_wandb=enable_wandb, extra_callbacks=extra_callbacks, **trainer_overrides)
     trainer.fit(task, datamodule=datamodule, ckpt_path=resolve_resume(cfg))
     _finish_wandb(trainer)
     callbacks = [c for c in trainer.checkpoint_callbacks]

@@ -1,0 +1,202 @@
+"""`recon3d sweep`: Ray Tune over any config key. Each trial is `run(cfg)`, the same as `recon3d train`.
+
+A sweep file (YAML) names the base config files, fixed overrides, the search space, the metric and the scheduler:
+
+    base: [configs/train/cpu-small.yaml]
+    overrides: [train.max_minutes=10]
+    metric: val/iou
+    mode: max
+    scheduler: asha            # asha (default) | fifo | median | hyperband
+    num_samples: 8
+    max_concurrent: 2
+    resources: {cpu: 1, gpu: 0}
+    search_space:
+      train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+      model.latent_dim: {choice: [64, 128]}
+
+Trials write to <storage>/<name>/trials/<trial id>/ (checkpoints, CSV logs, one W&B run each, grouped by the sweep's
+name); the best trial's overrides go to <storage>/<name>/best.yaml and its full config to best_config.json. Running the
+same command again resumes an interrupted sweep: finished trials are kept, unfinished ones continue from their
+last.ckpt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List
+
+from recon3d.config import ConfigError, load_config
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid")
+SCHEDULERS = ("asha", "fifo", "median", "hyperband")
+
+
+@dataclass
+class SweepSpec:
+    search_space: Dict[str, Dict[str, Any]]
+    base: List[str] = field(default_factory=list)
+    overrides: List[str] = field(default_factory=list)
+    metric: str = "val/iou"
+    mode: str = "max"
+    scheduler: str = "asha"
+    num_samples: int = 4
+    max_concurrent: int = 1
+    resources: Dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    name: str = ""
+    storage: str = "runs/sweeps"
+    seed: int = 0
+
+
+def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: List[str] = ()) -> SweepSpec:
+    """Read and check a sweep file; every searched key is tried against the config schema before Ray starts."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = set(raw) - set(SweepSpec.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)} (valid: "
+                          f"{sorted(SweepSpec.__dataclass_fields__)})")
+    if not raw.get("search_space"):
+        raise ConfigError(f"{path}: no search_space")
+    spec = SweepSpec(**raw)
+    spec.base = [*spec.base, *extra_base]
+    spec.overrides = [*spec.overrides, *extra_overrides]
+    spec.name = spec.name or path.stem
+    if spec.scheduler not in SCHEDULERS:
+        raise ConfigError(f"{path}: scheduler={spec.scheduler!r}: one of {SCHEDULERS}")
+    if spec.mode not in ("min", "max"):
+        raise ConfigError(f"{path}: mode must be min or max")
+    for key, dist in spec.search_space.items():
+        if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+            raise ConfigError(f"{path}: search_space.{key}: one of {DISTRIBUTIONS} with its values, "
+                              f"e.g. {{loguniform: [1.0e-4, 1.0e-2]}}")
+        kind, values = next(iter(dist.items()))
+        probe = values[0] if isinstance(values, list) else values
+        load_config(spec.base, [*spec.overrides, f"{key}={json.dumps(probe)}"])  # a typo fails here, named
+    return spec
+
+
+def _space(spec: SweepSpec) -> Dict[str, Any]:
+    from ray import tune
+
+    space = {}
+    for key, dist in spec.search_space.items():
+        kind, values = next(iter(dist.items()))
+        space[key] = {"choice": lambda v: tune.choice(v), "grid": lambda v: tune.grid_search(v),
+                      "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
+                      "randint": lambda v: tune.randint(*v)}[kind](values)
+    return space
+
+
+def _scheduler(spec: SweepSpec, max_t: int):
+    from ray.tune import schedulers
+
+    if spec.scheduler == "fifo":
+        return schedulers.FIFOScheduler()
+    if spec.scheduler == "median":
+        return schedulers.MedianStoppingRule(metric=spec.metric, mode=spec.mode, grace_period=1)
+    if spec.scheduler == "hyperband":
+        return schedulers.HyperBandScheduler(metric=spec.metric, mode=spec.mode, max_t=max_t)
+    return schedulers.ASHAScheduler(metric=spec.metric, mode=spec.mode, max_t=max_t, grace_period=1,
+                                    reduction_factor=2)
+
+
+def trial_overrides(params: Dict[str, Any]) -> List[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in sorted(params.items())]
+
+
+def _trainable(spec_dict: dict, sweep_dir: str):
+    """The Tune function trainable: build the trial's config and call run(cfg), reporting each validation."""
+
+    def trial(params: Dict[str, Any]) -> None:
+        from lightning.pytorch.callbacks import Callback
+        from ray import tune
+
+        from recon3d.engine.run import run
+
+        trial_id = tune.get_context().get_trial_id()
+        run_dir = Path(sweep_dir) / "trials" / trial_id
+        cfg = load_config(spec_dict["base"], [*spec_dict["overrides"], *trial_overrides(params),
+                                              f"train.run_dir={run_dir}", f"train.wandb_group={spec_dict['name']}"])
+        metric = spec_dict["metric"]
+
+        class ReportToTune(Callback):
+            def on_validation_end(self, trainer, module) -> None:
+                if trainer.sanity_checking or metric not in trainer.callback_metrics:
+                    return
+                values = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+                tune.report({**values, "epoch": trainer.current_epoch, "step": trainer.global_step})
+
+        run(cfg, enable_progress_bar=False, extra_callbacks=[ReportToTune()])
+
+    return trial
+
+
+def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
+    """Run (or resume) the sweep; returns the best trial's parameters, metric and folder."""
+    from ray import tune
+
+    from recon3d.raytools import init_ray
+
+    init_ray(address)
+    storage = Path(spec.storage).resolve()
+    sweep_dir = storage / spec.name
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    base_cfg = load_config(spec.base, spec.overrides)
+    max_t = max(1, sum(base_cfg.train.phase_epochs) if base_cfg.train.stage == "autoencoder" else
+                {"svr": base_cfg.svr.epochs, "gan": base_cfg.gan.epochs}[base_cfg.train.stage])
+    spec_dict = {"base": [str(Path(b).resolve()) for b in spec.base], "overrides": spec.overrides,
+                 "metric": spec.metric, "name": spec.name}
+    trainable = tune.with_resources(_trainable(spec_dict, str(sweep_dir)),
+                                    {k: float(v) for k, v in spec.resources.items() if float(v) > 0})
+    experiment = sweep_dir / "tune"
+    if tune.Tuner.can_restore(str(experiment)):
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=_space(spec),
+            tune_config=tune.TuneConfig(num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent,
+                                        scheduler=_scheduler(spec, max_t)),
+            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=1))
+    results = tuner.fit()
+    best = results.get_best_result(metric=spec.metric, mode=spec.mode, scope="all")
+    overrides = trial_overrides(best.config)
+    from recon3d.data.writer import atomic_write
+
+    atomic_write(sweep_dir / "best.yaml", ("# best trial of sweep " + spec.name + f" by {spec.metric} ({spec.mode})\n"
+                                           + "\n".join(_yaml_lines(best.config)) + "\n").encode())
+    from recon3d.config import to_dict
+
+    best_cfg = load_config(spec.base, [*spec.overrides, *overrides])
+    atomic_write(sweep_dir / "best_config.json", json.dumps(to_dict(best_cfg), indent=1, sort_keys=True).encode())
+    rows = []
+    for result in results:
+        if result.metrics:
+            rows.append({"trial": result.metrics.get("trial_id"), "params": result.config,
+                         spec.metric: result.metrics.get(spec.metric), "epoch": result.metrics.get("epoch")})
+    atomic_write(sweep_dir / "trials.json", json.dumps(rows, indent=1, default=str).encode())
+    return {"best": best.config, "metric": best.metrics.get(spec.metric), "trials": len(results),
+            "folder": str(sweep_dir), "rows": rows}
+
+
+def _yaml_lines(params: Dict[str, Any]) -> List[str]:
+    """Nested YAML for dotted keys, e.g. {"train.lr": 0.01} -> train:\\n  lr: 0.01 (usable with -c)."""
+    tree: Dict[str, Any] = {}
+    for key, value in params.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    import yaml
+
+    return yaml.safe_dump(tree, sort_keys=True).splitlines()
+
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

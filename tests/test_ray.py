@@ -1,0 +1,70 @@
+"""Ray Tune sweeps and Ray shard writing, on a local Ray started for this module (no dashboard, no network)."""
+
+import json
+
+import pytest
+import yaml
+
+from recon3d.cli import main
+from recon3d.config import load_config
+from tests.conftest import TINY, tiny_config
+
+ray = pytest.importorskip("ray", reason="Ray is installed with the dev extra: pip install -e '.[dev]'")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    from recon3d.raytools import init_ray
+
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def test_shards_built_with_ray_match_the_process_pool_byte_for_byte(tiny_meshes, tmp_path):
+    from recon3d.data.writer import build_shards
+
+    pool = build_shards(tiny_config(f"source.root={tiny_meshes}", f"shards.out_dir={tmp_path / 'pool'}",
+                                    "shards.workers=2"), progress=False)
+    with_ray = build_shards(tiny_config(f"source.root={tiny_meshes}", f"shards.out_dir={tmp_path / 'ray'}",
+                                        "shards.workers=2"), progress=False, use_ray=True)
+    assert with_ray.manifest == pool.manifest
+    for tar in (tmp_path / "pool").glob("*.tar"):
+        assert (tmp_path / "ray" / tar.name).read_bytes() == tar.read_bytes()
+
+
+def test_four_trial_sweep_writes_the_best_config_and_resumes(tiny_shards, tmp_path, capsys):
+    sweep = tmp_path / "tiny-sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "base": [str(TINY)],
+        "overrides": [f"loader.shards={tiny_shards}", "train.accelerator=cpu", "loader.train_samples_per_epoch=8",
+                      "train.logger=csv"],
+        "metric": "val/iou", "mode": "max", "scheduler": "asha", "num_samples": 4, "max_concurrent": 2,
+        "resources": {"cpu": 1}, "storage": str(tmp_path / "sweeps"),
+        "search_space": {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}, "model.latent_dim": {"choice": [8, 16]}}}))
+    assert main(["sweep", "-c", str(sweep)]) == 0
+    folder = tmp_path / "sweeps" / "tiny-sweep"
+    trials = json.loads((folder / "trials.json").read_text())
+    assert len(trials) == 4 and all(t["val/iou"] is not None for t in trials)
+    assert len({t["params"]["train.lr"] for t in trials}) == 4
+    for trial in (folder / "trials").iterdir():  # each trial is a normal run folder
+        assert (trial / "checkpoints" / "last.ckpt").is_file() and (trial / "config.json").is_file()
+    best = load_config([TINY, folder / "best.yaml"])  # the best overrides load as a config file
+    assert best.model.latent_dim in (8, 16)
+    assert json.loads((folder / "best_config.json").read_text())["train"]["lr"] == best.train.lr
+    assert "best (val/iou" in capsys.readouterr().out
+    assert main(["sweep", "-c", str(sweep)]) == 0  # finished: a rerun restores the experiment, trains nothing
+    assert len(json.loads((folder / "trials.json").read_text())) == 4
+
+
+def test_sweep_file_errors_name_the_key(tmp_path):
+    from recon3d.config import ConfigError
+    from recon3d.sweep import load_sweep
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"base": [str(TINY)], "search_space": {"train.lrr": {"choice": [1, 2]}}}))
+    with pytest.raises(ConfigError, match="did you mean 'lr'"):
+        load_sweep(bad)
+    bad.write_text(yaml.safe_dump({"search_space": {"train.lr": {"normal": [1, 2]}}}))
+    with pytest.raises(ConfigError, match="search_space.train.lr"):
+        load_sweep(bad)
