@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -33,6 +34,8 @@ def test_demo_end_to_end_then_resume(tiny_demo, capsys):
     assert manifest["samples"] == 9
     for name in ("autoencoder", "svr", "gan"):
         assert (out / name / "checkpoints" / "last.ckpt").is_file()
+        assert Path(stages[name]["checkpoint"]).is_file()  # handed on: the best by the stage's metric
+    assert stages["gan"]["selected_by"] == "val/mmd" and stages["svr"]["selected_by"] == "val/iou"
     for picture in ("autoencoder_sheet.png", "svr_sheet.png", "gan_samples.png", "interpolation.png"):
         with Image.open(out / "evaluation" / picture) as image:
             assert image.size[0] >= 128

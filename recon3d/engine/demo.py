@@ -67,12 +67,12 @@ def first_split(shard_dir: Path, order=("test", "val", "train")) -> str:
     return next(s for s in order if splits.get(s, {}).get("samples", 0))
 
 
-def stage_configs(cfg: Config, run_dir: Path) -> Dict[str, Config]:
+def stage_configs(cfg: Config, run_dir: Path, ae_ckpt: str = "") -> Dict[str, Config]:
     """The configuration of each training stage: the same settings, each with its run folder, stage and time cap
-    (call once the shards exist)."""
+    (call once the shards exist); the image encoder and the GAN build on the autoencoder checkpoint `ae_ckpt`."""
     shards = str(run_dir / "shards")
     replace = dataclasses.replace
-    ae_ckpt = str(run_dir / "autoencoder" / "checkpoints" / "last.ckpt")
+    ae_ckpt = ae_ckpt or str(run_dir / "autoencoder" / "checkpoints" / "last.ckpt")
 
     def stage(name: str, loader_stage: str, minutes: float, val_every_epochs: int = 0, **sections) -> Config:
         train = replace(cfg.train, stage=name, run_dir=str(run_dir / name), max_minutes=minutes,
@@ -99,11 +99,15 @@ def _train(cfg: Config, progress: bool) -> dict:
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
 
     result = run(cfg, enable_progress_bar=progress)
-    return {"epoch": result.epoch, "step": result.global_step, "checkpoint": str(result.last_checkpoint),
+    # the later stages use the best checkpoint by the stage's validation metric (val/iou; the GAN's val/mmd):
+    # with minutes of training on a few shapes the last one can be a noisy dip
+    chosen = result.best_checkpoint or result.last_checkpoint
+    return {"epoch": result.epoch, "step": result.global_step, "checkpoint": str(chosen),
+            "last_checkpoint": str(result.last_checkpoint), "selected_by": result.monitor,
             "metrics": {k: v for k, v in result.metrics.items() if k.startswith("val/")}}
 
 
-def _evaluate(cfg: Config, run_dir: Path) -> dict:
+def _evaluate(cfg: Config, run_dir: Path, chosen: Dict[str, str]) -> dict:
     """Tables and pictures for the report: autoencoder and image-encoder metrics on the test split, test shapes beside
     their reconstructions, GAN samples and an interpolation strip."""
     import torch
@@ -112,7 +116,7 @@ def _evaluate(cfg: Config, run_dir: Path) -> dict:
     from recon3d.engine.latent_space import codes_to_meshes, gan_codes, interpolate_codes, load_any, write_strip
 
     shards, out = run_dir / "shards", run_dir / "evaluation"
-    ckpt = {name: run_dir / name / "checkpoints" / "last.ckpt" for name in ("autoencoder", "svr", "gan")}
+    ckpt = {name: Path(chosen[name]) for name in ("autoencoder", "svr", "gan")}
     demo = cfg.demo
     split = first_split(shards)
     evaluate(ckpt["autoencoder"], shards, split=split, resolution=demo.eval_resolution, out_dir=out)
@@ -193,10 +197,14 @@ def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
         _say(summarise(cfg.shards.out_dir))
         return {"samples": result.manifest["samples"], "rejects": result.manifest.get("rejects", 0)}
 
+    def checkpoint(stage: str) -> str:
+        """The checkpoint a finished training stage handed on (its best by its validation metric)."""
+        return log.stages[stage]["checkpoint"]
+
     def latents_stage() -> dict:
         from recon3d.engine.inference import export_latents
 
-        return {"folder": str(export_latents(run_dir / "autoencoder" / "checkpoints" / "last.ckpt",
+        return {"folder": str(export_latents(checkpoint("autoencoder"),
                                              run_dir / "shards"))}
 
     def report_stage() -> dict:
@@ -210,9 +218,9 @@ def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
         "shards": shards_stage,
         "autoencoder": lambda: _train(stage_configs(cfg, run_dir)["autoencoder"], progress),
         "latents": latents_stage,
-        "svr": lambda: _train(stage_configs(cfg, run_dir)["svr"], progress),
-        "gan": lambda: _train(stage_configs(cfg, run_dir)["gan"], progress),
-        "evaluate": lambda: _evaluate(cfg, run_dir),
+        "svr": lambda: _train(stage_configs(cfg, run_dir, checkpoint("autoencoder"))["svr"], progress),
+        "gan": lambda: _train(stage_configs(cfg, run_dir, checkpoint("autoencoder"))["gan"], progress),
+        "evaluate": lambda: _evaluate(cfg, run_dir, {s: checkpoint(s) for s in ("autoencoder", "svr", "gan")}),
         "report": report_stage,
     }
     for number, name in enumerate(STAGES, 1):
