@@ -261,12 +261,12 @@ class TrainConfig:
 @dataclass
 class DemoConfig:
     out_dir: str = "runs/demo"  # run folder: meshes/, shards/, one folder per trained stage, report.html
-    shapes_per_category: int = 12  # procedural shapes per category
+    shapes_per_category: int = 16  # procedural shapes per category
     categories: List[str] = field(default_factory=lambda: ["chair", "table", "lamp", "airplane", "car"])
     samples_per_shard: int = 16  # shard size for the demo (small, so that loaders have several shards to spread)
-    autoencoder_minutes: float = 8.0  # time cap of the autoencoder stage (train.max_minutes for it)
+    autoencoder_minutes: float = 11.0  # time cap of the autoencoder stage (train.max_minutes for it)
     svr_minutes: float = 5.0  # time cap of the image-encoder stage
-    gan_minutes: float = 2.5  # time cap of the latent-GAN stage
+    gan_minutes: float = 3.0  # time cap of the latent-GAN stage
     gan_eval_every_epochs: int = 5  # COV/MMD of the GAN every N epochs (each decodes gan.eval_samples shapes)
     eval_resolution: int = 64  # extraction grid of the evaluation's surface metrics
     sheet_shapes: int = 6  # test shapes shown beside their reconstructions in the report

@@ -1,11 +1,12 @@
 """Meshes from an implicit field: coarse-to-fine evaluation on a grid, then marching cubes.
 
-The field is evaluated on a coarse grid of corners; each finer level (twice the resolution) starts from the
-trilinear upsampling of the previous one and evaluates exactly only the corners of cells that straddle the
-threshold or come within `band` of it (dilated by one cell). The band matters for thin parts of a learned field:
-a chair leg or a wing can peak between coarse samples, whose values then stay just below the threshold. Far from
-the surface the interpolated values keep the right side of the threshold, which is all marching cubes needs there.
-Everything is batched and vectorised in torch; no per-cell Python loop.
+The field is evaluated on a coarse frame of corners (32^3 cells); the final grid starts from the trilinear
+upsampling of the frame, and every fine corner inside a frame cell that straddles the threshold or comes within
+`band` of it is evaluated exactly, in large batches. The band matters for thin parts of a learned field: a chair leg
+or a wing can peak between frame samples, whose values then stay just below the threshold. Far from the surface the
+interpolated values keep the right side of the threshold, which is all marching cubes needs there. Everything is
+batched and vectorised in torch; no per-cell Python loop. (One refinement level: the points evaluated are those of
+the frame cells near the surface; intermediate levels would evaluate fewer and are not implemented.)
 """
 
 from __future__ import annotations
