@@ -331,7 +331,7 @@ def _add_shards_parsers(verbs) -> None:
     build.add_argument("--out", default="", help="output folder (shards.out_dir)")
     build.add_argument("--workers", type=int, default=0, help="parallel processes (shards.workers)")
     build.add_argument("--part", default="", metavar="I/N",
-                       help="build only shards I, I+N, I+2N, ... of the plan (job arrays); disjoint and deterministic")
+                       help="build only part I of N of the plan (job arrays): balanced, disjoint, deterministic")
     build.add_argument("--ray", action="store_true",
                        help="prepare inputs as Ray tasks (local, or the cluster in RAY_ADDRESS); same output")
     build.add_argument("--no-progress", action="store_true")

@@ -242,13 +242,24 @@ def _clean_stale(out: Path, plans: List[ShardPlan], mine: List[ShardPlan]) -> No
             path.unlink()  # a shard of an earlier, larger plan
 
 
+def part_of(plans: List[ShardPlan], index: int, count: int) -> List[ShardPlan]:
+    """Part `index` of `count` of the plan: shards dealt largest first to the least-loaded part (ties to the lower
+    part), so parts get about the same number of inputs; deterministic, disjoint, and together the whole plan."""
+    loads, owner = [0] * count, {}
+    for position, plan in sorted(enumerate(plans), key=lambda ip: (-len(ip[1].items), ip[0])):
+        part = min(range(count), key=lambda j: (loads[j], j))
+        owner[position] = part
+        loads[part] += len(plan.items)
+    return [plan for position, plan in enumerate(plans) if owner[position] == index]
+
+
 def build_shards(cfg: Config, *, progress: bool = True, stop_after: int = 0,
                  part: Tuple[int, int] = (0, 1), use_ray: bool = False) -> BuildResult:
     """Prepare every input of cfg.source into shards under cfg.shards.out_dir; resumes finished shards.
 
     Args:
         stop_after: finish after this many shards of this run (0: all), for tests of interrupted builds.
-        part: (index, count): build only the shards whose plan position is index modulo count (disjoint and
+        part: (index, count): build only that part of the plan (`part_of`: balanced by inputs, disjoint and
             deterministic, for job arrays); the manifest is written by whichever run finds every shard done.
         use_ray: prepare inputs as Ray tasks (a local Ray, or the cluster in RAY_ADDRESS) instead of a process pool;
             the output is the same byte for byte.
@@ -261,7 +272,7 @@ def build_shards(cfg: Config, *, progress: bool = True, stop_after: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     items, rejects, kind = discover(cfg.source)
     plans = plan_shards(items, cfg)
-    mine = [p for i, p in enumerate(plans) if i % count == index]
+    mine = part_of(plans, index, count)
     _clean_stale(out, plans, mine)
     sides = {p.name: finished(out, p) for p in plans}
     pending = [p for p in mine if sides[p.name] is None]

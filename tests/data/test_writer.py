@@ -137,3 +137,16 @@ def test_parts_build_disjoint_shards_and_the_last_writes_the_manifest(tiny_meshe
         assert (tmp_path / "parts" / tar.name).read_bytes() == tar.read_bytes()
     with pytest.raises(ValueError, match="part 2/2"):
         build_shards(cfg, progress=False, part=(2, 2))
+
+
+def test_parts_are_balanced_disjoint_and_cover_the_plan():
+    from types import SimpleNamespace
+
+    from recon3d.data.writer import part_of
+
+    plans = [SimpleNamespace(name=f"s{i}", items=[0] * n) for i, n in enumerate([16, 16, 16, 4, 4, 3])]
+    parts = [part_of(plans, i, 3) for i in range(3)]
+    names = [p.name for part in parts for p in part]
+    assert sorted(names) == sorted(p.name for p in plans)  # disjoint and complete
+    assert [sum(len(p.items) for p in part) for part in parts] == [20, 20, 19]
+    assert part_of(plans, 1, 3) == parts[1]  # deterministic
