@@ -22,7 +22,8 @@ def init_ray(address: str = "", num_cpus: Optional[int] = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        # "local": always a fresh local instance, never a cluster some other job left in /tmp/ray
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 def ray_ordered_map(jobs: List[tuple], workers: int) -> Iterator[tuple]:

@@ -109,3 +109,34 @@ def test_shards_array_writes_disjoint_parts_then_merges_and_verifies(cluster, ti
     assert ": OK" in _log(out, "merge-*.log"), logs[-4000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["samples"] == 12 and len(manifest["shards"]) == len(list(out.glob("*.tar")))
+
+
+def test_sweep_sbatch_runs_a_ray_tune_sweep_inside_the_allocation(cluster, tiny_shards, tmp_path):
+    pytest.importorskip("ray", reason="Ray is installed with the dev extra")
+    import yaml
+
+    sweep = tmp_path / "slurm-sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "base": [str(TINY)],
+        "overrides": [f"loader.shards={tiny_shards}", "train.accelerator=cpu", "loader.train_samples_per_epoch=8",
+                      "train.logger=csv"],
+        "metric": "val/iou", "mode": "max", "scheduler": "fifo", "num_samples": 2, "max_concurrent": 2,
+        "resources": {"cpu": 1}, "storage": str(tmp_path / "sweeps"),
+        "search_space": {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}}))
+    job = cluster.sbatch("--nodes=1", "--cpus-per-task=2", "--mem=2G", f"--output={tmp_path}/sweep-%j.out",
+                         str(REPO / "slurm" / "sweep.sbatch"), "-c", str(sweep), cwd=tmp_path,
+                         env={**_env(), "RAY_PORT": str(_free_port())})
+    state = cluster.wait(job, timeout=400)[job]
+    log = _log(tmp_path, "sweep-*.out")
+    assert state == "COMPLETED", log[-4000:]
+    assert "Ray head on localhost" in log
+    trials = json.loads((tmp_path / "sweeps" / "slurm-sweep" / "trials.json").read_text())
+    assert len(trials) == 2 and all(t["val/iou"] is not None for t in trials)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
