@@ -58,6 +58,25 @@ def read_latents(out_dir: str | Path, split: str) -> Tuple[List[str], np.ndarray
     return keys, np.load(out_dir / entry["codes"], allow_pickle=False)
 
 
+def read_all_latents(out_dir: str | Path) -> Tuple[List[str], np.ndarray]:
+    """Keys and codes of every split of a latents folder, train, val, test in that order (checked as read_latents).
+
+    Raises:
+        FileNotFoundError: no split has latents.
+    """
+    keys, codes = [], []
+    for split in ("train", "val", "test"):
+        try:
+            split_keys, split_codes = read_latents(out_dir, split)
+        except FileNotFoundError:
+            continue
+        keys += split_keys
+        codes.append(split_codes)
+    if not keys:
+        raise FileNotFoundError(f"{out_dir}: no exported latents (run `recon3d export-latents`)")
+    return keys, np.concatenate(codes)
+
+
 class _Repeated(torch_data.Dataset):
     """Codes (N, Z) seen `length` times per epoch (index modulo N), so an epoch can hold more steps than shapes."""
 

@@ -147,23 +147,6 @@ def mesh_code(autoencoder, path: str | Path, manifest: dict) -> Tuple[torch.Tens
     return autoencoder.model.encoder(voxels)[0], (verts, mesh.faces)
 
 
-def all_latents(latents_dir: str | Path) -> Tuple[List[str], np.ndarray]:
-    """Keys and codes of every split of an exported latents folder."""
-    from recon3d.data.latents import read_latents
-
-    keys, codes = [], []
-    for split in schema.SPLITS:
-        try:
-            split_keys, split_codes = read_latents(latents_dir, split)
-        except FileNotFoundError:
-            continue
-        keys += split_keys
-        codes.append(split_codes)
-    if not keys:
-        raise FileNotFoundError(f"{latents_dir}: no exported latents (run `recon3d export-latents`)")
-    return keys, np.concatenate(codes)
-
-
 @torch.no_grad()
 def search(query: str, ckpt: str | Path, shard_dir: str | Path, *, k: int = 5, svr_ckpt: str = "",
            rerank_lfd: int = 0, resolution: int = 64, device: str = "cpu") -> dict:
@@ -173,13 +156,14 @@ def search(query: str, ckpt: str | Path, shard_dir: str | Path, *, k: int = 5, s
 
     Returns {"query": ..., "results": [{"key", "latent_distance", ["lfd"]}], "query_mesh": (verts, faces) or None}.
     """
+    from recon3d.data.latents import read_all_latents
     from recon3d.data.writer import load_manifest
     from recon3d.engine.build import default_latents
     from recon3d.engine.inference import extract_mesh
 
     autoencoder, _ = load_any(ckpt, device)
     manifest = load_manifest(shard_dir)
-    keys, codes = all_latents(default_latents(str(shard_dir), str(ckpt)))
+    keys, codes = read_all_latents(default_latents(str(shard_dir), str(ckpt)))
     query_mesh = None
     path = Path(query)
     if path.suffix.lower() in IMAGE_SUFFIXES:

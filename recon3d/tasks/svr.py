@@ -40,20 +40,10 @@ class SVRTask(L.LightningModule):
 
     # --------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        from recon3d.data.latents import read_latents
+        from recon3d.data.latents import read_all_latents
         from recon3d.engine.inference import load_task
 
-        table, keys = [], []
-        for split in ("train", "val", "test"):
-            try:
-                split_keys, codes = read_latents(self.hparams.latents, split)
-            except FileNotFoundError:
-                continue
-            keys += split_keys
-            table.append(codes)
-        if not keys:
-            raise FileNotFoundError(f"no latents in {self.hparams.latents} (run `recon3d export-latents`)")
-        codes = np.concatenate(table)
+        keys, codes = read_all_latents(self.hparams.latents)
         if codes.shape[1] != self.hparams.latent_dim:
             raise ValueError(f"latents have size {codes.shape[1]}, the image encoder predicts "
                              f"{self.hparams.latent_dim}: set svr.latent_dim to the autoencoder's")
