@@ -16,7 +16,7 @@ from typing import Dict
 
 import numpy as np
 
-from recon3d.config import Config
+from recon3d.config import Config, GeometryConfig
 from recon3d.data import schema
 from recon3d.data.formats import RejectError, load_mesh, read_binvox, voxel_boundary_mesh
 from recon3d.data.sources import Item
@@ -73,14 +73,24 @@ class _Clock:
         self._last = now
 
 
+def normalise_for(vertices, faces, geo: GeometryConfig, up: str = "+y", front: str = "-z"):
+    """The normalisation the shards apply to a mesh: upright, centred, inside the padded stored grid."""
+    return normalise(vertices, faces, up=up, front=front, center=geo.center,
+                     half_extent=0.5 - geo.padding / geo.voxel_resolution)
+
+
+def solid_for(vertices, faces, geo: GeometryConfig):
+    """The shards' voxelisation of a normalised mesh (stored and fine grids, leak sealing)."""
+    return solid_voxels(vertices, faces, geo.voxel_resolution, geo.fine_resolution, geo.seal_voxels)
+
+
 def _mesh_members(vertices, faces, item: Item, cfg: Config, clock: _Clock) -> Dict[str, bytes]:
     geo, ren = cfg.geometry, cfg.render
     rng = item_rng(cfg.shards.seed, item.key)
-    norm = normalise(vertices, faces, up=item.up, front=item.front, center=geo.center,
-                     half_extent=0.5 - geo.padding / geo.voxel_resolution)
+    norm = normalise_for(vertices, faces, geo, item.up, item.front)
     verts = norm.apply(vertices)
     clock.lap("normalise")
-    solid = solid_voxels(verts, faces, geo.voxel_resolution, geo.fine_resolution, geo.seal_voxels)
+    solid = solid_for(verts, faces, geo)
     if not solid.coarse.any():
         raise RejectError(f"voxelised to an empty solid at {geo.voxel_resolution}^3 (shape thinner than a voxel)")
     members = {schema.VOXELS: schema.pack_voxels(solid.coarse)}

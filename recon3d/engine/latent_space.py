@@ -133,16 +133,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 @torch.no_grad()
 def mesh_code(autoencoder, path: str | Path, manifest: dict) -> Tuple[torch.Tensor, tuple]:
     """(z, (vertices, faces)) of a mesh file, voxelised exactly as the shards were (their geometry settings)."""
+    from recon3d.config import GeometryConfig
     from recon3d.data.formats import load_mesh
-    from recon3d.geometry.transform import normalise
-    from recon3d.geometry.voxelize import solid_voxels
+    from recon3d.data.prepare import normalise_for, solid_for
 
-    geo = manifest["config"]["geometry"]
+    geo = GeometryConfig(**manifest["config"]["geometry"])
     mesh = load_mesh(path)
-    norm = normalise(mesh.vertices, mesh.faces, center=geo["center"],
-                     half_extent=0.5 - geo["padding"] / geo["voxel_resolution"])
-    verts = norm.apply(mesh.vertices)
-    solid = solid_voxels(verts, mesh.faces, geo["voxel_resolution"], geo["fine_resolution"], geo["seal_voxels"])
+    verts = normalise_for(mesh.vertices, mesh.faces, geo).apply(mesh.vertices)
+    solid = solid_for(verts, mesh.faces, geo)
     voxels = torch.as_tensor(solid.coarse, dtype=torch.float32)[None, None].to(autoencoder.device)
     return autoencoder.model.encoder(voxels)[0], (verts, mesh.faces)
 
