@@ -144,19 +144,12 @@ def _svr_sheet(ckpt: Path, shards: Path, split: str, path: Path, count: int, res
     import torch
     from PIL import Image
 
-    from recon3d.data.datamodule import ShardDataModule
-    from recon3d.data.pipelines import expand_batch
-    from recon3d.engine.inference import extract_mesh
+    from recon3d.engine.inference import extract_mesh, iter_split, svr_view_options
     from recon3d.engine.reconstruct import load_svr
     from recon3d.geometry.render import render_preview
 
     svr, autoencoder = load_svr(ckpt)
-    hp = svr.hparams
-    dm = ShardDataModule(shards=str(shards), stage="image", batch_size=count, num_workers=0,
-                         crop_size=int(hp.crop_size), grayscale=int(hp.image_channels) == 1,
-                         holdout_views=int(hp.holdout_views), rank=0, world_size=1)
-    dm.setup()
-    batch = expand_batch(next(iter(dm.split_dataloader(split))))
+    batch = next(iter_split(shards, split, count, **svr_view_options(svr)))
     lines = []
     with torch.no_grad():
         codes = svr.encoder(batch["image"])

@@ -26,12 +26,14 @@ def load_task(ckpt: str | Path, device: str = "cpu"):
     return task.eval().to(device)
 
 
-def iter_split(shard_dir: str | Path, split: str, batch_size: int, *, surface: bool = False) -> Iterator[dict]:
-    """Every sample of a split once, in manifest order, as expanded batches (voxels float)."""
+def iter_split(shard_dir: str | Path, split: str, batch_size: int, *, surface: bool = False,
+               **loader) -> Iterator[dict]:
+    """Every sample of a split once, in manifest order, as expanded batches (voxels float); `loader` keywords go to
+    ShardDataModule (e.g. the image stage's, from `svr_view_options`)."""
     from recon3d.data.datamodule import ShardDataModule
     from recon3d.data.pipelines import expand_batch
 
-    dm = ShardDataModule(shards=str(shard_dir), batch_size=batch_size, num_workers=0, rank=0, world_size=1)
+    dm = ShardDataModule(shards=str(shard_dir), batch_size=batch_size, num_workers=0, rank=0, world_size=1, **loader)
     dm.setup()
     dm.set_point_resolution(dm.manifest["config"]["geometry"]["point_resolutions"][0])
     for batch in dm.split_dataloader(split, surface=surface):
@@ -188,6 +190,14 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", re
     return summary
 
 
+def svr_view_options(svr) -> dict:
+    """ShardDataModule keywords that show shapes to an image encoder as in its evaluation: its crop, channels and
+    held-out views (from the checkpoint's hyperparameters)."""
+    hp = svr.hparams
+    return {"stage": "image", "crop_size": int(hp.get("crop_size", 128)), "grayscale": int(hp.image_channels) == 1,
+            "holdout_views": int(hp.get("holdout_views", 0))}
+
+
 @torch.no_grad()
 def evaluate_svr(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", resolution: int = 32,
                  device: str = "cpu", out_dir: Optional[str | Path] = None) -> Dict[str, dict]:
@@ -195,20 +205,12 @@ def evaluate_svr(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test"
     (a held-out one when the encoder was trained with loader.holdout_views), its predicted code decoded at
     resolution^3. Voxel IoU against the stored voxels pooled to that grid; Chamfer-L2 x1000 (IM-NET) and F-score@1 %
     against the stored surface samples; latent MSE against the autoencoder's own code of the shape."""
-    from recon3d.data.datamodule import ShardDataModule
-    from recon3d.data.pipelines import expand_batch
     from recon3d.engine.reconstruct import load_svr
     from recon3d.tasks.shape_eval import decode_occupancy, surface_scores, voxel_iou
 
     svr, autoencoder = load_svr(ckpt, device)
-    hp = svr.hparams
-    dm = ShardDataModule(shards=str(shard_dir), stage="image", batch_size=8, num_workers=0,
-                         crop_size=int(hp.get("crop_size", 128)), grayscale=int(hp.image_channels) == 1,
-                         holdout_views=int(hp.get("holdout_views", 0)), rank=0, world_size=1)
-    dm.setup()
     rows = []
-    for batch in dm.split_dataloader(split):
-        batch = expand_batch(batch)
+    for batch in iter_split(shard_dir, split, 8, surface=True, **svr_view_options(svr)):
         z = svr.encoder(batch["image"].to(device))
         target = autoencoder.model.encoder(batch["voxels"].to(device))
         pred = decode_occupancy(autoencoder.model.decoder, z, resolution)
