@@ -23,7 +23,6 @@ last.ckpt.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
@@ -140,11 +139,11 @@ def _trainable(spec_dict: dict, sweep_dir: str):
 
 def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     """Run (or resume) the sweep; returns the best trial's parameters, metric and folder."""
-    from ray import tune
-
     from recon3d.raytools import init_ray
 
-    init_ray(address)
+    init_ray(address)  # first: it sets Ray's environment (no usage statistics) before anything imports ray
+    from ray import tune
+
     storage = Path(spec.storage).resolve()
     sweep_dir = storage / spec.name
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -198,5 +197,3 @@ def _yaml_lines(params: Dict[str, Any]) -> List[str]:
 
     return yaml.safe_dump(tree, sort_keys=True).splitlines()
 
-
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

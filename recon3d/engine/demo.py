@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict
 
-from recon3d.config import Config
+from recon3d.config import Config, to_dict
 from recon3d.data.writer import atomic_write
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "demo.yaml"  # the demo's embedded configuration
@@ -176,7 +176,7 @@ def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
     cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, root=str(source_root)),
                               shards=dataclasses.replace(cfg.shards, out_dir=str(run_dir / "shards"),
                                                          samples_per_shard=demo.samples_per_shard))
-    atomic_write(run_dir / "config.json", json.dumps(_config_dict(cfg), indent=1, sort_keys=True).encode())
+    atomic_write(run_dir / "config.json", json.dumps(to_dict(cfg), indent=1, sort_keys=True).encode())
     budget = {"autoencoder": demo.autoencoder_minutes, "svr": demo.svr_minutes, "gan": demo.gan_minutes}
     started = time.perf_counter()
 
@@ -233,9 +233,3 @@ def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
         if wandb_dir.is_dir():
             print(f"W&B ran offline; to upload: wandb sync {wandb_dir}/offline-run-*")
     return 0
-
-
-def _config_dict(cfg: Config) -> dict:
-    from recon3d.config import to_dict
-
-    return to_dict(cfg)
