@@ -26,6 +26,28 @@ def tiny_config(*overrides: str):
     return load_config([TINY], list(overrides))
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for gloo rendezvous, SLURM daemons, a Ray head)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tiny_sweep_file(path: Path, shards: Path, **spec) -> Path:
+    """A sweep file of short tiny-config trials on `shards`, storing under path's folder; `spec` adds or replaces
+    sweep keys (scheduler, num_samples, search_space, ...)."""
+    import yaml
+
+    base = {"base": [str(TINY)], "metric": "val/iou", "mode": "max", "max_concurrent": 2, "resources": {"cpu": 1},
+            "overrides": [f"loader.shards={shards}", "train.accelerator=cpu", "loader.train_samples_per_epoch=8",
+                          "train.logger=csv"],
+            "storage": str(path.parent / "sweeps")}
+    path.write_text(yaml.safe_dump({**base, **spec}))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_meshes(tmp_path_factory) -> Path:
     from recon3d.engine.demo import write_procedural_meshes

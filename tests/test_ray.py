@@ -7,7 +7,7 @@ import yaml
 
 from recon3d.cli import main
 from recon3d.config import load_config
-from tests.conftest import TINY, tiny_config
+from tests.conftest import TINY, tiny_config, tiny_sweep_file
 
 ray = pytest.importorskip("ray", reason="Ray is installed with the dev extra: pip install -e '.[dev]'")
 
@@ -34,14 +34,8 @@ def test_shards_built_with_ray_match_the_process_pool_byte_for_byte(tiny_meshes,
 
 
 def test_four_trial_sweep_writes_the_best_config_and_resumes(tiny_shards, tmp_path, capsys):
-    sweep = tmp_path / "tiny-sweep.yaml"
-    sweep.write_text(yaml.safe_dump({
-        "base": [str(TINY)],
-        "overrides": [f"loader.shards={tiny_shards}", "train.accelerator=cpu", "loader.train_samples_per_epoch=8",
-                      "train.logger=csv"],
-        "metric": "val/iou", "mode": "max", "scheduler": "asha", "num_samples": 4, "max_concurrent": 2,
-        "resources": {"cpu": 1}, "storage": str(tmp_path / "sweeps"),
-        "search_space": {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}, "model.latent_dim": {"choice": [8, 16]}}}))
+    sweep = tiny_sweep_file(tmp_path / "tiny-sweep.yaml", tiny_shards, scheduler="asha", num_samples=4, search_space={
+        "train.lr": {"loguniform": [1.0e-4, 1.0e-2]}, "model.latent_dim": {"choice": [8, 16]}})
     assert main(["sweep", "-c", str(sweep)]) == 0
     folder = tmp_path / "sweeps" / "tiny-sweep"
     trials = json.loads((folder / "trials.json").read_text())

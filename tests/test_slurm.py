@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.cluster.slurm import LocalSlurm, missing
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, free_port, tiny_sweep_file
 
 pytestmark = pytest.mark.slurm
 
@@ -34,12 +34,17 @@ def _log(folder: Path, pattern: str) -> str:
     return "\n".join(p.read_text(errors="replace") for p in sorted(folder.glob(pattern)))
 
 
+def _submit_train(cluster, tmp_path: Path, name: str, *train_args: str, tasks: int = 1, sbatch_args=()) -> int:
+    """slurm/train.sbatch on the tiny config, one CPU per task, its log in tmp_path/<name>-<job>.out."""
+    return cluster.sbatch(f"--ntasks-per-node={tasks}", "--cpus-per-task=1", f"--output={tmp_path}/{name}-%j.out",
+                          *sbatch_args, str(REPO / "slurm" / "train.sbatch"), "-c", str(TINY), *train_args,
+                          cwd=tmp_path, env=_env())
+
+
 def test_train_sbatch_runs_a_two_task_ddp_job(cluster, tiny_shards, tmp_path):
     run_dir = tmp_path / "run"
-    job = cluster.sbatch("--ntasks-per-node=2", "--cpus-per-task=1", f"--output={tmp_path}/train-%j.out",
-                         str(REPO / "slurm" / "train.sbatch"), "-c", str(TINY), "--shards", str(tiny_shards),
-                         "--run-dir", str(run_dir), "train.accelerator=cpu", "train.strategy=ddp",
-                         "loader.train_samples_per_epoch=8", cwd=tmp_path, env=_env())
+    job = _submit_train(cluster, tmp_path, "train", "--shards", str(tiny_shards), "--run-dir", str(run_dir),
+                        "train.accelerator=cpu", "train.strategy=ddp", "loader.train_samples_per_epoch=8", tasks=2)
     state = cluster.wait(job, timeout=400)[job]
     log = _log(tmp_path, "train-*.out")
     assert state == "COMPLETED", log[-4000:]
@@ -50,19 +55,15 @@ def test_train_sbatch_runs_a_two_task_ddp_job(cluster, tiny_shards, tmp_path):
 
 
 def test_train_sbatch_refuses_more_tasks_than_gpus(cluster, tmp_path):
-    job = cluster.sbatch("--ntasks-per-node=2", "--cpus-per-task=1", f"--output={tmp_path}/bad-%j.out",
-                         "--export=ALL,SLURM_GPUS_ON_NODE=1",
-                         str(REPO / "slurm" / "train.sbatch"), "-c", str(TINY), cwd=tmp_path, env=_env())
+    job = _submit_train(cluster, tmp_path, "bad", tasks=2, sbatch_args=["--export=ALL,SLURM_GPUS_ON_NODE=1"])
     assert cluster.wait(job, timeout=120)[job] == "FAILED"
     assert "2 tasks per node but only 1 GPU(s): use --ntasks-per-node=1" in _log(tmp_path, "bad-*.out")
 
 
 def test_preempted_job_checkpoints_requeues_and_resumes_at_the_same_step(cluster, tiny_shards, tmp_path):
     run_dir = tmp_path / "run"
-    job = cluster.sbatch("--ntasks-per-node=1", "--cpus-per-task=1", f"--output={tmp_path}/requeue-%j.out",
-                         str(REPO / "slurm" / "train.sbatch"), "-c", str(TINY), "--shards", str(tiny_shards),
-                         "--run-dir", str(run_dir), "train.accelerator=cpu", "train.phase_epochs=[2,14]",
-                         "loader.train_samples_per_epoch=8", cwd=tmp_path, env=_env())
+    job = _submit_train(cluster, tmp_path, "requeue", "--shards", str(tiny_shards), "--run-dir", str(run_dir),
+                        "train.accelerator=cpu", "train.phase_epochs=[2,14]", "loader.train_samples_per_epoch=8")
     metrics = run_dir / "logs" / "version_0" / "metrics.csv"
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until training is well under way
@@ -113,19 +114,11 @@ def test_shards_array_writes_disjoint_parts_then_merges_and_verifies(cluster, ti
 
 def test_sweep_sbatch_runs_a_ray_tune_sweep_inside_the_allocation(cluster, tiny_shards, tmp_path):
     pytest.importorskip("ray", reason="Ray is installed with the dev extra")
-    import yaml
-
-    sweep = tmp_path / "slurm-sweep.yaml"
-    sweep.write_text(yaml.safe_dump({
-        "base": [str(TINY)],
-        "overrides": [f"loader.shards={tiny_shards}", "train.accelerator=cpu", "loader.train_samples_per_epoch=8",
-                      "train.logger=csv"],
-        "metric": "val/iou", "mode": "max", "scheduler": "fifo", "num_samples": 2, "max_concurrent": 2,
-        "resources": {"cpu": 1}, "storage": str(tmp_path / "sweeps"),
-        "search_space": {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}}))
+    sweep = tiny_sweep_file(tmp_path / "slurm-sweep.yaml", tiny_shards, scheduler="fifo", num_samples=2,
+                            search_space={"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}})
     job = cluster.sbatch("--nodes=1", "--cpus-per-task=2", "--mem=2G", f"--output={tmp_path}/sweep-%j.out",
                          str(REPO / "slurm" / "sweep.sbatch"), "-c", str(sweep), cwd=tmp_path,
-                         env={**_env(), "RAY_PORT": str(_free_port())})
+                         env={**_env(), "RAY_PORT": str(free_port())})
     state = cluster.wait(job, timeout=400)[job]
     log = _log(tmp_path, "sweep-*.out")
     assert state == "COMPLETED", log[-4000:]
@@ -133,10 +126,3 @@ def test_sweep_sbatch_runs_a_ray_tune_sweep_inside_the_allocation(cluster, tiny_
     trials = json.loads((tmp_path / "sweeps" / "slurm-sweep" / "trials.json").read_text())
     assert len(trials) == 2 and all(t["val/iou"] is not None for t in trials)
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from tests.conftest import free_port
+
 CONF = """ClusterName=recon3d-test
 SlurmctldHost=localhost
 SlurmUser=root
@@ -62,13 +64,6 @@ class LocalSlurm:
         self.procs: List[subprocess.Popen] = []
         self.env: Dict[str, str] = {}
 
-    def _port(self) -> int:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-
     def _munge(self) -> None:
         if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode == 0:
             return
@@ -90,7 +85,7 @@ class LocalSlurm:
         for sub in ("state", "spool", "log"):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
         self.conf.write_text(CONF.format(state=self.state, cpus=self.cpus, memory=self.memory_mb,
-                                         ctld_port=self._port(), d_port=self._port()))
+                                         ctld_port=free_port(), d_port=free_port()))
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
         for name in [k for k in self.env if k.startswith("SLURM_") and k != "SLURM_CONF"]:
             del self.env[name]

@@ -1,18 +1,12 @@
 """Real process groups (gloo, 2 ranks): ranks are detected from torch.distributed, not passed in."""
 
 import json
-import socket
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from recon3d.data.datamodule import ShardDataModule
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import free_port
 
 
 def _rank_main(rank, world, port, shards, out):
@@ -33,7 +27,7 @@ def _rank_main(rank, world, port, shards, out):
 
 
 def test_two_gloo_ranks_split_the_epoch(tiny_shards, tmp_path):
-    mp.start_processes(_rank_main, args=(2, _free_port(), str(tiny_shards), str(tmp_path)), nprocs=2,
+    mp.start_processes(_rank_main, args=(2, free_port(), str(tiny_shards), str(tmp_path)), nprocs=2,
                        start_method="fork")  # as under srun or Lightning's launcher: workers fork
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [(r["train_batches"], r["train_len"]) for r in results] == [(3, 3), (3, 3)]  # ceil(10 / (2 x 2))
