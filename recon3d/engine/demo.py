@@ -162,11 +162,40 @@ def _svr_sheet(ckpt: Path, shards: Path, split: str, path: Path, count: int, res
     return path
 
 
-def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
-    """Run (or resume) the whole method in cfg.demo.out_dir; returns a process exit code."""
+def _shards_stage(cfg: Config, run_dir: Path, progress: bool) -> dict:
+    """Build (or finish) the shards, verify every member, write the contact sheet."""
     from recon3d.data.contact_sheet import contact_sheet
     from recon3d.data.verify import summarise, verify_shards
     from recon3d.data.writer import build_shards
+
+    result = build_shards(cfg, progress=progress)
+    report = verify_shards(cfg.shards.out_dir)
+    if not report.ok:
+        raise RuntimeError(f"{cfg.shards.out_dir}: verify found {len(report.problems)} problem(s), first: "
+                           f"{report.problems[0]}")
+    contact_sheet(cfg.shards.out_dir, run_dir / "contact_sheet.png", count=min(10, result.manifest["samples"]))
+    _say(summarise(cfg.shards.out_dir))
+    return {"samples": result.manifest["samples"], "rejects": result.manifest.get("rejects", 0)}
+
+
+def _run_stages(log: StageLog, work: Dict[str, Callable[[], dict]], budget: Dict[str, float]) -> None:
+    """Run every stage not finished in an earlier run (the report always), announcing each with the time left."""
+    for number, name in enumerate(STAGES, 1):
+        if name == "report" or not log.done(name):
+            left = sum(budget.get(s, 0.5) for s in STAGES[number - 1:] if not log.done(s))
+            cap = f", at most {budget[name]:g} min" if name in budget else ""
+            _say(f"[{number}/{len(STAGES)}] {name}{cap} (about {left:.0f} min left in the demo)")
+            stage_started = time.perf_counter()
+            info = work[name]()
+            log.finish(name, time.perf_counter() - stage_started, **info)
+        else:
+            _say(f"[{number}/{len(STAGES)}] {name}: done in an earlier run ({log.stages[name]['seconds']:.0f} s)")
+
+
+def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
+    """Run (or resume) the whole method in cfg.demo.out_dir; returns a process exit code."""
+    from recon3d.engine.inference import export_latents
+    from recon3d.engine.report import write_report
 
     run_dir = Path(cfg.demo.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -180,52 +209,22 @@ def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
     budget = {"autoencoder": demo.autoencoder_minutes, "svr": demo.svr_minutes, "gan": demo.gan_minutes}
     started = time.perf_counter()
 
-    def shards_stage() -> dict:
-        result = build_shards(cfg, progress=progress)
-        report = verify_shards(cfg.shards.out_dir)
-        if not report.ok:
-            raise RuntimeError(f"{cfg.shards.out_dir}: verify found {len(report.problems)} problem(s), first: "
-                               f"{report.problems[0]}")
-        contact_sheet(cfg.shards.out_dir, run_dir / "contact_sheet.png", count=min(10, result.manifest["samples"]))
-        _say(summarise(cfg.shards.out_dir))
-        return {"samples": result.manifest["samples"], "rejects": result.manifest.get("rejects", 0)}
-
     def checkpoint(stage: str) -> str:
         """The checkpoint a finished training stage handed on (its best by its validation metric)."""
         return log.stages[stage]["checkpoint"]
 
-    def latents_stage() -> dict:
-        from recon3d.engine.inference import export_latents
-
-        return {"folder": str(export_latents(checkpoint("autoencoder"),
-                                             run_dir / "shards"))}
-
-    def report_stage() -> dict:
-        from recon3d.engine.report import write_report
-
-        return {"path": str(write_report(run_dir))}
-
     work: Dict[str, Callable[[], dict]] = {
         "meshes": lambda: {"source": str(source_root), "written": 0 if meshes else write_procedural_meshes(
             source_root, demo.categories, demo.shapes_per_category)},
-        "shards": shards_stage,
+        "shards": lambda: _shards_stage(cfg, run_dir, progress),
         "autoencoder": lambda: _train(stage_configs(cfg, run_dir)["autoencoder"], progress),
-        "latents": latents_stage,
+        "latents": lambda: {"folder": str(export_latents(checkpoint("autoencoder"), run_dir / "shards"))},
         "svr": lambda: _train(stage_configs(cfg, run_dir, checkpoint("autoencoder"))["svr"], progress),
         "gan": lambda: _train(stage_configs(cfg, run_dir, checkpoint("autoencoder"))["gan"], progress),
         "evaluate": lambda: _evaluate(cfg, run_dir, {s: checkpoint(s) for s in ("autoencoder", "svr", "gan")}),
-        "report": report_stage,
+        "report": lambda: {"path": str(write_report(run_dir))},
     }
-    for number, name in enumerate(STAGES, 1):
-        if name == "report" or not log.done(name):
-            left = sum(budget.get(s, 0.5) for s in STAGES[number - 1:] if not log.done(s))
-            cap = f", at most {budget[name]:g} min" if name in budget else ""
-            _say(f"[{number}/{len(STAGES)}] {name}{cap} (about {left:.0f} min left in the demo)")
-            stage_started = time.perf_counter()
-            info = work[name]()
-            log.finish(name, time.perf_counter() - stage_started, **info)
-        else:
-            _say(f"[{number}/{len(STAGES)}] {name}: done in an earlier run ({log.stages[name]['seconds']:.0f} s)")
+    _run_stages(log, work, budget)
     print(f"\nrun folder: {run_dir} ({time.perf_counter() - started:.0f} s this run)")
     print(f"report: {log.stages['report']['path']}")
     for name in budget:
