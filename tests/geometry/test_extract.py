@@ -52,7 +52,7 @@ def test_empty_field_gives_an_empty_mesh():
 
 
 def test_resolution_must_be_a_multiple_of_the_frame():
-    with pytest.raises(ValueError, match="multiple of coarse"):
+    with pytest.raises(ValueError, match="power of two"):
         coarse_to_fine_grid(sphere_field, 100, coarse=32)
 
 
