@@ -14,8 +14,10 @@ from typing import Any, Dict, List, Sequence
 
 AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
 SOURCE_KINDS = ("auto", "folder", "shapenet", "modelnet", "binvox", "imnet_hdf5")
-STAGES = ("autoencoder", "image")
-TRAIN_STAGES = ("autoencoder", "svr", "gan")
+STAGES = ("autoencoder", "image", "volume", "stereo")
+TRAIN_STAGES = ("autoencoder", "svr", "gan", "vrn", "stereo")
+# the loader stage each training stage reads
+LOADER_STAGE = {"autoencoder": "autoencoder", "svr": "image", "gan": "", "vrn": "volume", "stereo": "stereo"}
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 
 
@@ -98,6 +100,8 @@ class RenderConfig:
     color: List[float] = field(default_factory=lambda: [0.72, 0.72, 0.75])  # albedo RGB in [0, 1]
     ambient: float = 0.25  # ambient light fraction
     light_offset: List[float] = field(default_factory=lambda: [0.3, 0.6, 0.0])  # light = camera + offset (camera frame)
+    stereo_baseline: float = 0.0  # >0: also render a right-eye view per view, the camera moved this far (world
+    # units) along its own x axis (a rectified pair: same orientation and lens, the light kept in place)
 
     def __post_init__(self) -> None:
         _check(self.views >= 0, "render.views must be >= 0")
@@ -108,6 +112,7 @@ class RenderConfig:
         _check(self.distance_range[0] > 0.9, "render.distance_range must keep the camera outside the unit cube (> 0.9)")
         _check(self.supersample in (1, 2, 3, 4), "render.supersample must be 1..4")
         _check(len(self.color) == 3 and len(self.light_offset) == 3, "render.color and render.light_offset take 3 values")
+        _check(self.stereo_baseline >= 0, "render.stereo_baseline must be >= 0")
 
 
 @dataclass
@@ -128,16 +133,19 @@ class ShardConfig:
 @dataclass
 class LoaderConfig:
     shards: str = "shards/demo"  # folder holding manifest.json
-    stage: str = "autoencoder"  # autoencoder (voxels + points) | image (one view + camera)
+    stage: str = "autoencoder"  # autoencoder (voxels + points) | image (one view + camera) | volume (a view + its
+    # view-aligned occupancy, for VRN) | stereo (a left/right pair, needs render.stereo_baseline > 0 in the shards)
     batch_size: int = 16  # samples per batch per process
     num_workers: int = 2  # DataLoader worker processes per rank
     point_resolution: int = 16  # which point set the autoencoder stage reads (16, 32 or 64)
     points_per_sample: int = 0  # random subset of the point set per sample (0: all)
     crop_size: int = 128  # image stage: random crop in training, centre crop in evaluation
-    flip: bool = True  # image stage: random horizontal flip in training
+    flip: bool = True  # image and volume stages: random horizontal flip in training (never for stereo pairs)
     grayscale: bool = True  # image stage: one channel (as IM-NET) or RGB, composited on white
-    holdout_views: int = 0  # image stage: the last N views of every shape are never trained on; evaluation reads
-    # the last one (0: train on all views, evaluate view 0)
+    volume_depth: int = 32  # volume stage: depth slices of the view-aligned occupancy (its height and width are
+    # crop_size / 4, the hourglass's output grid)
+    holdout_views: int = 0  # image, volume and stereo stages: the last N views of every shape are never trained
+    # on; evaluation reads the last one (0: train on all views, evaluate view 0)
     train_samples_per_epoch: int = 0  # resampled training epoch length over all ranks (0: the train split size)
     shuffle_buffer: int = 64  # per-worker shuffle buffer for training samples
     persistent_workers: bool = True  # keep DataLoader workers between epochs (start-up costs seconds each)
@@ -148,6 +156,7 @@ class LoaderConfig:
         _check(self.batch_size >= 1 and self.num_workers >= 0, "loader.batch_size >= 1 and loader.num_workers >= 0")
         _check(self.point_resolution in (8, 16, 32, 64, 128, 256), "loader.point_resolution must be a power of 2, 8..256")
         _check(self.crop_size >= 8, "loader.crop_size must be >= 8")
+        _check(self.volume_depth >= 2, "loader.volume_depth must be >= 2")
 
 
 @dataclass
@@ -209,8 +218,42 @@ class GANConfig:
 
 
 @dataclass
+class VRNConfig:
+    stacks: int = 2  # hourglasses in sequence, each supervised (VRN)
+    width: int = 128  # channels inside the hourglasses
+    hourglass_levels: int = 3  # down/up-sampling steps per hourglass (from the crop_size / 4 grid)
+    epochs: int = 40  # training epochs
+    lr: float = 2.5e-4  # RMSprop in VRN; Adam here (lr, betas below)
+    beta1: float = 0.9  # Adam beta1
+    beta2: float = 0.999  # Adam beta2
+
+    def __post_init__(self) -> None:
+        _check(self.stacks >= 1 and self.width >= 4 and self.hourglass_levels >= 1, "vrn.stacks/width/levels >= 1")
+        _check(self.epochs >= 1 and self.lr > 0, "vrn.epochs >= 1 and vrn.lr > 0")
+
+
+@dataclass
+class StereoConfig:
+    disparity_levels: int = 33  # disparity planes of the per-pixel softmax (Deep3D: 33)
+    disparity_min: float = 0.0  # smallest disparity in pixels of the input image (right(x) = left(x + d))
+    disparity_max: float = 16.0  # largest disparity in pixels
+    widths: List[int] = field(default_factory=lambda: [32, 64, 128, 256])  # feature channels per scale (each /2)
+    epochs: int = 40  # training epochs
+    lr: float = 2e-4  # Adam learning rate
+    beta1: float = 0.9  # Adam beta1
+    beta2: float = 0.999  # Adam beta2
+
+    def __post_init__(self) -> None:
+        _check(self.disparity_levels >= 2 and self.disparity_max > self.disparity_min,
+               "stereo: disparity_levels >= 2 and disparity_max > disparity_min")
+        _check(len(self.widths) >= 1 and min(self.widths) >= 1, "stereo.widths: at least one scale")
+        _check(self.epochs >= 1 and self.lr > 0, "stereo.epochs >= 1 and stereo.lr > 0")
+
+
+@dataclass
 class TrainConfig:
-    stage: str = "autoencoder"  # autoencoder | svr (image encoder, needs svr.autoencoder_ckpt) | gan (latent GAN)
+    stage: str = "autoencoder"  # autoencoder | svr (image encoder, needs svr.autoencoder_ckpt) | gan (latent GAN) |
+    # vrn (image -> view-aligned volume, loader.stage=volume) | stereo (Deep3D, loader.stage=stereo)
     run_dir: str = "runs/autoencoder"  # checkpoints/, logs/, wandb/, reconstructions/ go here
     point_resolutions: List[int] = field(default_factory=lambda: [16, 32, 64])  # progressive phases (IM-NET)
     phase_epochs: List[int] = field(default_factory=lambda: [20, 20, 40])  # epochs per phase
@@ -288,12 +331,14 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     svr: SVRConfig = field(default_factory=SVRConfig)
     gan: GANConfig = field(default_factory=GANConfig)
+    vrn: VRNConfig = field(default_factory=VRNConfig)
+    stereo: StereoConfig = field(default_factory=StereoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
 SAFE_GLOBALS = [Config, SourceConfig, GeometryConfig, RenderConfig, ShardConfig, LoaderConfig, ModelConfig,
-                SVRConfig, GANConfig, TrainConfig, DemoConfig]
+                SVRConfig, GANConfig, VRNConfig, StereoConfig, TrainConfig, DemoConfig]
 # (registered with torch's weights_only loader by recon3d.engine.build)
 
 

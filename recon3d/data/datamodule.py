@@ -9,8 +9,9 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from recon3d.config import LoaderConfig
-from recon3d.data.pipelines import (AutoencoderDecoder, EvalStream, ImageDecoder, ShardInfo, TrainStream,
-                                    autoencoder_members, expand_batch, image_eval_members, image_members)
+from recon3d.data.pipelines import (AutoencoderDecoder, EvalStream, ImageDecoder, ShardInfo, StereoDecoder,
+                                    TrainStream, VolumeDecoder, autoencoder_members, expand_batch, image_eval_members,
+                                    image_members, stereo_members)
 from recon3d.data.writer import load_manifest
 
 
@@ -19,14 +20,16 @@ class ShardDataModule(L.LightningDataModule):
 
     The autoencoder stage gives voxels (B, 1, R, R, R), points (B, P, 3) and values (B, P, 1) at
     `point_resolution`; `set_point_resolution` switches it between phases of progressive training. The image stage
-    gives image (B, C, crop, crop), view (B,), camera_k (B, 3, 3), camera_rt (B, 3, 4) and voxels. Loaders carry
+    gives image (B, C, crop, crop), view (B,), camera_k (B, 3, 3), camera_rt (B, 3, 4) and voxels; the volume stage
+    the same without voxels but with volume (B, D, crop/4, crop/4), the view-aligned occupancy; the stereo stage
+    left and right (B, C, crop, crop) and mean_disparity (B,). Loaders carry
     voxels, values and point indices as uint8 (4x less to move from workers and to the GPU); Lightning calls
     `on_after_batch_transfer`, which expands them to float32 on the device. Outside Lightning call `expand_batch`.
     """
 
     def __init__(self, *, shards: str, stage: str = "autoencoder", batch_size: int = 16, num_workers: int = 2,
                  point_resolution: int = 16, points_per_sample: int = 0, crop_size: int = 128, flip: bool = True,
-                 grayscale: bool = True, holdout_views: int = 0, train_samples_per_epoch: int = 0,
+                 grayscale: bool = True, volume_depth: int = 32, holdout_views: int = 0, train_samples_per_epoch: int = 0,
                  shuffle_buffer: int = 64,
                  persistent_workers: bool = True, seed: int = 0, rank: Optional[int] = None,
                  world_size: Optional[int] = None) -> None:
@@ -39,6 +42,7 @@ class ShardDataModule(L.LightningDataModule):
         self.points_per_sample = points_per_sample
         self.crop_size, self.flip, self.grayscale = crop_size, flip, grayscale
         self.holdout_views = holdout_views
+        self.volume_depth = volume_depth
         self.train_samples_per_epoch = train_samples_per_epoch
         self.shuffle_buffer = shuffle_buffer
         self.persistent_workers = persistent_workers
@@ -49,7 +53,8 @@ class ShardDataModule(L.LightningDataModule):
     @classmethod
     def from_config(cls, cfg: LoaderConfig, **kwargs) -> "ShardDataModule":
         fields = {k: getattr(cfg, k) for k in ("shards", "stage", "batch_size", "num_workers", "point_resolution",
-                                               "points_per_sample", "crop_size", "flip", "grayscale", "holdout_views",
+                                               "points_per_sample", "crop_size", "flip", "grayscale", "volume_depth",
+                                               "holdout_views",
                                                "train_samples_per_epoch", "shuffle_buffer", "persistent_workers",
                                                "seed")}
         return cls(**fields, **kwargs)
@@ -58,7 +63,10 @@ class ShardDataModule(L.LightningDataModule):
         self.manifest = load_manifest(self.shard_dir)
         stored = self.manifest["config"]["geometry"]["point_resolutions"]
         views = int(self.manifest["config"]["render"]["views"])
-        if self.stage == "image" and views <= self.holdout_views:
+        if self.stage == "stereo" and not self.manifest["config"]["render"].get("stereo_baseline"):
+            raise ValueError(f"{self.shard_dir}: loader.stage=stereo needs right-eye views; these shards were built "
+                             f"with render.stereo_baseline=0 (rebuild with e.g. render.stereo_baseline=0.1)")
+        if self.stage != "autoencoder" and views <= self.holdout_views:
             raise ValueError(f"{self.shard_dir}: loader.holdout_views={self.holdout_views} but the shards hold "
                              f"{views} views per shape; none would be left to train on")
         if self.stage == "autoencoder" and self.manifest["source"]["kind"] != "imnet_hdf5" and \
@@ -82,12 +90,18 @@ class ShardDataModule(L.LightningDataModule):
     def _decoder(self):
         if self.stage == "autoencoder":
             return AutoencoderDecoder(self.point_resolution, self.points_per_sample)
+        if self.stage == "volume":
+            return VolumeDecoder(self.crop_size, self.flip, self.grayscale, self.holdout_views, self.volume_depth)
+        if self.stage == "stereo":
+            return StereoDecoder(self.crop_size, self.grayscale, self.holdout_views)
         return ImageDecoder(self.crop_size, self.flip, self.grayscale, self.holdout_views)
 
     def _members(self, evaluation: bool = False):
         if self.stage == "autoencoder":
             return autoencoder_members(self.point_resolution, surface=evaluation)
-        return image_eval_members if evaluation else image_members
+        if self.stage == "stereo":
+            return stereo_members
+        return image_eval_members if evaluation and self.stage == "image" else image_members
 
     def _loader(self, dataset) -> DataLoader:
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,

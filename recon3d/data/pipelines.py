@@ -96,7 +96,12 @@ def autoencoder_members(resolution: int, surface: bool = False) -> Callable[[str
 
 
 def image_members(suffix: str) -> bool:
-    return not suffix.startswith(("points_", "values_", "surface_")) and suffix != schema.VOXELS_FINE
+    return not suffix.startswith(("points_", "values_", "surface_", "right_")) and suffix not in (
+        schema.VOXELS_FINE, schema.CAMERA_RT_RIGHT)
+
+
+def stereo_members(suffix: str) -> bool:
+    return suffix.startswith(("view_", "right_")) or suffix in (schema.META, schema.CAMERA_K, schema.CAMERA_RT)
 
 
 def image_eval_members(suffix: str) -> bool:
@@ -122,13 +127,14 @@ def decode_autoencoder(raw: Dict[str, bytes], resolution: int, points: int, rng:
 
 def expand_batch(batch: dict) -> dict:
     """Turn a compact batch into model inputs, on whatever device it now lives on (float32 everywhere):
-    voxels (B, 1, R, R, R) in {0, 1}; points (B, P, 3) in [-0.5, 0.5]; values (B, P, 1) in {0, 1}."""
+    voxels (B, 1, R, R, R) and volume (B, D, H, W) in {0, 1}; points (B, P, 3) in [-0.5, 0.5]; values (B, P, 1) in {0, 1}."""
     if "point_index" in batch:
         grid = batch.pop("point_grid").to(torch.float32).view(-1, 1, 1)
         batch["points"] = (batch.pop("point_index").to(torch.float32) + 0.5) / grid - 0.5
         batch["values"] = batch["values"].to(torch.float32)
-    if "voxels" in batch:
-        batch["voxels"] = batch["voxels"].to(torch.float32)
+    for name in ("voxels", "volume"):
+        if name in batch:
+            batch[name] = batch[name].to(torch.float32)
     return batch
 
 
@@ -147,28 +153,32 @@ def to_float_image(image: np.ndarray, grayscale: bool) -> np.ndarray:
     return np.ascontiguousarray(img.transpose(2, 0, 1))
 
 
-def decode_image(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, grayscale: bool,
-                 rng: random.Random, holdout_views: int = 0) -> dict:
-    """One view: image (C, crop, crop), its index, camera K/[R|t] adjusted for crop and flip, and the voxels.
-
-    Training draws a random view among the first (views - holdout_views); evaluation reads view 0, or with
-    holdout_views > 0 the last view, one that training never saw.
-    """
-    views = sorted(k for k in raw if schema.is_view_member(k))
-    if len(views) <= holdout_views:
-        raise ValueError(f"sample has {len(views)} views; {holdout_views} held out leaves none to train on")
+def _pick_view(count: int, train: bool, holdout_views: int, rng: random.Random) -> int:
+    """Training draws among the first (count - holdout_views) views; evaluation reads view 0, or with
+    holdout_views > 0 the last view, one that training never saw."""
+    if count <= holdout_views:
+        raise ValueError(f"sample has {count} views; {holdout_views} held out leaves none to train on")
     if train:
-        view = rng.randrange(len(views) - holdout_views)
-    else:
-        view = len(views) - 1 if holdout_views else 0
-    image = to_float_image(schema.load_png(raw[views[view]]), grayscale)
-    height, width = image.shape[1:]
+        return rng.randrange(count - holdout_views)
+    return count - 1 if holdout_views else 0
+
+
+def _crop_origin(height: int, width: int, crop: int, train: bool, rng: random.Random) -> tuple[int, int]:
     if crop > min(height, width):
         raise ValueError(f"crop {crop} larger than the {height}x{width} view")
     if train:
-        y0, x0 = rng.randint(0, height - crop), rng.randint(0, width - crop)
-    else:
-        y0, x0 = (height - crop) // 2, (width - crop) // 2
+        return rng.randint(0, height - crop), rng.randint(0, width - crop)
+    return (height - crop) // 2, (width - crop) // 2
+
+
+def decode_image(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, grayscale: bool,
+                 rng: random.Random, holdout_views: int = 0) -> dict:
+    """One view (see `_pick_view`): image (C, crop, crop), its index, camera K/[R|t] adjusted for crop and flip,
+    and the voxels."""
+    views = sorted(k for k in raw if schema.is_view_member(k))
+    view = _pick_view(len(views), train, holdout_views, rng)
+    image = to_float_image(schema.load_png(raw[views[view]]), grayscale)
+    y0, x0 = _crop_origin(*image.shape[1:], crop, train, rng)
     image = image[:, y0:y0 + crop, x0:x0 + crop]
     has_camera = schema.CAMERA_K in raw
     if has_camera:
@@ -190,6 +200,44 @@ def decode_image(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, gray
     return out
 
 
+def decode_volume(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, grayscale: bool, rng: random.Random,
+                  holdout_views: int, depth: int) -> dict:
+    """A view as `decode_image` gives it, plus volume (depth, crop/4, crop/4) uint8: the shape's occupancy in that
+    view's frustum (rows and columns follow the crop, flip included; slices follow camera depth), derived here from
+    the stored voxels and camera, so shards need not store it."""
+    out = decode_image(raw, crop, train, flip, grayscale, rng, holdout_views)
+    if not out["has_camera"]:
+        raise ValueError("sample has no cameras: the view-aligned volume needs them")
+    from recon3d.geometry.camera import view_aligned_occupancy
+
+    voxels = out.pop("voxels")[0].astype(bool)
+    out["volume"] = view_aligned_occupancy(voxels, out["camera_k"].astype(np.float64),
+                                           out["camera_rt"].astype(np.float64), crop, crop // 4,
+                                           depth).view(np.uint8)
+    return out
+
+
+def decode_stereo(raw: Dict[str, bytes], crop: int, train: bool, grayscale: bool, rng: random.Random,
+                  holdout_views: int = 0) -> dict:
+    """A rectified pair: left, right (C, crop, crop) in [0, 1], the same crop of both (never flipped: a mirrored
+    pair would be a right/left pair), and mean_disparity (): f * baseline / camera distance in pixels, the
+    disparity of the object's centre (the "shift by the mean disparity" baseline)."""
+    meta = schema.decode_meta(raw)
+    if not meta.get("stereo_baseline"):
+        raise ValueError("sample has no right-eye views (shards built with render.stereo_baseline=0)")
+    views = sorted(k for k in raw if schema.is_view_member(k))
+    view = _pick_view(len(views), train, holdout_views, rng)
+    left = to_float_image(schema.load_png(raw[views[view]]), grayscale)
+    right = to_float_image(schema.load_png(raw[schema.right_view_member(view)]), grayscale)
+    y0, x0 = _crop_origin(*left.shape[1:], crop, train, rng)
+    focal = float(schema.load_npy(raw[schema.CAMERA_K])[view][0, 0])
+    distance = float(np.linalg.norm(schema.load_npy(raw[schema.CAMERA_RT])[view][:, 3]))
+    return {"key": raw["__key__"], "view": view,
+            "left": np.ascontiguousarray(left[:, y0:y0 + crop, x0:x0 + crop]),
+            "right": np.ascontiguousarray(right[:, y0:y0 + crop, x0:x0 + crop]),
+            "mean_disparity": np.float32(focal * meta["stereo_baseline"] / distance)}
+
+
 class AutoencoderDecoder:
     """Picklable per-stage decoder (workers import only this module: no Lightning in worker start-up)."""
 
@@ -207,6 +255,23 @@ class ImageDecoder:
 
     def __call__(self, raw: dict, rng: random.Random, train: bool) -> dict:
         return decode_image(raw, self.crop, train, self.flip, self.grayscale, rng, self.holdout_views)
+
+
+class VolumeDecoder(ImageDecoder):
+    def __init__(self, crop: int, flip: bool, grayscale: bool, holdout_views: int, depth: int) -> None:
+        super().__init__(crop, flip, grayscale, holdout_views)
+        self.depth = depth
+
+    def __call__(self, raw: dict, rng: random.Random, train: bool) -> dict:
+        return decode_volume(raw, self.crop, train, self.flip, self.grayscale, rng, self.holdout_views, self.depth)
+
+
+class StereoDecoder:
+    def __init__(self, crop: int, grayscale: bool, holdout_views: int = 0) -> None:
+        self.crop, self.grayscale, self.holdout_views = crop, grayscale, holdout_views
+
+    def __call__(self, raw: dict, rng: random.Random, train: bool) -> dict:
+        return decode_stereo(raw, self.crop, train, self.grayscale, rng, self.holdout_views)
 
 
 def collate(samples: List[dict]) -> dict:

@@ -20,7 +20,7 @@ from recon3d.config import Config, GeometryConfig
 from recon3d.data import schema
 from recon3d.data.formats import RejectError, load_mesh, read_binvox, voxel_boundary_mesh
 from recon3d.data.sources import Item
-from recon3d.geometry.camera import sample_views
+from recon3d.geometry.camera import right_eye, sample_views
 from recon3d.geometry.metrics import sample_surface
 from recon3d.geometry.render import render_views
 from recon3d.geometry.sampling import sample_points
@@ -110,10 +110,17 @@ def _mesh_members(vertices, faces, item: Item, cfg: Config, clock: _Clock) -> Di
     views = sample_views(ren.views, rng, size=ren.image_size, azimuth_range=ren.azimuth_range,
                          elevation_range=ren.elevation_range, distance_range=ren.distance_range,
                          focal_px=ren.focal_px, padding_px=ren.padding_px)
-    images = render_views(verts, faces, views, supersample=ren.supersample, color=ren.color, ambient=ren.ambient,
-                          light_offset=ren.light_offset)
+    shading = dict(supersample=ren.supersample, color=ren.color, ambient=ren.ambient)
+    images = render_views(verts, faces, views, light_offset=ren.light_offset, **shading)
     for i, image in enumerate(images):
         members[schema.view_member(i)] = schema.png_bytes(image)
+    if ren.stereo_baseline > 0 and len(views):
+        right = right_eye(views, ren.stereo_baseline)
+        # the light is placed relative to the camera: shift it back so both eyes see the same lighting
+        light = [ren.light_offset[0] - ren.stereo_baseline, *ren.light_offset[1:]]
+        for i, image in enumerate(render_views(verts, faces, right, light_offset=light, **shading)):
+            members[schema.right_view_member(i)] = schema.png_bytes(image)
+        members[schema.CAMERA_RT_RIGHT] = schema.npy_bytes(right.extrinsics.astype(np.float32))
     if len(views):
         members[schema.CAMERA_POSE] = schema.npy_bytes(views.pose_array())
         members[schema.CAMERA_K] = schema.npy_bytes(views.intrinsics.astype(np.float32))
@@ -121,7 +128,8 @@ def _mesh_members(vertices, faces, item: Item, cfg: Config, clock: _Clock) -> Di
     clock.lap("views")
     meta = {"normalisation": norm.as_dict(), "faces": int(len(faces)), "sealed_voxels": solid.sealed_voxels,
             "voxel_resolution": geo.voxel_resolution, "point_grid": geo.fine_resolution, "point_sets": counts,
-            "views": len(views), "cameras": bool(len(views)), "surface_points": geo.surface_points}
+            "views": len(views), "cameras": bool(len(views)), "surface_points": geo.surface_points,
+            "stereo_baseline": ren.stereo_baseline if len(views) else 0.0}
     members[schema.META] = meta  # completed by the caller
     return members
 

@@ -12,6 +12,9 @@ basename). Members, all lower case:
     camera_pose.npy     (V, 3) float32: azimuth, elevation (degrees), distance
     camera_k.npy        (V, 3, 3) float32 intrinsics, pixels
     camera_rt.npy       (V, 3, 4) float32 world-to-camera [R | t], OpenCV axes (x right, y down, z forward)
+    right_<vv>.png      the right-eye view of view vv (render.stereo_baseline > 0): same K, the camera moved by the
+                        baseline along its own x axis, so right(u, v) = left(u + disparity, v)
+    camera_rt_right.npy (V, 3, 4) float32 world-to-camera [R | t] of the right-eye views
     surface_points.npy  (S, 3) float16: points on the normalised mesh (area-uniform), for surface metrics
     surface_normals.npy (S, 3) int8: their face normals x 127 (sign follows the mesh's winding)
 
@@ -35,6 +38,7 @@ VOXELS_FINE = "voxels_fine.npy"
 CAMERA_POSE = "camera_pose.npy"
 CAMERA_K = "camera_k.npy"
 CAMERA_RT = "camera_rt.npy"
+CAMERA_RT_RIGHT = "camera_rt_right.npy"
 SURFACE_POINTS = "surface_points.npy"
 SURFACE_NORMALS = "surface_normals.npy"
 SPLITS = ("train", "val", "test")
@@ -54,6 +58,10 @@ def view_member(index: int) -> str:
 
 def is_view_member(name: str) -> bool:
     return name.startswith("view_") and name.endswith(".png")
+
+
+def right_view_member(index: int) -> str:
+    return f"right_{index:02d}.png"
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")

@@ -44,6 +44,16 @@ def _check_sample(key: str, members: dict, expected: dict) -> List[str]:
             problems.append(f"{key}: {len(views)} views, meta says {meta['views']}")
         for name in views:
             schema.load_png(members[name])
+        if meta.get("stereo_baseline"):
+            rights = [schema.right_view_member(i) for i in range(meta["views"])]
+            absent = [name for name in rights + [schema.CAMERA_RT_RIGHT] if name not in members]
+            if absent:
+                problems.append(f"{key}: stereo baseline {meta['stereo_baseline']} but {absent[0]} is missing")
+            else:
+                for name in rights:
+                    schema.load_png(members[name])
+                if len(schema.load_npy(members[schema.CAMERA_RT_RIGHT])) != meta["views"]:
+                    problems.append(f"{key}: {schema.CAMERA_RT_RIGHT} does not have one entry per view")
         if meta.get("surface_points"):
             points, _ = schema.unpack_surface(members)
             if points.shape != (meta["surface_points"], 3):

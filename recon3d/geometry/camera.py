@@ -86,6 +86,15 @@ def make_views(azimuth: np.ndarray, elevation: np.ndarray, distance: np.ndarray,
     return Views(azimuth, elevation, distance, intr, extr)
 
 
+def right_eye(views: Views, baseline: float) -> Views:
+    """The rectified right-eye cameras of `views`: each camera moved by `baseline` along its own x axis (to the
+    right of the image), same orientation and intrinsics. A point at depth z then appears f * baseline / z pixels
+    further left: right(u, v) = left(u + f b / z, v)."""
+    extr = views.extrinsics.copy()
+    extr[:, 0, 3] -= baseline  # camera centre c + b R^T e_x: t' = -R c' = t - b e_x
+    return Views(views.azimuth, views.elevation, views.distance, views.intrinsics, extr)
+
+
 def sample_views(count: int, rng: np.random.Generator, *, size: int, azimuth_range, elevation_range,
                  distance_range, focal_px: float = 0.0, padding_px: float = 0.0) -> Views:
     """`count` random views, uniform in the given ranges; focal 0 means 3D-R2N2's lens (35/32 x size)."""
@@ -109,3 +118,48 @@ def project(points: np.ndarray, intr: np.ndarray, extr: np.ndarray) -> tuple[np.
     with np.errstate(divide="ignore", invalid="ignore"):
         uv = pix[:, :2] / pix[:, 2:3]
     return uv, depth
+
+
+def volume_depth_range(extr: np.ndarray) -> tuple[float, float]:
+    """(near, far) camera depths that enclose the unit cube's bounding sphere for a camera looking at the origin."""
+    distance = float(np.linalg.norm(extr[:, 3]))
+    return distance - UNIT_CUBE_RADIUS, distance + UNIT_CUBE_RADIUS
+
+
+def volume_cell_points(cells: np.ndarray, intr: np.ndarray, extr: np.ndarray, size: int, grid: int,
+                       depth: int) -> np.ndarray:
+    """Camera-frame points (N, 3) of continuous cell coordinates (N, 3) = (slice, row, column) of a view-aligned
+    volume: `grid` x `grid` columns tiling the `size`-pixel image, `depth` slices evenly spaced in camera depth z
+    over `volume_depth_range` (cell centres at integer coordinates). K may mirror x (a flipped crop)."""
+    near, far = volume_depth_range(extr)
+    z = near + (cells[:, 0] + 0.5) * (far - near) / depth
+    v = (cells[:, 1] + 0.5) * size / grid
+    u = (cells[:, 2] + 0.5) * size / grid
+    x = (u - intr[0, 2]) * z / intr[0, 0]
+    y = (v - intr[1, 2]) * z / intr[1, 1]
+    return np.stack([x, y, z], axis=-1)
+
+
+def view_aligned_occupancy(voxels: np.ndarray, intr: np.ndarray, extr: np.ndarray, size: int, grid: int,
+                           depth: int, depth_samples: int = 4) -> np.ndarray:
+    """(depth, grid, grid) bool: the solid `voxels` (R, R, R) over [-0.5, 0.5]^3 resampled into the view's frustum
+    (VRN's target: rows and columns follow the image, slices follow depth). A cell is occupied when the solid
+    holds any of `depth_samples` points spread along its depth on the ray through its centre (a slice is several
+    voxels deep: one sample would miss thin parts).
+
+    Raises:
+        ValueError: voxels is not a cube.
+    """
+    res = voxels.shape[0]
+    if voxels.shape != (res, res, res):
+        raise ValueError(f"voxels must be (R, R, R), got {voxels.shape}")
+    offsets = (np.arange(depth_samples) + 0.5) / depth_samples - 0.5
+    cells = np.stack(np.meshgrid(np.arange(depth), np.arange(grid), np.arange(grid), offsets, indexing="ij"), -1)
+    cells = cells.reshape(-1, 4)
+    cam = volume_cell_points(cells[:, :3] + cells[:, 3:] * np.array([1.0, 0.0, 0.0]), intr, extr, size, grid, depth)
+    world = (cam - extr[:, 3]) @ extr[:, :3]  # R^T (x - t)
+    index = np.floor((world + 0.5) * res).astype(np.int64)
+    inside = ((index >= 0) & (index < res)).all(-1)
+    occupied = np.zeros(len(index), dtype=bool)
+    occupied[inside] = voxels[tuple(index[inside].T)]
+    return occupied.reshape(depth, grid, grid, depth_samples).any(-1)

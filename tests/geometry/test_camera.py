@@ -37,3 +37,44 @@ def test_r2n2_reference_cameras_put_surface_inside_masks():
         hits = np.zeros(len(points), bool)
         hits[inside_image] = alpha[row[inside_image], col[inside_image]] > 0
         assert hits.mean() >= 0.99, f"view {i}: only {hits.mean():.3f} of the points inside the mask"
+
+
+def test_right_eye_sees_a_point_f_b_over_z_pixels_to_the_left():
+    from recon3d.geometry.camera import right_eye
+
+    views = make_views([30.0], [20.0], [1.5], focal_px=80.0, size=64)
+    right = right_eye(views, 0.1)
+    points = np.array([[0.0, 0.0, 0.0], [0.2, -0.1, 0.3]])
+    uv_left, depth_left = project(points, views.intrinsics[0], views.extrinsics[0])
+    uv_right, depth_right = project(points, right.intrinsics[0], right.extrinsics[0])
+    assert np.allclose(depth_left, depth_right)  # rectified: same orientation
+    assert np.allclose(uv_left[:, 0] - uv_right[:, 0], 80.0 * 0.1 / depth_left)
+    assert np.allclose(uv_left[:, 1], uv_right[:, 1])
+
+
+@pytest.mark.parametrize("category", ["chair", "car", "airplane"])
+def test_view_aligned_occupancy_lines_up_with_the_rendered_silhouette(category):
+    from recon3d.config import load_config
+    from recon3d.data.prepare import normalise_for, solid_for
+    from recon3d.geometry.camera import sample_views, view_aligned_occupancy
+    from recon3d.geometry.procedural import make_shape
+    from recon3d.geometry.render import render_view
+
+    cfg = load_config()
+    mesh = make_shape(category, 1)
+    verts = normalise_for(mesh.vertices, mesh.faces, cfg.geometry).apply(mesh.vertices)
+    solid = solid_for(verts, mesh.faces, cfg.geometry).coarse
+    views = sample_views(2, np.random.default_rng(0), size=137, azimuth_range=[0, 360], elevation_range=[25, 30],
+                         distance_range=cfg.render.distance_range)
+    for i in range(2):
+        alpha = render_view(verts, mesh.faces, views.intrinsics[i], views.extrinsics[i], 137, supersample=2)[..., 3]
+        silhouette = alpha[4:132, 4:132].reshape(32, 4, 32, 4).mean((1, 3)) > 127  # a 128 crop at (4, 4)
+        k = views.intrinsics[i].copy()
+        k[:2, 2] -= 4
+        mirrored = k.copy()
+        mirrored[0, 0], mirrored[0, 2] = -k[0, 0], 128 - k[0, 2]  # the crop flipped left-right
+        for intr, target in ((k, silhouette), (mirrored, silhouette[:, ::-1])):
+            volume = view_aligned_occupancy(solid, intr, views.extrinsics[i], 128, 32, 32)
+            seen = volume.any(0)
+            assert (seen & target).sum() / (seen | target).sum() > 0.85
+            assert volume.any((1, 2)).sum() >= 4  # the shape spans several depth slices
