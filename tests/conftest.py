@@ -109,3 +109,43 @@ def trained_svr(tiny_shards, trained_autoencoder, tmp_path_factory) -> Path:
                       "loader.stage=image", f"svr.autoencoder_ckpt={trained_autoencoder}", "svr.base_width=4",
                       "svr.epochs=1", "loader.train_samples_per_epoch=4", "train.accelerator=cpu")
     return run(cfg, enable_wandb=False, enable_progress_bar=False).last_checkpoint
+
+
+@pytest.fixture(scope="session")
+def stereo_shards(tiny_meshes, tmp_path_factory) -> Path:
+    """tiny_shards' shapes with right-eye views (baseline 0.1) at 64 px and 32^3 voxels, for the VRN and stereo
+    stages."""
+    from recon3d.data.writer import build_shards
+
+    out = tmp_path_factory.mktemp("stereo_shards")
+    cfg = tiny_config(f"source.root={tiny_meshes}", f"shards.out_dir={out}", "shards.samples_per_shard=3",
+                      "shards.split=[0.5,0.25,0.25]", "render.stereo_baseline=0.1", "render.image_size=64",
+                      "render.supersample=2", "geometry.voxel_resolution=32", "geometry.fine_resolution=64",
+                      "geometry.padding=2")
+    build_shards(cfg, progress=False)
+    return out
+
+
+VRN_TINY = ("train.stage=vrn", "loader.stage=volume", "loader.crop_size=48", "loader.volume_depth=8",
+            "vrn.stacks=2", "vrn.width=8", "vrn.hourglass_levels=2", "vrn.epochs=1", "vrn.lr=0.003",
+            "loader.train_samples_per_epoch=4", "train.accelerator=cpu")
+STEREO_TINY = ("train.stage=stereo", "loader.stage=stereo", "loader.crop_size=48", "stereo.widths=[4,8]",
+               "stereo.disparity_levels=9", "stereo.disparity_max=8", "stereo.epochs=1",
+               "loader.train_samples_per_epoch=4", "train.accelerator=cpu")
+
+
+@pytest.fixture(scope="session")
+def trained_vrn(stereo_shards, tmp_path_factory) -> Path:
+    from recon3d.engine.run import run
+
+    cfg = tiny_config(f"loader.shards={stereo_shards}", f"train.run_dir={tmp_path_factory.mktemp('vrn')}", *VRN_TINY)
+    return run(cfg, enable_wandb=False, enable_progress_bar=False).last_checkpoint
+
+
+@pytest.fixture(scope="session")
+def trained_stereo(stereo_shards, tmp_path_factory) -> Path:
+    from recon3d.engine.run import run
+
+    cfg = tiny_config(f"loader.shards={stereo_shards}", f"train.run_dir={tmp_path_factory.mktemp('stereo')}",
+                      *STEREO_TINY, "loader.grayscale=false")
+    return run(cfg, enable_wandb=False, enable_progress_bar=False).last_checkpoint

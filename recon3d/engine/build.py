@@ -8,7 +8,7 @@ from typing import List
 
 import torch
 
-from recon3d.config import SAFE_GLOBALS, Config, ConfigError, to_dict
+from recon3d.config import LOADER_STAGE, SAFE_GLOBALS, Config, ConfigError, to_dict
 
 torch.serialization.add_safe_globals(SAFE_GLOBALS)  # checkpoints reload with weights_only=True
 
@@ -45,9 +45,13 @@ def check_training_config(cfg: Config, manifest: dict, datamodule=None) -> None:
         raise ConfigError(f"{cfg.loader.shards}: no training samples")
     if cfg.train.stage == "gan":
         return _check_gan_config(cfg, manifest, datamodule.latent_dim)
+    wanted = LOADER_STAGE[cfg.train.stage]
+    if cfg.loader.stage != wanted:
+        raise ConfigError(f"train.stage={cfg.train.stage} reads the {wanted} stage of the loader: set "
+                          f"loader.stage={wanted}")
+    if cfg.train.stage in ("vrn", "stereo"):
+        return
     if cfg.train.stage == "svr":
-        if cfg.loader.stage != "image":
-            raise ConfigError("train.stage=svr reads images: set loader.stage=image")
         if not cfg.svr.autoencoder_ckpt:
             raise ConfigError("train.stage=svr needs svr.autoencoder_ckpt (the trained autoencoder)")
         return
@@ -104,8 +108,43 @@ def build_gan_task(cfg: Config):
                          run_dir=cfg.train.run_dir)
 
 
+def build_vrn_task(cfg: Config, render: dict):
+    from recon3d.geometry.camera import R2N2_FOCAL_PER_WIDTH, focal_for_padding
+    from recon3d.tasks.vrn import VRNTask
+
+    size, distances = int(render["image_size"]), render["distance_range"]
+    if render.get("padding_px", 0) > 0:
+        focal = focal_for_padding(size, render["padding_px"], distances[0])
+    else:
+        focal = render.get("focal_px") or R2N2_FOCAL_PER_WIDTH * size
+
+    loader = cfg.loader
+    if loader.crop_size % (4 * 2 ** cfg.vrn.hourglass_levels):
+        raise ConfigError(f"loader.crop_size={loader.crop_size} must be a multiple of 4 x 2^vrn.hourglass_levels "
+                          f"({4 * 2 ** cfg.vrn.hourglass_levels}) for the hourglass to pool and return")
+    return VRNTask(image_channels=1 if loader.grayscale else 3, depth=loader.volume_depth, stacks=cfg.vrn.stacks,
+                   width=cfg.vrn.width, hourglass_levels=cfg.vrn.hourglass_levels, lr=cfg.vrn.lr,
+                   beta1=cfg.vrn.beta1, beta2=cfg.vrn.beta2, image_size=size, crop_size=loader.crop_size,
+                   holdout_views=loader.holdout_views, camera_focal=float(focal),
+                   camera_distance=float(sum(distances) / 2), images_to_log=cfg.train.reconstructions_to_log,
+                   run_dir=cfg.train.run_dir)
+
+
+def build_stereo_task(cfg: Config):
+    from recon3d.tasks.stereo import StereoTask
+
+    settings = {k: v for k, v in to_dict(cfg.stereo).items() if k != "epochs"}
+    return StereoTask(image_channels=1 if cfg.loader.grayscale else 3, **settings,
+                      crop_size=cfg.loader.crop_size, holdout_views=cfg.loader.holdout_views,
+                      images_to_log=cfg.train.reconstructions_to_log, run_dir=cfg.train.run_dir)
+
+
 def build_task(cfg: Config, manifest: dict):
     """The LightningModule of cfg.train.stage."""
+    if cfg.train.stage == "vrn":
+        return build_vrn_task(cfg, manifest["config"]["render"])
+    if cfg.train.stage == "stereo":
+        return build_stereo_task(cfg)
     if cfg.train.stage == "svr":
         return build_svr_task(cfg, int(manifest["config"]["render"]["image_size"]))
     if cfg.train.stage == "gan":
@@ -113,7 +152,8 @@ def build_task(cfg: Config, manifest: dict):
     return build_autoencoder_task(cfg, int(manifest["config"]["geometry"]["voxel_resolution"]))
 
 
-BEST_BY = {"autoencoder": ("val/iou", "max"), "svr": ("val/iou", "max"), "gan": ("val/mmd", "min")}
+BEST_BY = {"autoencoder": ("val/iou", "max"), "svr": ("val/iou", "max"), "gan": ("val/mmd", "min"),
+           "vrn": ("val/iou", "max"), "stereo": ("val/mae", "min")}
 
 
 def build_callbacks(cfg: Config) -> list:
@@ -189,7 +229,8 @@ def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(),
     kwargs = dict(accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes,
                   strategy=strategy, precision=train.precision,
                   accumulate_grad_batches=train.accumulate_grad_batches,
-                  max_epochs={"svr": cfg.svr.epochs, "gan": cfg.gan.epochs}.get(train.stage, sum(train.phase_epochs)),
+                  max_epochs={"svr": cfg.svr.epochs, "gan": cfg.gan.epochs, "vrn": cfg.vrn.epochs,
+                              "stereo": cfg.stereo.epochs}.get(train.stage, sum(train.phase_epochs)),
                   check_val_every_n_epoch=train.val_every_epochs, log_every_n_steps=train.log_every_steps,
                   default_root_dir=train.run_dir, callbacks=build_callbacks(cfg) + list(extra_callbacks),
                   logger=build_loggers(cfg, enable_wandb),

@@ -79,3 +79,37 @@ def publish_image(task, name: str, image: np.ndarray, caption: str, objects: Seq
                 import wandb
 
                 logger.experiment.log({f"val/{name}_3d": [wandb.Object3D(c) for c in clouds]}, step=task.global_step)
+
+
+class CategoryScores:
+    """Per-shape scores collected over an epoch on every rank, then means per category and over categories.
+
+    Categories need not be known in advance: at the end the (category, scores) rows of all ranks are gathered.
+    """
+
+    def __init__(self) -> None:
+        self.rows: List[Tuple[str, dict]] = []
+
+    def add(self, keys: Sequence[str], **scores: torch.Tensor) -> None:
+        values = {name: score.detach().double().cpu().tolist() for name, score in scores.items()}
+        for i, key in enumerate(keys):
+            self.rows.append((key.split("/")[0], {name: v[i] for name, v in values.items()}))
+
+    def summary(self, prefix: str) -> dict:
+        """{prefix/name: mean over categories of the per-category means, prefix/name/category: ...} over all
+        ranks (a collective call under DDP: every rank must make it)."""
+        rows = self.rows
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        by_category: dict = {}
+        for category, scores in rows:
+            for name, value in scores.items():
+                by_category.setdefault(name, {}).setdefault(category, []).append(value)
+        out = {}
+        for name, categories in by_category.items():
+            means = {c: float(np.mean(v)) for c, v in sorted(categories.items())}
+            out[f"{prefix}/{name}"] = float(np.mean(list(means.values())))
+            out.update({f"{prefix}/{name}/{c}": m for c, m in means.items()})
+        return out

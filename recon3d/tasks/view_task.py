@@ -1,0 +1,49 @@
+"""ViewTask: what VRNTask and StereoTask share (one network on one view, Adam, per-category validation scores and
+a picture sheet per validation)."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+
+from recon3d.tasks.autoencoder import check_finite
+from recon3d.tasks.shape_eval import CategoryScores, publish_image
+
+
+class ViewTask(L.LightningModule):
+    """Subclasses set self.model and define training_loss(batch), validation_step (adding per-shape scores to
+    self.scores and pictures to self.pictures) and picture_sheet(); `picture` names the sheet and its caption."""
+
+    picture = ("pictures", "")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scores, self.pictures = CategoryScores(), []
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr,
+                                betas=(self.hparams.beta1, self.hparams.beta2))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.training_loss(batch)
+        check_finite(loss, self, f"epoch {self.current_epoch}", self.trainer.default_root_dir)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["key"]))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.scores, self.pictures = CategoryScores(), []
+
+    def room_for_pictures(self, batch: dict) -> int:
+        return max(0, min(self.hparams.images_to_log - len(self.pictures), len(batch["key"])))
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.scores.summary("val")
+        if self.trainer.sanity_checking or not metrics:
+            return
+        self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in metrics.items()}, rank_zero_only=True)
+        if self.global_rank == 0 and self.pictures:
+            publish_image(self, self.picture[0], self.picture_sheet(), self.picture[1])
+
+    def picture_sheet(self) -> np.ndarray:
+        raise NotImplementedError

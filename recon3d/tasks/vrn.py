@@ -1,0 +1,72 @@
+"""VRNTask: an image straight to a voxel volume aligned with it (stacked hourglasses, per-voxel cross-entropy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recon3d.models.hourglass import HourglassVolumeRegressor
+from recon3d.tasks.view_task import ViewTask
+
+
+def volume_iou(logits: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
+    """Per-sample IoU (B,) of predicted occupancy (logits > 0) against volume (B, D, H, W) in {0, 1}; 1 when both
+    are empty."""
+    pred, target = logits > 0, volume > 0.5
+    inter = (pred & target).flatten(1).sum(1).float()
+    union = (pred | target).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def depth_picture(occupancy: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 of a (D, H, W) bool volume: the nearest occupied slice, near = bright, empty = black."""
+    depth = occupancy.shape[0]
+    first = np.where(occupancy.any(0), occupancy.argmax(0), depth)
+    return np.where(first < depth, 255 - (first * 200) // depth, 0).astype(np.uint8)
+
+
+class VRNTask(ViewTask):
+    """Stacked-hourglass volumetric regression (VRN, Jackson et al. 2017) on the loader's volume stage.
+
+    Loss: sigmoid cross-entropy per voxel, summed over the stacks (each supervised). Logs train/loss, val/loss,
+    val/iou (in the camera frame, mean over categories) and val/iou/<category>; a picture per validation: the
+    input, the true and the predicted depth of the nearest occupied slice. image_size, crop_size, depth,
+    holdout_views and the training views' typical camera (focal in pixels, distance) record how it was trained, for
+    `recon3d reconstruct --model vrn`, which places the volume's cells with that camera.
+    """
+
+    picture = ("volumes", "input | true depth | predicted depth")
+
+    def __init__(self, *, image_channels: int = 1, depth: int = 32, stacks: int = 2, width: int = 128,
+                 hourglass_levels: int = 3, lr: float = 2.5e-4, beta1: float = 0.9, beta2: float = 0.999,
+                 image_size: int = 137, crop_size: int = 128, holdout_views: int = 0, camera_focal: float = 150.0,
+                 camera_distance: float = 1.4, images_to_log: int = 4, run_dir: str = "") -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = HourglassVolumeRegressor(image_channels=image_channels, depth=depth, stacks=stacks, width=width,
+                                              hourglass_levels=hourglass_levels)
+
+    def loss(self, outputs: list, volume: torch.Tensor) -> torch.Tensor:
+        return sum(F.binary_cross_entropy_with_logits(logits, volume) for logits in outputs)
+
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        return self.loss(self.model(batch["image"]), batch["volume"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        outputs = self.model(batch["image"])
+        self.log("val/loss", self.loss(outputs, batch["volume"]), batch_size=len(batch["key"]), sync_dist=True)
+        self.scores.add(batch["key"], iou=volume_iou(outputs[-1], batch["volume"]))
+        for i in range(self.room_for_pictures(batch)):
+            self.pictures.append((batch["image"][i].mean(0).cpu().numpy(), batch["volume"][i].cpu().numpy() > 0.5,
+                                  outputs[-1][i].cpu().numpy() > 0))
+
+    def picture_sheet(self) -> np.ndarray:
+        lines = []
+        for image, truth, predicted in self.pictures:
+            size = image.shape[-1]
+            scale = size // truth.shape[-1]
+            cells = [np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)]
+            cells += [np.kron(depth_picture(v), np.ones((scale, scale), np.uint8)) for v in (truth, predicted)]
+            lines.append(np.concatenate(cells, axis=1))
+        return np.repeat(np.concatenate(lines, axis=0)[..., None], 3, axis=-1)
