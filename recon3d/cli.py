@@ -216,6 +216,35 @@ def _eval_svr(args) -> int:
     return 0
 
 
+def _eval_vrn(args) -> int:
+    from recon3d.engine.inference import format_table
+    from recon3d.engine.view_models import evaluate_vrn
+
+    out = args.output or str(Path(args.ckpt).resolve().parent.parent / "eval")
+    summary = evaluate_vrn(args.ckpt, args.shards, split=args.split, out_dir=out, device=args.device)
+    print(format_table(summary, ("shapes", "iou")))
+    print(f"table: {out}/eval_vrn_{args.split}.json")
+    return 0
+
+
+def _eval_stereo(args) -> int:
+    from recon3d.engine.inference import format_table
+    from recon3d.engine.view_models import evaluate_stereo, real_pair_check
+
+    out = args.output or str(Path(args.ckpt).resolve().parent.parent / "eval")
+    if args.shards:
+        summary = evaluate_stereo(args.ckpt, args.shards, split=args.split, out_dir=out, device=args.device)
+        print(format_table(summary, ("shapes", "mae", "mae_copy", "mae_shift")))
+        print(f"table: {out}/eval_stereo_{args.split}.json (MAE on the 0-255 scale)")
+    if args.real:
+        result = real_pair_check(args.ckpt, out, device=args.device)
+        print(json.dumps(result, indent=1))
+        print(f"pictures: {out}/real_pair.png (left | synthesised right / our disparity | true disparity)")
+    if not args.shards and not args.real:
+        raise ValueError("eval-stereo needs --shards DIR, --real, or both")
+    return 0
+
+
 def _sweep(args) -> int:
     from recon3d.sweep import load_sweep, run_sweep
 
@@ -351,6 +380,20 @@ def _add_model_parsers(verbs) -> None:
     evaluate_svr.add_argument("--device", default="cpu", help="cpu or cuda")
     evaluate_svr.add_argument("-o", "--output", default="", help="table folder (default: <run>/eval)")
     evaluate_svr.set_defaults(func=_eval_svr)
+
+    evaluate_vrn = verbs.add_parser("eval-vrn", help="per-category IoU of a VRN's view-aligned volumes on a split")
+    evaluate_stereo = verbs.add_parser("eval-stereo", help="per-category MAE of a stereo model against the copy and "
+                                       "shift baselines; --real: the scikit-image motorcycle pair")
+    for parser, kind in ((evaluate_vrn, "vrn"), (evaluate_stereo, "stereo")):
+        parser.add_argument("--ckpt", required=True, help=f"checkpoint (train.stage={kind})")
+        parser.add_argument("--shards", required=kind == "vrn", default="", help="shard folder")
+        parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+        parser.add_argument("--device", default="cpu", help="cpu or cuda")
+        parser.add_argument("-o", "--output", default="", help="table folder (default: <run>/eval)")
+    evaluate_stereo.add_argument("--real", action="store_true",
+                                 help="also run on scikit-image's real rectified pair with ground-truth disparity")
+    evaluate_vrn.set_defaults(func=_eval_vrn)
+    evaluate_stereo.set_defaults(func=_eval_stereo)
 
 
 def build_parser() -> argparse.ArgumentParser:

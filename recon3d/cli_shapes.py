@@ -1,4 +1,5 @@
-"""The `recon3d` commands that turn codes into shapes: reconstruct (photo -> mesh), generate, interpolate, search."""
+"""The `recon3d` commands that turn codes and images into shapes: reconstruct (photo -> mesh), generate,
+interpolate, search, and stereo (image or video -> stereo pair)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _reconstruct(args) -> int:
     from recon3d.engine.reconstruct import reconstruct_images, write_photo_sheet
 
     rows = reconstruct_images(args.ckpt, args.images, args.output, resolution=args.resolution, fmt=args.format,
-                              fill=args.fill, device=args.device)
+                              fill=args.fill, device=args.device, model=args.model)
     done = [r for r in rows if "path" in r]
     for row in done:
         print(f"{row['path']}: {row['faces']} faces")
@@ -83,11 +84,33 @@ def _add_reconstruct_parser(verbs) -> None:
     reconstruct = verbs.add_parser("reconstruct", help="photos or renders -> meshes (image encoder + autoencoder)")
     reconstruct.add_argument("images", nargs="+", help="PNG/JPG files of any size: alpha is used when present, "
                              "otherwise the background is estimated from the border")
-    reconstruct.add_argument("--ckpt", required=True, help="image-encoder checkpoint (train.stage=svr)")
+    reconstruct.add_argument("--ckpt", required=True, help="image-encoder (train.stage=svr) or VRN checkpoint")
+    reconstruct.add_argument("--model", default="svr", choices=["svr", "vrn"],
+                             help="svr: image encoder + autoencoder; vrn: the view-aligned volume of a VRN")
     reconstruct.add_argument("--fill", type=float, default=0.7,
                              help="the object's longer side as a fraction of the frame (0.7: as the training renders)")
     _add_mesh_output_args(reconstruct)
     reconstruct.set_defaults(func=_reconstruct)
+
+
+def _stereo(args) -> int:
+    from recon3d.engine.view_models import stereo_files
+
+    for path in stereo_files(args.ckpt, args.input, args.output, work_height=args.height, device=args.device):
+        print(path)
+    return 0
+
+
+def _add_stereo_parser(verbs) -> None:
+    stereo = verbs.add_parser("stereo", help="an image, a folder of frames or a video -> side-by-side and red-cyan "
+                              "anaglyph (Deep3D)")
+    stereo.add_argument("input", help="image file, folder of frames, or video file (mp4, mov, ...)")
+    stereo.add_argument("-o", "--output", required=True, help="output folder")
+    stereo.add_argument("--ckpt", required=True, help="stereo checkpoint (train.stage=stereo)")
+    stereo.add_argument("--height", type=int, default=0,
+                        help="rows the network sees (0: its training crop); disparities scale to the full image")
+    stereo.add_argument("--device", default="cpu", help="cpu or cuda")
+    stereo.set_defaults(func=_stereo)
 
 
 def _add_latent_parsers(verbs) -> None:
@@ -124,3 +147,4 @@ def _add_latent_parsers(verbs) -> None:
 def add_parsers(verbs) -> None:
     _add_latent_parsers(verbs)
     _add_reconstruct_parser(verbs)
+    _add_stereo_parser(verbs)

@@ -44,18 +44,42 @@ def _unique_names(paths: Sequence[Path]) -> List[str]:
     return names
 
 
-@torch.no_grad()
-def reconstruct_images(ckpt: str | Path, images: Sequence[str | Path], out_dir: str | Path, *,
-                       resolution: int = 128, fmt: str = "obj", fill: float = FILL, device: str = "cpu") -> List[dict]:
-    """One mesh per readable image (and its framed input as <name>.input.png); an unusable image is reported on
-    stderr with the reason and skipped. Rows: name, path (or error), faces, input view, mesh."""
-    from PIL import Image
+def _mesh_maker(ckpt: str | Path, model: str, resolution: int, device: str):
+    """(image size, crop, channels, view -> (vertices, faces)) for an SVR or a VRN checkpoint."""
+    if model == "vrn":
+        from recon3d.engine.view_models import load_view_task, vrn_mesh
 
-    from recon3d.engine.inference import extract_mesh, save_mesh
+        task = load_view_task(ckpt, "vrn", device)
+        size, crop, channels = int(task.hparams.image_size), int(task.hparams.crop_size), task.hparams.image_channels
+        return size, crop, channels, lambda view: vrn_mesh(task, encoder_input(view, channels, crop).to(device))
+    if model != "svr":
+        raise ValueError(f"model {model!r}: svr or vrn")
+    from recon3d.engine.inference import extract_mesh
 
     svr, autoencoder = load_svr(ckpt, device)
     size, crop = int(svr.hparams.get("image_size", 137)), int(svr.hparams.get("crop_size", 128))
     channels = int(svr.hparams.image_channels)
+
+    def make(view):
+        z = svr.encoder(encoder_input(view, channels, crop).to(device))[0]
+        return extract_mesh(autoencoder, z, resolution)[:2]
+
+    return size, crop, channels, make
+
+
+@torch.no_grad()
+def reconstruct_images(ckpt: str | Path, images: Sequence[str | Path], out_dir: str | Path, *,
+                       resolution: int = 128, fmt: str = "obj", fill: float = FILL, device: str = "cpu",
+                       model: str = "svr") -> List[dict]:
+    """One mesh per readable image (and its framed input as <name>.input.png); an unusable image is reported on
+    stderr with the reason and skipped. model: svr (image encoder + autoencoder, extracted at `resolution`) or vrn
+    (the view-aligned volume, in the camera's frame with y up). Rows: name, path (or error), faces, input view,
+    mesh."""
+    from PIL import Image
+
+    from recon3d.engine.inference import save_mesh
+
+    size, _, _, make_mesh = _mesh_maker(ckpt, model, resolution, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in images]
@@ -68,8 +92,7 @@ def reconstruct_images(ckpt: str | Path, images: Sequence[str | Path], out_dir: 
             rows.append({"name": name, "error": str(err)})
             continue
         Image.fromarray(view).save(out / f"{name}.input.png")
-        z = svr.encoder(encoder_input(view, channels, crop).to(device))[0]
-        verts, faces, _ = extract_mesh(autoencoder, z, resolution)
+        verts, faces = make_mesh(view)
         path_out = save_mesh(out / f"{name}.{fmt}", verts, faces)
         rows.append({"name": name, "path": str(path_out), "faces": len(faces), "view": view, "mesh": (verts, faces)})
     return rows

@@ -1,0 +1,266 @@
+"""VRN and Deep3D at use time: meshes from photos, stereo from images and videos, per-category evaluation, and the
+check on a real rectified pair (scikit-image's Middlebury motorcycle)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def load_view_task(ckpt: str | Path, kind: str, device: str = "cpu"):
+    """The VRNTask ("vrn") or StereoTask ("stereo") of a checkpoint, in eval mode.
+
+    Raises:
+        ValueError: the checkpoint is of another stage.
+    """
+    import recon3d.engine.build  # noqa: F401  (registers the config classes as safe globals)
+
+    hparams = torch.load(str(ckpt), map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    marker = {"vrn": "stacks", "stereo": "disparity_levels"}[kind]
+    if marker not in hparams:
+        raise ValueError(f"{ckpt}: not a {kind} checkpoint (train.stage={kind})")
+    if kind == "vrn":
+        from recon3d.tasks.vrn import VRNTask as Task
+    else:
+        from recon3d.tasks.stereo import StereoTask as Task
+    return Task.load_from_checkpoint(str(ckpt), map_location=device, weights_only=True).eval()
+
+
+# ------------------------------------------------------------------------------------------------------- VRN
+
+
+def volume_mesh(probabilities: np.ndarray, focal: float, distance: float, crop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Marching cubes on a view-aligned volume (D, G, G) of probabilities, its cells placed in the camera's frustum
+    (focal in pixels of the crop, the volume centred at `distance`); vertices in a Y-up frame centred on the volume
+    (x right, y up, z towards the viewer), faces (F, 3). Empty arrays when nothing is occupied."""
+    from recon3d.geometry.camera import volume_cell_points
+    from recon3d.geometry.extract import grid_to_mesh
+
+    verts, faces = grid_to_mesh(probabilities, 0.5, corners=False)
+    if len(faces) == 0:
+        return verts, faces
+    shape = np.asarray(probabilities.shape, dtype=np.float64)
+    cells = (verts + 0.5) * shape - 0.5  # back to cell coordinates (slice, row, column)
+    intr = np.array([[focal, 0.0, crop / 2.0], [0.0, focal, crop / 2.0], [0.0, 0.0, 1.0]])
+    extr = np.concatenate([np.eye(3), [[0.0], [0.0], [distance]]], axis=1)
+    cam = volume_cell_points(cells, intr, extr, crop, probabilities.shape[1], probabilities.shape[0])
+    out = np.stack([cam[:, 0], -cam[:, 1], distance - cam[:, 2]], axis=-1).astype(np.float32)
+    return out, faces[:, ::-1].copy()  # the y flip mirrors: reverse the winding to keep normals outward
+
+
+@torch.no_grad()
+def vrn_mesh(task, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mesh of one encoder input (1, C, crop, crop) through a VRNTask."""
+    probabilities = torch.sigmoid(task.model(image)[-1][0]).cpu().numpy()
+    scale = task.hparams.crop_size  # the volume tiles the crop
+    return volume_mesh(probabilities, task.hparams.camera_focal, task.hparams.camera_distance, scale)
+
+
+@torch.no_grad()
+def evaluate_vrn(ckpt: str | Path, shard_dir: str | Path, split: str = "test", out_dir: str | Path = "",
+                 device: str = "cpu", batch_size: int = 16) -> dict:
+    """Per-category IoU of the view-aligned volume on a split's evaluation views (the held-out view when the model
+    was trained with holdout_views). Writes eval_vrn_<split>.json; returns the summary."""
+    from recon3d.data.datamodule import ShardDataModule
+    from recon3d.data.pipelines import expand_batch
+    from recon3d.tasks.vrn import volume_iou
+
+    task = load_view_task(ckpt, "vrn", device)
+    hp = task.hparams
+    module = ShardDataModule(shards=str(shard_dir), stage="volume", batch_size=batch_size, num_workers=0,
+                             crop_size=hp.crop_size, grayscale=hp.image_channels == 1, volume_depth=hp.depth,
+                             holdout_views=hp.holdout_views)
+    module.setup()
+    rows: Dict[str, Dict[str, List[float]]] = {}
+    for batch in module.split_dataloader(split, surface=False):
+        batch = expand_batch(batch)
+        ious = volume_iou(task.model(batch["image"].to(device))[-1], batch["volume"].to(device))
+        for key, iou in zip(batch["key"], ious.tolist()):
+            rows.setdefault(key.split("/")[0], {}).setdefault("iou", []).append(iou)
+    return _write_summary(rows, Path(out_dir or Path(ckpt).parent.parent / "eval") / f"eval_vrn_{split}.json")
+
+
+def _write_summary(rows: Dict[str, Dict[str, List[float]]], path: Path) -> dict:
+    """Means per category, over categories and over shapes of per-shape scores rows[category][name]; written
+    atomically to `path` as JSON."""
+    names = sorted({name for scores in rows.values() for name in scores})
+    summary = {c: {**{n: float(np.mean(s[n])) for n in names}, "shapes": len(s[names[0]])}
+               for c, s in sorted(rows.items())}
+    shapes = sum(len(s[names[0]]) for s in rows.values())
+    summary["mean over categories"] = {**{n: float(np.mean([summary[c][n] for c in rows])) for n in names},
+                                       "shapes": shapes}
+    summary["mean over shapes"] = {**{n: float(np.mean([x for s in rows.values() for x in s[n]])) for n in names},
+                                   "shapes": shapes}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(path)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------------- stereo
+
+
+@torch.no_grad()
+def evaluate_stereo(ckpt: str | Path, shard_dir: str | Path, split: str = "test", out_dir: str | Path = "",
+                    device: str = "cpu", batch_size: int = 16) -> dict:
+    """Per-category MAE (0-255) of the synthesised right view and of the two baselines (copy the left view; shift
+    it by the object's disparity) on a split's evaluation pairs. Writes eval_stereo_<split>.json."""
+    from recon3d.data.datamodule import ShardDataModule
+    from recon3d.tasks.stereo import pair_errors
+
+    task = load_view_task(ckpt, "stereo", device)
+    hp = task.hparams
+    module = ShardDataModule(shards=str(shard_dir), stage="stereo", batch_size=batch_size, num_workers=0,
+                             crop_size=hp.crop_size, grayscale=hp.image_channels == 1, holdout_views=hp.holdout_views)
+    module.setup()
+    rows: Dict[str, Dict[str, List[float]]] = {}
+    for batch in module.split_dataloader(split, surface=False):
+        left, right = batch["left"].to(device), batch["right"].to(device)
+        errors = pair_errors(task.model(left)["right"], left, right, batch["mean_disparity"].to(device))
+        for i, key in enumerate(batch["key"]):
+            for name, values in errors.items():
+                rows.setdefault(key.split("/")[0], {}).setdefault(name, []).append(float(values[i]))
+    return _write_summary(rows, Path(out_dir or Path(ckpt).parent.parent / "eval") / f"eval_stereo_{split}.json")
+
+
+@torch.no_grad()
+def synthesise_right(task, left: np.ndarray, work_height: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Right view (H, W, 3) uint8 and disparity (H, W) in pixels of a left image (H, W, 3) uint8.
+
+    The network runs on the image resized to `work_height` rows (0: the training crop size), as Deep3D did; its
+    disparity planes are scaled up and the selection layer renders the right view at full resolution."""
+    from recon3d.models.stereo import select_disparity
+
+    device = next(task.parameters()).device
+    image = torch.as_tensor(left, dtype=torch.float32, device=device).permute(2, 0, 1)[None] / 255.0
+    height, width = image.shape[-2:]
+    work_height = work_height or int(task.hparams.crop_size)
+    work_width = max(8, int(round(width * work_height / height)))
+    small = F.interpolate(image, size=(work_height, work_width), mode="area")
+    if task.hparams.image_channels == 1:
+        small = (small * torch.tensor([0.299, 0.587, 0.114], device=device)[:, None, None]).sum(1, keepdim=True)
+    probs = torch.softmax(task.model.plane_logits(small), dim=1)
+    probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
+    disparities = task.model.disparities * (width / work_width)
+    right = select_disparity(image, probs, disparities)
+    disparity = (probs * disparities[None, :, None, None]).sum(1)[0]
+    return (np.rint(right[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8),
+            disparity.cpu().numpy())
+
+
+def anaglyph(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Red-cyan anaglyph (H, W, 3) uint8: red from the left eye, green and blue from the right."""
+    return np.concatenate([left[..., :1], right[..., 1:]], axis=-1)
+
+
+def disparity_image(disparity: np.ndarray, high: float) -> np.ndarray:
+    """(H, W, 3) uint8 grey picture of a disparity map, 0 -> black, `high` -> white."""
+    grey = np.rint(np.clip(disparity / max(high, 1e-6), 0, 1) * 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+@torch.no_grad()
+def real_pair_check(ckpt: str | Path, out_dir: str | Path, scale: int = 4, device: str = "cpu") -> dict:
+    """The model on a real rectified pair with ground truth (scikit-image's Middlebury motorcycle, shipped with
+    the package) downscaled by `scale`: MAE (0-255) of the synthesised right view against the real one beside the
+    two baselines (copy the left view; shift it by the mean true disparity), and the disparity's mean absolute error
+    in pixels where the truth is known. Writes pictures and real_pair.json to out_dir."""
+    from PIL import Image
+    from skimage.data import stereo_motorcycle
+
+    from recon3d.tasks.stereo import shift_by
+
+    task = load_view_task(ckpt, "stereo", device)
+    left, right, truth = stereo_motorcycle()
+    size = (left.shape[1] // scale, left.shape[0] // scale)
+    left, right = (np.asarray(Image.fromarray(x).resize(size, Image.BOX)) for x in (left, right))
+    known = np.isfinite(truth)
+    truth = np.where(known, truth, 0.0) / scale
+    truth = truth[::scale, ::scale][:size[1], :size[0]]
+    known = known[::scale, ::scale][:size[1], :size[0]]
+    predicted, disparity = synthesise_right(task, left, work_height=left.shape[0])
+    as_tensor = (lambda x: torch.as_tensor(x, dtype=torch.float32).permute(2, 0, 1)[None])
+    mean_disparity = float(truth[known].mean())
+    shifted = shift_by(as_tensor(left), torch.tensor([mean_disparity]))[0].permute(1, 2, 0).numpy()
+    mae = (lambda image: float(np.abs(image.astype(np.float64) - right.astype(np.float64)).mean()))
+    result = {"image": f"{size[0]}x{size[1]} (1/{scale} of the original)", "mae": mae(predicted),
+              "mae_copy": mae(left), "mae_shift": mae(shifted), "mean_true_disparity_px": mean_disparity,
+              "disparity_mae_px": float(np.abs(disparity - truth)[known].mean()),
+              "disparity_mae_constant_px": float(np.abs(mean_disparity - truth)[known].mean()),
+              "model_disparity_range_px": [float(task.hparams.disparity_min), float(task.hparams.disparity_max)]}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    high = max(float(truth.max()), float(task.hparams.disparity_max))
+    sheet = np.concatenate([np.concatenate([left, predicted], 1),
+                            np.concatenate([disparity_image(disparity, high), disparity_image(truth, high)], 1)], 0)
+    Image.fromarray(sheet).save(out / "real_pair.png")
+    (out / "real_pair.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def stereo_files(ckpt: str | Path, source: str | Path, out_dir: str | Path, *, work_height: int = 0,
+                 device: str = "cpu") -> List[Path]:
+    """Side-by-side and anaglyph outputs of an image, a folder of frames (sorted by name) or a video (read and
+    written with imageio-ffmpeg's own ffmpeg). Returns the files written."""
+    from PIL import Image
+
+    task = load_view_task(ckpt, "stereo", device)
+    source, out = Path(source), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+    if source.is_dir() or source.suffix.lower() in suffixes:
+        frames = sorted(p for p in source.iterdir() if p.suffix.lower() in suffixes) if source.is_dir() else [source]
+        if not frames:
+            raise ValueError(f"{source}: no image files (png, jpg, bmp, webp) in this folder")
+        written = []
+        for frame in frames:
+            with Image.open(frame) as img:
+                left = np.asarray(img.convert("RGB"))
+            right, _ = synthesise_right(task, left, work_height)
+            for name, picture in (("sbs", np.concatenate([left, right], 1)), ("anaglyph", anaglyph(left, right))):
+                path = out / f"{frame.stem}.{name}.png"
+                Image.fromarray(picture).save(path.with_suffix(".tmp.png"))
+                path.with_suffix(".tmp.png").replace(path)
+                written.append(path)
+        return written
+    return _stereo_video(task, source, out, work_height)
+
+
+def _stereo_video(task, source: Path, out: Path, work_height: int) -> List[Path]:
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise ValueError("video input needs imageio-ffmpeg (it ships its own ffmpeg): pip install "
+                         "'recon3d[video]', or pass a folder of frames") from None
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such file")
+    reader = imageio_ffmpeg.read_frames(str(source))
+    info = next(reader)
+    width, height = info["size"]
+    fps = info.get("fps") or 25
+    paths = {name: out / f"{source.stem}.{name}.mp4" for name in ("sbs", "anaglyph")}
+    tmps = {name: path.with_name(path.stem + ".tmp.mp4") for name, path in paths.items()}
+    writers = {name: imageio_ffmpeg.write_frames(str(tmps[name]), (width * (2 if name == "sbs" else 1), height),
+                                                 fps=fps, macro_block_size=1) for name in paths}
+    for writer in writers.values():
+        writer.send(None)
+    frames = 0
+    for raw in reader:
+        left = np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+        right, _ = synthesise_right(task, left, work_height)
+        writers["sbs"].send(np.ascontiguousarray(np.concatenate([left, right], 1)))
+        writers["anaglyph"].send(np.ascontiguousarray(anaglyph(left, right)))
+        frames += 1
+    for writer in writers.values():
+        writer.close()
+    if frames == 0:
+        raise ValueError(f"{source}: no frames could be read")
+    for name in paths:
+        tmps[name].replace(paths[name])
+    return list(paths.values())
