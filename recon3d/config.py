@@ -222,6 +222,8 @@ class VRNConfig:
     stacks: int = 2  # hourglasses in sequence, each supervised (VRN)
     width: int = 128  # channels inside the hourglasses
     hourglass_levels: int = 3  # down/up-sampling steps per hourglass (from the crop_size / 4 grid)
+    positive_weight: float = 1.0  # weight of occupied voxels in the cross-entropy (1: VRN's plain loss; a few % of
+    # a volume is occupied, so short runs collapse to "all empty" without a larger weight)
     epochs: int = 40  # training epochs
     lr: float = 2.5e-4  # RMSprop in VRN; Adam here (lr, betas below)
     beta1: float = 0.9  # Adam beta1
@@ -229,7 +231,8 @@ class VRNConfig:
 
     def __post_init__(self) -> None:
         _check(self.stacks >= 1 and self.width >= 4 and self.hourglass_levels >= 1, "vrn.stacks/width/levels >= 1")
-        _check(self.epochs >= 1 and self.lr > 0, "vrn.epochs >= 1 and vrn.lr > 0")
+        _check(self.epochs >= 1 and self.lr > 0 and self.positive_weight > 0,
+               "vrn.epochs >= 1, vrn.lr > 0 and vrn.positive_weight > 0")
 
 
 @dataclass

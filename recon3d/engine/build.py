@@ -123,7 +123,8 @@ def build_vrn_task(cfg: Config, render: dict):
         raise ConfigError(f"loader.crop_size={loader.crop_size} must be a multiple of 4 x 2^vrn.hourglass_levels "
                           f"({4 * 2 ** cfg.vrn.hourglass_levels}) for the hourglass to pool and return")
     return VRNTask(image_channels=1 if loader.grayscale else 3, depth=loader.volume_depth, stacks=cfg.vrn.stacks,
-                   width=cfg.vrn.width, hourglass_levels=cfg.vrn.hourglass_levels, lr=cfg.vrn.lr,
+                   width=cfg.vrn.width, hourglass_levels=cfg.vrn.hourglass_levels,
+                   positive_weight=cfg.vrn.positive_weight, lr=cfg.vrn.lr,
                    beta1=cfg.vrn.beta1, beta2=cfg.vrn.beta2, image_size=size, crop_size=loader.crop_size,
                    holdout_views=loader.holdout_views, camera_focal=float(focal),
                    camera_distance=float(sum(distances) / 2), images_to_log=cfg.train.reconstructions_to_log,

@@ -138,7 +138,7 @@ def synthesise_right(task, left: np.ndarray, work_height: int = 0) -> tuple[np.n
     from recon3d.models.stereo import select_disparity
 
     device = next(task.parameters()).device
-    image = torch.as_tensor(left, dtype=torch.float32, device=device).permute(2, 0, 1)[None] / 255.0
+    image = torch.tensor(np.asarray(left), dtype=torch.float32, device=device).permute(2, 0, 1)[None] / 255.0
     height, width = image.shape[-2:]
     work_height = work_height or int(task.hparams.crop_size)
     work_width = max(8, int(round(width * work_height / height)))

@@ -29,7 +29,8 @@ def depth_picture(occupancy: np.ndarray) -> np.ndarray:
 class VRNTask(ViewTask):
     """Stacked-hourglass volumetric regression (VRN, Jackson et al. 2017) on the loader's volume stage.
 
-    Loss: sigmoid cross-entropy per voxel, summed over the stacks (each supervised). Logs train/loss, val/loss,
+    Loss: sigmoid cross-entropy per voxel (occupied voxels weighted by positive_weight), summed over the stacks
+    (each supervised). Logs train/loss, val/loss,
     val/iou (in the camera frame, mean over categories) and val/iou/<category>; a picture per validation: the
     input, the true and the predicted depth of the nearest occupied slice. image_size, crop_size, depth,
     holdout_views and the training views' typical camera (focal in pixels, distance) record how it was trained, for
@@ -39,7 +40,8 @@ class VRNTask(ViewTask):
     picture = ("volumes", "input | true depth | predicted depth")
 
     def __init__(self, *, image_channels: int = 1, depth: int = 32, stacks: int = 2, width: int = 128,
-                 hourglass_levels: int = 3, lr: float = 2.5e-4, beta1: float = 0.9, beta2: float = 0.999,
+                 hourglass_levels: int = 3, positive_weight: float = 1.0, lr: float = 2.5e-4, beta1: float = 0.9,
+                 beta2: float = 0.999,
                  image_size: int = 137, crop_size: int = 128, holdout_views: int = 0, camera_focal: float = 150.0,
                  camera_distance: float = 1.4, images_to_log: int = 4, run_dir: str = "") -> None:
         super().__init__()
@@ -48,7 +50,8 @@ class VRNTask(ViewTask):
                                               hourglass_levels=hourglass_levels)
 
     def loss(self, outputs: list, volume: torch.Tensor) -> torch.Tensor:
-        return sum(F.binary_cross_entropy_with_logits(logits, volume) for logits in outputs)
+        weight = torch.as_tensor(self.hparams.positive_weight, device=volume.device)
+        return sum(F.binary_cross_entropy_with_logits(logits, volume, pos_weight=weight) for logits in outputs)
 
     def training_loss(self, batch: dict) -> torch.Tensor:
         return self.loss(self.model(batch["image"]), batch["volume"])
