@@ -45,13 +45,13 @@ def _unique_names(paths: Sequence[Path]) -> List[str]:
 
 
 def _mesh_maker(ckpt: str | Path, model: str, resolution: int, device: str):
-    """(image size, crop, channels, view -> (vertices, faces)) for an SVR or a VRN checkpoint."""
+    """(image size, view -> (vertices, faces)) for an SVR or a VRN checkpoint."""
     if model == "vrn":
         from recon3d.engine.view_models import load_view_task, vrn_mesh
 
         task = load_view_task(ckpt, "vrn", device)
         size, crop, channels = int(task.hparams.image_size), int(task.hparams.crop_size), task.hparams.image_channels
-        return size, crop, channels, lambda view: vrn_mesh(task, encoder_input(view, channels, crop).to(device))
+        return size, lambda view: vrn_mesh(task, encoder_input(view, channels, crop).to(device))
     if model != "svr":
         raise ValueError(f"model {model!r}: svr or vrn")
     from recon3d.engine.inference import extract_mesh
@@ -64,7 +64,7 @@ def _mesh_maker(ckpt: str | Path, model: str, resolution: int, device: str):
         z = svr.encoder(encoder_input(view, channels, crop).to(device))[0]
         return extract_mesh(autoencoder, z, resolution)[:2]
 
-    return size, crop, channels, make
+    return size, make
 
 
 @torch.no_grad()
@@ -79,7 +79,7 @@ def reconstruct_images(ckpt: str | Path, images: Sequence[str | Path], out_dir: 
 
     from recon3d.engine.inference import save_mesh
 
-    size, _, _, make_mesh = _mesh_maker(ckpt, model, resolution, device)
+    size, make_mesh = _mesh_maker(ckpt, model, resolution, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in images]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from recon3d.engine.inference import iter_split, summarise_rows, write_eval
 
 
 def load_view_task(ckpt: str | Path, kind: str, device: str = "cpu"):
@@ -65,41 +67,29 @@ def vrn_mesh(task, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 def evaluate_vrn(ckpt: str | Path, shard_dir: str | Path, split: str = "test", out_dir: str | Path = "",
                  device: str = "cpu", batch_size: int = 16) -> dict:
     """Per-category IoU of the view-aligned volume on a split's evaluation views (the held-out view when the model
-    was trained with holdout_views). Writes eval_vrn_<split>.json; returns the summary."""
-    from recon3d.data.datamodule import ShardDataModule
-    from recon3d.data.pipelines import expand_batch
+    was trained with holdout_views). Writes eval_vrn_<split>.json/.csv and per-shape rows; returns the summary."""
     from recon3d.tasks.vrn import volume_iou
 
     task = load_view_task(ckpt, "vrn", device)
     hp = task.hparams
-    module = ShardDataModule(shards=str(shard_dir), stage="volume", batch_size=batch_size, num_workers=0,
-                             crop_size=hp.crop_size, grayscale=hp.image_channels == 1, volume_depth=hp.depth,
-                             holdout_views=hp.holdout_views)
-    module.setup()
-    rows: Dict[str, Dict[str, List[float]]] = {}
-    for batch in module.split_dataloader(split, surface=False):
-        batch = expand_batch(batch)
+    rows = []
+    for batch in iter_split(shard_dir, split, batch_size, stage="volume", crop_size=hp.crop_size,
+                            grayscale=hp.image_channels == 1, volume_depth=hp.depth, holdout_views=hp.holdout_views):
         ious = volume_iou(task.model(batch["image"].to(device))[-1], batch["volume"].to(device))
-        for key, iou in zip(batch["key"], ious.tolist()):
-            rows.setdefault(key.split("/")[0], {}).setdefault("iou", []).append(iou)
-    return _write_summary(rows, Path(out_dir or Path(ckpt).parent.parent / "eval") / f"eval_vrn_{split}.json")
+        rows += [_row(key, int(batch["view"][i]), iou=float(ious[i])) for i, key in enumerate(batch["key"])]
+    return _summarise(rows, ckpt, shard_dir, f"vrn_{split}", out_dir)
 
 
-def _write_summary(rows: Dict[str, Dict[str, List[float]]], path: Path) -> dict:
-    """Means per category, over categories and over shapes of per-shape scores rows[category][name]; written
-    atomically to `path` as JSON."""
-    names = sorted({name for scores in rows.values() for name in scores})
-    summary = {c: {**{n: float(np.mean(s[n])) for n in names}, "shapes": len(s[names[0]])}
-               for c, s in sorted(rows.items())}
-    shapes = sum(len(s[names[0]]) for s in rows.values())
-    summary["mean over categories"] = {**{n: float(np.mean([summary[c][n] for c in rows])) for n in names},
-                                       "shapes": shapes}
-    summary["mean over shapes"] = {**{n: float(np.mean([x for s in rows.values() for x in s[n]])) for n in names},
-                                   "shapes": shapes}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(path)
+def _row(key: str, view: int, **scores: float) -> dict:
+    return {"key": key, "category": key.split("/")[0], "view": view, **scores}
+
+
+def _summarise(rows: List[dict], ckpt: str | Path, shard_dir: str | Path, name: str, out_dir: str | Path) -> dict:
+    """The per-category summary of per-shape rows, written as eval-svr writes its tables."""
+    if not rows:
+        raise ValueError(f"{shard_dir}: no samples to evaluate ({name})")
+    summary = summarise_rows(rows)
+    write_eval(Path(out_dir or Path(ckpt).parent.parent / "eval"), name, rows, summary)
     return summary
 
 
@@ -110,23 +100,19 @@ def _write_summary(rows: Dict[str, Dict[str, List[float]]], path: Path) -> dict:
 def evaluate_stereo(ckpt: str | Path, shard_dir: str | Path, split: str = "test", out_dir: str | Path = "",
                     device: str = "cpu", batch_size: int = 16) -> dict:
     """Per-category MAE (0-255) of the synthesised right view and of the two baselines (copy the left view; shift
-    it by the object's disparity) on a split's evaluation pairs. Writes eval_stereo_<split>.json."""
-    from recon3d.data.datamodule import ShardDataModule
+    it by the object's disparity) on a split's evaluation pairs. Writes eval_stereo_<split>.json/.csv."""
     from recon3d.tasks.stereo import pair_errors
 
     task = load_view_task(ckpt, "stereo", device)
     hp = task.hparams
-    module = ShardDataModule(shards=str(shard_dir), stage="stereo", batch_size=batch_size, num_workers=0,
-                             crop_size=hp.crop_size, grayscale=hp.image_channels == 1, holdout_views=hp.holdout_views)
-    module.setup()
-    rows: Dict[str, Dict[str, List[float]]] = {}
-    for batch in module.split_dataloader(split, surface=False):
+    rows = []
+    for batch in iter_split(shard_dir, split, batch_size, stage="stereo", crop_size=hp.crop_size,
+                            grayscale=hp.image_channels == 1, holdout_views=hp.holdout_views):
         left, right = batch["left"].to(device), batch["right"].to(device)
         errors = pair_errors(task.model(left)["right"], left, right, batch["mean_disparity"].to(device))
-        for i, key in enumerate(batch["key"]):
-            for name, values in errors.items():
-                rows.setdefault(key.split("/")[0], {}).setdefault(name, []).append(float(values[i]))
-    return _write_summary(rows, Path(out_dir or Path(ckpt).parent.parent / "eval") / f"eval_stereo_{split}.json")
+        rows += [_row(key, int(batch["view"][i]), **{n: float(v[i]) for n, v in errors.items()})
+                 for i, key in enumerate(batch["key"])]
+    return _summarise(rows, ckpt, shard_dir, f"stereo_{split}", out_dir)
 
 
 @torch.no_grad()

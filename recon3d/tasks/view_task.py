@@ -4,7 +4,6 @@ a picture sheet per validation)."""
 from __future__ import annotations
 
 import lightning as L
-import numpy as np
 import torch
 
 from recon3d.tasks.autoencoder import check_finite
@@ -44,6 +43,3 @@ class ViewTask(L.LightningModule):
         self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in metrics.items()}, rank_zero_only=True)
         if self.global_rank == 0 and self.pictures:
             publish_image(self, self.picture[0], self.picture_sheet(), self.picture[1])
-
-    def picture_sheet(self) -> np.ndarray:
-        raise NotImplementedError
