@@ -1,9 +1,6 @@
-"""The typed configuration schema and `load_config`: the only module that imports omegaconf.
-
-Every field has a default and a one-line comment. YAML files hold values only; `load_config` merges them onto the
-schema left to right, then applies `key=value` overrides, in struct mode so that a typo or a wrong type fails before
-any work starts, naming the key and suggesting the nearest valid one.
-"""
+"""The typed configuration schema (a default and a one-line comment per field) and `load_config`, the only user of
+omegaconf: YAML values merged onto the schema left to right, then `key=value` overrides, in struct mode, so that a
+typo or a wrong type fails before any work starts, naming the key and suggesting the nearest valid one."""
 
 from __future__ import annotations
 
@@ -12,12 +9,11 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
+from recon3d.stages import STAGES
+
 AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
 SOURCE_KINDS = ("auto", "folder", "shapenet", "modelnet", "binvox", "imnet_hdf5")
-STAGES = ("autoencoder", "image", "volume", "stereo")
-TRAIN_STAGES = ("autoencoder", "svr", "gan", "vrn", "stereo")
-# the loader stage each training stage reads
-LOADER_STAGE = {"autoencoder": "autoencoder", "svr": "image", "gan": "", "vrn": "volume", "stereo": "stereo"}
+LOADER_PIPELINES = ("autoencoder", "image", "volume", "stereo")  # what loader.stage can name (data/datamodule.py)
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 
 
@@ -133,8 +129,8 @@ class ShardConfig:
 @dataclass
 class LoaderConfig:
     shards: str = "shards/demo"  # folder holding manifest.json
-    stage: str = "autoencoder"  # autoencoder (voxels + points) | image (one view + camera) | volume (a view + its
-    # view-aligned occupancy, for VRN) | stereo (a left/right pair, needs render.stereo_baseline > 0 in the shards)
+    stage: str = ""  # empty: what train.stage reads (recon3d/stages.py); or autoencoder (voxels + points) | image (a
+    # view + camera) | volume (a view + its view-aligned occupancy) | stereo (a left/right pair: render.stereo_baseline)
     batch_size: int = 16  # samples per batch per process
     num_workers: int = 2  # DataLoader worker processes per rank
     point_resolution: int = 16  # which point set the autoencoder stage reads (16, 32 or 64)
@@ -152,7 +148,8 @@ class LoaderConfig:
     seed: int = 0  # seeds shard resampling and augmentation
 
     def __post_init__(self) -> None:
-        _check(self.stage in STAGES, f"loader.stage={self.stage!r}: expected one of {STAGES}")
+        _check(self.stage in ("", *LOADER_PIPELINES),
+               f"loader.stage={self.stage!r}: empty (follow train.stage) or one of {LOADER_PIPELINES}")
         _check(self.batch_size >= 1 and self.num_workers >= 0, "loader.batch_size >= 1 and loader.num_workers >= 0")
         _check(self.point_resolution in (8, 16, 32, 64, 128, 256), "loader.point_resolution must be a power of 2, 8..256")
         _check(self.crop_size >= 8, "loader.crop_size must be >= 8")
@@ -255,8 +252,8 @@ class StereoConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str = "autoencoder"  # autoencoder | svr (image encoder, needs svr.autoencoder_ckpt) | gan (latent GAN) |
-    # vrn (image -> view-aligned volume, loader.stage=volume) | stereo (Deep3D, loader.stage=stereo)
+    stage: str = "autoencoder"  # a row of recon3d/stages.py: autoencoder | svr (image encoder: svr.autoencoder_ckpt) |
+    # gan (latent GAN: gan.autoencoder_ckpt) | vrn (image -> view-aligned volume) | stereo (Deep3D, left -> right)
     run_dir: str = "runs/autoencoder"  # checkpoints/, logs/, wandb/, reconstructions/ go here
     point_resolutions: List[int] = field(default_factory=lambda: [16, 32, 64])  # progressive phases (IM-NET)
     phase_epochs: List[int] = field(default_factory=lambda: [20, 20, 40])  # epochs per phase
@@ -289,7 +286,7 @@ class TrainConfig:
         _check(all(e >= 0 for e in self.phase_epochs) and sum(self.phase_epochs) > 0,
                "train.phase_epochs must be >= 0 and not all zero")
         _check(self.logger in ("wandb", "csv"), f"train.logger={self.logger!r}: wandb or csv")
-        _check(self.stage in TRAIN_STAGES, f"train.stage={self.stage!r}: one of {TRAIN_STAGES}")
+        _check(self.stage in STAGES, f"train.stage={self.stage!r}: one of {tuple(STAGES)}")
         deepspeed = "deepspeed" in self.strategy
         _check(not (deepspeed and self.accelerator == "cpu"),
                f"train.strategy={self.strategy} with train.accelerator=cpu: Lightning's DeepSpeed strategy runs on "
@@ -297,9 +294,8 @@ class TrainConfig:
         _check(not self.deepspeed_config or deepspeed,
                f"train.deepspeed_config is set but train.strategy={self.strategy} is not a DeepSpeed strategy")
         _check(self.precision in PRECISIONS, f"train.precision={self.precision!r}: one of {PRECISIONS}")
-        _check(not (self.stage == "gan" and deepspeed),
-               f"train.strategy={self.strategy}: the gan stage trains two networks with two optimisers and "
-               f"Lightning's DeepSpeed strategy takes one; use ddp (or auto)")
+        _check(not (deepspeed and not STAGES[self.stage].deepspeed), f"train.strategy={self.strategy}: the "
+               f"{self.stage} stage has two optimisers and Lightning's DeepSpeed strategy takes one; use ddp or auto")
         _check(self.wandb_mode in ("offline", "online", "disabled"), "train.wandb_mode: offline | online | disabled")
         _check(self.lr > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.lr > 0 and betas in [0, 1)")
 
@@ -340,16 +336,11 @@ class Config:
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
-SAFE_GLOBALS = [Config, SourceConfig, GeometryConfig, RenderConfig, ShardConfig, LoaderConfig, ModelConfig,
-                SVRConfig, GANConfig, VRNConfig, StereoConfig, TrainConfig, DemoConfig]
-# (registered with torch's weights_only loader by recon3d.engine.build)
+SAFE_GLOBALS = [Config, *(f.default_factory for f in fields(Config))]  # for torch's weights_only checkpoint loads
 
 
 def _suggest(key: str, node: Any) -> str:
-    try:
-        candidates = [str(k) for k in node.keys()]
-    except Exception:  # not a mapping: nothing to suggest
-        return ""
+    candidates = [str(k) for k in node.keys()] if hasattr(node, "keys") else []  # not a mapping: nothing to suggest
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(candidates)})"
 
@@ -363,22 +354,17 @@ def _merge(base: Any, other: Any, where: str) -> Any:
     except (ConfigKeyError, ValidationError, OmegaConfBaseException) as err:
         full_key = getattr(err, "full_key", None) or ""
         parent_path, _, leaf = str(full_key).rpartition(".")
-        hint = ""
         if isinstance(err, ConfigKeyError) or "not in" in str(err):
-            parent = OmegaConf.select(base, parent_path) if parent_path else base
-            hint = _suggest(leaf, parent)
+            hint = _suggest(leaf, OmegaConf.select(base, parent_path) if parent_path else base)
             raise ConfigError(f"{where}: unknown key {full_key!r}{hint}") from None
-        message = str(err).splitlines()[0]
-        raise ConfigError(f"{where}: bad value for {full_key!r}: {message}") from None
+        raise ConfigError(f"{where}: bad value for {full_key!r}: {str(err).splitlines()[0]}") from None
 
 
 def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Config:
-    """Build a Config from the schema defaults, YAML `files` merged left to right, then `key=value` `overrides`.
+    """A Config from the schema defaults, YAML `files` merged left to right, then `key=value` `overrides`.
 
-    Raises:
-        ConfigError: a file is missing or not a mapping, a key is unknown (with a suggestion), a value has the wrong
-            type, or a cross-field rule fails.
-    """
+    Raises ConfigError: a file is missing or not a mapping, a key is unknown (with a suggestion), a value has the
+    wrong type, or a cross-field rule fails."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.structured(Config)

@@ -50,7 +50,7 @@ def tiny_sweep_file(path: Path, shards: Path, **spec) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_meshes(tmp_path_factory) -> Path:
-    from recon3d.engine.demo import write_procedural_meshes
+    from recon3d.workflows.demo import write_procedural_meshes
 
     root = tmp_path_factory.mktemp("meshes")
     write_procedural_meshes(root, ["chair", "table", "car"], 4)
@@ -72,8 +72,8 @@ def tiny_shards(tiny_meshes, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_autoencoder(tiny_shards, tmp_path_factory) -> Path:
     """A tiny autoencoder trained for two short epochs on tiny_shards, its latents exported; the last.ckpt path."""
-    from recon3d.engine.inference import export_latents
-    from recon3d.engine.run import run
+    from recon3d.inference.autoencoder import export_latents
+    from recon3d.training.run import run
 
     run_dir = tmp_path_factory.mktemp("ae")
     cfg = tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={run_dir}", "loader.train_samples_per_epoch=8",
@@ -91,7 +91,7 @@ GAN_TINY = ("gan.noise_dim=8", "gan.generator_widths=[32]", "gan.critic_widths=[
 @pytest.fixture(scope="session")
 def trained_gan(tiny_shards, trained_autoencoder, tmp_path_factory) -> Path:
     """A tiny latent GAN trained briefly on trained_autoencoder's codes; its last.ckpt path."""
-    from recon3d.engine.run import run
+    from recon3d.training.run import run
 
     run_dir = tmp_path_factory.mktemp("gan")
     cfg = tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={run_dir}", "train.stage=gan",
@@ -102,11 +102,11 @@ def trained_gan(tiny_shards, trained_autoencoder, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_svr(tiny_shards, trained_autoencoder, tmp_path_factory) -> Path:
     """A tiny image encoder trained briefly against trained_autoencoder's codes; its last.ckpt path."""
-    from recon3d.engine.run import run
+    from recon3d.training.run import run
 
     run_dir = tmp_path_factory.mktemp("svr")
     cfg = tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={run_dir}", "train.stage=svr",
-                      "loader.stage=image", f"svr.autoencoder_ckpt={trained_autoencoder}", "svr.base_width=4",
+                      f"svr.autoencoder_ckpt={trained_autoencoder}", "svr.base_width=4",
                       "svr.epochs=1", "loader.train_samples_per_epoch=4", "train.accelerator=cpu")
     return run(cfg, enable_wandb=False, enable_progress_bar=False).last_checkpoint
 
@@ -126,17 +126,17 @@ def stereo_shards(tiny_meshes, tmp_path_factory) -> Path:
     return out
 
 
-VRN_TINY = ("train.stage=vrn", "loader.stage=volume", "loader.crop_size=48", "loader.volume_depth=8",
+VRN_TINY = ("train.stage=vrn", "loader.crop_size=48", "loader.volume_depth=8",
             "vrn.stacks=2", "vrn.width=8", "vrn.hourglass_levels=2", "vrn.epochs=1", "vrn.lr=0.003",
             "loader.train_samples_per_epoch=4", "train.accelerator=cpu")
-STEREO_TINY = ("train.stage=stereo", "loader.stage=stereo", "loader.crop_size=48", "stereo.widths=[4,8]",
+STEREO_TINY = ("train.stage=stereo", "loader.crop_size=48", "stereo.widths=[4,8]",
                "stereo.disparity_levels=9", "stereo.disparity_max=8", "stereo.epochs=1",
                "loader.train_samples_per_epoch=4", "train.accelerator=cpu")
 
 
 @pytest.fixture(scope="session")
 def trained_vrn(stereo_shards, tmp_path_factory) -> Path:
-    from recon3d.engine.run import run
+    from recon3d.training.run import run
 
     cfg = tiny_config(f"loader.shards={stereo_shards}", f"train.run_dir={tmp_path_factory.mktemp('vrn')}", *VRN_TINY)
     return run(cfg, enable_wandb=False, enable_progress_bar=False).last_checkpoint
@@ -144,7 +144,7 @@ def trained_vrn(stereo_shards, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_stereo(stereo_shards, tmp_path_factory) -> Path:
-    from recon3d.engine.run import run
+    from recon3d.training.run import run
 
     cfg = tiny_config(f"loader.shards={stereo_shards}", f"train.run_dir={tmp_path_factory.mktemp('stereo')}",
                       *STEREO_TINY, "loader.grayscale=false")

@@ -36,7 +36,7 @@ def test_demo_end_to_end_then_resume(tiny_demo, capsys):
         assert (out / name / "checkpoints" / "last.ckpt").is_file()
         assert Path(stages[name]["checkpoint"]).is_file()  # handed on: the best by the stage's metric
     assert stages["gan"]["selected_by"] == "val/mmd" and stages["svr"]["selected_by"] == "val/iou"
-    for picture in ("autoencoder_sheet.png", "svr_sheet.png", "gan_samples.png", "interpolation.png"):
+    for picture in ("autoencoder_sheet.png", "svr_sheet.png", "gan_samples.png", "gan_interpolation.png"):
         with Image.open(out / "evaluation" / picture) as image:
             assert image.size[0] >= 128
     report = (out / "report.html").read_text()
@@ -119,7 +119,7 @@ def test_bench_prints_figures(tiny_shards, tiny_meshes, capsys):
 
 
 def test_console_script_runs():
-    result = subprocess.run([sys.executable, "-m", "recon3d.cli", "--help"], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run([sys.executable, "-m", "recon3d", "--help"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and "shards" in result.stdout
 
 
@@ -168,3 +168,35 @@ def test_train_command_end_to_end_then_resume(tiny_shards, tmp_path, capsys):
     assert "stopped at epoch 2, step 4" in out and "last.ckpt" in out and "val/iou" in out
     assert main(args[:-1] + ["train.phase_epochs=[1,2]"]) == 0  # a longer schedule continues from last.ckpt
     assert "stopped at epoch 3, step 6" in capsys.readouterr().out
+
+
+def test_version_and_python_dash_m():
+    import subprocess
+
+    from recon3d import __version__
+
+    out = subprocess.run([sys.executable, "-m", "recon3d", "--version"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip() == f"recon3d {__version__}"
+
+
+def test_train_help_lists_every_stage_from_the_table(capsys):
+    from recon3d.stages import STAGES
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    assert all(stage in text for stage in STAGES)
+
+
+def test_a_programming_error_is_not_passed_off_as_a_user_error(monkeypatch):
+    """Only errors a user can fix become one-line messages; a KeyError from a bug keeps its traceback."""
+    from recon3d.cli import data_verbs
+
+    def broken(args):
+        raise KeyError("internal")
+
+    monkeypatch.setattr(data_verbs, "_shards_summary", broken)
+    monkeypatch.setattr(data_verbs, "SHARD_VERBS", [v if v.name != "summary" else v.__class__(
+        v.name, v.help, v.configure, broken) for v in data_verbs.SHARD_VERBS])
+    with pytest.raises(KeyError, match="internal"):
+        main(["shards", "summary", "anywhere"])

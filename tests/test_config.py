@@ -21,7 +21,7 @@ def test_every_yaml_loads(path):
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweep").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_sweep_file_loads(path, monkeypatch):
     """Sweep files are checked key by key against the schema (bases resolve from the repository root)."""
-    from recon3d.sweep import load_sweep
+    from recon3d.training.sweep import load_sweep
 
     monkeypatch.chdir(REPO)
     spec = load_sweep(path)
@@ -119,6 +119,9 @@ def test_to_dict_is_json_ready():
     ("model", "recon3d.tasks.autoencoder:AutoencoderTask", set()),
     ("gan", "recon3d.tasks.gan:LatentGANTask", {"latents", "batch_size", "epochs", "samples_per_epoch"}),
     ("svr", "recon3d.tasks.svr:SVRTask", {"latents", "epochs"}),
+    ("vrn", "recon3d.tasks.vrn:VRNTask", {"epochs"}),
+    ("stereo", "recon3d.tasks.stereo:StereoTask", {"epochs"}),
+    ("loader", "recon3d.data.datamodule:ShardDataModule", set()),
 ])
 def test_config_fields_match_constructor_keywords(section, cls, skip):
     """The builder passes these sections straight through: a renamed keyword must fail here, not at run time."""
@@ -132,3 +135,30 @@ def test_config_fields_match_constructor_keywords(section, cls, skip):
     keywords = set(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
     section_fields = {f.name for f in dataclasses.fields(getattr(Config(), section))}
     assert section_fields - skip <= keywords, section_fields - skip - keywords
+
+
+def test_every_field_of_every_section_is_read_somewhere():
+    """A field no code reads is a setting that silently does nothing: every field of every section must appear as
+    an attribute read (or a keyword, for the sections passed through) outside config.py."""
+    import dataclasses
+    import re
+
+    from recon3d.config import Config
+
+    source = "\n".join(p.read_text() for p in (REPO / "recon3d").rglob("*.py") if p.name != "config.py")
+    unread = []
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(getattr(Config(), section.name)):
+            if not re.search(rf"(\.{f.name}\b|\b{f.name}=|\"{f.name}\")", source):
+                unread.append(f"{section.name}.{f.name}")
+    assert not unread, unread
+
+
+def test_loader_stage_follows_train_stage_unless_set():
+    from recon3d.data.datamodule import loader_pipeline
+    from recon3d.stages import STAGES
+
+    for stage, row in STAGES.items():
+        cfg = load_config([], [f"train.stage={stage}"])
+        assert cfg.loader.stage == "" and loader_pipeline(cfg) == (row.loader or cfg.loader.stage)
+    assert loader_pipeline(load_config([], ["train.stage=svr", "loader.stage=volume"])) == "volume"

@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from recon3d.data import schema
-from recon3d.data.verify import read_tar
-from recon3d.data.writer import load_manifest
+from recon3d.data.shards import load_manifest, read_tar
 from recon3d.geometry.render import on_white
+from recon3d.io import atomic_path
 
 _LABEL_H = 14
 
@@ -82,8 +82,6 @@ def contact_sheet(shard_dir: str | Path, out: str | Path, *, count: int = 8, vie
     rows = [sample_row(k, m, views, size) for k, m in picked]
     if not rows:
         raise ValueError(f"{shard_dir}: no samples to show")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    Image.fromarray(np.concatenate(rows, axis=0)).save(tmp)
-    tmp.replace(out)
+    with atomic_path(out, keep_suffix=True) as tmp:
+        Image.fromarray(np.concatenate(rows, axis=0)).save(tmp)
     return out

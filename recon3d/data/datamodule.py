@@ -1,18 +1,44 @@
-"""ShardDataModule: the LightningDataModule over a shard folder, one pipeline per training stage."""
+"""ShardDataModule: the LightningDataModule over a shard folder, one loader pipeline per kind of input; and
+`iter_split`, every sample of a split once, for evaluation and inference."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
 
 import lightning as L
 from torch.utils.data import DataLoader
 
-from recon3d.config import LoaderConfig
-from recon3d.data.pipelines import (AutoencoderDecoder, EvalStream, ImageDecoder, ShardInfo, StereoDecoder,
-                                    TrainStream, VolumeDecoder, autoencoder_members, expand_batch, image_eval_members,
-                                    image_members, stereo_members)
-from recon3d.data.writer import load_manifest
+from recon3d.config import Config, LoaderConfig
+from recon3d.data.pipelines import (AutoencoderDecoder, ImageDecoder, StereoDecoder, VolumeDecoder,
+                                    autoencoder_members, expand_batch, image_eval_members, image_members,
+                                    stereo_members)
+from recon3d.data.streams import EvalStream, TrainStream
+from recon3d.data.shards import ShardInfo, load_manifest, shard_infos
+from recon3d.stages import STAGES
+
+
+class Pipeline(NamedTuple):
+    decoder: Callable[["ShardDataModule"], object]  # the per-sample decoder, from the DataModule's settings
+    members: Callable[["ShardDataModule", bool], Callable[[str], bool]]  # the tar members it reads (eval: bool)
+
+
+PIPELINES: Dict[str, Pipeline] = {  # loader.stage -> how its samples are read
+    "autoencoder": Pipeline(lambda dm: AutoencoderDecoder(dm.point_resolution, dm.points_per_sample),
+                            lambda dm, evaluation: autoencoder_members(dm.point_resolution, surface=evaluation)),
+    "image": Pipeline(lambda dm: ImageDecoder(dm.crop_size, dm.flip, dm.grayscale, dm.holdout_views),
+                      lambda dm, evaluation: image_eval_members if evaluation else image_members),
+    "volume": Pipeline(lambda dm: VolumeDecoder(dm.crop_size, dm.flip, dm.grayscale, dm.holdout_views,
+                                                dm.volume_depth),
+                       lambda dm, evaluation: image_members),
+    "stereo": Pipeline(lambda dm: StereoDecoder(dm.crop_size, dm.grayscale, dm.holdout_views),
+                       lambda dm, evaluation: stereo_members),
+}
+
+
+def loader_pipeline(cfg: Config) -> str:
+    """The loader pipeline a config reads: loader.stage when set, else the one its train.stage reads."""
+    return cfg.loader.stage or STAGES[cfg.train.stage].loader
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -51,15 +77,18 @@ class ShardDataModule(L.LightningDataModule):
         self.manifest: dict = {}
 
     @classmethod
-    def from_config(cls, cfg: LoaderConfig, **kwargs) -> "ShardDataModule":
-        fields = {k: getattr(cfg, k) for k in ("shards", "stage", "batch_size", "num_workers", "point_resolution",
-                                               "points_per_sample", "crop_size", "flip", "grayscale", "volume_depth",
-                                               "holdout_views",
-                                               "train_samples_per_epoch", "shuffle_buffer", "persistent_workers",
-                                               "seed")}
+    def from_config(cls, cfg: Config | LoaderConfig, **kwargs) -> "ShardDataModule":
+        """From a whole Config (the pipeline follows train.stage unless loader.stage is set) or its loader section
+        (loader.stage must then be set, or `stage` given)."""
+        loader = cfg.loader if isinstance(cfg, Config) else cfg
+        fields = {f: getattr(loader, f) for f in LoaderConfig.__dataclass_fields__}
+        fields["stage"] = kwargs.pop("stage", "") or (loader_pipeline(cfg) if isinstance(cfg, Config) else
+                                                      loader.stage) or "autoencoder"
         return cls(**fields, **kwargs)
 
     def setup(self, stage: Optional[str] = None) -> None:
+        if self.stage not in PIPELINES:
+            raise ValueError(f"loader stage {self.stage!r}: one of {', '.join(PIPELINES)}")
         self.manifest = load_manifest(self.shard_dir)
         stored = self.manifest["config"]["geometry"]["point_resolutions"]
         views = int(self.manifest["config"]["render"]["views"])
@@ -84,24 +113,13 @@ class ShardDataModule(L.LightningDataModule):
     def shard_infos(self, split: str) -> List[ShardInfo]:
         if not self.manifest:
             self.setup()
-        return [ShardInfo(str(self.shard_dir / f"{s['name']}.tar"), s["samples"])
-                for s in self.manifest["shards"] if s["split"] == split]
+        return shard_infos(self.shard_dir, split, self.manifest)
 
     def _decoder(self):
-        if self.stage == "autoencoder":
-            return AutoencoderDecoder(self.point_resolution, self.points_per_sample)
-        if self.stage == "volume":
-            return VolumeDecoder(self.crop_size, self.flip, self.grayscale, self.holdout_views, self.volume_depth)
-        if self.stage == "stereo":
-            return StereoDecoder(self.crop_size, self.grayscale, self.holdout_views)
-        return ImageDecoder(self.crop_size, self.flip, self.grayscale, self.holdout_views)
+        return PIPELINES[self.stage].decoder(self)
 
     def _members(self, evaluation: bool = False):
-        if self.stage == "autoencoder":
-            return autoencoder_members(self.point_resolution, surface=evaluation)
-        if self.stage == "stereo":
-            return stereo_members
-        return image_eval_members if evaluation and self.stage == "image" else image_members
+        return PIPELINES[self.stage].members(self, evaluation)
 
     def _loader(self, dataset) -> DataLoader:
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
@@ -111,6 +129,8 @@ class ShardDataModule(L.LightningDataModule):
         stream = TrainStream(self.shard_infos("train"), self._decoder(), self.batch_size, members=self._members(),
                              samples_per_epoch=self.train_samples_per_epoch, shuffle_buffer=self.shuffle_buffer,
                              seed=self.seed, rank=self._rank, world_size=self._world)
+        trainer = getattr(self, "trainer", None)
+        stream.set_epoch(trainer.current_epoch if trainer is not None else 0)
         return self._loader(stream)
 
     def split_dataloader(self, split: str, *, surface: bool = True) -> DataLoader:
@@ -125,3 +145,14 @@ class ShardDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.split_dataloader("test")
+
+
+def iter_split(shard_dir: str | Path, split: str, batch_size: int, *, surface: bool = False,
+               **loader) -> Iterator[dict]:
+    """Every sample of a split once, in manifest order, as expanded batches (voxels float); `loader` keywords go to
+    ShardDataModule (e.g. stage="image" with a model's crop and channels)."""
+    dm = ShardDataModule(shards=str(shard_dir), batch_size=batch_size, num_workers=0, rank=0, world_size=1, **loader)
+    dm.setup()
+    dm.set_point_resolution(dm.manifest["config"]["geometry"]["point_resolutions"][0])
+    for batch in dm.split_dataloader(split, surface=surface):
+        yield expand_batch(batch)

@@ -15,10 +15,18 @@ import numpy as np
 import torch
 from torch.utils import data as torch_data
 
+from recon3d.config import Config, ConfigError
 from recon3d.data.schema import npy_bytes
-from recon3d.data.writer import atomic_write, file_sha256
+from recon3d.io import atomic_write, file_sha256
 
 INDEX = "latents.json"
+
+
+def default_latents(shards: str | Path, autoencoder_ckpt: str | Path, latents: str = "") -> str:
+    """`latents`, or where `recon3d export-latents` puts an autoencoder's codes: <shards>/latents/<its run name>."""
+    if latents:
+        return str(latents)
+    return str(Path(shards) / "latents" / Path(autoencoder_ckpt).resolve().parent.parent.name)
 
 
 def write_latents(out_dir: Path, latents: Dict[str, Tuple[List[str], np.ndarray]], info: dict) -> Path:
@@ -99,6 +107,14 @@ class LatentDataModule(L.LightningDataModule):
         super().__init__()
         self.latents, self.batch_size, self.samples_per_epoch = latents, batch_size, samples_per_epoch
         self.codes: Dict[str, np.ndarray] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "LatentDataModule":
+        """The codes of cfg.gan.autoencoder_ckpt exported next to cfg.loader.shards (or gan.latents)."""
+        if not cfg.gan.autoencoder_ckpt:
+            raise ConfigError("train.stage=gan needs gan.autoencoder_ckpt (the trained autoencoder)")
+        return cls(latents=default_latents(cfg.loader.shards, cfg.gan.autoencoder_ckpt, cfg.gan.latents),
+                   batch_size=cfg.gan.batch_size, samples_per_epoch=cfg.gan.samples_per_epoch)
 
     def setup(self, stage: Optional[str] = None) -> None:
         for split in ("train", "val"):

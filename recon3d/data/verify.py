@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import List
 
 from recon3d.data import schema
-from recon3d.data.writer import file_sha256, load_manifest
+from recon3d.data.shards import load_manifest, read_tar
+from recon3d.io import file_sha256
 
 
 @dataclass
@@ -65,20 +66,6 @@ def _check_sample(key: str, members: dict, expected: dict) -> List[str]:
     except Exception as err:  # any decoding failure is a finding, not a crash
         problems.append(f"{key}: cannot decode ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
     return problems
-
-
-def read_tar(path: Path) -> dict:
-    """All samples of one shard: key -> {member suffix: bytes}, in file order (raises for a damaged file)."""
-    samples: dict = {}
-    with tarfile.open(path, "r:") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            base = info.name.rsplit("/", 1)
-            stem, _, suffix = base[-1].partition(".")
-            key = f"{base[0]}/{stem}" if len(base) == 2 else stem
-            samples.setdefault(key, {})[suffix] = tar.extractfile(info).read()
-    return samples
 
 
 def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport:

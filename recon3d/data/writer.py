@@ -21,41 +21,20 @@ import re
 import sys
 import tarfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from recon3d.config import Config, to_dict
 from recon3d.data import schema
-from recon3d.data.formats import RejectError
-from recon3d.data.prepare import Prepared, prepare
+from recon3d.data.executors import ordered_map, ray_ordered_map
+from recon3d.data.prepare import Prepared
+from recon3d.data.shards import MANIFEST
 from recon3d.data.sources import Item, assign_split, discover
-
-MANIFEST = "manifest.json"
+from recon3d.io import atomic_write, file_sha256
 REJECTS = "rejects.jsonl"
 BUILD_LOG = "build_log.json"
 _SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}$")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes to `path` through a temp name and rename, so readers never see a partial file (the temp name
-    carries the process id: two processes writing the same file never share a temp file)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -143,77 +122,6 @@ def finished(out: Path, plan: ShardPlan) -> Optional[dict]:
     return side
 
 
-def _work(job) -> tuple:
-    item, root, cfg = job
-    try:
-        return "ok", prepare(item, root, cfg)
-    except RejectError as err:
-        return "reject", {"path": item.path, "key": item.key, "reason": str(err)}
-    except MemoryError:
-        return "reject", {"path": item.path, "key": item.key, "reason": "out of memory while preparing"}
-    except Exception as err:  # an input that breaks a library in a way we did not foresee: record it, go on
-        message = str(err).splitlines()[0][:200] if str(err) else ""
-        return "reject", {"path": item.path, "key": item.key,
-                          "reason": f"unexpected {type(err).__name__}: {message}"}
-
-
-def _init_worker() -> None:
-    # one process per core: keep numeric libraries single-threaded inside each worker
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = "1"
-
-
-_DIED = "worker process died while preparing this input (killed: out of memory, or a crash in a native library)"
-
-
-def ordered_map(jobs: List[tuple], workers: int) -> Iterator[tuple]:
-    """Results of _work in job order, with at most 4 x workers jobs in flight (bounded memory).
-
-    A worker that dies (OOM killer, segfault) breaks the whole pool and every job in flight with it. Those jobs are
-    then run again one at a time, each in a pool of its own: the one that kills its worker again is rejected with a
-    reason, the others give their results, and the build goes on with a fresh pool.
-    """
-    if workers <= 1:
-        for job in jobs:
-            yield _work(job)
-        return
-    import multiprocessing
-
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-
-    def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
-
-    def alone(job: tuple) -> tuple:
-        with ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker) as single:
-            try:
-                return single.submit(_work, job).result()
-            except BrokenProcessPool:
-                item = job[0]
-                return "reject", {"path": item.path, "key": item.key, "reason": _DIED}
-
-    pending = collections.deque(jobs)
-    pool = new_pool()
-    window: collections.deque = collections.deque()
-    try:
-        while pending or window:
-            while pending and len(window) < 4 * workers:
-                job = pending.popleft()
-                window.append((job, pool.submit(_work, job)))
-            job, future = window.popleft()
-            try:
-                yield future.result()
-            except BrokenProcessPool:
-                lost = [job] + [j for j, _ in window]
-                window.clear()
-                pool.shutdown(wait=False, cancel_futures=True)
-                for lost_job in lost:
-                    yield alone(lost_job)
-                pool = new_pool()
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
 def _finish_shard(out: Path, plan: ShardPlan, tar: tarfile.TarFile, handle, count: int, rejects: List[dict]):
     tar.close()
     handle.flush()
@@ -279,20 +187,37 @@ def build_shards(cfg: Config, *, progress: bool = True, stop_after: int = 0,
     if stop_after:
         pending = pending[:stop_after]
     jobs = [(item, cfg.source.root, cfg) for p in pending for item in p.items]
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    results = (ray_ordered_map if use_ray else ordered_map)(jobs, cfg.shards.workers)
+    bar = _progress_bar(mine, pending) if progress else None
+    stage_seconds = _write_shards(out, pending, results, sides, bar)
+    sides = {name: side or finished(out, plan) for (name, side), plan in zip(sides.items(), plans)}  # other parts
+    if any(side is None for side in sides.values()):  # stopped early, or other parts still at work: no manifest
+        return BuildResult(out, {}, rejects, len(jobs), time.perf_counter() - started, stage_seconds)
+    all_rejects = sorted(rejects + [r for p in plans for r in sides[p.name]["rejects"]],
+                         key=lambda r: (r["path"], r["key"]))
+    manifest = make_manifest(cfg, kind, plans, sides, all_rejects)
+    atomic_write(out / REJECTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in all_rejects).encode())
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    seconds = time.perf_counter() - started
+    log = {"finished_unix": time.time(), "seconds": seconds, "workers": cfg.shards.workers, "prepared": len(jobs),
+           "stage_seconds_total": {k: sum(v) for k, v in stage_seconds.items()}}
+    atomic_write(out / BUILD_LOG, json.dumps(log, indent=1, sort_keys=True).encode())
+    return BuildResult(out, manifest, all_rejects, len(jobs), seconds, stage_seconds)
 
-        done = sum(len(p.items) for p in mine) - sum(len(p.items) for p in pending)
-        bar = tqdm(total=sum(len(p.items) for p in mine), initial=done, unit="shape", desc="shards",
-                   file=sys.stderr, dynamic_ncols=True)
+
+def _progress_bar(mine: List[ShardPlan], pending: List[ShardPlan]):
+    from tqdm import tqdm
+
+    done = sum(len(p.items) for p in mine) - sum(len(p.items) for p in pending)
+    return tqdm(total=sum(len(p.items) for p in mine), initial=done, unit="shape", desc="shards", file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _write_shards(out: Path, pending: List[ShardPlan], results, sides: Dict[str, Optional[dict]],
+                  bar=None) -> Dict[str, List[float]]:
+    """Write each pending shard from the results in plan order (a sidecar per finished shard, into `sides`);
+    returns the seconds per preparation stage of the samples written."""
     stage_seconds: Dict[str, List[float]] = collections.defaultdict(list)
-    if use_ray:
-        from recon3d.raytools import ray_ordered_map
-
-        results = ray_ordered_map(jobs, cfg.shards.workers)
-    else:
-        results = ordered_map(jobs, cfg.shards.workers)
     run_rejects = 0
     for plan in pending:
         handle = open(out / f"{plan.name}.tar.tmp", "wb")
@@ -314,19 +239,7 @@ def build_shards(cfg: Config, *, progress: bool = True, stop_after: int = 0,
         sides[plan.name] = _finish_shard(out, plan, tar, handle, count, shard_rejects)
     if bar is not None:
         bar.close()
-    sides = {name: side or finished(out, plan) for (name, side), plan in zip(sides.items(), plans)}  # other parts
-    if any(side is None for side in sides.values()):  # stopped early, or other parts still at work: no manifest
-        return BuildResult(out, {}, rejects, len(jobs), time.perf_counter() - started, dict(stage_seconds))
-    all_rejects = sorted(rejects + [r for p in plans for r in sides[p.name]["rejects"]],
-                         key=lambda r: (r["path"], r["key"]))
-    manifest = make_manifest(cfg, kind, plans, sides, all_rejects)
-    atomic_write(out / REJECTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in all_rejects).encode())
-    atomic_write(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-    seconds = time.perf_counter() - started
-    log = {"finished_unix": time.time(), "seconds": seconds, "workers": cfg.shards.workers, "prepared": len(jobs),
-           "stage_seconds_total": {k: sum(v) for k, v in stage_seconds.items()}}
-    atomic_write(out / BUILD_LOG, json.dumps(log, indent=1, sort_keys=True).encode())
-    return BuildResult(out, manifest, all_rejects, len(jobs), seconds, dict(stage_seconds))
+    return dict(stage_seconds)
 
 
 def make_manifest(cfg: Config, kind: str, plans: List[ShardPlan], sides: Dict[str, dict],
@@ -337,11 +250,3 @@ def make_manifest(cfg: Config, kind: str, plans: List[ShardPlan], sides: Dict[st
     return {"format": schema.FORMAT, "source": {"root": str(cfg.source.root), "kind": kind},
             "config": prep_config(cfg), "samples": sum(x["samples"] for x in shards), "splits": splits,
             "shards": shards, "rejects": len(rejects)}
-
-
-def load_manifest(shard_dir: str | Path) -> dict:
-    """Read manifest.json of a shard folder; FileNotFoundError names the folder if it has none."""
-    path = Path(shard_dir) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{shard_dir}: no {MANIFEST} (build it with `recon3d shards build`)")
-    return json.loads(path.read_text())

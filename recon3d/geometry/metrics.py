@@ -23,6 +23,20 @@ FSCORE_THRESHOLDS = (0.01, 0.015, 0.02)
 report_scale = {"chamfer_l2": 1000.0}  # multiply before printing, as IM-NET reports it
 
 
+def batch_iou(pred, target):
+    """Per-item intersection over union (B,) of boolean occupancy pred and target, both (B, ...) numpy arrays or
+    torch tensors of one shape; 1 where both are empty (nothing to get wrong).
+
+    Raises:
+        ValueError: shapes differ.
+    """
+    if tuple(pred.shape) != tuple(target.shape):
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    inter = (pred & target).reshape(pred.shape[0], -1).sum(1) * 1.0
+    union = (pred | target).reshape(pred.shape[0], -1).sum(1) * 1.0
+    return inter / (union + (union == 0)) + (union == 0)
+
+
 def voxel_metrics(pred: np.ndarray, target: np.ndarray, threshold: float = 0.5) -> Dict[str, float]:
     """IoU, precision, recall, F1 of occupancy and MSE of values.
 

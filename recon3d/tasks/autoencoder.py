@@ -11,8 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recon3d.config import Config, ConfigError, to_dict
 from recon3d.geometry.extract import grid_to_mesh
 from recon3d.models.implicit_decoder import Autoencoder
+from recon3d.tasks.checkpoints import StageCheckpoint
 from recon3d.tasks.shape_eval import decode_occupancy, publish_image, surface_scores, voxel_iou
 
 
@@ -28,7 +30,7 @@ def check_finite(loss: torch.Tensor, module: L.LightningModule, where: str, run_
                                  f"{ckpt} lower the learning rate or check the data.")
 
 
-class AutoencoderTask(L.LightningModule):
+class AutoencoderTask(StageCheckpoint, L.LightningModule):
     """Progressive training of the voxel encoder and implicit decoder.
 
     Phase k trains on the point set at point_resolutions[k] for phase_epochs[k] epochs; the task tells the
@@ -53,6 +55,26 @@ class AutoencoderTask(L.LightningModule):
                                  decoder_output=decoder_output)
         self._step_started = 0.0
         self._rendered_epoch = -1
+
+    stage = "autoencoder"
+
+    @classmethod
+    def from_config(cls, cfg: Config, manifest: dict) -> "AutoencoderTask":
+        """The task of cfg (model and train sections) for the shards described by `manifest`.
+
+        Raises:
+            ConfigError: the schedule's point sets are not in the shards.
+        """
+        stored = manifest["config"]["geometry"]["point_resolutions"]
+        missing = [r for r in cfg.train.point_resolutions if r not in stored]
+        if manifest["source"]["kind"] != "imnet_hdf5" and missing:
+            raise ConfigError(f"train.point_resolutions {missing} are not in the shards (stored: {stored}); "
+                              f"rebuild them or change the schedule")
+        train = cfg.train
+        return cls(**to_dict(cfg.model), voxel_resolution=int(manifest["config"]["geometry"]["voxel_resolution"]),
+                   lr=train.lr, beta1=train.beta1, beta2=train.beta2, point_resolutions=list(train.point_resolutions),
+                   phase_epochs=list(train.phase_epochs), val_resolution=train.val_resolution,
+                   reconstructions_to_log=train.reconstructions_to_log, run_dir=train.run_dir)
 
     # ------------------------------------------------------------------------------------------- schedule
     def resolution_for_epoch(self, epoch: int) -> int:
@@ -138,8 +160,8 @@ class AutoencoderTask(L.LightningModule):
             pair = [grid_to_mesh(target, 0.5, corners=False), grid_to_mesh(recon, 0.5, corners=False)]
             meshes.append(pair[1])
             rows.append(np.concatenate([render_preview(v, f, 128) for v, f in pair], axis=1))
-        publish_image(self, "reconstructions", np.concatenate(rows, axis=0),
-                      "left: input voxels, right: reconstruction", [v for v, f in meshes])
+        publish_image(self, np.concatenate(rows, axis=0), [v for v, f in meshes])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["recon3d_resolution"] = self.resolution_for_epoch(self.current_epoch)

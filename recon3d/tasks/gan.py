@@ -8,14 +8,16 @@ import lightning as L
 import numpy as np
 import torch
 
+from recon3d.config import Config, ConfigError
 from recon3d.geometry.extract import grid_to_mesh
 from recon3d.geometry.metrics import coverage_and_mmd, pairwise_chamfer_l2, sample_surface
 from recon3d.models.latent_gan import LatentCritic, LatentGenerator, gradient_penalty
 from recon3d.tasks.autoencoder import check_finite
+from recon3d.tasks.checkpoints import StageCheckpoint, load_checkpoint
 from recon3d.tasks.shape_eval import decode_occupancy, publish_image
 
 
-class LatentGANTask(L.LightningModule):
+class LatentGANTask(StageCheckpoint, L.LightningModule):
     """A generator noise -> z and a critic z -> score, trained as WGAN-GP: n_critic critic updates (Wasserstein loss +
     gp_weight x gradient penalty) per generator update; Adam for both.
 
@@ -39,6 +41,34 @@ class LatentGANTask(L.LightningModule):
         self._frozen: list = []  # the autoencoder's decoder (not trained, kept out of the state_dict)
         self._references: Optional[np.ndarray] = None
 
+    stage = "gan"
+
+    @classmethod
+    def from_config(cls, cfg: Config, manifest: dict, latent_dim: int = 0) -> "LatentGANTask":
+        """The GAN of cfg.gan on codes of size `latent_dim` (the exported latents'; checked against model.latent_dim)
+        with COV/MMD against the reference split of the shards described by `manifest`.
+
+        Raises:
+            ConfigError: the latents' size differs from model.latent_dim, the reference split is empty, or the
+                shards have no surface samples.
+        """
+        if latent_dim and latent_dim != cfg.model.latent_dim:
+            raise ConfigError(f"the latents have z of size {latent_dim} but model.latent_dim={cfg.model.latent_dim}: "
+                              f"set model.latent_dim={latent_dim} (the autoencoder's) so the generator matches it")
+        split = cfg.gan.reference_split
+        if manifest["splits"].get(split, {}).get("samples", 0) == 0:
+            raise ConfigError(f"gan.reference_split={split}: {cfg.loader.shards} has no {split} shapes for "
+                              f"COV/MMD; choose another split")
+        if not manifest["config"]["geometry"].get("surface_points"):
+            raise ConfigError(f"{cfg.loader.shards} stores no surface samples (geometry.surface_points=0): "
+                              f"COV/MMD need them; rebuild the shards")
+        gan = cfg.gan
+        names = ("noise_dim", "generator_widths", "critic_widths", "n_critic", "gp_weight", "lr", "beta1", "beta2",
+                 "autoencoder_ckpt", "reference_split", "reference_shapes", "eval_samples", "eval_points")
+        return cls(**{k: getattr(gan, k) for k in names}, latent_dim=cfg.model.latent_dim, shards=cfg.loader.shards,
+                   eval_resolution=cfg.train.val_resolution, samples_to_log=cfg.train.reconstructions_to_log,
+                   run_dir=cfg.train.run_dir)
+
     def configure_optimizers(self):
         betas = (self.hparams.beta1, self.hparams.beta2)
         return [torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas),
@@ -46,6 +76,12 @@ class LatentGANTask(L.LightningModule):
 
     def noise(self, count: int) -> torch.Tensor:
         return torch.randn(count, self.hparams.noise_dim, device=self.device)
+
+    @torch.no_grad()
+    def codes_for_seeds(self, seeds: Sequence[int]) -> torch.Tensor:
+        """One generated code (len(seeds), Z) per noise seed: the same seed gives the same shape, on any device."""
+        noise = [torch.randn(self.hparams.noise_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        return self.generator(torch.stack(noise).to(self.device))
 
     # ------------------------------------------------------------------------------------------- training
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
@@ -88,16 +124,15 @@ class LatentGANTask(L.LightningModule):
     @property
     def decoder(self):
         if not self._frozen:
-            from recon3d.engine.inference import load_task
-
-            decoder = load_task(self.hparams.autoencoder_ckpt, "cpu").model.decoder.requires_grad_(False)
+            decoder = load_checkpoint(self.hparams.autoencoder_ckpt, expect="autoencoder").model.decoder
+            decoder.requires_grad_(False)
             self._frozen.append(decoder.eval())
         return self._frozen[0].to(self.device)
 
     def references(self) -> np.ndarray:
         """(R, eval_points, 3) stored surface samples of the reference split's shapes (read once)."""
         if self._references is None:
-            from recon3d.engine.inference import iter_split
+            from recon3d.data.datamodule import iter_split
 
             rng = np.random.default_rng(0)
             found: List[np.ndarray] = []
@@ -116,8 +151,7 @@ class LatentGANTask(L.LightningModule):
     @torch.no_grad()
     def sample_meshes(self, count: int, seed: int = 0) -> list:
         """(vertices, faces) of `count` generated shapes, from fixed noise so that epochs are comparable."""
-        noise = torch.randn(count, self.hparams.noise_dim, generator=torch.Generator().manual_seed(seed))
-        z = self.generator(noise.to(self.device))
+        z = self.codes_for_seeds(range(seed, seed + count))
         grids = decode_occupancy(self.decoder, z, self.hparams.eval_resolution).float().cpu().numpy()
         return [grid_to_mesh(grid, 0.5, corners=False) for grid in grids]
 
@@ -141,4 +175,4 @@ class LatentGANTask(L.LightningModule):
         if not shown:
             return
         row = np.concatenate([render_preview(v, f, 96) for v, f in shown], axis=1)
-        publish_image(self, "samples", row, "generated shapes (fixed noise)")
+        publish_image(self, row)

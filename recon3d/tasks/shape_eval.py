@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from recon3d.geometry.extract import grid_to_mesh
-from recon3d.geometry.metrics import sample_surface, surface_metrics
+from recon3d.geometry.metrics import batch_iou, sample_surface, surface_metrics
+from recon3d.io import atomic_path
+from recon3d.stages import STAGES
 
 
 def cell_centres(resolution: int, device=None) -> torch.Tensor:
@@ -33,10 +35,7 @@ def voxel_iou(pred: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
     """Per-shape IoU (B,) of occupancy pred (B, r, r, r) against stored voxels (B, 1, R, R, R) pooled to r by majority
     (1 when both are empty)."""
     target = F.avg_pool3d(voxels, voxels.shape[-1] // pred.shape[-1])[:, 0] > 0.5
-    occupied = pred > 0.5
-    inter = (occupied & target).flatten(1).sum(1).float()
-    union = (occupied | target).flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    return batch_iou(pred > 0.5, target).float()
 
 
 def surface_scores(grids: np.ndarray, surfaces: np.ndarray, points: int = 2048) -> Tuple[List[float], List[float]]:
@@ -58,19 +57,17 @@ def surface_scores(grids: np.ndarray, surfaces: np.ndarray, points: int = 2048) 
     return chamfers, fscores
 
 
-def publish_image(task, name: str, image: np.ndarray, caption: str, objects: Sequence = ()) -> None:
-    """Save `image` (H, W, 3) uint8 as <run_dir>/<name>/epoch_NNNN.png and log it (and optional point clouds,
-    (P, 3) arrays) to W&B when the run uses it. Call on rank 0."""
+def publish_image(task, image: np.ndarray, objects: Sequence = ()) -> None:
+    """Save `image` (H, W, 3) uint8 as <run_dir>/<the stage's picture folder>/epoch_NNNN.png and log it with the
+    stage's caption (and optional point clouds, (P, 3) arrays) to W&B when the run uses it. Call on rank 0."""
     from PIL import Image
 
+    row = STAGES[task.stage]
+    name, caption = row.pictures, row.picture_caption
     run_dir = task.hparams.get("run_dir", "")
     if run_dir:
-        out = Path(run_dir) / name
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"epoch_{task.current_epoch:04d}.png"
-        tmp = path.with_name(path.stem + ".tmp.png")
-        Image.fromarray(image).save(tmp)
-        tmp.replace(path)
+        with atomic_path(Path(run_dir) / name / f"epoch_{task.current_epoch:04d}.png", keep_suffix=True) as tmp:
+            Image.fromarray(image).save(tmp)
     for logger in task.loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.log_image(f"val/{name}", [image], step=task.global_step, caption=[caption])
@@ -103,13 +100,24 @@ class CategoryScores:
             gathered = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, rows)
             rows = [row for part in gathered for row in part]
-        by_category: dict = {}
-        for category, scores in rows:
-            for name, value in scores.items():
-                by_category.setdefault(name, {}).setdefault(category, []).append(value)
         out = {}
-        for name, categories in by_category.items():
-            means = {c: float(np.mean(v)) for c, v in sorted(categories.items())}
-            out[f"{prefix}/{name}"] = float(np.mean(list(means.values())))
-            out.update({f"{prefix}/{name}/{c}": m for c, m in means.items()})
+        for name, means in category_means(rows).items():
+            out[f"{prefix}/{name}"] = nan_mean(list(means.values()))
+            out.update({f"{prefix}/{name}/{c}": m for c, m in means.items() if not np.isnan(m)})
         return out
+
+
+def category_means(rows: Sequence[Tuple[str, dict]]) -> dict:
+    """{score name: {category: mean}} of (category, {name: value}) rows, categories sorted; NaN values (a shape
+    without a mesh has no Chamfer distance) are left out, and a category with none gets NaN."""
+    by_category: dict = {}
+    for category, scores in rows:
+        for name, value in scores.items():
+            by_category.setdefault(name, {}).setdefault(category, []).append(float(value))
+    return {name: {c: nan_mean(v) for c, v in sorted(categories.items())} for name, categories in by_category.items()}
+
+
+def nan_mean(values: Sequence[float]) -> float:
+    """The mean of the values that are not NaN; NaN when none is."""
+    finite = [float(v) for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")

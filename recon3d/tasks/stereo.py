@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recon3d.config import Config, to_dict
 from recon3d.models.stereo import StereoViewSynthesizer, shifted_views
 from recon3d.tasks.view_task import ViewTask
 
@@ -38,7 +39,7 @@ class StereoTask(ViewTask):
     means over categories, and per category), and a picture per validation: left | predicted right | true right
     | implied disparity."""
 
-    picture = ("stereo", "left | predicted right | true right | disparity")
+    stage = "stereo"
 
     def __init__(self, *, image_channels: int = 1, disparity_levels: int = 33, disparity_min: float = 0.0,
                  disparity_max: float = 16.0, widths: List[int] = (32, 64, 128, 256), lr: float = 2e-4,
@@ -49,6 +50,14 @@ class StereoTask(ViewTask):
         self.model = StereoViewSynthesizer(image_channels=image_channels, disparity_levels=disparity_levels,
                                            disparity_min=disparity_min, disparity_max=disparity_max,
                                            widths=list(widths))
+
+    @classmethod
+    def from_config(cls, cfg: Config, manifest: dict) -> "StereoTask":
+        """The Deep3D model of cfg.stereo on cfg.loader's crops."""
+        settings = {k: v for k, v in to_dict(cfg.stereo).items() if k != "epochs"}
+        return cls(image_channels=1 if cfg.loader.grayscale else 3, **settings, crop_size=cfg.loader.crop_size,
+                   holdout_views=cfg.loader.holdout_views, images_to_log=cfg.train.reconstructions_to_log,
+                   run_dir=cfg.train.run_dir)
 
     def training_loss(self, batch: dict) -> torch.Tensor:
         return F.l1_loss(self.model(batch["left"])["right"], batch["right"])

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, List, Sequence
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recon3d.config import Config, ConfigError
 from recon3d.models.image_encoder import ImageEncoder
 from recon3d.tasks.autoencoder import check_finite
-from recon3d.tasks.shape_eval import decode_occupancy, surface_scores, voxel_iou
+from recon3d.tasks.checkpoints import StageCheckpoint, load_checkpoint, read_checkpoint
+from recon3d.tasks.shape_eval import CategoryScores, decode_occupancy, surface_scores, voxel_iou
 
 
-class SVRTask(L.LightningModule):
+class SVRTask(StageCheckpoint, L.LightningModule):
     """A ResNet image encoder trained to predict the autoencoder's z of the pictured shape.
 
     Targets come from exported latents (`recon3d export-latents`), looked up by sample key. Validation decodes the
@@ -38,10 +40,29 @@ class SVRTask(L.LightningModule):
         self._rows: Dict[str, int] = {}
         self.categories = list(categories)
 
+    stage = "svr"
+
+    @classmethod
+    def from_config(cls, cfg: Config, manifest: dict) -> "SVRTask":
+        """The image encoder of cfg.svr, sized to its autoencoder's z, for shards rendered as `manifest` says."""
+        from recon3d.data.latents import default_latents
+
+        if not cfg.svr.autoencoder_ckpt:
+            raise ConfigError("train.stage=svr needs svr.autoencoder_ckpt (the trained autoencoder)")
+        ckpt = Path(cfg.svr.autoencoder_ckpt)
+        if not ckpt.is_file():
+            raise ConfigError(f"svr.autoencoder_ckpt={str(ckpt)!r} does not exist")
+        svr = cfg.svr
+        return cls(latent_dim=int(read_checkpoint(ckpt)["hyper_parameters"]["latent_dim"]),
+                   image_channels=1 if cfg.loader.grayscale else 3, architecture=svr.architecture,
+                   base_width=svr.base_width, lr=svr.lr, beta1=svr.beta1, beta2=svr.beta2, autoencoder_ckpt=str(ckpt),
+                   latents=default_latents(cfg.loader.shards, svr.autoencoder_ckpt, svr.latents),
+                   val_resolution=cfg.train.val_resolution, image_size=int(manifest["config"]["render"]["image_size"]),
+                   crop_size=cfg.loader.crop_size, holdout_views=cfg.loader.holdout_views)
+
     # --------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
         from recon3d.data.latents import read_all_latents
-        from recon3d.engine.inference import load_task
 
         keys, codes = read_all_latents(self.hparams.latents)
         if codes.shape[1] != self.hparams.latent_dim:
@@ -49,10 +70,8 @@ class SVRTask(L.LightningModule):
                              f"{self.hparams.latent_dim}: set svr.latent_dim to the autoencoder's")
         self._rows = {key: i for i, key in enumerate(keys)}
         self.register_buffer("codes", torch.as_tensor(codes), persistent=False)
-        if not self.categories:
-            self.categories = sorted({k.split("/")[0] for k in keys})
         if self.hparams.autoencoder_ckpt and not self._frozen:
-            decoder = load_task(self.hparams.autoencoder_ckpt, "cpu").model.decoder
+            decoder = load_checkpoint(self.hparams.autoencoder_ckpt, expect="autoencoder").model.decoder
             decoder.requires_grad_(False)
             self._frozen.append(decoder.eval())
 
@@ -79,9 +98,7 @@ class SVRTask(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        count = len(self.categories)
-        self._sums = torch.zeros(3, count, device=self.device, dtype=torch.float64)  # iou, chamfer, fscore
-        self._counts = torch.zeros(2, count, device=self.device, dtype=torch.float64)  # shapes, chamfer shapes
+        self.scores = CategoryScores()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         z = self.encoder(batch["image"])
@@ -91,37 +108,14 @@ class SVRTask(L.LightningModule):
             return
         self.decoder.to(z.device)
         pred = decode_occupancy(self.decoder, z, self.hparams.val_resolution)
-        iou = voxel_iou(pred, batch["voxels"]).double()
         chamfers, fscores = surface_scores(pred.float().cpu().numpy(), batch["surface_points"].cpu().numpy()) \
             if "surface_points" in batch else ([float("nan")] * size, [0.0] * size)
-        index = {c: i for i, c in enumerate(self.categories)}
-        for i, key in enumerate(batch["key"]):
-            column = index.get(key.split("/")[0])
-            if column is None:
-                continue
-            self._sums[0, column] += iou[i]
-            self._sums[2, column] += fscores[i]
-            self._counts[0, column] += 1
-            if not np.isnan(chamfers[i]):
-                self._sums[1, column] += chamfers[i]
-                self._counts[1, column] += 1
+        self.scores.add(batch["key"], **{"iou": voxel_iou(pred, batch["voxels"]), "chamfer": torch.tensor(chamfers),
+                                         "fscore@1%": torch.tensor(fscores)})
 
     def on_validation_epoch_end(self) -> None:
         if self.decoder is None or self.trainer.sanity_checking:
             return
-        # per-category sums from every rank: a rank that saw no shape of a category still takes part
-        sums = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
-        counts = self.trainer.strategy.reduce(self._counts, reduce_op="sum")
-        shapes = counts[0].clamp(min=1)
-        seen = counts[0] > 0
-        if not seen.any():
-            return
-        metrics = {"val/iou": (sums[0][seen] / shapes[seen]).mean(),
-                   "val/fscore@1%": (sums[2][seen] / shapes[seen]).mean()}
-        with_chamfer = counts[1] > 0
-        if with_chamfer.any():
-            metrics["val/chamfer"] = (sums[1][with_chamfer] / counts[1][with_chamfer]).mean()
-        for column, category in enumerate(self.categories):
-            if seen[column]:
-                metrics[f"val/iou/{category}"] = sums[0, column] / shapes[column]
-        self.log_dict({k: v.float() for k, v in metrics.items()}, rank_zero_only=True)
+        metrics = self.scores.summary("val")  # means over categories, over every rank's shapes
+        if metrics:
+            self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in metrics.items()}, rank_zero_only=True)

@@ -7,14 +7,14 @@ import lightning as L
 import torch
 
 from recon3d.tasks.autoencoder import check_finite
+from recon3d.tasks.checkpoints import StageCheckpoint
 from recon3d.tasks.shape_eval import CategoryScores, publish_image
 
 
-class ViewTask(L.LightningModule):
-    """Subclasses set self.model and define training_loss(batch), validation_step (adding per-shape scores to
-    self.scores and pictures to self.pictures) and picture_sheet(); `picture` names the sheet and its caption."""
-
-    picture = ("pictures", "")
+class ViewTask(StageCheckpoint, L.LightningModule):
+    """Subclasses set `stage` and self.model and define training_loss(batch), validation_step (adding per-shape
+    scores to self.scores and pictures to self.pictures) and picture_sheet(); the stage table names the sheet's folder
+    and caption."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -42,4 +42,4 @@ class ViewTask(L.LightningModule):
             return
         self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in metrics.items()}, rank_zero_only=True)
         if self.global_rank == 0 and self.pictures:
-            publish_image(self, self.picture[0], self.picture_sheet(), self.picture[1])
+            publish_image(self, self.picture_sheet())

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recon3d.config import Config, ConfigError
+from recon3d.geometry.metrics import batch_iou
 from recon3d.models.hourglass import HourglassVolumeRegressor
 from recon3d.tasks.view_task import ViewTask
 
@@ -13,10 +15,7 @@ from recon3d.tasks.view_task import ViewTask
 def volume_iou(logits: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
     """Per-sample IoU (B,) of predicted occupancy (logits > 0) against volume (B, D, H, W) in {0, 1}; 1 when both
     are empty."""
-    pred, target = logits > 0, volume > 0.5
-    inter = (pred & target).flatten(1).sum(1).float()
-    union = (pred | target).flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    return batch_iou(logits > 0, volume > 0.5).float()
 
 
 def depth_picture(occupancy: np.ndarray) -> np.ndarray:
@@ -37,7 +36,7 @@ class VRNTask(ViewTask):
     `recon3d reconstruct --model vrn`, which places the volume's cells with that camera.
     """
 
-    picture = ("volumes", "input | true depth | predicted depth")
+    stage = "vrn"
 
     def __init__(self, *, image_channels: int = 1, depth: int = 32, stacks: int = 2, width: int = 128,
                  hourglass_levels: int = 3, positive_weight: float = 1.0, lr: float = 2.5e-4, beta1: float = 0.9,
@@ -48,6 +47,31 @@ class VRNTask(ViewTask):
         self.save_hyperparameters()
         self.model = HourglassVolumeRegressor(image_channels=image_channels, depth=depth, stacks=stacks, width=width,
                                               hourglass_levels=hourglass_levels)
+
+    @classmethod
+    def from_config(cls, cfg: Config, manifest: dict) -> "VRNTask":
+        """The VRN of cfg.vrn on cfg.loader's crops, recording the typical camera of the shards' renders.
+
+        Raises:
+            ConfigError: the crop cannot be pooled vrn.hourglass_levels times and restored.
+        """
+        from recon3d.geometry.camera import R2N2_FOCAL_PER_WIDTH, focal_for_padding
+
+        render, loader, vrn = manifest["config"]["render"], cfg.loader, cfg.vrn
+        size, distances = int(render["image_size"]), render["distance_range"]
+        if render.get("padding_px", 0) > 0:
+            focal = focal_for_padding(size, render["padding_px"], distances[0])
+        else:
+            focal = render.get("focal_px") or R2N2_FOCAL_PER_WIDTH * size
+        if loader.crop_size % (4 * 2 ** vrn.hourglass_levels):
+            raise ConfigError(f"loader.crop_size={loader.crop_size} must be a multiple of 4 x 2^vrn.hourglass_levels "
+                              f"({4 * 2 ** vrn.hourglass_levels}) for the hourglass to pool and return")
+        return cls(image_channels=1 if loader.grayscale else 3, depth=loader.volume_depth, stacks=vrn.stacks,
+                   width=vrn.width, hourglass_levels=vrn.hourglass_levels, positive_weight=vrn.positive_weight,
+                   lr=vrn.lr, beta1=vrn.beta1, beta2=vrn.beta2, image_size=size, crop_size=loader.crop_size,
+                   holdout_views=loader.holdout_views, camera_focal=float(focal),
+                   camera_distance=float(sum(distances) / 2), images_to_log=cfg.train.reconstructions_to_log,
+                   run_dir=cfg.train.run_dir)
 
     def loss(self, outputs: list, volume: torch.Tensor) -> torch.Tensor:
         weight = torch.as_tensor(self.hparams.positive_weight, device=volume.device)

@@ -11,7 +11,8 @@ import pytest
 import trimesh
 
 from recon3d.data.sources import Item
-from recon3d.data.writer import _work, build_shards
+from recon3d.data.executors import prepare_job
+from recon3d.data.writer import build_shards
 from tests.conftest import tiny_config
 
 BOX_OBJ = trimesh.exchange.obj.export_obj(trimesh.creation.box((1, 2, 1)), include_normals=False)
@@ -222,7 +223,7 @@ def test_each_bad_input_gets_a_reason_or_a_sample(tmp_path, maker, reason):
     cfg = tiny_config("geometry.max_faces=10000")
     rel = path.relative_to(tmp_path).as_posix()
     kind = "binvox" if path.suffix == ".binvox" else "mesh"
-    status, payload = _work((Item("a/x", rel, kind), str(tmp_path), cfg))
+    status, payload = prepare_job((Item("a/x", rel, kind), str(tmp_path), cfg))
     if reason is None:
         assert status == "ok", payload
     else:
@@ -242,7 +243,7 @@ def test_gltf_scene_keeps_every_node_with_its_transform(tmp_path):
 def test_timeout_rejects_and_moves_on(tmp_path):
     path = make_many_bodies(tmp_path)
     cfg = tiny_config("geometry.timeout_s=0.001")
-    status, payload = _work((Item("a/x", path.relative_to(tmp_path).as_posix(), "mesh"), str(tmp_path), cfg))
+    status, payload = prepare_job((Item("a/x", path.relative_to(tmp_path).as_posix(), "mesh"), str(tmp_path), cfg))
     assert status == "reject" and "timed out" in payload["reason"]
 
 

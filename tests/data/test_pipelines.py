@@ -23,7 +23,7 @@ def _dm(shards, rank=None, world=None, **kwargs):
 
 def _split_keys(shards, split):
     manifest = json.loads((shards / "manifest.json").read_text())
-    from recon3d.data.verify import read_tar
+    from recon3d.data.shards import read_tar
 
     return sorted(k for s in manifest["shards"] if s["split"] == split
                   for k in read_tar(shards / f"{s['name']}.tar"))
@@ -174,7 +174,7 @@ def test_truncated_shard_keeps_what_it_can_and_goes_on(tiny_shards, tmp_path, ca
 
 
 def _split_keys_of(shards, name):
-    from recon3d.data.verify import read_tar
+    from recon3d.data.shards import read_tar
 
     return list(read_tar(shards / f"{name}.tar"))
 

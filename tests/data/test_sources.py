@@ -6,7 +6,7 @@ import trimesh
 from recon3d.config import load_config
 from recon3d.data import schema
 from recon3d.data.sources import assign_split, detect_kind, discover
-from recon3d.data.verify import read_tar
+from recon3d.data.shards import read_tar
 from recon3d.data.writer import build_shards
 from tests.conftest import tiny_config
 

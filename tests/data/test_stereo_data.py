@@ -6,7 +6,8 @@ import torch
 
 from recon3d.data import schema
 from recon3d.data.datamodule import ShardDataModule
-from recon3d.data.pipelines import decode_stereo, decode_volume, iter_raw, SkipCounter
+from recon3d.data.pipelines import decode_stereo, decode_volume
+from recon3d.data.streams import SkipCounter, iter_raw
 from recon3d.data.verify import verify_shards
 from recon3d.tasks.stereo import pair_errors
 

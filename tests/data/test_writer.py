@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from recon3d.data import schema
-from recon3d.data.verify import read_tar, verify_shards
-from recon3d.data.writer import build_shards, file_sha256
+from recon3d.data.shards import read_tar
+from recon3d.data.verify import verify_shards
+from recon3d.data.writer import build_shards
+from recon3d.io import file_sha256
 from tests.conftest import REPO, TINY, tiny_config
 
 
@@ -78,7 +80,7 @@ def test_kill_dash_nine_then_rerun_gives_the_same_manifest(tiny_meshes, tmp_path
     """kill -9 in the middle of a build, rerun: same manifest and shards as an uninterrupted build."""
     reference = _build(tiny_meshes, tmp_path / "reference", "shards.samples_per_shard=1")
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "recon3d.cli", "shards", "build", "-c", str(TINY), "--root", str(tiny_meshes),
+    cmd = [sys.executable, "-m", "recon3d", "shards", "build", "-c", str(TINY), "--root", str(tiny_meshes),
            "--out", str(out), "--no-progress", "shards.samples_per_shard=1", "geometry.fine_resolution=64",
            "render.views=12"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -104,16 +106,16 @@ def test_kill_dash_nine_then_rerun_gives_the_same_manifest(tiny_meshes, tmp_path
 
 def test_a_worker_killed_mid_item_rejects_that_item_and_the_build_goes_on(tiny_meshes, tmp_path, monkeypatch):
     """Simulates the OOM killer: preparing one input kills its worker process outright."""
-    import recon3d.data.writer as writer
+    import recon3d.data.executors as executors
 
-    real_prepare = writer.prepare
+    real_prepare = executors.prepare
 
     def deadly(item, root, cfg):
         if item.key == "chair/chair_001":
             os.kill(os.getpid(), signal.SIGKILL)
         return real_prepare(item, root, cfg)
 
-    monkeypatch.setattr(writer, "prepare", deadly)  # fork-started workers inherit the patch
+    monkeypatch.setattr(executors, "prepare", deadly)  # fork-started workers inherit the patch
     result = _build(tiny_meshes, tmp_path, "shards.workers=2")
     assert result.manifest["samples"] == 11
     assert [r["key"] for r in result.rejects] == ["chair/chair_001"]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from recon3d.engine.run import run
+from recon3d.training.run import run
 from recon3d.tasks.autoencoder import AutoencoderTask, NonFiniteLossError
 from tests.conftest import tiny_config
 
@@ -83,7 +83,7 @@ def test_wandb_runs_offline_without_a_key(tiny_shards, tmp_path, monkeypatch):
 def test_last_checkpoint_is_written_during_training_not_only_at_the_end(tiny_shards, tmp_path):
     import lightning as L
 
-    from recon3d.engine import build
+    from recon3d.training import build
 
     seen = []
 

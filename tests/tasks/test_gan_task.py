@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from recon3d.config import ConfigError
-from recon3d.engine.run import run
+from recon3d.training.run import run
 from recon3d.geometry.metrics import coverage_and_mmd, pairwise_chamfer_l2
 from recon3d.models.latent_gan import LatentCritic, gradient_penalty
 from recon3d.tasks.gan import LatentGANTask
@@ -15,11 +15,15 @@ def _gan_cfg(shards, ckpt, run_dir, *extra):
                        f"gan.autoencoder_ckpt={ckpt}", *GAN_TINY, *extra)
 
 
+
+def _gan_task(cfg, shards):
+    from recon3d.data.shards import load_manifest
+
+    return LatentGANTask.from_config(cfg, load_manifest(shards))
+
 def test_gan_trains_both_networks_and_measures_cov_mmd(tiny_shards, trained_autoencoder, tmp_path):
     cfg = _gan_cfg(tiny_shards, trained_autoencoder, tmp_path)
-    from recon3d.engine.build import build_gan_task
-
-    before = {k: v.clone() for k, v in build_gan_task(cfg).state_dict().items()}  # same seed as run() uses
+    before = {k: v.clone() for k, v in _gan_task(cfg, tiny_shards).state_dict().items()}  # same seed as run() uses
     result = run(cfg, enable_wandb=False, enable_progress_bar=False)
     for key in ("train/critic_loss", "train/generator_loss", "train/gp", "val/wasserstein", "val/cov"):
         assert key in result.metrics and np.isfinite(result.metrics[key]), key
@@ -83,10 +87,8 @@ class _BallDecoder(torch.nn.Module):
 
 
 def test_set_metrics_against_known_shapes(tiny_shards, trained_autoencoder, tmp_path):
-    from recon3d.engine.build import build_gan_task
-
-    task = build_gan_task(_gan_cfg(tiny_shards, trained_autoencoder, tmp_path, "gan.reference_split=train",
-                                   "train.val_resolution=16"))
+    task = _gan_task(_gan_cfg(tiny_shards, trained_autoencoder, tmp_path, "gan.reference_split=train",
+                              "train.val_resolution=16"), tiny_shards)
     task._frozen.append(_BallDecoder())
     rng = np.random.default_rng(0)
 
@@ -115,7 +117,7 @@ def test_gan_runs_under_two_process_ddp(tiny_shards, trained_autoencoder, tmp_pa
             f"gan.autoencoder_ckpt={trained_autoencoder}", *GAN_TINY, "train.devices=2", "train.strategy=ddp"]
     from tests.conftest import REPO
 
-    done = subprocess.run([sys.executable, "-m", "recon3d.cli", "train", *args], cwd=REPO, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "recon3d", "train", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run folder:") == 1  # printed by rank 0 only

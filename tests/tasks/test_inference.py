@@ -6,7 +6,7 @@ import trimesh
 
 from recon3d.cli import main
 from recon3d.data.latents import read_latents
-from recon3d.engine.inference import summarise_rows
+from recon3d.inference.tables import summarise_rows
 
 
 @pytest.fixture(scope="module")

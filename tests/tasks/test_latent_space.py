@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from recon3d.cli import main
-from recon3d.engine.latent_space import interpolate_codes, interpolation_weights
+from recon3d.inference.latent import interpolate_codes, interpolation_weights
 
 
 def test_interpolation_runs_from_z1_to_z2():

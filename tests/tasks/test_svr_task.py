@@ -2,13 +2,13 @@ import pytest
 import torch
 
 from recon3d.config import ConfigError
-from recon3d.engine.run import run
+from recon3d.training.run import run
 from recon3d.tasks.svr import SVRTask
 from tests.conftest import tiny_config
 
 
 def _svr_cfg(shards, ckpt, run_dir, *extra):
-    return tiny_config(f"loader.shards={shards}", f"train.run_dir={run_dir}", "train.stage=svr", "loader.stage=image",
+    return tiny_config(f"loader.shards={shards}", f"train.run_dir={run_dir}", "train.stage=svr",
                        f"svr.autoencoder_ckpt={ckpt}", "svr.base_width=4", "svr.epochs=2", "svr.lr=0.001",
                        "loader.train_samples_per_epoch=8", "train.accelerator=cpu", *extra)
 
@@ -29,9 +29,10 @@ def test_svr_regresses_the_exported_codes(tiny_shards, trained_autoencoder, tmp_
     from recon3d.data.latents import read_latents
 
     cfg = _svr_cfg(tiny_shards, trained_autoencoder, tmp_path)
-    from recon3d.engine.build import build_svr_task
+    from recon3d.data.shards import load_manifest
+    from recon3d.tasks.svr import SVRTask
 
-    task = build_svr_task(cfg)
+    task = SVRTask.from_config(cfg, load_manifest(tiny_shards))
     task.setup("fit")
     keys, codes = read_latents(tiny_shards / "latents" / trained_autoencoder.parent.parent.name, "train")
     assert torch.allclose(task.targets(keys[:2]), torch.as_tensor(codes[:2]))
@@ -40,7 +41,7 @@ def test_svr_regresses_the_exported_codes(tiny_shards, trained_autoencoder, tmp_
 
 
 def test_svr_config_errors_name_the_fix(tiny_shards, trained_autoencoder, tmp_path):
-    with pytest.raises(ConfigError, match="loader.stage=image"):
+    with pytest.raises(ConfigError, match="reads the image pipeline of the loader, but loader.stage=autoencoder"):
         run(_svr_cfg(tiny_shards, trained_autoencoder, tmp_path, "loader.stage=autoencoder"), enable_wandb=False)
     with pytest.raises(ConfigError, match="svr.autoencoder_ckpt"):
         run(_svr_cfg(tiny_shards, "", tmp_path), enable_wandb=False)

@@ -28,7 +28,7 @@ def test_eval_stereo_reports_the_model_beside_the_baselines(trained_stereo, ster
 
 
 def test_reconstruct_with_vrn_gives_a_mesh_in_the_camera_frame(trained_vrn, stereo_shards, tmp_path):
-    from recon3d.engine.view_models import volume_mesh
+    from recon3d.inference.vrn import volume_mesh
 
     image = np.full((64, 64, 3), 255, np.uint8)
     image[16:48, 20:44] = 90
@@ -44,10 +44,10 @@ def test_reconstruct_with_vrn_gives_a_mesh_in_the_camera_frame(trained_vrn, ster
 
 
 def test_a_checkpoint_of_another_stage_is_refused(trained_stereo):
-    from recon3d.engine.view_models import load_view_task
+    from recon3d.tasks.checkpoints import load_checkpoint
 
-    with pytest.raises(ValueError, match="not a vrn checkpoint"):
-        load_view_task(trained_stereo, "vrn")
+    with pytest.raises(ValueError, match="a stereo checkpoint, but this needs a vrn checkpoint"):
+        load_checkpoint(trained_stereo, expect="vrn")
 
 
 def test_stereo_command_on_an_image_a_folder_and_a_video(trained_stereo, tmp_path):
@@ -80,7 +80,7 @@ def test_stereo_command_on_an_image_a_folder_and_a_video(trained_stereo, tmp_pat
 
 
 def test_real_pair_check_reports_mae_beside_baselines(trained_stereo, tmp_path):
-    from recon3d.engine.view_models import real_pair_check
+    from recon3d.inference.stereo import real_pair_check
 
     result = real_pair_check(trained_stereo, tmp_path, scale=8)
     assert result["mae_shift"] < result["mae_copy"]  # the real pair's right view is a shifted left view

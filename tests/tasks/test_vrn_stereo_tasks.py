@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from recon3d.config import ConfigError
-from recon3d.engine.run import run
+from recon3d.training.run import run
 from tests.conftest import STEREO_TINY, VRN_TINY, tiny_config
 
 
@@ -37,7 +37,7 @@ def test_stereo_trains_and_reports_the_baselines(stereo_shards, tmp_path):
 
 
 def test_stage_and_loader_must_agree(stereo_shards, tmp_path):
-    with pytest.raises(ConfigError, match="loader.stage=volume"):
+    with pytest.raises(ConfigError, match="reads the volume pipeline of the loader, but loader.stage=image"):
         _run(stereo_shards, tmp_path, *VRN_TINY, "loader.stage=image")
     with pytest.raises(ConfigError, match="multiple of 4 x 2"):
         _run(stereo_shards, tmp_path, *VRN_TINY, "loader.crop_size=40")

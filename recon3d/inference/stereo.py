@@ -1,5 +1,5 @@
-"""VRN and Deep3D at use time: meshes from photos, stereo from images and videos, per-category evaluation, and the
-check on a real rectified pair (scikit-image's Middlebury motorcycle)."""
+"""Deep3D at use time: stereo pairs from images, frame folders and videos, per-category evaluation against the copy
+and shift baselines, and the check on a real rectified pair (scikit-image's Middlebury motorcycle)."""
 
 from __future__ import annotations
 
@@ -11,108 +11,48 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recon3d.engine.inference import iter_split, summarise_rows, write_eval
+from recon3d.io import atomic_write
+
+from recon3d.data.datamodule import iter_split
+from recon3d.inference.outputs import save_png
+from recon3d.inference.splits import view_options
+from recon3d.inference.tables import eval_name, finish_eval, shape_row
+from recon3d.tasks.checkpoints import load_checkpoint
+
+TABLE_COLUMNS = ("shapes", "mae", "mae_copy", "mae_shift")
+TABLE_NOTE = "MAE of the right view on the 0-255 scale: the model, copying the left view, shifting it by the " \
+             "object's true disparity"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def load_view_task(ckpt: str | Path, kind: str, device: str = "cpu"):
-    """The VRNTask ("vrn") or StereoTask ("stereo") of a checkpoint, in eval mode.
+@torch.no_grad()
+def evaluate(ckpt: str | Path, shard_dir: str | Path = "", *, split: str = "test", out_dir: str | Path = "",
+             device: str = "cpu", batch_size: int = 16, real: bool = False, **_) -> dict:
+    """Per-category MAE (0-255) of the synthesised right view and of the two baselines (copy the left view; shift
+    it by the object's disparity) on a split's evaluation pairs; writes eval_stereo_<split>.json/.csv. With `real`,
+    also the real-pair check (real_pair_check), its result under the key "real pair" of the summary.
 
     Raises:
-        ValueError: the checkpoint is of another stage.
+        ValueError: neither shards nor real.
     """
-    import recon3d.engine.build  # noqa: F401  (registers the config classes as safe globals)
-
-    hparams = torch.load(str(ckpt), map_location="cpu", weights_only=True).get("hyper_parameters", {})
-    marker = {"vrn": "stacks", "stereo": "disparity_levels"}[kind]
-    if marker not in hparams:
-        raise ValueError(f"{ckpt}: not a {kind} checkpoint (train.stage={kind})")
-    if kind == "vrn":
-        from recon3d.tasks.vrn import VRNTask as Task
-    else:
-        from recon3d.tasks.stereo import StereoTask as Task
-    return Task.load_from_checkpoint(str(ckpt), map_location=device, weights_only=True).eval()
-
-
-# ------------------------------------------------------------------------------------------------------- VRN
-
-
-def volume_mesh(probabilities: np.ndarray, focal: float, distance: float, crop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Marching cubes on a view-aligned volume (D, G, G) of probabilities, its cells placed in the camera's frustum
-    (focal in pixels of the crop, the volume centred at `distance`); vertices in a Y-up frame centred on the volume
-    (x right, y up, z towards the viewer), faces (F, 3). Empty arrays when nothing is occupied."""
-    from recon3d.geometry.camera import volume_cell_points
-    from recon3d.geometry.extract import grid_to_mesh
-
-    verts, faces = grid_to_mesh(probabilities, 0.5, corners=False)
-    if len(faces) == 0:
-        return verts, faces
-    shape = np.asarray(probabilities.shape, dtype=np.float64)
-    cells = (verts + 0.5) * shape - 0.5  # back to cell coordinates (slice, row, column)
-    intr = np.array([[focal, 0.0, crop / 2.0], [0.0, focal, crop / 2.0], [0.0, 0.0, 1.0]])
-    extr = np.concatenate([np.eye(3), [[0.0], [0.0], [distance]]], axis=1)
-    cam = volume_cell_points(cells, intr, extr, crop, probabilities.shape[1], probabilities.shape[0])
-    out = np.stack([cam[:, 0], -cam[:, 1], distance - cam[:, 2]], axis=-1).astype(np.float32)
-    return out, faces[:, ::-1].copy()  # the y flip mirrors: reverse the winding to keep normals outward
-
-
-@torch.no_grad()
-def vrn_mesh(task, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Mesh of one encoder input (1, C, crop, crop) through a VRNTask."""
-    probabilities = torch.sigmoid(task.model(image)[-1][0]).cpu().numpy()
-    scale = task.hparams.crop_size  # the volume tiles the crop
-    return volume_mesh(probabilities, task.hparams.camera_focal, task.hparams.camera_distance, scale)
-
-
-@torch.no_grad()
-def evaluate_vrn(ckpt: str | Path, shard_dir: str | Path, split: str = "test", out_dir: str | Path = "",
-                 device: str = "cpu", batch_size: int = 16) -> dict:
-    """Per-category IoU of the view-aligned volume on a split's evaluation views (the held-out view when the model
-    was trained with holdout_views). Writes eval_vrn_<split>.json/.csv and per-shape rows; returns the summary."""
-    from recon3d.tasks.vrn import volume_iou
-
-    task = load_view_task(ckpt, "vrn", device)
-    hp = task.hparams
-    rows = []
-    for batch in iter_split(shard_dir, split, batch_size, stage="volume", crop_size=hp.crop_size,
-                            grayscale=hp.image_channels == 1, volume_depth=hp.depth, holdout_views=hp.holdout_views):
-        ious = volume_iou(task.model(batch["image"].to(device))[-1], batch["volume"].to(device))
-        rows += [_row(key, int(batch["view"][i]), iou=float(ious[i])) for i, key in enumerate(batch["key"])]
-    return _summarise(rows, ckpt, shard_dir, f"vrn_{split}", out_dir)
-
-
-def _row(key: str, view: int, **scores: float) -> dict:
-    return {"key": key, "category": key.split("/")[0], "view": view, **scores}
-
-
-def _summarise(rows: List[dict], ckpt: str | Path, shard_dir: str | Path, name: str, out_dir: str | Path) -> dict:
-    """The per-category summary of per-shape rows, written as eval-svr writes its tables."""
-    if not rows:
-        raise ValueError(f"{shard_dir}: no samples to evaluate ({name})")
-    summary = summarise_rows(rows)
-    write_eval(Path(out_dir or Path(ckpt).parent.parent / "eval"), name, rows, summary)
-    return summary
-
-
-# ------------------------------------------------------------------------------------------------------- stereo
-
-
-@torch.no_grad()
-def evaluate_stereo(ckpt: str | Path, shard_dir: str | Path, split: str = "test", out_dir: str | Path = "",
-                    device: str = "cpu", batch_size: int = 16) -> dict:
-    """Per-category MAE (0-255) of the synthesised right view and of the two baselines (copy the left view; shift
-    it by the object's disparity) on a split's evaluation pairs. Writes eval_stereo_<split>.json/.csv."""
     from recon3d.tasks.stereo import pair_errors
 
-    task = load_view_task(ckpt, "stereo", device)
-    hp = task.hparams
-    rows = []
-    for batch in iter_split(shard_dir, split, batch_size, stage="stereo", crop_size=hp.crop_size,
-                            grayscale=hp.image_channels == 1, holdout_views=hp.holdout_views):
-        left, right = batch["left"].to(device), batch["right"].to(device)
-        errors = pair_errors(task.model(left)["right"], left, right, batch["mean_disparity"].to(device))
-        rows += [_row(key, int(batch["view"][i]), **{n: float(v[i]) for n, v in errors.items()})
-                 for i, key in enumerate(batch["key"])]
-    return _summarise(rows, ckpt, shard_dir, f"stereo_{split}", out_dir)
+    if not shard_dir and not real:
+        raise ValueError("a stereo evaluation needs shards, the real pair, or both")
+    summary: dict = {}
+    if shard_dir:
+        task = load_checkpoint(ckpt, device, expect="stereo")
+        rows = []
+        for batch in iter_split(shard_dir, split, batch_size, **view_options(task, "stereo")):
+            left, right = batch["left"].to(device), batch["right"].to(device)
+            errors = pair_errors(task.model(left)["right"], left, right, batch["mean_disparity"].to(device))
+            rows += [shape_row(key, view=int(batch["view"][i]), **{n: float(v[i]) for n, v in errors.items()})
+                     for i, key in enumerate(batch["key"])]
+        summary = finish_eval(rows, eval_name("stereo", split), out_dir, f"{shard_dir} split {split!r}")
+    if real:
+        summary["real pair"] = real_pair_check(ckpt, out_dir or Path(ckpt).resolve().parent.parent / "eval",
+                                               device=device)
+    return summary
 
 
 @torch.no_grad()
@@ -162,7 +102,7 @@ def real_pair_check(ckpt: str | Path, out_dir: str | Path, scale: int = 4, devic
 
     from recon3d.tasks.stereo import shift_by
 
-    task = load_view_task(ckpt, "stereo", device)
+    task = load_checkpoint(ckpt, device, expect="stereo")
     left, right, truth = stereo_motorcycle()
     size = (left.shape[1] // scale, left.shape[0] // scale)
     left, right = (np.asarray(Image.fromarray(x).resize(size, Image.BOX)) for x in (left, right))
@@ -185,8 +125,8 @@ def real_pair_check(ckpt: str | Path, out_dir: str | Path, scale: int = 4, devic
     high = max(float(truth.max()), float(task.hparams.disparity_max))
     sheet = np.concatenate([np.concatenate([left, predicted], 1),
                             np.concatenate([disparity_image(disparity, high), disparity_image(truth, high)], 1)], 0)
-    Image.fromarray(sheet).save(out / "real_pair.png")
-    (out / "real_pair.json").write_text(json.dumps(result, indent=1))
+    save_png(out / "real_pair.png", sheet)
+    atomic_write(out / "real_pair.json", json.dumps(result, indent=1).encode())
     return result
 
 
@@ -196,12 +136,12 @@ def stereo_files(ckpt: str | Path, source: str | Path, out_dir: str | Path, *, w
     written with imageio-ffmpeg's own ffmpeg). Returns the files written."""
     from PIL import Image
 
-    task = load_view_task(ckpt, "stereo", device)
+    task = load_checkpoint(ckpt, device, expect="stereo")
     source, out = Path(source), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-    if source.is_dir() or source.suffix.lower() in suffixes:
-        frames = sorted(p for p in source.iterdir() if p.suffix.lower() in suffixes) if source.is_dir() else [source]
+    if source.is_dir() or source.suffix.lower() in IMAGE_SUFFIXES:
+        frames = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if source.is_dir() \
+            else [source]
         if not frames:
             raise ValueError(f"{source}: no image files (png, jpg, bmp, webp) in this folder")
         written = []
@@ -210,10 +150,7 @@ def stereo_files(ckpt: str | Path, source: str | Path, out_dir: str | Path, *, w
                 left = np.asarray(img.convert("RGB"))
             right, _ = synthesise_right(task, left, work_height)
             for name, picture in (("sbs", np.concatenate([left, right], 1)), ("anaglyph", anaglyph(left, right))):
-                path = out / f"{frame.stem}.{name}.png"
-                Image.fromarray(picture).save(path.with_suffix(".tmp.png"))
-                path.with_suffix(".tmp.png").replace(path)
-                written.append(path)
+                written.append(save_png(out / f"{frame.stem}.{name}.png", picture))
         return written
     return _stereo_video(task, source, out, work_height)
 

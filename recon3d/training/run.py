@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from recon3d.config import Config, to_dict
-from recon3d.data.writer import load_manifest
+from recon3d.data.shards import load_manifest
+from recon3d.stages import STAGES
 
 
 @dataclass
@@ -64,7 +65,7 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     Trainer arguments (tests use them)."""
     import lightning as L
 
-    from recon3d.engine.build import BEST_BY, build_datamodule, build_task, build_trainer, check_training_config
+    from recon3d.training.build import build_datamodule, build_task, build_trainer, check_training_config
 
     check_slurm(cfg)
     run_dir = Path(cfg.train.run_dir)
@@ -73,19 +74,28 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     datamodule = build_datamodule(cfg)
     datamodule.setup()
     manifest = getattr(datamodule, "manifest", None) or load_manifest(cfg.loader.shards)
-    check_training_config(cfg, manifest, datamodule)
-    task = build_task(cfg, manifest)
+    check_training_config(cfg, manifest)
+    task = build_task(cfg, manifest, datamodule)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
     trainer = build_trainer(cfg, enable_wandb=enable_wandb, extra_callbacks=extra_callbacks, **trainer_overrides)
     trainer.fit(task, datamodule=datamodule, ckpt_path=resolve_resume(cfg))
     _finish_wandb(trainer)
-    callbacks = [c for c in trainer.checkpoint_callbacks]
+    monitor = STAGES[cfg.train.stage].best_by
     last_file = Path(cfg.train.run_dir) / "checkpoints" / "last.ckpt"
     last = last_file if last_file.is_file() else None
-    best_path = callbacks[1].best_model_path if len(callbacks) > 1 else ""
+    best_path = best_checkpoint(trainer.checkpoint_callbacks, monitor)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return RunResult(run_dir, last, Path(best_path) if best_path else None, metrics, trainer.global_step,
-                     trainer.current_epoch, BEST_BY[cfg.train.stage][0], trainer.is_global_zero)
+                     trainer.current_epoch, monitor, trainer.is_global_zero)
+
+
+def best_checkpoint(callbacks: Sequence, monitor: str) -> str:
+    """The best file of the checkpoint callback that watches `monitor` ("" when none does or none was saved): found
+    by what it monitors, not by its place in the list (extra callbacks may add checkpoints of their own)."""
+    for callback in callbacks:
+        if getattr(callback, "monitor", None) == monitor and callback.best_model_path:
+            return callback.best_model_path
+    return ""
 
 
 def _finish_wandb(trainer) -> None:

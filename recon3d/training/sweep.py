@@ -4,7 +4,7 @@ A sweep file (YAML) names the base config files, fixed overrides, the search spa
 
     base: [configs/train/cpu-small.yaml]
     overrides: [train.max_minutes=10]
-    metric: val/iou
+    metric: val/iou            # default: the stage's best-by metric and mode (recon3d/stages.py)
     mode: max
     scheduler: asha            # asha (default) | fifo | median | hyperband
     num_samples: 8
@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
-from recon3d.config import ConfigError, load_config
+from recon3d.config import ConfigError, load_config, to_dict
+from recon3d.io import atomic_write
+from recon3d.stages import STAGES
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid")
 SCHEDULERS = ("asha", "fifo", "median", "hyperband")
@@ -38,8 +40,8 @@ class SweepSpec:
     search_space: Dict[str, Dict[str, Any]]
     base: List[str] = field(default_factory=list)
     overrides: List[str] = field(default_factory=list)
-    metric: str = "val/iou"
-    mode: str = "max"
+    metric: str = ""  # empty: the stage's best-by metric
+    mode: str = ""  # empty: that metric's mode
     scheduler: str = "asha"
     num_samples: int = 4
     max_concurrent: int = 1
@@ -69,6 +71,10 @@ def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: Li
     spec.name = spec.name or path.stem
     if spec.scheduler not in SCHEDULERS:
         raise ConfigError(f"{path}: scheduler={spec.scheduler!r}: one of {SCHEDULERS}")
+    row = STAGES[load_config(spec.base, spec.overrides).train.stage]
+    if not spec.metric:
+        spec.metric, spec.mode = row.best_by, spec.mode or row.mode
+    spec.mode = spec.mode or "max"
     if spec.mode not in ("min", "max"):
         raise ConfigError(f"{path}: mode must be min or max")
     for key, dist in spec.search_space.items():
@@ -117,7 +123,7 @@ def _trainable(spec_dict: dict, sweep_dir: str):
         from lightning.pytorch.callbacks import Callback
         from ray import tune
 
-        from recon3d.engine.run import run
+        from recon3d.training.run import run
 
         trial_id = tune.get_context().get_trial_id()
         run_dir = Path(sweep_dir) / "trials" / trial_id
@@ -139,7 +145,7 @@ def _trainable(spec_dict: dict, sweep_dir: str):
 
 def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     """Run (or resume) the sweep; returns the best trial's parameters, metric and folder."""
-    from recon3d.raytools import init_ray
+    from recon3d.data.executors import init_ray
 
     init_ray(address)  # first: it sets Ray's environment (no usage statistics) before anything imports ray
     from ray import tune
@@ -148,8 +154,7 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     sweep_dir = storage / spec.name
     sweep_dir.mkdir(parents=True, exist_ok=True)
     base_cfg = load_config(spec.base, spec.overrides)
-    max_t = max(1, sum(base_cfg.train.phase_epochs) if base_cfg.train.stage == "autoencoder" else
-                {"svr": base_cfg.svr.epochs, "gan": base_cfg.gan.epochs}[base_cfg.train.stage])
+    max_t = max(1, STAGES[base_cfg.train.stage].epochs(base_cfg))
     spec_dict = {"base": [str(Path(b).resolve()) for b in spec.base], "overrides": spec.overrides,
                  "metric": spec.metric, "name": spec.name}
     trainable = tune.with_resources(_trainable(spec_dict, str(sweep_dir)),
@@ -166,12 +171,8 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     results = tuner.fit()
     best = results.get_best_result(metric=spec.metric, mode=spec.mode, scope="all")
     overrides = trial_overrides(best.config)
-    from recon3d.data.writer import atomic_write
-
     atomic_write(sweep_dir / "best.yaml", ("# best trial of sweep " + spec.name + f" by {spec.metric} ({spec.mode})\n"
                                            + "\n".join(_yaml_lines(best.config)) + "\n").encode())
-    from recon3d.config import to_dict
-
     best_cfg = load_config(spec.base, [*spec.overrides, *overrides])
     atomic_write(sweep_dir / "best_config.json", json.dumps(to_dict(best_cfg), indent=1, sort_keys=True).encode())
     rows = []

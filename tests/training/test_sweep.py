@@ -14,7 +14,7 @@ ray = pytest.importorskip("ray", reason="Ray is installed with the dev extra: pi
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    from recon3d.raytools import init_ray
+    from recon3d.data.executors import init_ray
 
     init_ray(num_cpus=2)
     yield
@@ -53,7 +53,7 @@ def test_four_trial_sweep_writes_the_best_config_and_resumes(tiny_shards, tmp_pa
 
 def test_sweep_file_errors_name_the_key(tmp_path):
     from recon3d.config import ConfigError
-    from recon3d.sweep import load_sweep
+    from recon3d.training.sweep import load_sweep
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"base": [str(TINY)], "search_space": {"train.lrr": {"choice": [1, 2]}}}))
@@ -62,3 +62,19 @@ def test_sweep_file_errors_name_the_key(tmp_path):
     bad.write_text(yaml.safe_dump({"search_space": {"train.lr": {"normal": [1, 2]}}}))
     with pytest.raises(ConfigError, match="search_space.train.lr"):
         load_sweep(bad)
+
+
+def test_a_vrn_sweep_runs_with_the_stages_own_metric(stereo_shards, tmp_path, capsys):
+    """Sweeps look epochs and the default metric up in the stage table (a vrn base raised KeyError('vrn'))."""
+    from tests.conftest import VRN_TINY
+
+    sweep = tiny_sweep_file(tmp_path / "vrn-sweep.yaml", stereo_shards, scheduler="fifo", num_samples=2,
+                            search_space={"vrn.lr": {"choice": [0.003, 0.001]}},
+                            overrides=[f"loader.shards={stereo_shards}", "train.logger=csv", *VRN_TINY])
+    spec = yaml.safe_load(sweep.read_text())
+    del spec["metric"], spec["mode"]  # the stage's best-by metric is the default
+    sweep.write_text(yaml.safe_dump(spec))
+    assert main(["sweep", "-c", str(sweep)]) == 0
+    trials = json.loads((tmp_path / "sweeps" / "vrn-sweep" / "trials.json").read_text())
+    assert len(trials) == 2 and all(t["val/iou"] is not None for t in trials)
+    assert "best (val/iou" in capsys.readouterr().out

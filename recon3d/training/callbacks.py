@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from recon3d.io import atomic_path
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to `<name>.tmp` and renames it: a job killed mid-write leaves the old file intact."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options: Optional[Any] = None) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
 def rolling_last_checkpoint(dirpath: Path, every_n_train_steps: int = 0) -> ModelCheckpoint:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Callable, Dict
 
 from recon3d.config import Config, to_dict
-from recon3d.data.writer import atomic_write
+from recon3d.io import atomic_path, atomic_write
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "demo.yaml"  # the demo's embedded configuration
-STAGES = ["meshes", "shards", "autoencoder", "latents", "svr", "gan", "evaluate", "report"]
+STEPS = ["meshes", "shards", "autoencoder", "latents", "svr", "gan", "evaluate", "report"]  # the demo's steps
 
 
 def write_procedural_meshes(out: Path, categories, per_category: int) -> int:
@@ -33,9 +33,8 @@ def write_procedural_meshes(out: Path, categories, per_category: int) -> int:
             path = folder / f"{category}_{seed:03d}.obj"
             if path.exists():
                 continue
-            tmp = path.with_name(path.stem + ".tmp.part")
-            make_shape(category, seed).export(tmp, file_type="obj")
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                make_shape(category, seed).export(tmp, file_type="obj")
             written += 1
     return written
 
@@ -61,7 +60,7 @@ def _say(message: str) -> None:
 
 def first_split(shard_dir: Path, order=("test", "val", "train")) -> str:
     """The first split of `order` that holds samples (small user folders may leave test or val empty)."""
-    from recon3d.data.writer import load_manifest
+    from recon3d.data.shards import load_manifest
 
     splits = load_manifest(shard_dir)["splits"]
     return next(s for s in order if splits.get(s, {}).get("samples", 0))
@@ -74,15 +73,15 @@ def stage_configs(cfg: Config, run_dir: Path, ae_ckpt: str = "") -> Dict[str, Co
     replace = dataclasses.replace
     ae_ckpt = ae_ckpt or str(run_dir / "autoencoder" / "checkpoints" / "last.ckpt")
 
-    def stage(name: str, loader_stage: str, minutes: float, val_every_epochs: int = 0, **sections) -> Config:
+    def stage(name: str, minutes: float, val_every_epochs: int = 0, **sections) -> Config:
         train = replace(cfg.train, stage=name, run_dir=str(run_dir / name), max_minutes=minutes,
                         val_every_epochs=val_every_epochs or cfg.train.val_every_epochs)
-        return replace(cfg, loader=replace(cfg.loader, shards=shards, stage=loader_stage), train=train, **sections)
+        return replace(cfg, loader=replace(cfg.loader, shards=shards, stage=""), train=train, **sections)
 
     demo = cfg.demo
-    return {"autoencoder": stage("autoencoder", "autoencoder", demo.autoencoder_minutes),
-            "svr": stage("svr", "image", demo.svr_minutes, svr=replace(cfg.svr, autoencoder_ckpt=ae_ckpt)),
-            "gan": stage("gan", "autoencoder", demo.gan_minutes, val_every_epochs=demo.gan_eval_every_epochs,
+    return {"autoencoder": stage("autoencoder", demo.autoencoder_minutes),
+            "svr": stage("svr", demo.svr_minutes, svr=replace(cfg.svr, autoencoder_ckpt=ae_ckpt)),
+            "gan": stage("gan", demo.gan_minutes, val_every_epochs=demo.gan_eval_every_epochs,
                          gan=replace(
                 cfg.gan, autoencoder_ckpt=ae_ckpt,
                 reference_split=first_split(Path(shards), ("val", "test", "train"))))}
@@ -93,7 +92,7 @@ def _train(cfg: Config, progress: bool) -> dict:
 
     import torch
 
-    from recon3d.engine.run import run
+    from recon3d.training.run import run
 
     # one process trains at a time here: let it use every core (`make` exports OMP_NUM_THREADS=1 for the tests)
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
@@ -112,19 +111,22 @@ def _evaluate(cfg: Config, run_dir: Path, chosen: Dict[str, str]) -> dict:
     their reconstructions, GAN samples and an interpolation strip."""
     import torch
 
-    from recon3d.engine.inference import evaluate, evaluate_svr, extract_meshes, write_sheet
-    from recon3d.engine.latent_space import codes_to_meshes, gan_codes, interpolate_codes, load_any, write_strip
+    from recon3d.inference import svr as svr_inference
+    from recon3d.inference.autoencoder import evaluate, extract_meshes
+    from recon3d.inference.latent import codes_to_meshes, gan_codes, interpolate_codes, load_any
+    from recon3d.inference.outputs import write_sheet, write_strip
 
     shards, out = run_dir / "shards", run_dir / "evaluation"
     ckpt = {name: Path(chosen[name]) for name in ("autoencoder", "svr", "gan")}
     demo = cfg.demo
     split = first_split(shards)
     evaluate(ckpt["autoencoder"], shards, split=split, resolution=demo.eval_resolution, out_dir=out)
-    evaluate_svr(ckpt["svr"], shards, split=split, resolution=cfg.train.val_resolution, out_dir=out)
+    svr_inference.evaluate(ckpt["svr"], shards, split=split, resolution=cfg.train.val_resolution, out_dir=out)
     rows = extract_meshes(ckpt["autoencoder"], shards, out / "meshes", split=split, count=demo.sheet_shapes,
                           resolution=demo.eval_resolution)
     write_sheet(out / "autoencoder_sheet.png", shards, rows)
-    _svr_sheet(ckpt["svr"], shards, split, out / "svr_sheet.png", demo.sheet_shapes, demo.eval_resolution)
+    svr_inference.write_view_sheet(ckpt["svr"], shards, split, out / "svr_sheet.png", demo.sheet_shapes,
+                                   demo.eval_resolution)
     autoencoder, gan = load_any(ckpt["gan"])
     seeds = list(range(8))
     samples = codes_to_meshes(autoencoder, gan_codes(gan, seeds), out / "gan", [f"gan_{s}" for s in seeds],
@@ -134,32 +136,8 @@ def _evaluate(cfg: Config, run_dir: Path, chosen: Dict[str, str]) -> dict:
         line = interpolate_codes(*gan_codes(gan, [0, 1]), demo.interpolation_steps)
     strip = codes_to_meshes(autoencoder, line, out / "interpolation",
                             [f"step_{i}" for i in range(demo.interpolation_steps)], resolution=demo.eval_resolution)
-    write_strip(out / "interpolation.png", strip, per_line=len(strip))
+    write_strip(out / "gan_interpolation.png", strip, per_line=len(strip))
     return {"folder": str(out), "split": split}
-
-
-def _svr_sheet(ckpt: Path, shards: Path, split: str, path: Path, count: int, resolution: int) -> Path:
-    """Held-out views of test shapes beside the image encoder's reconstructions."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from recon3d.engine.inference import extract_mesh, iter_split, svr_view_options
-    from recon3d.engine.reconstruct import load_svr
-    from recon3d.geometry.render import render_preview
-
-    svr, autoencoder = load_svr(ckpt)
-    batch = next(iter_split(shards, split, count, **svr_view_options(svr)))
-    lines = []
-    with torch.no_grad():
-        codes = svr.encoder(batch["image"])
-        for image, z in zip(batch["image"], codes):
-            view = (image.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-            view = np.asarray(Image.fromarray(view).resize((128, 128)))
-            verts, faces, _ = extract_mesh(autoencoder, z, resolution)
-            lines.append(np.concatenate([view, render_preview(verts, faces, 128)], axis=1))
-    Image.fromarray(np.concatenate(lines, axis=0)).save(path)
-    return path
 
 
 def _shards_stage(cfg: Config, run_dir: Path, progress: bool) -> dict:
@@ -180,22 +158,22 @@ def _shards_stage(cfg: Config, run_dir: Path, progress: bool) -> dict:
 
 def _run_stages(log: StageLog, work: Dict[str, Callable[[], dict]], budget: Dict[str, float]) -> None:
     """Run every stage not finished in an earlier run (the report always), announcing each with the time left."""
-    for number, name in enumerate(STAGES, 1):
+    for number, name in enumerate(STEPS, 1):
         if name == "report" or not log.done(name):
-            left = sum(budget.get(s, 0.5) for s in STAGES[number - 1:] if not log.done(s))
+            left = sum(budget.get(s, 0.5) for s in STEPS[number - 1:] if not log.done(s))
             cap = f", at most {budget[name]:g} min" if name in budget else ""
-            _say(f"[{number}/{len(STAGES)}] {name}{cap} (about {left:.0f} min left in the demo)")
+            _say(f"[{number}/{len(STEPS)}] {name}{cap} (about {left:.0f} min left in the demo)")
             stage_started = time.perf_counter()
             info = work[name]()
             log.finish(name, time.perf_counter() - stage_started, **info)
         else:
-            _say(f"[{number}/{len(STAGES)}] {name}: done in an earlier run ({log.stages[name]['seconds']:.0f} s)")
+            _say(f"[{number}/{len(STEPS)}] {name}: done in an earlier run ({log.stages[name]['seconds']:.0f} s)")
 
 
 def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
     """Run (or resume) the whole method in cfg.demo.out_dir; returns a process exit code."""
-    from recon3d.engine.inference import export_latents
-    from recon3d.engine.report import write_report
+    from recon3d.inference.autoencoder import export_latents
+    from recon3d.workflows.report import write_report
 
     run_dir = Path(cfg.demo.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

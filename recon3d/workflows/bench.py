@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from recon3d.config import Config
-from recon3d.data.writer import load_manifest
+from recon3d.data.shards import load_manifest
 
 
 def bench_prep(cfg: Config, limit: int, workers: Sequence[int]) -> str:
     """Seconds per mesh per stage (one process), then wall seconds per mesh with each worker count."""
     from recon3d.data.prepare import prepare
     from recon3d.data.sources import discover
-    from recon3d.data.writer import ordered_map
+    from recon3d.data.executors import ordered_map
 
     items, _, kind = discover(cfg.source)
     if not items:
@@ -163,7 +163,7 @@ def _lightning_step_time(cfg: Config, batch: dict, steps: int, warmup: int, devi
     import torch
     from torch.utils.data import DataLoader, IterableDataset
 
-    from recon3d.engine.build import build_autoencoder_task
+    from recon3d.tasks.autoencoder import AutoencoderTask
 
     class Repeat(IterableDataset):
         def __iter__(self):
@@ -186,7 +186,9 @@ def _lightning_step_time(cfg: Config, batch: dict, steps: int, warmup: int, devi
                 self.times.append(time.perf_counter() - self.start)
 
     torch.manual_seed(0)
-    task = build_autoencoder_task(cfg, cfg.geometry.voxel_resolution)
+    manifest = {"source": {"kind": "imnet_hdf5"},  # the bench's own batch: no stored point sets to check
+                "config": {"geometry": {"point_resolutions": [], "voxel_resolution": cfg.geometry.voxel_resolution}}}
+    task = AutoencoderTask.from_config(cfg, manifest)
     timer = StepTimer()
     trainer = L.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_steps=warmup + steps,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -199,10 +201,11 @@ def bench_extract(ckpt: str, shard_dir: str, shapes: int, resolution: int, devic
     """Shapes/s of coarse-to-fine extraction at resolution^3 against dense evaluation and a per-cell Python loop."""
     import torch
 
-    from recon3d.engine.inference import decoder_field, iter_split, load_task
+    from recon3d.data.datamodule import iter_split
+    from recon3d.inference.autoencoder import decoder_field, load_autoencoder
     from recon3d.geometry.extract import coarse_to_fine_grid, dense_grid
 
-    task = load_task(ckpt, device)
+    task = load_autoencoder(ckpt, device)
     codes = []
     for split in ("test", "val", "train"):
         for batch in iter_split(shard_dir, split, 8):

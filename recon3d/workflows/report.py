@@ -14,22 +14,10 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from recon3d.data.writer import atomic_write
+from recon3d.io import atomic_write
+from recon3d.stages import STAGES
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"]
-CURVES = {  # stage -> plots: (title, metrics)
-    "autoencoder": [("training loss (MSE)", ["train/loss"]), ("validation IoU", ["val/iou"]),
-                    ("validation Chamfer-L2 x1000", ["val/chamfer"])],
-    "svr": [("training loss (latent MSE)", ["train/loss"]), ("validation IoU", ["val/iou"]),
-            ("validation latent MSE", ["val/latent_mse"])],
-    "gan": [("losses", ["train/critic_loss", "train/generator_loss"]), ("Wasserstein estimate", ["train/wasserstein",
-                                                                                                  "val/wasserstein"]),
-            ("MMD (Chamfer-L2 x1000)", ["val/mmd"]), ("coverage", ["val/cov"])],
-}
-TITLES = {"autoencoder": "Autoencoder (voxels -> z -> implicit field)",
-          "svr": "Single-view reconstruction (image -> z)", "gan": "Latent GAN (noise -> z)"}
-
-
 def read_metrics(run_dir: Path) -> Dict[str, List[Tuple[float, float]]]:
     """{metric: [(step, value)]} from every CSV log version of a run (a resumed run adds a version)."""
     series: Dict[str, Dict[float, float]] = {}
@@ -112,12 +100,15 @@ def _json(path: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _eval_split(folder: Path, prefix: str) -> str:
-    """The split an evaluation folder has tables for (test preferred)."""
+def _eval_summary(folder: Path, stage: str) -> Tuple[str, Optional[dict]]:
+    """(split, summary) of the stage's evaluation table in `folder` (test preferred), or ("", None)."""
+    from recon3d.inference.tables import eval_name
+
     for split in ("test", "val", "train"):
-        if (folder / f"{prefix}{split}.json").is_file():
-            return split
-    return "test"
+        summary = _json(folder / f"eval_{eval_name(stage, split)}.json")
+        if summary:
+            return split, summary
+    return "", None
 
 
 def _latest(folder: Path) -> Optional[Path]:
@@ -125,53 +116,39 @@ def _latest(folder: Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
+def _final_validation(metrics: Dict[str, List[Tuple[float, float]]]) -> str:
+    final = {k: v[-1][1] for k, v in metrics.items() if k.startswith("val/") and k.count("/") == 1}
+    return "<p>Last validation: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(final.items())) + "</p>" \
+        if final else ""
+
+
 def stage_section(name: str, stage_dir: Path, evaluation: Path) -> str:
-    """Config summary, curves, latest logged picture and evaluation tables of one trained stage."""
-    parts = [f"<h2>{html.escape(TITLES.get(name, name))}</h2>"]
+    """Config summary, curves, evaluation table and pictures of one trained stage (its row of the stage table
+    says which curves and picture folder)."""
+    row = STAGES[name]
+    parts = [f"<h2>{html.escape(row.title)}</h2>"]
     config = _json(stage_dir / "config.json")
     if config:
         train = config["train"]
         parts.append(f"<p class='small'>run folder <code>{html.escape(str(stage_dir))}</code>; "
-                     f"stage <code>{html.escape(train.get('stage', 'autoencoder'))}</code>, "
-                     f"device <code>{train['accelerator']}</code> "
+                     f"stage <code>{html.escape(name)}</code>, device <code>{train['accelerator']}</code> "
                      f"x {train['devices']}, strategy <code>{train['strategy']}</code>, precision "
                      f"<code>{train['precision']}</code></p>")
     metrics = read_metrics(stage_dir)
-    plots = [svg_plot(title, {m: metrics[m] for m in names if m in metrics})
-             for title, names in CURVES.get(name, CURVES["autoencoder"])]
+    plots = [svg_plot(title, {m: metrics[m] for m in names if m in metrics}) for title, names in row.curves]
     parts.append("<div class='row'>" + "".join(p for p in plots if p) + "</div>")
-    if name == "autoencoder":
-        split = _eval_split(evaluation, "eval_")
-        summary = _json(evaluation / f"eval_{split}.json")
-        if summary:
-            parts.append(f"<h3>{split.capitalize()} split, per category</h3>" + table(summary, [
-                "shapes", "iou", "precision", "recall", "f1", "chamfer_l2_x1000", "chamfer_l1",
-                "normal_consistency", "fscore@1%", "fscore@2%"]))
-            parts.append("<p class='small'>IoU on the stored voxel grid; Chamfer-L2 in IM-NET's convention (squared "
-                         "distances, mean of both directions, x1000, 4096 points); Chamfer-L1 as OccNet (mean of "
-                         "accuracy and completeness); F-score at 1 % / 2 % of the cube edge.</p>")
-        parts.append(png_tag(evaluation / "autoencoder_sheet.png", f"{split} shapes: input view | reconstruction"))
-        picture = _latest(stage_dir / "reconstructions")
-    elif name == "svr":
-        split = _eval_split(evaluation, "eval_svr_")
-        summary = _json(evaluation / f"eval_svr_{split}.json")
-        if summary:
-            held = "one held-out view per shape" if config and config["loader"].get("holdout_views") else \
-                "view 0 of each shape"
-            parts.append(f"<h3>{split.capitalize()} split, per category ({held})</h3>" + table(summary, [
-                "shapes", "iou", "chamfer_l2_x1000", "fscore@1%", "latent_mse"]))
-        parts.append(png_tag(evaluation / "svr_sheet.png", "held-out view | shape predicted from it"))
-        picture = None
-    else:
-        final = {k: v[-1][1] for k, v in metrics.items() if k in ("val/cov", "val/mmd", "val/empty_samples")}
-        if final:
-            parts.append("<p>Last validation: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(final.items())) +
-                         " (coverage and minimum matching distance against the reference split's shapes)</p>")
-        parts.append(png_tag(evaluation / "gan_samples.png", "generated shapes"))
-        parts.append(png_tag(evaluation / "interpolation.png", "interpolation between two generated shapes"))
-        picture = _latest(stage_dir / "samples")
+    parts.append(_final_validation(metrics))
+    split, summary = _eval_summary(evaluation, name)
+    if summary:
+        inference = row.inference_module()
+        parts.append(f"<h3>{split.capitalize()} split, per category</h3>" + table(summary, inference.TABLE_COLUMNS))
+        parts.append(f"<p class='small'>{html.escape(inference.TABLE_NOTE)}</p>")
+    for picture in sorted(evaluation.glob(f"{name}_*.png")):  # sheets an evaluation wrote (the demo's)
+        parts.append(png_tag(picture, picture.stem.replace("_", " ")))
+    picture = _latest(stage_dir / row.pictures) if row.pictures else None
     if picture is not None:
-        parts.append(png_tag(picture, f"logged at the last validation ({picture.parent.name}/{picture.name})"))
+        parts.append(png_tag(picture, f"{row.picture_caption}, logged at the last validation "
+                                      f"({picture.parent.name}/{picture.name})"))
     return "\n".join(p for p in parts if p)
 
 
@@ -205,7 +182,7 @@ def write_report(run_dir: str | Path) -> Path:
 
         parts.append(f"<h2>Data</h2><pre>{html.escape(summarise(run_dir / 'shards'))}</pre>")
         parts.append(png_tag(run_dir / "contact_sheet.png", "shards: views and voxel projections"))
-    named = [(n, run_dir / n) for n in ("autoencoder", "svr", "gan") if (run_dir / n / "config.json").is_file()]
+    named = [(n, run_dir / n) for n in STAGES if (run_dir / n / "config.json").is_file()]
     if not named and (run_dir / "config.json").is_file() and (run_dir / "logs").is_dir():  # one training run
         stage = json.loads((run_dir / "config.json").read_text())["train"].get("stage", "autoencoder")
         named = [(stage, run_dir)]

@@ -1,39 +1,41 @@
-"""Working in the latent space of a trained autoencoder: generate shapes with the latent GAN, interpolate between
-codes, and retrieve shapes by latent distance."""
+"""Working in the latent space of a trained autoencoder: generate shapes with the latent GAN (and measure them
+against real shapes), interpolate between codes, and retrieve shapes by latent distance."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from recon3d.data import schema
+from recon3d.data.datamodule import iter_split
+from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
+from recon3d.inference.outputs import save_mesh
+from recon3d.tasks.checkpoints import load_checkpoint, read_checkpoint, stage_of
 
+TABLE_COLUMNS = ("shapes", "cov", "mmd")
+TABLE_NOTE = ("COV / MMD (Chamfer-L2 x1000) of generated shapes against the split's shapes, per category of the "
+              "reference shapes; 'mean over shapes' is the whole reference set's COV/MMD")
 GAN_SAMPLE = re.compile(r"^gan:(\d+)$")
 
 
 def load_any(ckpt: str | Path, device: str = "cpu") -> Tuple[object, object]:
     """(autoencoder task, GAN task or None) from an autoencoder or a latent-GAN checkpoint (which names its
     autoencoder)."""
-    import recon3d.engine.build  # noqa: F401  (registers the config classes as safe globals)
-    from recon3d.engine.inference import load_task
-    from recon3d.tasks.gan import LatentGANTask
-
-    hparams = torch.load(str(ckpt), map_location="cpu", weights_only=True).get("hyper_parameters", {})
-    if "noise_dim" not in hparams:
-        return load_task(ckpt, device), None
-    gan = LatentGANTask.load_from_checkpoint(str(ckpt), map_location=device, weights_only=True).eval()
-    return load_task(hparams["autoencoder_ckpt"], device), gan
+    row = stage_of(read_checkpoint(ckpt), str(ckpt))
+    if row.name == "autoencoder":
+        return load_autoencoder(ckpt, device), None
+    gan = load_checkpoint(ckpt, device, expect="gan")
+    return load_autoencoder(gan.hparams.autoencoder_ckpt, device), gan
 
 
 @torch.no_grad()
 def gan_codes(gan, seeds: Sequence[int]) -> torch.Tensor:
     """One generated code per seed (the same seed gives the same shape)."""
-    noise = [torch.randn(gan.hparams.noise_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-    return gan.generator(torch.stack(noise).to(gan.device))
+    return gan.codes_for_seeds(seeds)
 
 
 @torch.no_grad()
@@ -41,10 +43,8 @@ def shape_codes(autoencoder, shard_dir: str | Path, keys: Sequence[str]) -> Dict
     """The autoencoder's code of each sample key, encoded from the stored voxels.
 
     Raises:
-        KeyError: a key is in no split of the shards.
+        ValueError: a key is in no split of the shards.
     """
-    from recon3d.engine.inference import iter_split
-
     wanted, found = set(keys), {}
     for split in schema.SPLITS:
         for batch in iter_split(shard_dir, split, 8):
@@ -54,7 +54,7 @@ def shape_codes(autoencoder, shard_dir: str | Path, keys: Sequence[str]) -> Dict
             if len(found) == len(wanted):
                 return found
     missing = sorted(wanted - set(found))
-    raise KeyError(f"{shard_dir}: no sample {missing[0]!r} (keys look like 'chair/chair_001'; see shards summary)")
+    raise ValueError(f"{shard_dir}: no sample {missing[0]!r} (keys look like 'chair/chair_001'; see shards summary)")
 
 
 def interpolation_weights(steps: int) -> np.ndarray:
@@ -93,38 +93,12 @@ def endpoint_codes(autoencoder, gan, endpoints: Sequence[str], shard_dir: str = 
 def codes_to_meshes(autoencoder, codes: torch.Tensor, out_dir: Path, names: Sequence[str], *, resolution: int = 128,
                     fmt: str = "obj") -> List[dict]:
     """Extract and save one mesh per code; rows with the path and the mesh."""
-    from recon3d.engine.inference import extract_mesh, save_mesh
-
     rows = []
     for name, z in zip(names, codes):
         verts, faces, _ = extract_mesh(autoencoder, z, resolution)
         path = save_mesh(Path(out_dir) / f"{name}.{fmt}", verts, faces)
         rows.append({"name": name, "path": str(path), "faces": len(faces), "mesh": (verts, faces)})
     return rows
-
-
-def write_strip(path: Path, rows: List[dict], size: int = 128, per_line: int = 8) -> Path:
-    """Renders of the rows' meshes side by side (per_line to a line), each labelled with its name, as one PNG."""
-    from PIL import Image, ImageDraw
-
-    from recon3d.geometry.render import render_preview
-
-    tiles = []
-    for row in rows:
-        tile = Image.fromarray(render_preview(*row["mesh"], size))
-        ImageDraw.Draw(tile).text((2, 2), row["name"], fill="black")
-        tiles.append(np.asarray(tile))
-    blank = np.full_like(tiles[0], 255)
-    lines = []
-    for start in range(0, len(tiles), per_line):
-        line = tiles[start:start + per_line]
-        line += [blank] * (min(per_line, len(tiles)) - len(line))
-        lines.append(np.concatenate(line, axis=1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    Image.fromarray(np.concatenate(lines, axis=0)).save(tmp)
-    tmp.replace(path)
-    return path
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -154,10 +128,8 @@ def search(query: str, ckpt: str | Path, shard_dir: str | Path, *, k: int = 5, s
 
     Returns {"query": ..., "results": [{"key", "latent_distance", ["lfd"]}], "query_mesh": (verts, faces) or None}.
     """
-    from recon3d.data.latents import read_all_latents
-    from recon3d.data.writer import load_manifest
-    from recon3d.engine.build import default_latents
-    from recon3d.engine.inference import extract_mesh
+    from recon3d.data.latents import default_latents, read_all_latents
+    from recon3d.data.shards import load_manifest
 
     autoencoder, _ = load_any(ckpt, device)
     manifest = load_manifest(shard_dir)
@@ -168,12 +140,11 @@ def search(query: str, ckpt: str | Path, shard_dir: str | Path, *, k: int = 5, s
         if not svr_ckpt:
             raise ValueError(f"{query} is an image: give --svr CKPT (an image encoder) to turn it into a code")
         from recon3d.data.photo import prepare_photo
-        from recon3d.engine.reconstruct import encoder_input, load_svr
+        from recon3d.inference.splits import model_input
 
-        svr, _ = load_svr(svr_ckpt, device)
+        svr = load_checkpoint(svr_ckpt, device, expect="svr")
         view = prepare_photo(path, int(svr.hparams.get("image_size", 137)))
-        z = svr.encoder(encoder_input(view, int(svr.hparams.image_channels),
-                                      int(svr.hparams.get("crop_size", 128))).to(device))[0]
+        z = svr.encoder(model_input(view, svr))[0]
     elif path.suffix:
         if not path.is_file():
             raise FileNotFoundError(f"{query}: no such file")
@@ -196,3 +167,55 @@ def search(query: str, ckpt: str | Path, shard_dir: str | Path, *, k: int = 5, s
             row["lfd"] = lfd_distance(reference, light_field_descriptor(verts, faces)) if len(faces) else float("inf")
         results.sort(key=lambda r: r["lfd"])
     return {"query": query, "results": results[:k], "query_mesh": query_mesh}
+
+
+@torch.no_grad()
+def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", samples: int = 0,
+             device: str = "cpu", out_dir: Optional[str | Path] = None, **_) -> Dict[str, dict]:
+    """COV and MMD of a latent GAN against the shapes of a split, per category of the reference shapes.
+
+    `samples` generated shapes (0: the GAN's eval_samples), seeds 0..samples-1, are decoded by its autoencoder at
+    its eval resolution and compared with every reference shape by Chamfer-L2 x1000 on its eval_points points.
+    Per category c: mmd_c is the mean over c's shapes of the distance to their nearest sample, cov_c the share of
+    c's shapes that are the nearest reference of some sample; the mean rows are the whole reference set's COV/MMD.
+    """
+    from recon3d.geometry.extract import grid_to_mesh
+    from recon3d.geometry.metrics import coverage_and_mmd, pairwise_chamfer_l2, sample_surface
+    from recon3d.inference.tables import eval_name, write_eval
+    from recon3d.tasks.shape_eval import decode_occupancy
+
+    autoencoder, gan = load_any(ckpt, device)
+    if gan is None:
+        raise ValueError(f"{ckpt} is an autoencoder checkpoint: this evaluates a latent GAN's (train.stage=gan)")
+    hp, rng = gan.hparams, np.random.default_rng(0)
+    keys, references = [], []
+    for batch in iter_split(shard_dir, split, 8, surface=True):
+        for key, surface in zip(batch["key"], batch["surface_points"].numpy()):
+            keys.append(key)
+            references.append(surface[rng.choice(len(surface), hp.eval_points, replace=len(surface) < hp.eval_points)])
+    if not keys:
+        raise ValueError(f"{shard_dir} split {split!r}: no shapes to compare the GAN's samples with")
+    grids = decode_occupancy(autoencoder.model.decoder, gan.codes_for_seeds(range(samples or hp.eval_samples)),
+                             hp.eval_resolution).float().cpu().numpy()
+    meshes = [grid_to_mesh(grid, 0.5, corners=False) for grid in grids]
+    clouds = [sample_surface(v, f, hp.eval_points, rng)[0] for v, f in meshes if len(f)]
+    if not clouds:
+        raise ValueError(f"{ckpt}: every generated shape is empty")
+    distances = 1000.0 * pairwise_chamfer_l2(clouds, references)
+    nearest = distances.argmin(axis=1)
+    categories = np.array([key.split("/")[0] for key in keys])
+    summary = {}
+    for category in sorted(set(categories)):
+        columns = np.flatnonzero(categories == category)
+        summary[category] = {"shapes": len(columns), "cov": float(np.isin(columns, nearest).mean()),
+                             "mmd": float(distances[:, columns].min(axis=0).mean())}
+    groups = list(summary.values())
+    summary["mean over categories"] = {"shapes": len(keys), **{m: float(np.mean([g[m] for g in groups]))
+                                                               for m in ("cov", "mmd")}}
+    summary["mean over shapes"] = {"shapes": len(keys), **coverage_and_mmd(distances)}  # the whole set's COV/MMD
+    if out_dir:
+        matched = set(nearest.tolist())
+        rows = [{"key": key, "category": str(c), "matched": float(i in matched), "mmd": float(d)}
+                for i, (key, c, d) in enumerate(zip(keys, categories, distances.min(axis=0)))]
+        write_eval(Path(out_dir), eval_name("gan", split), rows, summary)
+    return summary

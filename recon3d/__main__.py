@@ -1,0 +1,7 @@
+"""`python -m recon3d`: the same as the `recon3d` command."""
+
+import sys
+
+from recon3d.cli import main
+
+sys.exit(main())

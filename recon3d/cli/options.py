@@ -1,0 +1,70 @@
+"""The option groups that several verbs share, each declared once: config files and overrides, --ckpt, --shards,
+--device, --split, -o/--output, and mesh output."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from recon3d.stages import STAGES
+
+SPLITS = ("train", "val", "test")
+CHECKPOINT_KINDS = ", ".join(STAGES)
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One `recon3d` verb: its name, its help line, what it adds to its parser, and what runs it (-> exit code)."""
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Optional[Callable[[argparse.Namespace], int]] = None  # None: the verb has sub-verbs (configure adds them)
+
+
+def default_device() -> str:
+    """cuda when a CUDA device is there (or CUDA_VISIBLE_DEVICES names one), else cpu."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1"):
+        return "cuda"
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def config(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    parser.add_argument("-c", "--config", action="append", default=[], metavar="YAML", required=required,
+                        help="config file; several are merged left to right")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. shards.workers=2")
+
+
+def ckpt(parser: argparse.ArgumentParser, what: str = f"checkpoint of any stage ({CHECKPOINT_KINDS})",
+         required: bool = True) -> None:
+    parser.add_argument("--ckpt", required=required, default="", help=what)
+
+
+def shards(parser: argparse.ArgumentParser, required: bool = True, what: str = "shard folder") -> None:
+    parser.add_argument("--shards", required=required, default="", help=what)
+
+
+def device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=default_device(), help="cpu or cuda (default: cuda when available)")
+
+
+def split(parser: argparse.ArgumentParser, default: str = "test") -> None:
+    parser.add_argument("--split", default=default, choices=list(SPLITS) if default else ["", *SPLITS])
+
+
+def output(parser: argparse.ArgumentParser, what: str, required: bool = True) -> None:
+    parser.add_argument("-o", "--output", required=required, default="", help=what)
+
+
+def meshes(parser: argparse.ArgumentParser, resolution: int = 128) -> None:
+    """-o, --resolution, --format and --device of the verbs that write meshes."""
+    output(parser, "folder for the meshes and the sheet")
+    parser.add_argument("--resolution", type=int, default=resolution, help="extraction grid cells per edge")
+    parser.add_argument("--format", default="obj", choices=["obj", "ply", "glb"])
+    device(parser)

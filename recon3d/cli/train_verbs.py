@@ -1,0 +1,172 @@
+"""The verbs that train and use trained models on shards: train, sweep, export-latents, extract, eval (with the
+aliases eval-svr, eval-vrn and eval-stereo)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from recon3d.cli import options
+from recon3d.cli.options import Verb
+from recon3d.config import load_config
+
+
+def _train(args) -> int:
+    from recon3d.training.run import run
+
+    extra = [f"loader.shards={args.shards}"] if args.shards else []
+    if args.run_dir:
+        extra.append(f"train.run_dir={args.run_dir}")
+    result = run(load_config(args.config, list(args.overrides) + extra))
+    if not result.is_global_zero:  # one summary per job, not one per process
+        return 0
+    print(f"run folder: {result.run_dir}")
+    print(f"stopped at epoch {result.epoch}, step {result.global_step}")
+    for name in sorted(result.metrics):
+        print(f"  {name} = {result.metrics[name]:.4f}")
+    print(f"last checkpoint: {result.last_checkpoint}")
+    print(f"best checkpoint ({result.monitor}): {result.best_checkpoint}")
+    wandb_dir = result.run_dir / "wandb"
+    if wandb_dir.is_dir():
+        print(f"W&B ran offline; to upload: wandb sync {wandb_dir}/offline-run-*")
+    return 0
+
+
+def _configure_train(parser) -> None:
+    options.config(parser)
+    options.shards(parser, required=False, what="shard folder (loader.shards)")
+    parser.add_argument("--run-dir", default="", help="run folder (train.run_dir)")
+
+
+def _sweep(args) -> int:
+    from recon3d.training.sweep import load_sweep, run_sweep
+
+    spec = load_sweep(args.config[0], args.base, list(args.overrides))
+    if args.storage:
+        spec.storage = args.storage
+    if args.num_samples:
+        spec.num_samples = args.num_samples
+    found = run_sweep(spec, address=args.address)
+    print(f"sweep {spec.name}: {found['trials']} trial(s) in {found['folder']}")
+    for row in sorted(found["rows"], key=lambda r: (r[spec.metric] is None, -(r[spec.metric] or 0)
+                                                    if spec.mode == "max" else (r[spec.metric] or 0))):
+        value = "-" if row[spec.metric] is None else f"{row[spec.metric]:.4f}"
+        print(f"  {spec.metric} {value}  epoch {row['epoch']}  {row['params']}")
+    print(f"best ({spec.metric} {found['metric']}): {found['best']}")
+    print(f"best overrides: {found['folder']}/best.yaml (use with -c); full config: best_config.json")
+    return 0
+
+
+def _configure_sweep(parser) -> None:
+    parser.add_argument("-c", "--config", action="append", required=True, metavar="SWEEP_YAML",
+                        help="sweep file, e.g. configs/sweep/autoencoder-lr.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every trial")
+    parser.add_argument("--base", action="append", default=[], metavar="YAML", help="more config files for every trial")
+    parser.add_argument("--storage", default="", help="sweeps folder (default: the file's storage, runs/sweeps)")
+    parser.add_argument("--num-samples", type=int, default=0, help="trials (default: the file's num_samples)")
+    parser.add_argument("--address", default="", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+
+
+def _export_latents(args) -> int:
+    from recon3d.inference.autoencoder import export_latents
+
+    out = export_latents(args.ckpt, args.shards, name=args.name, device=args.device)
+    index = json.loads((out / "latents.json").read_text())
+    for split, entry in index["splits"].items():
+        print(f"{split}: {entry['count']} codes of size {index['latent_dim']} -> {out / entry['codes']}")
+    return 0
+
+
+def _configure_export(parser) -> None:
+    options.ckpt(parser, "autoencoder checkpoint (e.g. runs/ae/checkpoints/last.ckpt)")
+    options.shards(parser)
+    options.device(parser)
+    parser.add_argument("--name", default="", help="folder under <shards>/latents (default: the run's name)")
+
+
+def _extract(args) -> int:
+    from recon3d.inference.autoencoder import extract_meshes
+    from recon3d.inference.outputs import write_sheet
+
+    rows = extract_meshes(args.ckpt, args.shards, args.output, split=args.split, keys=args.keys, count=args.count,
+                          resolution=args.resolution, fmt=args.format, device=args.device)
+    if args.sheet and rows:
+        print(f"sheet (input view | reconstruction): {write_sheet(Path(args.sheet), args.shards, rows)}")
+    for row in rows:
+        print(f"{row['path']}: {row['faces']} faces, {row['evaluated']} points evaluated "
+              f"(dense {row['dense']}: {row['dense'] / max(row['evaluated'], 1):.1f}x fewer), {row['seconds']:.2f} s")
+    if not rows:
+        print("no shape matched", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _configure_extract(parser) -> None:
+    options.ckpt(parser, "autoencoder checkpoint")
+    options.shards(parser)
+    options.meshes(parser, resolution=256)
+    options.split(parser)
+    parser.add_argument("--keys", nargs="*", default=[], help="sample keys (default: the first --count of --split)")
+    parser.add_argument("--count", type=int, default=8)
+    parser.add_argument("--sheet", default="", help="also write a PNG: input view beside each reconstruction")
+
+
+def _eval(args, expect: str = "") -> int:
+    from recon3d.inference.tables import eval_name, format_table, log_eval
+    from recon3d.tasks.checkpoints import read_checkpoint, stage_of
+
+    row = stage_of(read_checkpoint(args.ckpt), args.ckpt)
+    if expect and row.name != expect:
+        raise ValueError(f"{args.ckpt} is a {row.name} checkpoint; eval-{expect} needs a {expect} checkpoint "
+                         f"(`recon3d eval --ckpt` takes any)")
+    if not args.shards and not (row.name == "stereo" and args.real):
+        raise ValueError(f"evaluating a {row.name} checkpoint needs --shards DIR")
+    out = args.output or str(Path(args.ckpt).resolve().parent.parent / "eval")
+    extra = {"resolution": args.resolution} if args.resolution else {}
+    inference = row.inference_module()
+    summary = inference.evaluate(args.ckpt, args.shards, split=args.split, device=args.device, out_dir=out,
+                                 iou_resolution=args.iou_resolution, real=args.real, **extra)
+    real = summary.pop("real pair", None)
+    if summary:
+        log_eval(args.ckpt, eval_name(row.name, args.split), summary)
+        print(format_table(summary, inference.TABLE_COLUMNS))
+        print(inference.TABLE_NOTE)
+        name = eval_name(row.name, args.split)
+        print(f"tables: {out}/eval_{name}.csv, .json and per-shape eval_{name}_shapes.csv")
+    if real:
+        print(json.dumps(real, indent=1))
+        print(f"pictures: {out}/real_pair.png (left | synthesised right / our disparity | true disparity)")
+    return 0
+
+
+def _configure_eval(parser) -> None:
+    options.ckpt(parser)
+    options.shards(parser, required=False, what="shard folder (needed except for a stereo model with --real)")
+    options.split(parser)
+    options.device(parser)
+    options.output(parser, "table folder (default: <run>/eval)", required=False)
+    parser.add_argument("--resolution", type=int, default=0,
+                        help="extraction grid (autoencoder: 128, svr: 32 when 0); gan: not used")
+    parser.add_argument("--iou-resolution", type=int, default=0, help="autoencoder: grid of the voxel metrics "
+                        "(0: stored)")
+    parser.add_argument("--real", action="store_true", help="stereo: also run on scikit-image's real rectified pair "
+                        "with ground-truth disparity")
+
+
+def _alias(stage: str) -> Verb:
+    return Verb(f"eval-{stage}", f"the same as eval, insisting on a {stage} checkpoint", _configure_eval,
+                lambda args: _eval(args, stage))
+
+
+VERBS = [
+    Verb("train", "train a stage (train.stage: one of the stage table's rows); resumes from last.ckpt",
+         _configure_train, _train),
+    Verb("sweep", "Ray Tune over any config keys (ASHA by default); trials run like train", _configure_sweep, _sweep),
+    Verb("export-latents", "z for every shape of every split, next to the shards", _configure_export,
+         _export_latents),
+    Verb("extract", "meshes from the autoencoder (coarse-to-fine + marching cubes)", _configure_extract, _extract),
+    Verb("eval", "per-category metrics of any checkpoint on a split (CSV/JSON tables); the checkpoint says its stage",
+         _configure_eval, _eval),
+    *[_alias(stage) for stage in ("svr", "vrn", "stereo")],
+]

@@ -1,0 +1,125 @@
+"""Using a trained autoencoder: export latents, extract meshes, evaluate a split with the papers' metrics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from recon3d.data import schema
+from recon3d.data.datamodule import iter_split
+from recon3d.geometry.extract import coarse_to_fine_grid, grid_to_mesh
+from recon3d.geometry.metrics import FSCORE_THRESHOLDS, sample_surface, surface_metrics, voxel_metrics
+from recon3d.inference.outputs import save_mesh
+from recon3d.inference.tables import eval_name, finish_eval, shape_row
+from recon3d.tasks.checkpoints import load_checkpoint
+
+TABLE_COLUMNS = ("shapes", "iou", "f1", "chamfer_l2_x1000", "chamfer_l1", "normal_consistency", "fscore@1%",
+                 "fscore@2%")
+TABLE_NOTE = ("Chamfer-L2: IM-NET convention (squared distances, mean of both directions) x1000 on 4096 points; "
+              "Chamfer-L1: OccNet (accuracy + completeness) / 2; F-score at 1/2 % of the cube edge")
+
+
+def load_autoencoder(ckpt: str | Path, device: str = "cpu"):
+    """The AutoencoderTask of an autoencoder checkpoint, in eval mode."""
+    return load_checkpoint(ckpt, device, expect="autoencoder")
+
+
+@torch.no_grad()
+def export_latents(ckpt: str | Path, shard_dir: str | Path, name: str = "", batch_size: int = 32,
+                   device: str = "cpu") -> Path:
+    """z for every shape of every split, written next to the shards; returns the latents folder."""
+    from recon3d.data.latents import write_latents
+    from recon3d.io import file_sha256
+
+    task = load_autoencoder(ckpt, device)
+    name = name or Path(ckpt).resolve().parent.parent.name or "autoencoder"
+    out = Path(shard_dir) / "latents" / name
+    found = {}
+    for split in schema.SPLITS:
+        keys, codes = [], []
+        for batch in iter_split(shard_dir, split, batch_size):
+            keys += batch["key"]
+            codes.append(task.model.encoder(batch["voxels"].to(device)).cpu().numpy())
+        if keys:
+            found[split] = (keys, np.concatenate(codes))
+    write_latents(out, found, {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_sha256": file_sha256(Path(ckpt))})
+    return out
+
+
+def decoder_field(task, z: torch.Tensor):
+    """The implicit field of one code z (Z,) as a function of (P, 3) points."""
+    return lambda points: task.model.decoder(points[None], z[None])[0, :, 0]
+
+
+@torch.no_grad()
+def extract_mesh(task, z: torch.Tensor, resolution: int = 256, coarse: int = 32):
+    """(vertices, faces, evaluated points) of one shape by coarse-to-fine evaluation and marching cubes."""
+    grid = coarse_to_fine_grid(decoder_field(task, z), resolution, coarse=min(coarse, resolution), device=z.device)
+    verts, faces = grid_to_mesh(grid.values)
+    return verts, faces, grid.evaluated
+
+
+@torch.no_grad()
+def extract_meshes(ckpt: str | Path, shard_dir: str | Path, out_dir: str | Path, *, split: str = "test",
+                   keys: Sequence[str] = (), count: int = 8, resolution: int = 256, fmt: str = "obj",
+                   device: str = "cpu") -> List[dict]:
+    """Meshes for chosen shapes (by key, or the first `count` of a split); one row per mesh with counts."""
+    task = load_autoencoder(ckpt, device)
+    rows: List[dict] = []
+    splits = schema.SPLITS if keys else (split,)
+    for name in splits:
+        for batch in iter_split(shard_dir, name, 8):
+            for i, key in enumerate(batch["key"]):
+                if (keys and key not in keys) or (not keys and len(rows) >= count):
+                    continue
+                z = task.model.encoder(batch["voxels"][i:i + 1].to(device))[0]
+                start = time.perf_counter()
+                verts, faces, evaluated = extract_mesh(task, z, resolution)
+                seconds = time.perf_counter() - start
+                path = save_mesh(Path(out_dir) / f"{key.replace('/', '__')}.{fmt}", verts, faces)
+                rows.append({"key": key, "path": str(path), "faces": len(faces), "evaluated": evaluated,
+                             "dense": (resolution + 1) ** 3, "seconds": seconds, "mesh": (verts, faces)})
+    return rows
+
+
+@torch.no_grad()
+def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", resolution: int = 128,
+             iou_resolution: int = 0, imnet_points: int = 4096, occnet_points: int = 100_000, device: str = "cpu",
+             out_dir: Optional[str | Path] = None, **_) -> Dict[str, dict]:
+    """Per-shape metrics on a split, summarised per category, over categories and over shapes.
+
+    Voxel metrics compare the decoder at the cell centres of an iou_resolution^3 grid (0: the stored grid) with the
+    stored voxels pooled to it by majority. Surface metrics
+    compare a mesh extracted at `resolution` with the shape's stored surface samples: Chamfer-L2 (IM-NET, x1000)
+    on `imnet_points` points per side; Chamfer-L1, normal consistency and F-scores with `occnet_points` points on the
+    prediction against all stored ground-truth samples.
+    """
+    task = load_autoencoder(ckpt, device)
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in iter_split(shard_dir, split, 8, surface=True):
+        voxels = batch["voxels"].to(device)
+        z = task.model.encoder(voxels)
+        grid = iou_resolution or voxels.shape[-1]
+        occupancy = task.decode_grid(z, grid).cpu().numpy()
+        target = (torch.nn.functional.avg_pool3d(voxels, voxels.shape[-1] // grid)[:, 0] > 0.5).float().cpu().numpy()
+        for i, key in enumerate(batch["key"]):
+            row = shape_row(key, **voxel_metrics(occupancy[i], target[i]))
+            verts, faces, _ = extract_mesh(task, z[i], resolution)
+            gt_points = batch["surface_points"][i].numpy()
+            gt_normals = batch["surface_normals"][i].numpy()
+            if len(faces):
+                pred, pred_n = sample_surface(verts, faces, occnet_points, rng)
+                row.update(surface_metrics(pred, gt_points, pred_n, gt_normals))
+                few = rng.choice(len(gt_points), min(imnet_points, len(gt_points)), replace=False)
+                row["chamfer_l2"] = surface_metrics(pred[:imnet_points], gt_points[few], thresholds=())["chamfer_l2"]
+            else:
+                row.update({"chamfer_l2": float("nan"), "chamfer_l1": float("nan"),
+                            "normal_consistency": 0.0, **{f"fscore@{100 * t:g}%": 0.0 for t in FSCORE_THRESHOLDS}})
+            row["chamfer_l2_x1000"] = 1000.0 * row.pop("chamfer_l2")
+            rows.append(row)
+    return finish_eval(rows, eval_name("autoencoder", split), out_dir, f"{shard_dir} split {split!r}")

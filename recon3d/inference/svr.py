@@ -1,0 +1,73 @@
+"""Using a trained image encoder (SVR): evaluate it in shape space per category, turn a photo into a mesh, and
+show held-out views beside the shapes predicted from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from recon3d.data.datamodule import iter_split
+from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
+from recon3d.inference.splits import model_input, view_options
+from recon3d.inference.tables import eval_name, finish_eval, shape_row
+from recon3d.tasks.checkpoints import load_checkpoint
+
+TABLE_COLUMNS = ("shapes", "iou", "chamfer_l2_x1000", "fscore@1%", "latent_mse")
+TABLE_NOTE = "one view per shape (a held-out one when the encoder was trained with loader.holdout_views)"
+
+
+def load_svr(ckpt: str | Path, device: str = "cpu"):
+    """(image-encoder task, its autoencoder task) of an SVR checkpoint (which names its autoencoder)."""
+    svr = load_checkpoint(ckpt, device, expect="svr")
+    return svr, load_autoencoder(svr.hparams.autoencoder_ckpt, device)
+
+
+@torch.no_grad()
+def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", resolution: int = 32,
+             device: str = "cpu", out_dir: Optional[str | Path] = None, **_) -> Dict[str, dict]:
+    """Single-view reconstruction measured in shape space, per category: each shape of `split` seen through one view
+    (a held-out one when the encoder was trained with loader.holdout_views), its predicted code decoded at
+    resolution^3. Voxel IoU against the stored voxels pooled to that grid; Chamfer-L2 x1000 (IM-NET) and F-score@1 %
+    against the stored surface samples; latent MSE against the autoencoder's own code of the shape."""
+    from recon3d.tasks.shape_eval import decode_occupancy, surface_scores, voxel_iou
+
+    svr, autoencoder = load_svr(ckpt, device)
+    rows = []
+    for batch in iter_split(shard_dir, split, 8, surface=True, **view_options(svr)):
+        z = svr.encoder(batch["image"].to(device))
+        target = autoencoder.model.encoder(batch["voxels"].to(device))
+        pred = decode_occupancy(autoencoder.model.decoder, z, resolution)
+        iou = voxel_iou(pred, batch["voxels"].to(device)).cpu().numpy()
+        chamfers, fscores = surface_scores(pred.float().cpu().numpy(), batch["surface_points"].numpy())
+        mse = ((z - target) ** 2).mean(1).cpu().numpy()
+        rows += [shape_row(key, view=int(batch["view"][i]), iou=float(iou[i]), chamfer_l2_x1000=chamfers[i],
+                           **{"fscore@1%": fscores[i]}, latent_mse=float(mse[i]))
+                 for i, key in enumerate(batch["key"])]
+    return finish_eval(rows, eval_name("svr", split), out_dir, f"{shard_dir} split {split!r}")
+
+
+def mesh_maker(ckpt: str | Path, resolution: int, device: str) -> Tuple[int, Callable]:
+    """(the image size it was trained on, view (S, S, 3) uint8 -> (vertices, faces)) for `recon3d reconstruct`."""
+    svr, autoencoder = load_svr(ckpt, device)
+
+    def make(view: np.ndarray):
+        return extract_mesh(autoencoder, svr.encoder(model_input(view, svr))[0], resolution)[:2]
+
+    return int(svr.hparams.get("image_size", 137)), make
+
+
+@torch.no_grad()
+def write_view_sheet(ckpt: Path, shards: Path, split: str, path: Path, count: int, resolution: int) -> Path:
+    """Held-out views of a split's first `count` shapes beside the image encoder's reconstructions."""
+    from recon3d.inference.outputs import write_pairs
+
+    svr, autoencoder = load_svr(ckpt)
+    batch = next(iter_split(shards, split, count, **view_options(svr)))
+    rows, lefts = [], {}
+    for key, image, z in zip(batch["key"], batch["image"], svr.encoder(batch["image"])):
+        lefts[key] = (image.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        rows.append({"name": key, "mesh": extract_mesh(autoencoder, z, resolution)[:2]})
+    return write_pairs(path, rows, lefts)

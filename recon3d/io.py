@@ -1,0 +1,48 @@
+"""Writing files so that a reader never sees half of one: through a temp name in the same folder, then a rename."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, keep_suffix: bool = False) -> Iterator[Path]:
+    """A temp path beside `path` to write to; renamed onto `path` when the block ends without an error, removed when
+    it raises. The temp name is `<name>.<pid>.tmp` (cleanup code looks for the .tmp ending), or with keep_suffix
+    `<stem>.<pid>.tmp<suffix>` for writers that choose a format by the suffix (trimesh, PIL, ffmpeg); the process id
+    keeps two processes writing the same file from sharing a temp file.
+
+    Example: `with atomic_path(out / "mesh.obj", keep_suffix=True) as tmp: mesh.export(tmp)`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}" if keep_suffix else
+                         f"{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write bytes to `path` atomically (see atomic_path), flushed to disk before the rename."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,86 @@
+"""Checkpoints that say what they are: every task writes its stage into the checkpoint, and `load_checkpoint`
+returns the right task for any checkpoint file without guessing.
+
+Checkpoints written before the stage was stored (recon3d 0.1.0) still load: their stage is read from the one
+hyperparameter that only that stage's task has.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from recon3d.config import SAFE_GLOBALS
+from recon3d.stages import STAGES, Stage
+
+STAGE_KEY = "recon3d_stage"  # top-level checkpoint key holding the stage name
+# hyperparameters that only one stage's task has: how checkpoints without STAGE_KEY are told apart
+_LEGACY_MARKERS = (("noise_dim", "gan"), ("architecture", "svr"), ("stacks", "vrn"), ("disparity_levels", "stereo"),
+                   ("decoder_widths", "autoencoder"))
+
+
+def register_safe_globals() -> None:
+    """Let torch's weights_only loader rebuild the config classes stored in hyperparameters (idempotent)."""
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)
+
+
+class StageCheckpoint:
+    """Mixin for the tasks: writes the class's `stage` into every checkpoint it saves."""
+
+    stage: str = ""
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint[STAGE_KEY] = self.stage
+
+
+def read_checkpoint(path: str | Path) -> Dict[str, Any]:
+    """The checkpoint dict of a file (weights_only), on the CPU.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a checkpoint torch can read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    register_safe_globals()
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which and why
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]})") from None
+
+
+def stage_of(checkpoint: Dict[str, Any], where: str = "checkpoint") -> Stage:
+    """The stage row of a checkpoint dict (its stored stage, or for an old checkpoint its telltale hyperparameter).
+
+    Raises:
+        ValueError: neither is there.
+    """
+    name = checkpoint.get(STAGE_KEY)
+    if not name:
+        hparams = checkpoint.get("hyper_parameters", {})
+        name = next((stage for key, stage in _LEGACY_MARKERS if key in hparams), "")
+    if name not in STAGES:
+        raise ValueError(f"{where}: not a recon3d checkpoint (no stage recorded, and its hyperparameters match none "
+                         f"of {', '.join(STAGES)})")
+    return STAGES[name]
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu", *, expect: str = ""):
+    """The task of any recon3d checkpoint file, in eval mode on `device`.
+
+    Args:
+        expect: a stage name; a checkpoint of another stage is then an error naming both.
+
+    Raises:
+        FileNotFoundError, ValueError: see read_checkpoint and stage_of; a stage other than `expect`.
+    """
+    row = stage_of(read_checkpoint(path), str(path))
+    if expect and row.name != expect:
+        raise ValueError(f"{path}: a {row.name} checkpoint, but this needs a {expect} checkpoint "
+                         f"(train.stage={expect})")
+    task = row.task_class().load_from_checkpoint(str(path), map_location=device, weights_only=True)
+    return task.eval().to(device)

@@ -1,0 +1,132 @@
+"""From a config to the objects of a training run: DataModule, task (through its from_config), callbacks, loggers,
+strategy and trainer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List
+
+from recon3d.config import Config, ConfigError, to_dict
+from recon3d.stages import STAGES
+
+
+def build_datamodule(cfg: Config):
+    """The DataModule of cfg.train.stage: exported latents for the GAN, the shards' loader for the rest."""
+    if cfg.train.stage == "gan":
+        from recon3d.data.latents import LatentDataModule
+
+        return LatentDataModule.from_config(cfg)
+    from recon3d.data.datamodule import ShardDataModule
+
+    return ShardDataModule.from_config(cfg)
+
+
+def check_training_config(cfg: Config, manifest: dict) -> None:
+    """Rules that need the shards: there is something to train on, and the loader reads what the stage needs."""
+    if manifest["samples"] == 0 or manifest["splits"]["train"]["samples"] == 0:
+        raise ConfigError(f"{cfg.loader.shards}: no training samples")
+    wanted = STAGES[cfg.train.stage].loader
+    if wanted and cfg.loader.stage and cfg.loader.stage != wanted:
+        raise ConfigError(f"train.stage={cfg.train.stage} reads the {wanted} pipeline of the loader, but "
+                          f"loader.stage={cfg.loader.stage}: leave loader.stage empty (it follows train.stage)")
+
+
+def build_task(cfg: Config, manifest: dict, datamodule=None):
+    """The LightningModule of cfg.train.stage, built by its own from_config."""
+    task_class = STAGES[cfg.train.stage].task_class()
+    if cfg.train.stage == "gan":  # the generator's output must match the exported codes
+        return task_class.from_config(cfg, manifest, latent_dim=getattr(datamodule, "latent_dim", 0))
+    return task_class.from_config(cfg, manifest)
+
+
+def build_callbacks(cfg: Config) -> list:
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from recon3d.training.callbacks import rolling_last_checkpoint
+
+    ckpt_dir = Path(cfg.train.run_dir) / "checkpoints"
+    last = rolling_last_checkpoint(ckpt_dir, cfg.train.checkpoint_every_steps)
+    row = STAGES[cfg.train.stage]
+    monitor, mode = row.best_by, row.mode
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}-{step}", monitor=monitor, mode=mode,
+                           save_top_k=1, auto_insert_metric_name=False)
+    return [last, best, LearningRateMonitor(logging_interval="step")]
+
+
+def build_loggers(cfg: Config, enable_wandb: bool = True) -> list:
+    from lightning.pytorch.loggers import CSVLogger
+
+    run_dir = Path(cfg.train.run_dir)
+    # a new version folder per (re)start: a resumed run must not overwrite the history it continues
+    loggers: List = [CSVLogger(save_dir=str(run_dir), name="logs")]
+    if enable_wandb and cfg.train.logger == "wandb" and cfg.train.wandb_mode != "disabled":
+        from lightning.pytorch.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        loggers.insert(0, WandbLogger(project=cfg.train.wandb_project, name=run_dir.name, save_dir=str(run_dir),
+                                      offline=cfg.train.wandb_mode == "offline", config=to_dict(cfg),
+                                      id=_wandb_run_id(run_dir), group=cfg.train.wandb_group or None))
+    return loggers
+
+
+def _wandb_run_id(run_dir: Path) -> str:
+    """One W&B run per run folder, kept across resumes (the id is stored in the folder)."""
+    path = run_dir / "wandb_id.txt"
+    if path.is_file():
+        return path.read_text().strip()
+    import uuid
+
+    run_id = uuid.uuid4().hex[:12]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id)
+    return run_id
+
+
+def build_strategy(cfg: Config):
+    """The Lightning strategy: a name, or a DeepSpeedStrategy reading train.deepspeed_config."""
+    train = cfg.train
+    if STAGES[train.stage].ddp_unused_parameters and train.strategy == "ddp":
+        return "ddp_find_unused_parameters_true"  # DDP must not wait for gradients some steps never produce
+    if "deepspeed" not in train.strategy:
+        return train.strategy
+    try:
+        import deepspeed  # noqa: F401  (Lightning imports it lazily; fail here with the fix)
+    except ImportError:
+        raise ConfigError(f"train.strategy={train.strategy} needs DeepSpeed: pip install deepspeed") from None
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    stage = int(train.strategy.rsplit("_", 1)[-1]) if train.strategy[-1].isdigit() else 2
+    if train.deepspeed_config:
+        path = Path(train.deepspeed_config)
+        if not path.is_file():
+            raise ConfigError(f"train.deepspeed_config={train.deepspeed_config!r} does not exist")
+        return DeepSpeedStrategy(config=str(path), logging_batch_size_per_gpu=cfg.loader.batch_size)
+    return DeepSpeedStrategy(stage=stage, logging_batch_size_per_gpu=cfg.loader.batch_size)
+
+
+def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(), **overrides):
+    import lightning as L
+
+    from recon3d.tasks.checkpoints import register_safe_globals
+
+    register_safe_globals()  # checkpoints reload with weights_only=True
+    train, row = cfg.train, STAGES[cfg.train.stage]
+    strategy = build_strategy(cfg)
+    kwargs = dict(accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes,
+                  strategy=strategy, precision=train.precision,
+                  accumulate_grad_batches=train.accumulate_grad_batches,
+                  max_epochs=row.epochs(cfg),
+                  check_val_every_n_epoch=train.val_every_epochs, log_every_n_steps=train.log_every_steps,
+                  default_root_dir=train.run_dir, callbacks=build_callbacks(cfg) + list(extra_callbacks),
+                  logger=build_loggers(cfg, enable_wandb),
+                  reload_dataloaders_every_n_epochs=1 if row.reload_loaders(cfg) else 0,
+                  enable_model_summary=False)
+    if train.max_minutes > 0:
+        kwargs["max_time"] = {"minutes": train.max_minutes}
+    if "deepspeed" not in str(train.strategy):  # DeepSpeed writes checkpoint folders through its own engine
+        from recon3d.training.callbacks import AtomicCheckpointIO
+
+        kwargs["plugins"] = [AtomicCheckpointIO()]
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)
