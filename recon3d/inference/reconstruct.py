@@ -37,10 +37,11 @@ def reconstruct_images(ckpt: str | Path, images: Sequence[str | Path], out_dir: 
     """
     row = stage_of(read_checkpoint(ckpt), str(ckpt))
     if model and model != row.name:
-        raise ValueError(f"{ckpt} is a {row.name} checkpoint, not {model}")
+        raise ValueError(f"{ckpt}: the {row.name} stage's checkpoint, not {model}'s")
     maker = getattr(row.inference_module(), "mesh_maker", None)
     if maker is None:
-        raise ValueError(f"{ckpt} is a {row.name} checkpoint: reconstruct needs an image encoder (svr) or a VRN")
+        raise ValueError(f"{ckpt}: not an image-encoder checkpoint nor a VRN's (it is the {row.name} "
+                         f"stage's); reconstruct needs train.stage=svr or vrn")
     size, make_mesh = maker(ckpt, resolution, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

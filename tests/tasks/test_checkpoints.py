@@ -51,7 +51,7 @@ def test_eval_takes_any_checkpoint_and_gives_that_stages_table(checkpoints, tiny
         shards = stereo_shards if stage in ("vrn", "stereo") else tiny_shards
         out = tmp_path / stage
         assert main(["eval", "--ckpt", str(path), "--shards", str(shards), "--split", "val", "-o", str(out),
-                     "--device", "cpu"]) == 0, stage
+                     "--device", "cpu", "--resolution", "16"]) == 0, stage
         printed = capsys.readouterr().out
         assert expected[stage] in printed and "mean over categories" in printed, (stage, printed)
         name = "val" if stage == "autoencoder" else f"{stage}_val"
