@@ -174,8 +174,8 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", sa
              device: str = "cpu", out_dir: Optional[str | Path] = None, **_) -> Dict[str, dict]:
     """COV and MMD of a latent GAN against the shapes of a split, per category of the reference shapes.
 
-    `samples` generated shapes (0: the GAN's eval_samples), seeds 0..samples-1, are decoded by its autoencoder at
-    its eval resolution and compared with every reference shape by Chamfer-L2 x1000 on its eval_points points.
+    `samples` generated shapes (0: eval_samples; seeds 0..samples-1), decoded at the GAN's eval resolution, are
+    compared with every reference shape by Chamfer-L2 x1000 on eval_points points; an empty one matches none.
     Per category c: mmd_c is the mean over c's shapes of the distance to their nearest sample, cov_c the share of
     c's shapes that are the nearest reference of some sample; the mean rows are the whole reference set's COV/MMD.
     """
@@ -199,7 +199,6 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", sa
                              hp.eval_resolution).float().cpu().numpy()
     meshes = [grid_to_mesh(grid, 0.5, corners=False) for grid in grids]
     clouds = [sample_surface(v, f, hp.eval_points, rng)[0] for v, f in meshes if len(f)]
-    # an empty sample matches no reference: infinitely far (MMD is then infinite only if every sample is empty)
     distances = np.full((len(meshes), len(references)), np.inf)
     if clouds:
         distances[:len(clouds)] = 1000.0 * pairwise_chamfer_l2(clouds, references)
