@@ -182,10 +182,11 @@ def test_version_and_python_dash_m():
 def test_train_help_lists_every_stage_from_the_table(capsys):
     from recon3d.stages import STAGES
 
-    with pytest.raises(SystemExit):
-        main(["eval", "--help"])
-    text = capsys.readouterr().out
-    assert all(stage in text for stage in STAGES)
+    for verb in ("train", "eval"):
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        text = capsys.readouterr().out
+        assert all(stage in text for stage in STAGES), verb
 
 
 def test_a_programming_error_is_not_passed_off_as_a_user_error(monkeypatch):

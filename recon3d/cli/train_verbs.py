@@ -10,6 +10,7 @@ from pathlib import Path
 from recon3d.cli import options
 from recon3d.cli.options import Verb
 from recon3d.config import load_config
+from recon3d.stages import STAGES
 
 
 def _train(args) -> int:
@@ -160,7 +161,7 @@ def _alias(stage: str) -> Verb:
 
 
 VERBS = [
-    Verb("train", "train a stage (train.stage: one of the stage table's rows); resumes from last.ckpt",
+    Verb("train", f"train a stage (train.stage: {' | '.join(STAGES)}); resumes from last.ckpt",
          _configure_train, _train),
     Verb("sweep", "Ray Tune over any config keys (ASHA by default); trials run like train", _configure_sweep, _sweep),
     Verb("export-latents", "z for every shape of every split, next to the shards", _configure_export,
