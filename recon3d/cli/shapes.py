@@ -133,13 +133,13 @@ def _configure_stereo(parser) -> None:
     options.device(parser)
 
 
-VERBS = [
-    Verb("reconstruct", "photos or renders -> meshes (image encoder + autoencoder, or VRN)", _configure_reconstruct,
-         _reconstruct),
-    Verb("generate", "new shapes from the latent GAN -> meshes + samples.png", _configure_generate, _generate),
-    Verb("interpolate", "z_i = a_i z1 + (1 - a_i) z2 -> meshes + interpolation.png", _configure_interpolate,
-         _interpolate),
-    Verb("search", "the nearest shapes of a shard set to a key, a mesh or an image", _configure_search, _search),
-    Verb("stereo", "an image, a folder of frames or a video -> side-by-side and red-cyan anaglyph (Deep3D)",
-         _configure_stereo, _stereo),
-]
+VERBS = [Verb(name, text, configure, run) for name, text, configure, run in (
+    ("reconstruct", "photos or renders -> meshes (image encoder + autoencoder, or VRN)", _configure_reconstruct,
+     _reconstruct),
+    ("generate", "new shapes from the latent GAN -> meshes + samples.png", _configure_generate, _generate),
+    ("interpolate", "z_i = a_i z1 + (1 - a_i) z2 -> meshes + interpolation.png", _configure_interpolate,
+     _interpolate),
+    ("search", "the nearest shapes of a shard set to a key, a mesh or an image", _configure_search, _search),
+    ("stereo", "an image, a folder of frames or a video -> side-by-side and red-cyan anaglyph (Deep3D)",
+     _configure_stereo, _stereo),
+)]
