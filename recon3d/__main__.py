@@ -2,6 +2,6 @@
 
 import sys
 
-from recon3d.cli import main
+from recon3d.cli.main import main
 
 sys.exit(main())

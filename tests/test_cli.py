@@ -6,7 +6,7 @@ import sys
 import pytest
 from PIL import Image
 
-from recon3d.cli import main
+from recon3d.cli.main import main
 from tests.conftest import REPO, TINY, shared_path
 
 

@@ -43,7 +43,7 @@ def test_a_foreign_or_broken_file_is_named(tmp_path):
 
 def test_eval_takes_any_checkpoint_and_gives_that_stages_table(checkpoints, tiny_shards, stereo_shards, tmp_path,
                                                                capsys):
-    from recon3d.cli import main
+    from recon3d.cli.main import main
 
     expected = {"autoencoder": "chamfer_l2_x1000", "svr": "latent_mse", "gan": "mmd", "vrn": "iou",
                 "stereo": "mae_shift"}
@@ -59,7 +59,7 @@ def test_eval_takes_any_checkpoint_and_gives_that_stages_table(checkpoints, tiny
 
 
 def test_eval_alias_refuses_another_stage(checkpoints, tiny_shards, capsys):
-    from recon3d.cli import main
+    from recon3d.cli.main import main
 
     assert main(["eval-vrn", "--ckpt", str(checkpoints["svr"]), "--shards", str(tiny_shards)]) == 2
     assert "is a svr checkpoint; eval-vrn needs a vrn checkpoint" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from recon3d.cli import main
+from recon3d.cli.main import main
 from recon3d.data.latents import read_latents
 from recon3d.inference.tables import summarise_rows
 

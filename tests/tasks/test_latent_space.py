@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from recon3d.cli import main
+from recon3d.cli.main import main
 from recon3d.inference.latent import interpolate_codes, interpolation_weights
 
 

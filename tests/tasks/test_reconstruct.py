@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from recon3d.cli import main
+from recon3d.cli.main import main
 from tests.conftest import shared_path
 
 

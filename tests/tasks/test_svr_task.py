@@ -50,7 +50,7 @@ def test_svr_config_errors_name_the_fix(tiny_shards, trained_autoencoder, tmp_pa
 def test_eval_svr_reports_per_category_on_held_out_views(tiny_shards, trained_autoencoder, tmp_path, capsys):
     import json
 
-    from recon3d.cli import main
+    from recon3d.cli.main import main
 
     result = run(_svr_cfg(tiny_shards, trained_autoencoder, tmp_path / "run", "loader.holdout_views=1",
                           "svr.epochs=1"), enable_wandb=False, enable_progress_bar=False)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recon3d.cli import main
+from recon3d.cli.main import main
 
 
 def test_eval_vrn_writes_a_per_category_table(trained_vrn, stereo_shards, tmp_path, capsys):

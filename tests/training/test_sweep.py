@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from recon3d.cli import main
+from recon3d.cli.main import main
 from recon3d.config import load_config
 from tests.conftest import TINY, tiny_config, tiny_sweep_file
 
