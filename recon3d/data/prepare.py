@@ -25,7 +25,7 @@ from recon3d.geometry.metrics import sample_surface
 from recon3d.geometry.render import render_views
 from recon3d.geometry.sampling import sample_points
 from recon3d.geometry.transform import normalise
-from recon3d.geometry.voxelize import solid_voxels
+from recon3d.geometry.voxelize import solid_voxels, surface_coverage
 
 
 @dataclass
@@ -33,6 +33,10 @@ class Prepared:
     key: str
     members: Dict[str, bytes]
     seconds: Dict[str, float] = field(default_factory=dict)  # per stage, for benchmarks; never stored in shards
+    facts: Dict[str, object] = field(default_factory=dict)  # FACTS of its metadata, for the shard's sidecar
+
+
+FACTS = ("surface_coverage", "low_coverage", "front", "front_from")  # what `shards summary` reports per sample
 
 
 def item_rng(seed: int, key: str) -> np.random.Generator:
@@ -80,8 +84,26 @@ def normalise_for(vertices, faces, geo: GeometryConfig, up: str = "+y", front: s
 
 
 def solid_for(vertices, faces, geo: GeometryConfig):
-    """The shards' voxelisation of a normalised mesh (stored and fine grids, leak sealing)."""
-    return solid_voxels(vertices, faces, geo.voxel_resolution, geo.fine_resolution, geo.seal_voxels)
+    """The shards' voxelisation of a normalised mesh (stored and fine grids, by geometry.voxel_rule)."""
+    return solid_voxels(vertices, faces, geo.voxel_resolution, geo.fine_resolution, geo.seal_voxels, geo.voxel_rule)
+
+
+def _point_members(verts, faces, solid, item: Item, cfg: Config, rng, members: Dict[str, bytes]):
+    """IM-NET point sets and surface samples into `members`; returns the point counts and the surface coverage."""
+    geo = cfg.geometry
+    counts = {}
+    for res, count in zip(geo.point_resolutions, geo.point_counts):
+        sampled = sample_points(solid.fine, res, count, rng, geo.edge_window)
+        members[schema.points_member(res)] = schema.npy_bytes(sampled.indices)
+        members[schema.values_member(res)] = schema.pack_values(sampled.values)
+        counts[str(res)] = {"points": int(count), "stage": sampled.stage}
+    if geo.surface_points:
+        points, normals = sample_surface(verts, faces, geo.surface_points, rng)
+        members.update(schema.pack_surface(points, normals))
+    else:  # the coverage check still needs surface samples: a stream of its own, so the stored ones do not change
+        points = sample_surface(verts, faces, 4096, item_rng(cfg.shards.seed + 1, item.key))[0]
+    coverage = surface_coverage(points, solid.coarse)
+    return counts, coverage
 
 
 def _mesh_members(vertices, faces, item: Item, cfg: Config, clock: _Clock) -> Dict[str, bytes]:
@@ -97,15 +119,7 @@ def _mesh_members(vertices, faces, item: Item, cfg: Config, clock: _Clock) -> Di
     if geo.store_fine:
         members[schema.VOXELS_FINE] = schema.pack_voxels(solid.fine)
     clock.lap("voxels")
-    counts = {}
-    for res, count in zip(geo.point_resolutions, geo.point_counts):
-        points = sample_points(solid.fine, res, count, rng, geo.edge_window)
-        members[schema.points_member(res)] = schema.npy_bytes(points.indices)
-        members[schema.values_member(res)] = schema.pack_values(points.values)
-        counts[str(res)] = {"points": int(count), "stage": points.stage}
-    if geo.surface_points:
-        points, normals = sample_surface(verts, faces, geo.surface_points, rng)
-        members.update(schema.pack_surface(points, normals))
+    counts, coverage = _point_members(verts, faces, solid, item, cfg, rng, members)
     clock.lap("points")
     views = sample_views(ren.views, rng, size=ren.image_size, azimuth_range=ren.azimuth_range,
                          elevation_range=ren.elevation_range, distance_range=ren.distance_range,
@@ -127,6 +141,9 @@ def _mesh_members(vertices, faces, item: Item, cfg: Config, clock: _Clock) -> Di
         members[schema.CAMERA_RT] = schema.npy_bytes(views.extrinsics.astype(np.float32))
     clock.lap("views")
     meta = {"normalisation": norm.as_dict(), "faces": int(len(faces)), "sealed_voxels": solid.sealed_voxels,
+            "voxel_rule": geo.voxel_rule, "surface_coverage": round(coverage, 4),
+            "low_coverage": coverage < geo.coverage_warn, "up": item.up, "front": item.front,
+            "front_from": item.front_from,
             "voxel_resolution": geo.voxel_resolution, "point_grid": geo.fine_resolution, "point_sets": counts,
             "views": len(views), "cameras": bool(len(views)), "surface_points": geo.surface_points,
             "stereo_baseline": ren.stereo_baseline if len(views) else 0.0}
@@ -186,4 +203,4 @@ def prepare(item: Item, root: str, cfg: Config) -> Prepared:
     meta = members[schema.META]
     meta.update({"key": item.key, "category": item.category, "source": item.path, "row": item.row})
     members[schema.META] = schema.json_bytes(meta)
-    return Prepared(item.key, members, clock.seconds)
+    return Prepared(item.key, members, clock.seconds, {k: meta[k] for k in FACTS if k in meta})

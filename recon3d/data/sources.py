@@ -12,6 +12,8 @@ Layouts:
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,7 @@ class Item:
     row: int = -1  # row of an hdf5 file
     up: str = "+y"
     front: str = "-z"
+    front_from: str = "assumed"  # assumed (the layout's convention) | source.front_axis | source.front_by_category
 
     @property
     def category(self) -> str:
@@ -211,7 +214,17 @@ def discover(cfg: SourceConfig) -> Tuple[List[Item], List[Reject], str]:
             if counts[item.category] <= cfg.limit_per_category:
                 kept.append(item)
         items = kept
-    return sorted(items, key=lambda i: i.key), rejects, kind
+    return sorted((_with_front(item, cfg) for item in items), key=lambda i: i.key), rejects, kind
+
+
+def _with_front(item: Item, cfg: SourceConfig) -> Item:
+    """The item with its front axis from source.front_by_category, else source.front_axis, and where it came from."""
+    if item.kind == "imnet_row":
+        return item  # IM-NET's rows are already in the method's frame
+    if item.category in cfg.front_by_category:
+        front = cfg.front_by_category[item.category]
+        return dataclasses.replace(item, front=front, front_from="source.front_by_category")
+    return dataclasses.replace(item, front_from="source.front_axis") if cfg.front_axis != "auto" else item
 
 
 def assign_split(item: Item, fractions) -> str:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List
 
+import numpy as np
+
 from recon3d.data import schema
 from recon3d.data.shards import load_manifest, read_tar
 from recon3d.io import file_sha256
@@ -117,6 +119,27 @@ def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport
     return report
 
 
+def _fact_lines(manifest: dict, facts: dict) -> list:
+    """The voxel rule, surface coverage (min, median, flagged samples) and the front axes per category."""
+    geometry = manifest.get("config", {}).get("geometry", {})
+    rule = geometry.get("voxel_rule", "fill")  # shard sets from before the rule was named used the fill rule
+    lines = [f"  voxels: {geometry.get('voxel_resolution', '?')}^3, rule {rule}"]
+    coverage = {k: f["surface_coverage"] for k, f in facts.items() if "surface_coverage" in f}
+    if coverage:
+        values = np.array(sorted(coverage.values()))
+        low = sorted(k for k, f in facts.items() if f.get("low_coverage"))
+        lines.append(f"  surface coverage (surface samples within a voxel of the solid): min {values[0]:.3f}, "
+                     f"median {np.median(values):.3f}; below geometry.coverage_warn="
+                     f"{geometry.get('coverage_warn', 0.95)}: {len(low)}")
+        lines.extend(f"    {k}: {coverage[k]:.3f}" for k in low[:10])
+    fronts: dict = {}
+    for key, f in facts.items():
+        if "front" in f:
+            fronts.setdefault(f"{f['front']} ({f['front_from']})", set()).add(key.split("/")[0])
+    lines.extend(f"  front {axis}: {', '.join(sorted(cats))}" for axis, cats in sorted(fronts.items()))
+    return lines
+
+
 def summarise(shard_dir: str | Path) -> str:
     """A short human summary of a shard folder: splits, categories, rejects by reason, bytes per sample."""
     import collections
@@ -125,12 +148,14 @@ def summarise(shard_dir: str | Path) -> str:
     shard_dir = Path(shard_dir)
     manifest = load_manifest(shard_dir)
     categories: collections.Counter = collections.Counter()
+    facts: dict = {}
     for shard in manifest["shards"]:
         side = shard_dir / f"{shard['name']}.json"
         if side.is_file():
             info = json.loads(side.read_text())
             rejected = {r["key"] for r in info["rejects"]}
             categories.update(k.split("/")[0] for k in info["keys"] if k not in rejected)
+            facts.update(info.get("facts", {}))  # absent in shard sets built before it was recorded
     total_bytes = sum(s["bytes"] for s in manifest["shards"])
     lines = [f"shards: {shard_dir} ({manifest['source']['kind']} source {manifest['source']['root']})"]
     for split in schema.SPLITS:
@@ -141,6 +166,7 @@ def summarise(shard_dir: str | Path) -> str:
     if manifest["samples"]:
         lines.append(f"  {total_bytes / manifest['samples'] / 1024:.0f} KiB per sample, "
                      f"{total_bytes / 2**20:.1f} MiB in all")
+    lines.extend(_fact_lines(manifest, facts))
     rejects_path = shard_dir / "rejects.jsonl"
     rejects = [json.loads(line) for line in rejects_path.read_text().splitlines()] if rejects_path.is_file() else []
     lines.append(f"  rejected inputs: {len(rejects)}" + (f" (see {rejects_path})" if rejects else ""))

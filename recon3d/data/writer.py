@@ -122,7 +122,8 @@ def finished(out: Path, plan: ShardPlan) -> Optional[dict]:
     return side
 
 
-def _finish_shard(out: Path, plan: ShardPlan, tar: tarfile.TarFile, handle, count: int, rejects: List[dict]):
+def _finish_shard(out: Path, plan: ShardPlan, tar: tarfile.TarFile, handle, count: int, rejects: List[dict],
+                  facts: Dict[str, dict]):
     tar.close()
     handle.flush()
     os.fsync(handle.fileno())
@@ -131,7 +132,7 @@ def _finish_shard(out: Path, plan: ShardPlan, tar: tarfile.TarFile, handle, coun
     final = out / f"{plan.name}.tar"
     side = {"name": plan.name, "split": plan.split, "samples": count, "bytes": tmp.stat().st_size,
             "sha256": file_sha256(tmp), "keys": [i.key for i in plan.items], "rejects": rejects,
-            "plan_hash": plan.plan_hash}
+            "facts": facts, "plan_hash": plan.plan_hash}
     os.replace(tmp, final)
     atomic_write(_sidecar(out, plan.name), json.dumps(side, indent=1, sort_keys=True).encode())
     return side
@@ -222,12 +223,13 @@ def _write_shards(out: Path, pending: List[ShardPlan], results, sides: Dict[str,
     for plan in pending:
         handle = open(out / f"{plan.name}.tar.tmp", "wb")
         tar = tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT)
-        count, shard_rejects = 0, []
+        count, shard_rejects, facts = 0, [], {}
         for _ in plan.items:
             status, payload = next(results)
             if status == "ok":
                 write_sample(tar, payload)
                 count += 1
+                facts[payload.key] = payload.facts
                 for stage, sec in payload.seconds.items():
                     stage_seconds[stage].append(sec)
             else:
@@ -236,7 +238,7 @@ def _write_shards(out: Path, pending: List[ShardPlan], results, sides: Dict[str,
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(rejects=run_rejects, refresh=False)
-        sides[plan.name] = _finish_shard(out, plan, tar, handle, count, shard_rejects)
+        sides[plan.name] = _finish_shard(out, plan, tar, handle, count, shard_rejects, facts)
     if bar is not None:
         bar.close()
     return dict(stage_seconds)

@@ -114,3 +114,57 @@ def test_binvox_folder_becomes_samples(tmp_path):
     interior = voxels[1:-1, 1:-1, 1:-1] & voxels[:-2, 1:-1, 1:-1] & voxels[2:, 1:-1, 1:-1] & \
         voxels[1:-1, :-2, 1:-1] & voxels[1:-1, 2:, 1:-1] & voxels[1:-1, 1:-1, :-2] & voxels[1:-1, 1:-1, 2:]
     assert interior.any()  # the binvox shell became a solid with an inside, not a one-voxel crust
+
+
+def test_front_axis_is_recorded_with_where_it_came_from(tmp_path):
+    """The assumed front, a global front_axis and a per-category override each show in the metadata and summary."""
+    from recon3d.data.verify import summarise
+
+    for rel in ("chair/a.obj", "sofa/b.obj", "table/c.obj"):
+        (tmp_path / "in" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / rel).write_text(trimesh.exchange.obj.export_obj(BOX))
+    items, _, _ = discover(_source(tmp_path / "in", "source.front_by_category={chair: +z}"))
+    assert {i.key: (i.front, i.front_from) for i in items} == {
+        "chair/a": ("+z", "source.front_by_category"), "sofa/b": ("-z", "assumed"), "table/c": ("-z", "assumed")}
+    items, _, _ = discover(_source(tmp_path / "in", "source.front_axis=+x"))
+    assert {i.front_from for i in items} == {"source.front_axis"}
+    cfg = tiny_config(f"source.root={tmp_path / 'in'}", f"shards.out_dir={tmp_path / 'out'}",
+                      "source.front_by_category={chair: +z}")
+    build_shards(cfg, progress=False)
+    tars = sorted((tmp_path / "out").glob("*.tar"))
+    metas = {k: schema.decode_meta(m) for tar in tars for k, m in read_tar(tar).items()}
+    assert metas["chair/a"]["front"] == "+z" and metas["sofa/b"]["front_from"] == "assumed"
+    assert metas["chair/a"]["voxel_rule"] == "binvox" and metas["chair/a"]["surface_coverage"] == 1.0
+    text = summarise(tmp_path / "out")
+    assert "front +z (source.front_by_category): chair" in text and "front -z (assumed): sofa, table" in text
+    assert "rule binvox" in text and "min 1.000" in text
+
+
+def test_summary_of_old_shards_and_flagged_coverage(tmp_path, tiny_shards):
+    """Shard sets from before the rule was recorded summarise as the fill rule; low coverage is listed by key."""
+    import json
+    import shutil
+
+    from recon3d.data.verify import summarise
+
+    copy = tmp_path / "old"
+    shutil.copytree(tiny_shards, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["config"]["geometry"]["voxel_rule"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    side_path = sorted(copy.glob("train-*.json"))[0]
+    side = json.loads(side_path.read_text())
+    key = side["keys"][0]
+    side["facts"][key].update(surface_coverage=0.5, low_coverage=True)
+    side_path.write_text(json.dumps(side))
+    text = summarise(copy)
+    assert "rule fill" in text and "min 0.500" in text and f"{key}: 0.500" in text and "coverage_warn=0.95: 1" in text
+
+
+def test_front_by_category_rejects_a_bad_axis():
+    from recon3d.config import ConfigError
+
+    with pytest.raises(ConfigError, match="front_by_category.chair"):
+        _source("x", "source.front_by_category={chair: front}")
+    with pytest.raises(ConfigError, match="on the up axis"):
+        _source("x", "source.up_axis=+y", "source.front_by_category={chair: -y}")
