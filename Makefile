@@ -10,6 +10,9 @@ $(BIN)/recon3d: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	# DeepSpeed ships as source: built against the torch above (no build isolation, or pip fetches another torch),
+	# with its CPU shared-memory comm op compiled now instead of JIT on first use (about 3 minutes, once)
+	DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 $(BIN)/pip install -q --no-build-isolation -c constraints.txt deepspeed==0.19.8
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 

@@ -154,7 +154,7 @@ class TrainConfig:
     accelerator: str = "auto"  # cpu | gpu | auto
     devices: int = 1  # devices per node (SLURM: must equal --ntasks-per-node)
     num_nodes: int = 1  # nodes
-    strategy: str = "auto"  # auto | ddp | deepspeed_stage_2 | deepspeed_stage_3 (GPUs) | any Lightning strategy name
+    strategy: str = "auto"  # auto | ddp | deepspeed_stage_2 | deepspeed_stage_3 (accelerator=cpu: a CPU test variant)
     deepspeed_config: str = ""  # DeepSpeed JSON (ZeRO settings), e.g. configs/deepspeed/zero2.json
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
     accumulate_grad_batches: int = 1  # gradient accumulation
@@ -168,7 +168,7 @@ class TrainConfig:
     wandb_project: str = "recon3d"  # W&B project
     wandb_mode: str = "offline"  # offline | online | disabled
     wandb_group: str = ""  # W&B run group (a sweep groups its trials under its name)
-    resume: str = "auto"  # auto: continue from run_dir/checkpoints/last.ckpt if present | never | a .ckpt path
+    resume: str = "auto"  # auto: the newest of last.ckpt (file or ZeRO folder) and hpc_ckpt_N | never | a path
     seed: int = 0  # seeds weights and data order
 
     def __post_init__(self) -> None:
@@ -179,9 +179,6 @@ class TrainConfig:
         _check(self.logger in ("wandb", "csv"), f"train.logger={self.logger!r}: wandb or csv")
         _check(self.stage in STAGES, f"train.stage={self.stage!r}: one of {tuple(STAGES)}")
         deepspeed = "deepspeed" in self.strategy
-        _check(not (deepspeed and self.accelerator == "cpu"),
-               f"train.strategy={self.strategy} with train.accelerator=cpu: Lightning's DeepSpeed strategy runs on "
-               f"GPUs only; on CPUs use train.strategy=ddp (gloo)")
         _check(not self.deepspeed_config or deepspeed,
                f"train.deepspeed_config is set but train.strategy={self.strategy} is not a DeepSpeed strategy")
         _check(self.precision in PRECISIONS, f"train.precision={self.precision!r}: one of {PRECISIONS}")

@@ -93,6 +93,17 @@ def _report(args) -> int:
 def _bench(args) -> int:
     from recon3d.workflows import bench
 
+    if args.what == "train-step" and (args.strategy or args.rank_stats):
+        from recon3d.workflows import bench_strategies
+
+        strategies = args.strategy.split(",")
+        if args.rank_stats:  # one rank of one strategy, started by the run below
+            bench_strategies.rank_stats(_config(args), strategies[0], args.devices, args.batch_size, args.points,
+                                        args.batches, args.warmup, args.device, args.rank_stats)
+        else:
+            print(bench_strategies.bench_strategies(_config(args), strategies, args.devices, args.batch_size,
+                                                    args.points, args.batches, args.warmup, args.device))
+        return 0
     if args.what == "train-step":
         print(bench.bench_train_step(_config(args), args.batch_size, args.points, args.batches, args.warmup,
                                      args.device))
@@ -194,6 +205,10 @@ def _configure_bench(bench) -> None:
     bench.add_argument("--resolution", type=int, default=64, help="loader: point set to read")
     bench.add_argument("--points", type=int, default=8192, help="train-step: points per shape")
     bench.add_argument("--warmup", type=int, default=3, help="train-step: untimed steps")
+    bench.add_argument("--strategy", default="", help="train-step: comma-separated strategies to compare, e.g. "
+                       "ddp,deepspeed_stage_2,deepspeed_stage_3 (each in its own process group of --devices ranks)")
+    bench.add_argument("--devices", type=int, default=1, help="train-step --strategy: ranks per strategy")
+    bench.add_argument("--rank-stats", default="", help=argparse.SUPPRESS)  # internal: one rank's figures
     options.device(bench)
     options.ckpt(bench, "extract: autoencoder checkpoint", required=False)
     bench.add_argument("--shapes", type=int, default=3, help="extract: shapes to time")

@@ -103,7 +103,11 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError(f"{self.shard_dir}: no point set at {self.point_resolution}^3 (stored: {stored})")
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        return expand_batch(batch)
+        batch = expand_batch(batch)
+        # Lightning casts inputs for the precision before this hook, while they are still uint8: cast the expanded
+        # floats now (DeepSpeed's bf16/fp16 keeps the weights in that type; under autocast this is a no-op)
+        trainer = getattr(self, "trainer", None)
+        return trainer.precision_plugin.convert_input(batch) if trainer is not None else batch
 
     def set_point_resolution(self, resolution: int) -> None:
         """Switch the autoencoder stage to another stored point set; takes effect in loaders made after the call

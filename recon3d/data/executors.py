@@ -99,8 +99,10 @@ def init_ray(address: str = "", num_cpus: Optional[int] = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        # "local": always a fresh local instance, never a cluster some other job left in /tmp/ray
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        # "local": always a fresh local instance, never a cluster some other job left in /tmp/ray; on loopback, so
+        # that a single-machine run opens no port on the machine's network address
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
 
 
 def ray_ordered_map(jobs: List[tuple], workers: int) -> Iterator[tuple]:

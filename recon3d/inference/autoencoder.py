@@ -34,6 +34,7 @@ def export_latents(ckpt: str | Path, shard_dir: str | Path, name: str = "", batc
     """z for every shape of every split, written next to the shards; returns the latents folder."""
     from recon3d.data.latents import write_latents
     from recon3d.io import file_sha256
+    from recon3d.tasks.checkpoints import checkpoint_file
 
     task = load_autoencoder(ckpt, device)
     name = name or Path(ckpt).resolve().parent.parent.name or "autoencoder"
@@ -46,7 +47,8 @@ def export_latents(ckpt: str | Path, shard_dir: str | Path, name: str = "", batc
             codes.append(task.model.encoder(batch["voxels"].to(device)).cpu().numpy())
         if keys:
             found[split] = (keys, np.concatenate(codes))
-    write_latents(out, found, {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_sha256": file_sha256(Path(ckpt))})
+    weights = checkpoint_file(ckpt)  # the file itself, or a DeepSpeed folder's consolidated file
+    write_latents(out, found, {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_sha256": file_sha256(weights)})
     return out
 
 

@@ -135,7 +135,7 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
         self.log("val/loss", F.mse_loss(self.model.decoder(batch["points"], z), batch["values"]),
                  batch_size=batch_size, sync_dist=True)
         if "surface_points" in batch:
-            chamfers, fscores = surface_scores(pred.float().cpu().numpy(), batch["surface_points"].cpu().numpy())
+            chamfers, fscores = surface_scores(pred.float().cpu().numpy(), batch["surface_points"].float().cpu().numpy())
             found = [c for c in chamfers if not np.isnan(c)]
             if found:  # empty meshes have no Chamfer distance; their share is logged on its own
                 self.log("val/chamfer", float(np.mean(found)), batch_size=len(found), sync_dist=True)

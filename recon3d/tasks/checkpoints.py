@@ -1,6 +1,9 @@
 """Checkpoints that say what they are: every task writes its stage into the checkpoint, and `load_checkpoint`
 returns the right task for any checkpoint file without guessing.
 
+A DeepSpeed (ZeRO) checkpoint is a folder; wherever a checkpoint is read, a folder stands for the single fp32 file
+consolidated beside it (`last.ckpt/` -> `last.fp32.ckpt`, written once, atomically, and again when the folder is newer).
+
 Checkpoints written before the stage was stored (recon3d 0.1.0) still load: their stage is read from the one
 hyperparameter that only that stage's task has.
 """
@@ -13,8 +16,10 @@ from typing import Any, Dict
 import torch
 
 from recon3d.config import SAFE_GLOBALS
+from recon3d.io import atomic_path
 from recon3d.stages import STAGES, Stage
 
+CONSOLIDATED = "fp32.ckpt"  # suffix of the single-file checkpoint written beside a ZeRO folder
 STAGE_KEY = "recon3d_stage"  # top-level checkpoint key holding the stage name
 # hyperparameters that only one stage's task has: how checkpoints without STAGE_KEY are told apart
 _LEGACY_MARKERS = (("noise_dim", "gan"), ("architecture", "svr"), ("stacks", "vrn"), ("disparity_levels", "stereo"),
@@ -35,14 +40,20 @@ class StageCheckpoint:
         checkpoint[STAGE_KEY] = self.stage
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """`path` itself for a file; for a DeepSpeed folder its consolidated file (made when missing or stale)."""
+    path = Path(path)
+    return consolidate(path) if path.is_dir() else path
+
+
 def read_checkpoint(path: str | Path) -> Dict[str, Any]:
-    """The checkpoint dict of a file (weights_only), on the CPU.
+    """The checkpoint dict of a file or a DeepSpeed folder (weights_only), on the CPU.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a checkpoint torch can read.
+        ValueError: the file is not a checkpoint torch can read; a folder that is not a usable ZeRO checkpoint.
     """
-    path = Path(path)
+    path = checkpoint_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     register_safe_globals()
@@ -70,7 +81,7 @@ def stage_of(checkpoint: Dict[str, Any], where: str = "checkpoint") -> Stage:
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu", *, expect: str = ""):
-    """The task of any recon3d checkpoint file, in eval mode on `device`.
+    """The task of any recon3d checkpoint (a file or a DeepSpeed folder), in eval mode on `device`.
 
     Args:
         expect: a stage name; a checkpoint of another stage is then an error naming both.
@@ -78,9 +89,48 @@ def load_checkpoint(path: str | Path, device: str = "cpu", *, expect: str = ""):
     Raises:
         FileNotFoundError, ValueError: see read_checkpoint and stage_of; a stage other than `expect`.
     """
+    path = checkpoint_file(path)
     row = stage_of(read_checkpoint(path), str(path))
     if expect and row.name != expect:
         raise ValueError(f"{path}: a {row.name} checkpoint, but this needs a {expect} checkpoint "
                          f"(train.stage={expect})")
     task = row.task_class().load_from_checkpoint(str(path), map_location=device, weights_only=True)
     return task.eval().to(device)
+
+
+def is_zero_folder(path: str | Path) -> bool:
+    """Whether `path` is a checkpoint folder written by DeepSpeed (a `latest` tag file or a tag folder of states)."""
+    path = Path(path)
+    return path.is_dir() and ((path / "latest").is_file() or any(path.glob("*/mp_rank_*_model_states.pt")))
+
+
+def consolidated_path(folder: str | Path) -> Path:
+    """Where the single-file checkpoint of a ZeRO folder lives: beside it, `<name>.fp32.ckpt`."""
+    folder = Path(folder)
+    stem = folder.name[:-5] if folder.name.endswith(".ckpt") else folder.name
+    return folder.with_name(f"{stem}.{CONSOLIDATED}")
+
+
+def consolidate(folder: str | Path) -> Path:
+    """Write (atomically) the fp32 single-file checkpoint of a ZeRO folder beside it, unless an up-to-date one is
+    there; returns its path.
+
+    Raises:
+        ValueError: not a DeepSpeed checkpoint folder, or a truncated / half-written one (names the folder).
+    """
+    folder = Path(folder)
+    if not is_zero_folder(folder):
+        raise ValueError(f"{folder}: not a DeepSpeed checkpoint folder (no 'latest' tag, no model states)")
+    out = consolidated_path(folder)
+    newest = max(p.stat().st_mtime for p in folder.rglob("*") if p.is_file())
+    if out.is_file() and out.stat().st_mtime >= newest:
+        return out
+    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    try:
+        with atomic_path(out, keep_suffix=True) as tmp:
+            convert_zero_checkpoint_to_fp32_state_dict(str(folder), str(tmp))
+    except Exception as err:  # missing shards, a truncated file: the folder is not usable as it is
+        raise ValueError(f"{folder}: cannot consolidate this DeepSpeed checkpoint ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'})") from None
+    return out

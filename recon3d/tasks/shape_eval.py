@@ -24,7 +24,7 @@ def cell_centres(resolution: int, device=None) -> torch.Tensor:
 @torch.no_grad()
 def decode_occupancy(decoder, z: torch.Tensor, resolution: int, chunk: int = 32768) -> torch.Tensor:
     """Occupancy (B, R, R, R) of codes z (B, Z) at the cell centres of a resolution^3 grid."""
-    points = cell_centres(resolution, z.device)
+    points = cell_centres(resolution, z.device).to(z.dtype)  # bf16 codes under DeepSpeed's bf16
     out = []
     for start in range(0, len(points), chunk):
         out.append(decoder(points[start:start + chunk].expand(z.shape[0], -1, -1), z)[..., 0])
@@ -34,7 +34,7 @@ def decode_occupancy(decoder, z: torch.Tensor, resolution: int, chunk: int = 327
 def voxel_iou(pred: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
     """Per-shape IoU (B,) of occupancy pred (B, r, r, r) against stored voxels (B, 1, R, R, R) pooled to r by majority
     (1 when both are empty)."""
-    target = F.avg_pool3d(voxels, voxels.shape[-1] // pred.shape[-1])[:, 0] > 0.5
+    target = F.avg_pool3d(voxels.float(), voxels.shape[-1] // pred.shape[-1])[:, 0] > 0.5  # float: CPU has no bf16 pool
     return batch_iou(pred > 0.5, target).float()
 
 

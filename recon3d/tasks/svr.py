@@ -50,7 +50,7 @@ class SVRTask(StageCheckpoint, L.LightningModule):
         if not cfg.svr.autoencoder_ckpt:
             raise ConfigError("train.stage=svr needs svr.autoencoder_ckpt (the trained autoencoder)")
         ckpt = Path(cfg.svr.autoencoder_ckpt)
-        if not ckpt.is_file():
+        if not ckpt.exists():  # a file, or a DeepSpeed folder (read through its consolidated file)
             raise ConfigError(f"svr.autoencoder_ckpt={str(ckpt)!r} does not exist")
         svr = cfg.svr
         return cls(latent_dim=int(read_checkpoint(ckpt)["hyper_parameters"]["latent_dim"]),
@@ -108,7 +108,7 @@ class SVRTask(StageCheckpoint, L.LightningModule):
             return
         self.decoder.to(z.device)
         pred = decode_occupancy(self.decoder, z, self.hparams.val_resolution)
-        chamfers, fscores = surface_scores(pred.float().cpu().numpy(), batch["surface_points"].cpu().numpy()) \
+        chamfers, fscores = surface_scores(pred.float().cpu().numpy(), batch["surface_points"].float().cpu().numpy()) \
             if "surface_points" in batch else ([float("nan")] * size, [0.0] * size)
         self.scores.add(batch["key"], **{"iou": voxel_iou(pred, batch["voxels"]), "chamfer": torch.tensor(chamfers),
                                          "fscore@1%": torch.tensor(fscores)})

@@ -84,25 +84,15 @@ def _wandb_run_id(run_dir: Path) -> str:
 
 
 def build_strategy(cfg: Config):
-    """The Lightning strategy: a name, or a DeepSpeedStrategy reading train.deepspeed_config."""
+    """The Lightning strategy: a name, or a DeepSpeedStrategy on train.deepspeed_config completed from the config."""
     train = cfg.train
     if STAGES[train.stage].ddp_unused_parameters and train.strategy == "ddp":
         return "ddp_find_unused_parameters_true"  # DDP must not wait for gradients some steps never produce
     if "deepspeed" not in train.strategy:
         return train.strategy
-    try:
-        import deepspeed  # noqa: F401  (Lightning imports it lazily; fail here with the fix)
-    except ImportError:
-        raise ConfigError(f"train.strategy={train.strategy} needs DeepSpeed: pip install deepspeed") from None
-    from lightning.pytorch.strategies import DeepSpeedStrategy
+    from recon3d.training.deepspeed import build_deepspeed_strategy
 
-    stage = int(train.strategy.rsplit("_", 1)[-1]) if train.strategy[-1].isdigit() else 2
-    if train.deepspeed_config:
-        path = Path(train.deepspeed_config)
-        if not path.is_file():
-            raise ConfigError(f"train.deepspeed_config={train.deepspeed_config!r} does not exist")
-        return DeepSpeedStrategy(config=str(path), logging_batch_size_per_gpu=cfg.loader.batch_size)
-    return DeepSpeedStrategy(stage=stage, logging_batch_size_per_gpu=cfg.loader.batch_size)
+    return build_deepspeed_strategy(cfg)
 
 
 def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(), **overrides):

@@ -25,8 +25,8 @@ class RunResult:
 
 
 def resolve_resume(cfg: Config) -> Optional[str]:
-    """The checkpoint to continue from: train.resume is auto (the newer of last.ckpt and the checkpoint Lightning
-    writes when SLURM signals a preemption, hpc_ckpt_N.ckpt), never, or a path."""
+    """The checkpoint to continue from: train.resume is auto (the newer of last.ckpt, a file or a ZeRO folder, and
+    the checkpoint Lightning writes when SLURM signals a preemption, hpc_ckpt_N.ckpt), never, or a path."""
     if cfg.train.resume == "never":
         return None
     if cfg.train.resume != "auto":
@@ -81,12 +81,24 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     trainer.fit(task, datamodule=datamodule, ckpt_path=resolve_resume(cfg))
     _finish_wandb(trainer)
     monitor = STAGES[cfg.train.stage].best_by
-    last_file = Path(cfg.train.run_dir) / "checkpoints" / "last.ckpt"
-    last = last_file if last_file.is_file() else None
-    best_path = best_checkpoint(trainer.checkpoint_callbacks, monitor)
+    last = _single_file(Path(cfg.train.run_dir) / "checkpoints" / "last.ckpt", trainer.is_global_zero)
+    best = _single_file(Path(best_checkpoint(trainer.checkpoint_callbacks, monitor) or run_dir / "-"),
+                        trainer.is_global_zero)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return RunResult(run_dir, last, Path(best_path) if best_path else None, metrics, trainer.global_step,
-                     trainer.current_epoch, monitor, trainer.is_global_zero)
+    return RunResult(run_dir, last, best, metrics, trainer.global_step, trainer.current_epoch, monitor,
+                     trainer.is_global_zero)
+
+
+def _single_file(path: Path, is_global_zero: bool) -> Optional[Path]:
+    """A checkpoint as one file: itself, or for a ZeRO folder the fp32 file consolidated beside it (by rank 0, once
+    every rank has written its shard); None when there is none."""
+    from recon3d.tasks.checkpoints import consolidate, consolidated_path
+
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        return None
+    return consolidate(path) if is_global_zero else consolidated_path(path)
 
 
 def best_checkpoint(callbacks: Sequence, monitor: str) -> str:
