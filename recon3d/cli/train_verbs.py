@@ -155,6 +155,21 @@ def _configure_eval(parser) -> None:
                         "with ground-truth disparity")
 
 
+def _configure_checkpoint(parser) -> None:
+    parser.add_argument("action", choices=["consolidate"])
+    parser.add_argument("folder", help="a DeepSpeed (ZeRO) checkpoint folder, e.g. runs/ae/checkpoints/last.ckpt")
+
+
+def _checkpoint(args) -> int:
+    from recon3d.tasks.checkpoints import consolidate, read_checkpoint, stage_of
+
+    out = consolidate(args.folder)
+    state = read_checkpoint(out)
+    print(f"{out}: {stage_of(state, str(out)).name} checkpoint at step {state.get('global_step', '?')}, "
+          f"{out.stat().st_size / 2**20:.1f} MiB (fp32, one file)")
+    return 0
+
+
 def _alias(stage: str) -> Verb:
     return Verb(f"eval-{stage}", f"the same as eval, insisting on a {stage} checkpoint", _configure_eval,
                 lambda args: _eval(args, stage))
@@ -170,4 +185,6 @@ VERBS = [
     Verb("eval", "per-category metrics of any checkpoint on a split (CSV/JSON tables); the checkpoint says its stage",
          _configure_eval, _eval),
     *[_alias(stage) for stage in ("svr", "vrn", "stereo")],
+    Verb("checkpoint", "consolidate DIR: a DeepSpeed checkpoint folder -> one fp32 file beside it (atomic)",
+         _configure_checkpoint, _checkpoint),
 ]

@@ -38,6 +38,17 @@ class StageCheckpoint:
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint[STAGE_KEY] = self.stage
+        between_epochs(checkpoint)
+
+
+def between_epochs(checkpoint: Dict[str, Any]) -> None:
+    """A checkpoint saved after the next epoch was counted ready but before it started (a preemption signal at the
+    boundary) would resume with that epoch counted as run: Lightning sees the finished batches of the epoch before.
+    Uncount it, so the resumed run starts that epoch."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    for counts in (progress.get("total", {}), progress.get("current", {})):
+        if counts.get("ready", 0) > counts.get("started", 0):
+            counts["ready"] = counts["started"]
 
 
 def checkpoint_file(path: str | Path) -> Path:

@@ -62,6 +62,8 @@ def test_zero_checkpoints_load_everywhere(zero_runs, tiny_shards, tmp_path):
     from recon3d.tasks.checkpoints import load_checkpoint
 
     run_dir = zero_runs["deepspeed_stage_3"][0]
+    (run_dir / "checkpoints" / "last.fp32.ckpt").unlink()  # made again by the command
+    assert main(["checkpoint", "consolidate", str(run_dir / "checkpoints" / "last.ckpt")]) == 0
     state = torch.load(run_dir / "checkpoints" / "last.fp32.ckpt", weights_only=True, map_location="cpu")
     task = load_checkpoint(run_dir / "checkpoints" / "last.ckpt", expect="autoencoder")
     assert {k: v.shape for k, v in task.state_dict().items()} == {k: v.shape for k, v in state["state_dict"].items()}
@@ -167,3 +169,15 @@ def test_kill_9_mid_run_then_resume_from_the_zero_folder(tiny_shards, tmp_path):
     proc.wait()
     out = _train(tiny_shards, tmp_path, *extra)
     assert _figures(out)[0] == ("12", "24")
+
+
+@pytest.mark.parametrize("stage", ["vrn", "stereo"])
+def test_view_stages_train_under_zero2(stereo_shards, tmp_path, stage):
+    """The other one-optimiser stages start and checkpoint under ZeRO-2 on 2 ranks; their folder loads as that stage."""
+    from recon3d.tasks.checkpoints import load_checkpoint
+    from tests.conftest import STEREO_TINY, VRN_TINY
+
+    extra = VRN_TINY if stage == "vrn" else STEREO_TINY
+    out = _train(stereo_shards, tmp_path, *extra, "train.strategy=deepspeed_stage_2", "loader.train_samples_per_epoch=8")
+    assert "stopped at epoch 1" in out
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt", expect=stage).stage == stage

@@ -28,3 +28,30 @@ def test_a_resumed_training_stream_draws_the_order_of_its_epoch(tiny_shards):
     straight = keys(0, 3)  # epochs 0, 1, 2 in one run
     assert straight[0] != straight[2]
     assert keys(2, 1)[0] == straight[2]
+
+
+def test_a_checkpoint_taken_between_epochs_resumes_without_skipping_one(tiny_shards, tmp_path):
+    """A preemption signal can land between two epochs (the next one counted ready, not started); resuming from that
+    checkpoint must run that epoch, not count it as done (Lightning's restart would, losing a whole epoch)."""
+    import lightning as L
+
+    from recon3d.training.run import run
+    from tests.conftest import tiny_config
+
+    class SaveThenStop(L.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            if trainer.current_epoch == 2:
+                trainer.save_checkpoint(tmp_path / "boundary.ckpt")
+                raise SystemExit("preempted")  # the job ends here, as scontrol requeue would end it
+
+    base = [f"loader.shards={tiny_shards}", "train.phase_epochs=[2,2]", "train.accelerator=cpu"]
+    full = run(tiny_config(*base, f"train.run_dir={tmp_path / 'full'}"), enable_wandb=False,
+               enable_progress_bar=False)
+    try:
+        run(tiny_config(*base, f"train.run_dir={tmp_path / 'cut'}"), enable_wandb=False, enable_progress_bar=False,
+            extra_callbacks=[SaveThenStop()])
+    except SystemExit:
+        pass
+    resumed = run(tiny_config(*base, f"train.run_dir={tmp_path / 'cut'}", f"train.resume={tmp_path / 'boundary.ckpt'}"),
+                  enable_wandb=False, enable_progress_bar=False)
+    assert (resumed.epoch, resumed.global_step) == (full.epoch, full.global_step)
