@@ -181,3 +181,17 @@ def test_view_stages_train_under_zero2(stereo_shards, tmp_path, stage):
     out = _train(stereo_shards, tmp_path, *extra, "train.strategy=deepspeed_stage_2", "loader.train_samples_per_epoch=8")
     assert "stopped at epoch 1" in out
     assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt", expect=stage).stage == stage
+
+
+def test_bf16_and_gradient_accumulation_reach_deepspeed(tiny_shards, tmp_path):
+    """train.precision and train.accumulate_grad_batches end up in the engine's config (recorded in the checkpoint):
+    8 batches per rank with 2 accumulated are 4 optimiser steps. (16-mixed needs a GPU: DeepSpeed's CPU accelerator
+    refuses fp16.)"""
+    from recon3d.tasks.checkpoints import read_checkpoint
+
+    out = _train(tiny_shards, tmp_path, "train.strategy=deepspeed_stage_2", "train.precision=bf16-mixed",
+                 "train.accumulate_grad_batches=2", "train.phase_epochs=[2,2]")
+    assert _figures(out)[0] == ("4", "4")
+    ds = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["ds_config"]
+    assert ds["gradient_accumulation_steps"] == 2 and ds["bf16"] == {"enabled": True}
+    assert ds["train_micro_batch_size_per_gpu"] == 2  # loader.batch_size of the tiny config
