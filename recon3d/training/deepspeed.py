@@ -36,6 +36,7 @@ def strategy_stage(strategy: str) -> int:
 
 
 def _autos(node: Any, where: str = ""):
+    """The dotted keys of every "auto" value in a JSON object."""
     if isinstance(node, dict):
         for key, value in node.items():
             yield from _autos(value, f"{where}.{key}" if where else str(key))
@@ -65,8 +66,9 @@ def deepspeed_config(cfg: Config) -> Dict[str, Any]:
             raise ConfigError(f"{path}: expected a JSON object at the top level")
     else:
         config = {"zero_optimization": {"stage": named or 2}, "zero_allow_untested_optimizer": True}
-    for key in _autos(config):
-        raise ConfigError(f"{where}: {key} is \"auto\" (a Hugging Face convention); give a value, or remove it "
+    auto = next(_autos(config), None)
+    if auto is not None:
+        raise ConfigError(f"{where}: {auto} is \"auto\" (a Hugging Face convention); give a value, or remove it "
                           f"where recon3d fills it ({', '.join(DECIDED_ELSEWHERE)})")
     for key, owner in DECIDED_ELSEWHERE.items():
         if key in config:

@@ -82,8 +82,8 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     _finish_wandb(trainer)
     monitor = STAGES[cfg.train.stage].best_by
     last = _single_file(Path(cfg.train.run_dir) / "checkpoints" / "last.ckpt", trainer.is_global_zero)
-    best = _single_file(Path(best_checkpoint(trainer.checkpoint_callbacks, monitor) or run_dir / "-"),
-                        trainer.is_global_zero)
+    best_path = best_checkpoint(trainer.checkpoint_callbacks, monitor)
+    best = _single_file(Path(best_path), trainer.is_global_zero) if best_path else None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return RunResult(run_dir, last, best, metrics, trainer.global_step, trainer.current_epoch, monitor,
                      trainer.is_global_zero)
@@ -92,13 +92,11 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
 def _single_file(path: Path, is_global_zero: bool) -> Optional[Path]:
     """A checkpoint as one file: itself, or for a ZeRO folder the fp32 file consolidated beside it (by rank 0, once
     every rank has written its shard); None when there is none."""
-    from recon3d.tasks.checkpoints import consolidate, consolidated_path
+    from recon3d.tasks.checkpoints import checkpoint_file, consolidated_path
 
-    if path.is_file():
-        return path
-    if not path.is_dir():
+    if not path.exists():
         return None
-    return consolidate(path) if is_global_zero else consolidated_path(path)
+    return consolidated_path(path) if path.is_dir() and not is_global_zero else checkpoint_file(path)
 
 
 def best_checkpoint(callbacks: Sequence, monitor: str) -> str:

@@ -124,10 +124,7 @@ def bench_train_step(cfg: Config, batch_size: int, points: int, steps: int, warm
     from recon3d.models.implicit_decoder import Autoencoder
 
     res = cfg.geometry.voxel_resolution
-    gen = torch.Generator().manual_seed(0)
-    batch = {"voxels": (torch.rand(batch_size, 1, res, res, res, generator=gen) > 0.7).float().to(device),
-             "points": (torch.rand(batch_size, points, 3, generator=gen) - 0.5).to(device),
-             "values": (torch.rand(batch_size, points, 1, generator=gen) > 0.5).float().to(device)}
+    batch = {k: v.to(device) for k, v in random_batch(res, batch_size, points).items()}
 
     def sync():
         if device.startswith("cuda"):
@@ -158,42 +155,72 @@ def bench_train_step(cfg: Config, batch_size: int, points: int, steps: int, warm
         f"(ratio to plain: {lightning / plain:.3f})"])
 
 
-def _lightning_step_time(cfg: Config, batch: dict, steps: int, warmup: int, device: str) -> float:
-    import lightning as L
+def random_batch(resolution: int, batch_size: int, points: int) -> dict:
+    """A fixed random autoencoder batch on the CPU (seeded): voxels, points in the unit cube, occupancy values."""
     import torch
-    from torch.utils.data import DataLoader, IterableDataset
 
+    gen = torch.Generator().manual_seed(0)
+    return {"voxels": (torch.rand(batch_size, 1, resolution, resolution, resolution, generator=gen) > 0.7).float(),
+            "points": torch.rand(batch_size, points, 3, generator=gen) - 0.5,
+            "values": (torch.rand(batch_size, points, 1, generator=gen) > 0.5).float()}
+
+
+def bench_task(cfg: Config):
+    """The configured AutoencoderTask for the bench's own batches (no shards: no stored point sets to check)."""
     from recon3d.tasks.autoencoder import AutoencoderTask
+
+    manifest = {"source": {"kind": "imnet_hdf5"},
+                "config": {"geometry": {"point_resolutions": [], "voxel_resolution": cfg.geometry.voxel_resolution}}}
+    return AutoencoderTask.from_config(cfg, manifest)
+
+
+def repeat_loader(batch: dict, count: int):
+    """A loader yielding the same CPU batch `count` times (each rank its own copy)."""
+    from torch.utils.data import DataLoader, IterableDataset
 
     class Repeat(IterableDataset):
         def __iter__(self):
-            for _ in range(warmup + steps):
+            for _ in range(count):
                 yield {k: v.cpu() for k, v in batch.items()}
+
+    return DataLoader(Repeat(), batch_size=None)
+
+
+def step_timer(cuda: bool, warmup: int):
+    """A callback keeping the seconds of every training step after the first `warmup` (synchronised on CUDA)."""
+    import lightning as L
+    import torch
 
     class StepTimer(L.Callback):
         def __init__(self):
             self.times, self.start = [], 0.0
 
         def on_train_batch_start(self, trainer, module, b, i):
-            if device.startswith("cuda"):
+            if cuda:
                 torch.cuda.synchronize()
             self.start = time.perf_counter()
 
         def on_train_batch_end(self, trainer, module, out, b, i):
-            if device.startswith("cuda"):
+            if cuda:
                 torch.cuda.synchronize()
             if i >= warmup:
                 self.times.append(time.perf_counter() - self.start)
 
+    return StepTimer()
+
+
+def _lightning_step_time(cfg: Config, batch: dict, steps: int, warmup: int, device: str) -> float:
+    import lightning as L
+    import torch
+
+    cuda = device.startswith("cuda")
+    timer = step_timer(cuda, warmup)
     torch.manual_seed(0)
-    manifest = {"source": {"kind": "imnet_hdf5"},  # the bench's own batch: no stored point sets to check
-                "config": {"geometry": {"point_resolutions": [], "voxel_resolution": cfg.geometry.voxel_resolution}}}
-    task = AutoencoderTask.from_config(cfg, manifest)
-    timer = StepTimer()
-    trainer = L.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_steps=warmup + steps,
+    task = bench_task(cfg)
+    trainer = L.Trainer(accelerator="gpu" if cuda else "cpu", devices=1, max_steps=warmup + steps,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0, limit_val_batches=0)
-    trainer.fit(task, train_dataloaders=DataLoader(Repeat(), batch_size=None))
+    trainer.fit(task, train_dataloaders=repeat_loader(batch, warmup + steps))
     return statistics.median(timer.times)
 
 

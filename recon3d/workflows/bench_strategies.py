@@ -14,7 +14,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -61,24 +60,16 @@ def rank_stats(cfg: Config, strategy: str, devices: int, batch_size: int, points
     import lightning as L
     import torch
 
-    from recon3d.tasks.autoencoder import AutoencoderTask
     from recon3d.training.build import build_strategy
+    from recon3d.workflows.bench import bench_task, random_batch, repeat_loader, step_timer
 
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, strategy=strategy, devices=devices,
                                                              accelerator=accelerator))
-    res = cfg.geometry.voxel_resolution
-    gen = torch.Generator().manual_seed(0)
-    batch = {"voxels": (torch.rand(batch_size, 1, res, res, res, generator=gen) > 0.7).float(),
-             "points": torch.rand(batch_size, points, 3, generator=gen) - 0.5,
-             "values": (torch.rand(batch_size, points, 1, generator=gen) > 0.5).float()}
-
-    loader = _repeat_loader(batch, warmup + steps)
-    timer = _step_timer(accelerator, warmup)
+    loader = repeat_loader(random_batch(cfg.geometry.voxel_resolution, batch_size, points), warmup + steps)
+    timer = step_timer(accelerator == "gpu", warmup)
     torch.manual_seed(0)
-    manifest = {"source": {"kind": "imnet_hdf5"},  # the bench's own batch: no stored point sets to check
-                "config": {"geometry": {"point_resolutions": [], "voxel_resolution": res}}}
-    task = AutoencoderTask.from_config(cfg, manifest)
+    task = bench_task(cfg)
     trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=build_strategy(cfg),
                         precision=cfg.train.precision, max_steps=warmup + steps, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -93,37 +84,3 @@ def rank_stats(cfg: Config, strategy: str, devices: int, batch_size: int, points
     (Path(out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(
         {"step_s": statistics.median(timer.times), "peak_mib": peak, "checkpoint_bytes": _size(ckpt)}))
 
-
-def _repeat_loader(batch: dict, count: int):
-    """A loader yielding the same batch `count` times (each rank its own copy)."""
-    from torch.utils.data import DataLoader, IterableDataset
-
-    class Repeat(IterableDataset):
-        def __iter__(self):
-            for _ in range(count):
-                yield dict(batch)
-
-    return DataLoader(Repeat(), batch_size=None)
-
-
-def _step_timer(accelerator: str, warmup: int):
-    """A callback keeping the seconds of every training step after the first `warmup`."""
-    import lightning as L
-    import torch
-
-    class StepTimer(L.Callback):
-        def __init__(self):
-            self.times, self.start = [], 0.0
-
-        def on_train_batch_start(self, trainer, module, b, i):
-            if accelerator == "gpu":
-                torch.cuda.synchronize()
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, module, out, b, i):
-            if accelerator == "gpu":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                self.times.append(time.perf_counter() - self.start)
-
-    return StepTimer()

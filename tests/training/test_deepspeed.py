@@ -111,13 +111,13 @@ def test_bad_deepspeed_json_is_refused_naming_file_and_key(tmp_path, content, me
 
 
 def test_recon3d_fills_what_it_decides(tmp_path):
+    from recon3d.training.deepspeed import deepspeed_config
+
     config = _bad(tmp_path, {"zero_optimization": {"stage": 3}}, "train.strategy=deepspeed_stage_3",
                   "loader.batch_size=5")()
     assert config["train_micro_batch_size_per_gpu"] == 5 and config["zero_optimization"]["stage"] == 3
     for name in ("zero2", "zero3"):  # the shipped JSONs pass their own strategy
         stage = name[-1]
-        from recon3d.training.deepspeed import deepspeed_config
-
         deepspeed_config(tiny_config(f"train.deepspeed_config={REPO / 'configs' / 'deepspeed' / (name + '.json')}",
                                      f"train.strategy=deepspeed_stage_{stage}"))
 
