@@ -4,7 +4,9 @@ The plan fixes which inputs go into which shard before any work: items sorted by
 or the key's hash, then cut into shards of `samples_per_shard` items per split. A rejected item leaves its shard one
 sample short; it never moves other items, so shard contents do not depend on what failed or on the worker count.
 
-Each shard is written to `<name>.tar.tmp`, renamed to `<name>.tar`, and only then is its sidecar `<name>.json`
+Each shard is written to `<name>.tar.tmp` under an exclusive advisory lock (flock: two builds into one folder, or a
+rerun of one array index while the array or its merge still runs, never write or delete each other's shard in
+flight; a shard another build holds is skipped and left to it), renamed to `<name>.tar`, and only then is its sidecar `<name>.json`
 (count, sha256, rejects, plan hash) written, also through a temp name. A shard counts as finished only when its
 sidecar exists with the current plan hash and the tar has the recorded size, so a rerun after kill -9 redoes the
 shard that was in flight and nothing else. The manifest is written last, from the sidecars.
@@ -13,6 +15,7 @@ shard that was in flight and nothing else. The manifest is written last, from th
 from __future__ import annotations
 
 import collections
+import fcntl
 import hashlib
 import io
 import json
@@ -127,26 +130,49 @@ def _finish_shard(out: Path, plan: ShardPlan, tar: tarfile.TarFile, handle, coun
     tar.close()
     handle.flush()
     os.fsync(handle.fileno())
-    handle.close()
     tmp = out / f"{plan.name}.tar.tmp"
     final = out / f"{plan.name}.tar"
     side = {"name": plan.name, "split": plan.split, "samples": count, "bytes": tmp.stat().st_size,
             "sha256": file_sha256(tmp), "keys": [i.key for i in plan.items], "rejects": rejects,
             "facts": facts, "plan_hash": plan.plan_hash}
     os.replace(tmp, final)
+    handle.close()  # the lock is released only once the shard has its final name
     atomic_write(_sidecar(out, plan.name), json.dumps(side, indent=1, sort_keys=True).encode())
     return side
 
 
+def _claim(path: Path):
+    """`path` opened for writing (truncated) under an exclusive lock; None while another build holds it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    return os.fdopen(fd, "wb")
+
+
+def _remove_unless_locked(path: Path) -> None:
+    """Delete a half-written shard unless a live build is writing it (deleted while locked, so that a build
+    starting on it at this moment cannot write into the deleted file unnoticed)."""
+    handle = _claim(path)
+    if handle is not None:
+        path.unlink(missing_ok=True)
+        handle.close()
+
+
 def _clean_stale(out: Path, plans: List[ShardPlan], mine: List[ShardPlan]) -> None:
-    """Remove half-written files of `mine` (other parts may be writing theirs right now) and shards that belong to
-    no plan any more."""
+    """Remove half-written shards of `mine` that no live build is writing (a whole build: of any shard) and
+    shards that belong to no plan any more."""
     names, own = {p.name for p in plans}, {p.name for p in mine}
     for path in out.iterdir():
-        if path.name.endswith(".tmp"):
+        if path.name.endswith(".tar.tmp"):
             stem = path.name.split(".", 1)[0]
             if stem in own or (len(own) == len(names) and stem not in names):  # a whole build owns every temp file
-                path.unlink()
+                _remove_unless_locked(path)
+        elif path.name.endswith(".tmp") and time.time() - path.stat().st_mtime > 60:
+            path.unlink(missing_ok=True)  # a sidecar or manifest a killed build was writing (that takes ms)
         elif path.suffix in (".tar", ".json") and _SHARD_NAME.match(path.stem) and path.stem not in names:
             path.unlink()  # a shard of an earlier, larger plan
 
@@ -221,7 +247,12 @@ def _write_shards(out: Path, pending: List[ShardPlan], results, sides: Dict[str,
     stage_seconds: Dict[str, List[float]] = collections.defaultdict(list)
     run_rejects = 0
     for plan in pending:
-        handle = open(out / f"{plan.name}.tar.tmp", "wb")
+        handle = _claim(out / f"{plan.name}.tar.tmp")
+        if handle is None:  # another build is writing it: skip its samples, leave the shard to that build
+            print(f"recon3d: {out / plan.name}.tar is being written by another build; skipped", file=sys.stderr)
+            for _ in plan.items:
+                next(results)
+            continue
         tar = tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT)
         count, shard_rejects, facts = 0, [], {}
         for _ in plan.items:

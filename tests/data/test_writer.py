@@ -71,6 +71,28 @@ def test_rerun_skips_finished_shards_and_redoes_a_damaged_one(tiny_meshes, tmp_p
     assert again.manifest == first.manifest and not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_shard_another_build_is_writing_is_left_to_it(tiny_meshes, tmp_path):
+    """A whole build (the array's merge job) and a rerun of one part share the folder: the temp file the other
+    build holds locked is neither deleted nor written; the build finishes the rest and writes no manifest yet."""
+    import fcntl
+
+    first = _build(tiny_meshes, tmp_path / "ref")
+    name = first.manifest["shards"][0]["name"]
+    out = tmp_path / "out"
+    out.mkdir()
+    held = out / f"{name}.tar.tmp"
+    with open(held, "wb") as other:
+        other.write(b"in flight")
+        other.flush()
+        fcntl.flock(other, fcntl.LOCK_EX)
+        result = _build(tiny_meshes, out)
+        assert held.read_bytes() == b"in flight" and not result.manifest
+        assert not (out / f"{name}.tar").exists() and len(list(out.glob("*.tar"))) == len(first.manifest["shards"]) - 1
+    again = _build(tiny_meshes, out)  # the other build died: its temp file is stale now, and redone
+    assert again.prepared == first.manifest["shards"][0]["samples"]
+    assert again.manifest["shards"] == first.manifest["shards"] and not list(out.glob("*.tmp"))
+
+
 def test_changed_config_rebuilds(tiny_meshes, tmp_path):
     _build(tiny_meshes, tmp_path)
     assert _build(tiny_meshes, tmp_path, "shards.seed=7").prepared == 12
