@@ -14,6 +14,7 @@ from recon3d.config_data import (  # noqa: F401 - re-exported: the schema is one
 from recon3d.stages import STAGES
 
 LOADER_PIPELINES = ("autoencoder", "image", "volume", "stereo")  # what loader.stage can name (data/datamodule.py)
+SHIPPED = Path(__file__).resolve().parent / "configs"  # the configs installed with recon3d (configs/ in the repository)
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 
 
@@ -169,6 +170,8 @@ class TrainConfig:
     wandb_mode: str = "offline"  # offline | online | disabled
     wandb_group: str = ""  # W&B run group (a sweep groups its trials under its name)
     resume: str = "auto"  # auto: the newest of last.ckpt (file or ZeRO folder) and hpc_ckpt_N | never | a path
+    keep_hpc_checkpoints: int = 2  # preemption checkpoints (hpc_ckpt_N, written on SIGTERM/requeue) kept per run
+    progress: str = "auto"  # bar: Lightning's progress bar | log: one line per epoch | auto: bar on a terminal only
     seed: int = 0  # seeds weights and data order
 
     def __post_init__(self) -> None:
@@ -185,6 +188,8 @@ class TrainConfig:
         _check(not (deepspeed and not STAGES[self.stage].deepspeed), f"train.strategy={self.strategy}: the "
                f"{self.stage} stage has two optimisers and Lightning's DeepSpeed strategy takes one; use ddp or auto")
         _check(self.wandb_mode in ("offline", "online", "disabled"), "train.wandb_mode: offline | online | disabled")
+        _check(self.progress in ("auto", "bar", "log"), f"train.progress={self.progress!r}: auto | bar | log")
+        _check(self.keep_hpc_checkpoints >= 1, "train.keep_hpc_checkpoints must be >= 1")
         _check(self.lr > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.lr > 0 and betas in [0, 1)")
 
 
@@ -263,12 +268,13 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ())
             if isinstance(getattr(getattr(defaults, section.name), f.name), dict):
                 OmegaConf.set_struct(cfg[section.name][f.name], False)
     for path in files:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = config_file(path)
         loaded = OmegaConf.load(path)
         if not OmegaConf.is_dict(loaded):
             raise ConfigError(f"{path}: expected a mapping at the top level")
+        named = OmegaConf.select(loaded, "train.deepspeed_config")
+        if named:  # a file named inside a config file is found from that file's folder too
+            loaded.train.deepspeed_config = str(config_file(named, beside=path))
         cfg = _merge(cfg, loaded, str(path))
     for item in overrides:
         if "=" not in item:
@@ -280,6 +286,22 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ())
         raise
     except Exception as err:  # type conversion errors surface here for interpolations
         raise ConfigError(str(err).splitlines()[0]) from None
+
+
+def config_file(path: str | Path, beside: Path | None = None) -> Path:
+    """A config file as given; a relative path that is not there is looked up beside `beside` (the config file
+    that names it) and then among the configs installed with recon3d, with or without a leading configs/ (so that
+    -c configs/train/cpu-small.yaml works from any folder). ConfigError names every place it looked."""
+    path = Path(path)
+    tried = [path]
+    if not path.is_absolute():
+        parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+        tried += ([(beside.parent / path).resolve()] if beside else []) + [SHIPPED.joinpath(*parts)]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    looked = f" (looked in: {', '.join(str(c.parent) for c in tried)})" if len(tried) > 1 else ""
+    raise ConfigError(f"config file not found: {path}{looked}")
 
 
 def to_dict(cfg: Any) -> Dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Writing files so that a reader never sees half of one: through a temp name in the same folder, then a rename."""
+"""Files: writing so that a reader never sees half of one (a temp name in the same folder, then a rename), checksums,
+and the layout of a training run folder (which checkpoint a run hands on)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,26 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """A training run's folder (train.run_dir): it holds checkpoints/."""
+    return (Path(path) / "checkpoints").is_dir()
+
+
+def run_checkpoint(run_dir: str | Path) -> Path:
+    """What a finished run hands on: its best checkpoint by the stage's validation metric (the newest best-*),
+    else its last.ckpt; so `--ckpt runs/ae` and `svr.autoencoder_ckpt=runs/ae` name a run, not a file."""
+    folder = Path(run_dir) / "checkpoints"
+    best = [p for p in folder.glob("best-*.ckpt") if not p.name.endswith(".fp32.ckpt")]
+    if best:
+        return max(best, key=lambda p: p.stat().st_mtime_ns)
+    if (folder / "last.ckpt").exists():
+        return folder / "last.ckpt"
+    raise FileNotFoundError(f"{run_dir}: a run folder without a checkpoint (nothing in {folder})")
+
+
+def run_name(ckpt: str | Path) -> str:
+    """The name of the run a checkpoint (or run folder) belongs to: <run>/checkpoints/x.ckpt -> <run>."""
+    path = Path(ckpt).resolve()
+    return path.name if is_run_folder(path) else path.parent.parent.name

@@ -26,7 +26,9 @@ def default_latents(shards: str | Path, autoencoder_ckpt: str | Path, latents: s
     """`latents`, or where `recon3d export-latents` puts an autoencoder's codes: <shards>/latents/<its run name>."""
     if latents:
         return str(latents)
-    return str(Path(shards) / "latents" / Path(autoencoder_ckpt).resolve().parent.parent.name)
+    from recon3d.io import run_name
+
+    return str(Path(shards) / "latents" / run_name(autoencoder_ckpt))
 
 
 def write_latents(out_dir: Path, latents: Dict[str, Tuple[List[str], np.ndarray]], info: dict) -> Path:

@@ -15,6 +15,7 @@ from recon3d.geometry.extract import coarse_to_fine_grid, grid_to_mesh
 from recon3d.geometry.metrics import FSCORE_THRESHOLDS, sample_surface, surface_metrics, voxel_metrics
 from recon3d.inference.outputs import save_mesh
 from recon3d.inference.tables import eval_name, finish_eval, shape_row
+from recon3d.io import run_name
 from recon3d.tasks.checkpoints import load_checkpoint
 
 TABLE_COLUMNS = ("shapes", "iou", "f1", "chamfer_l2_x1000", "chamfer_l1", "normal_consistency", "fscore@1%",
@@ -37,7 +38,7 @@ def export_latents(ckpt: str | Path, shard_dir: str | Path, name: str = "", batc
     from recon3d.tasks.checkpoints import checkpoint_file
 
     task = load_autoencoder(ckpt, device)
-    name = name or Path(ckpt).resolve().parent.parent.name or "autoencoder"
+    name = name or run_name(ckpt) or "autoencoder"
     out = Path(shard_dir) / "latents" / name
     found = {}
     for split in schema.SPLITS:

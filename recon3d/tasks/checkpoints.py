@@ -16,7 +16,7 @@ from typing import Any, Dict
 import torch
 
 from recon3d.config import SAFE_GLOBALS
-from recon3d.io import atomic_path
+from recon3d.io import atomic_path, is_run_folder, run_checkpoint
 from recon3d.stages import STAGES, Stage
 
 CONSOLIDATED = "fp32.ckpt"  # suffix of the single-file checkpoint written beside a ZeRO folder
@@ -52,8 +52,11 @@ def between_epochs(checkpoint: Dict[str, Any]) -> None:
 
 
 def checkpoint_file(path: str | Path) -> Path:
-    """`path` itself for a file; for a DeepSpeed folder its consolidated file (made when missing or stale)."""
+    """`path` itself for a file; for a run folder the checkpoint it hands on (run_checkpoint); for a DeepSpeed
+    folder its consolidated file (made when missing or stale)."""
     path = Path(path)
+    if is_run_folder(path):
+        path = run_checkpoint(path)
     return consolidate(path) if path.is_dir() else path
 
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any, Dict
 
-from recon3d.config import Config, ConfigError
+from recon3d.config import Config, ConfigError, config_file
 
 # keys the JSON must not set, and the recon3d setting that decides each
 DECIDED_ELSEWHERE = {
@@ -55,7 +54,7 @@ def deepspeed_config(cfg: Config) -> Dict[str, Any]:
     named = strategy_stage(train.strategy)
     where = train.deepspeed_config or f"train.strategy={train.strategy}"
     if train.deepspeed_config:
-        path = Path(train.deepspeed_config)
+        path = config_file(train.deepspeed_config)
         try:
             config = json.loads(path.read_text())
         except OSError as err:
