@@ -19,9 +19,9 @@ USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Permiss
 
 def verbs() -> list:
     """The table of verbs, in the order `recon3d --help` lists them."""
-    from recon3d.cli import data_verbs, shapes, train_verbs
+    from recon3d.cli import data_verbs, shapes, slurm_verbs, train_verbs
 
-    return [*data_verbs.VERBS, *train_verbs.VERBS, *shapes.VERBS]
+    return [*data_verbs.VERBS, *train_verbs.VERBS, *shapes.VERBS, *slurm_verbs.VERBS]
 
 
 def build_parser() -> argparse.ArgumentParser:

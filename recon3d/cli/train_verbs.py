@@ -14,12 +14,17 @@ from recon3d.stages import STAGES
 
 
 def _train(args) -> int:
+    from recon3d.training.callbacks import Preempted
     from recon3d.training.run import run
 
     extra = [f"loader.shards={args.shards}"] if args.shards else []
     if args.run_dir:
         extra.append(f"train.run_dir={args.run_dir}")
-    result = run(load_config(args.config, list(args.overrides) + extra))
+    try:
+        result = run(load_config(args.config, list(args.overrides) + extra))
+    except Preempted as stop:  # exit as a signalled process would, so schedulers see it was stopped
+        print(f"recon3d: {stop}; the same command resumes from it", file=sys.stderr)
+        return 128 + stop.signum
     if not result.is_global_zero:  # one summary per job, not one per process
         return 0
     print(f"run folder: {result.run_dir}")

@@ -43,7 +43,7 @@ def build_task(cfg: Config, manifest: dict, datamodule=None):
 def build_callbacks(cfg: Config) -> list:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from recon3d.training.callbacks import rolling_last_checkpoint
+    from recon3d.training.callbacks import EpochLog, Preemption, RankBanner, rolling_last_checkpoint
 
     ckpt_dir = Path(cfg.train.run_dir) / "checkpoints"
     last = rolling_last_checkpoint(ckpt_dir, cfg.train.checkpoint_every_steps)
@@ -51,7 +51,16 @@ def build_callbacks(cfg: Config) -> list:
     monitor, mode = row.best_by, row.mode
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}-{step}", monitor=monitor, mode=mode,
                            save_top_k=1, auto_insert_metric_name=False)
-    return [last, best, LearningRateMonitor(logging_interval="step")]
+    callbacks = [last, best, LearningRateMonitor(logging_interval="step"), RankBanner(),
+                 Preemption(keep=cfg.train.keep_hpc_checkpoints)]
+    return callbacks + ([] if progress_bar(cfg) else [EpochLog()])
+
+
+def progress_bar(cfg: Config) -> bool:
+    """train.progress: a progress bar on a terminal, one line per epoch in a job log (auto decides by stderr)."""
+    import sys
+
+    return cfg.train.progress == "bar" or (cfg.train.progress == "auto" and sys.stderr.isatty())
 
 
 def build_loggers(cfg: Config, enable_wandb: bool = True) -> list:
@@ -111,7 +120,7 @@ def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(),
                   default_root_dir=train.run_dir, callbacks=build_callbacks(cfg) + list(extra_callbacks),
                   logger=build_loggers(cfg, enable_wandb),
                   reload_dataloaders_every_n_epochs=1 if row.reload_loaders(cfg) else 0,
-                  enable_model_summary=False)
+                  enable_progress_bar=progress_bar(cfg), enable_model_summary=False)
     if train.max_minutes > 0:
         kwargs["max_time"] = {"minutes": train.max_minutes}
     if "deepspeed" not in str(train.strategy):  # DeepSpeed writes checkpoint folders through its own engine

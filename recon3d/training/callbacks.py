@@ -1,12 +1,23 @@
-"""Checkpointing pieces: a rolling last.ckpt that is really written during training, atomically."""
+"""Training callbacks: a rolling last.ckpt that is really written during training, atomically; checkpoint-then-stop
+on preemption signals, with the preemption checkpoints pruned; a line per rank saying where it runs; a line per epoch
+where a progress bar would flood a job log."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from recon3d.io import atomic_path
 
@@ -28,3 +39,142 @@ def rolling_last_checkpoint(dirpath: Path, every_n_train_steps: int = 0) -> Mode
     return ModelCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_last=False,
                            every_n_train_steps=every_n_train_steps or None, save_on_train_epoch_end=True,
                            enable_version_counter=False)
+
+
+HPC_NAME = re.compile(r"hpc_ckpt_(\d+)\.ckpt$")
+
+
+def hpc_checkpoints(run_dir: Path) -> List[Path]:
+    """The preemption checkpoints of a run folder (files, or ZeRO folders), oldest first by their number; their
+    consolidated fp32 files (hpc_ckpt_N.fp32.ckpt) are not among them."""
+    found = [(int(m.group(1)), p) for p in Path(run_dir).glob("hpc_ckpt_*.ckpt") if (m := HPC_NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def prune_hpc_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` preemption checkpoints (with their fp32 files); delete the rest."""
+    from recon3d.tasks.checkpoints import consolidated_path
+
+    for old in hpc_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        for path in (old, consolidated_path(old)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
+
+
+class Preempted(Exception):
+    """Training stopped on a signal after saving `checkpoint` at `step`; the same command resumes from it."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(f"{signal.Signals(signum).name}: saved a checkpoint at step {step} to {checkpoint}")
+
+
+class Preemption(Callback):
+    """SIGTERM (how SLURM preempts, cancels and ends a job, and how most schedulers stop a process) and SLURM's
+    requeue signal (--signal=USR1@90) stop training at the end of the current optimiser step, with a checkpoint.
+
+    The handler only notes the signal. At each step's end the ranks agree whether any of them got one (a collective
+    in the training loop, never in a signal handler), then all save hpc_ckpt_N.ckpt together (a ZeRO folder under
+    DeepSpeed), the oldest beyond `keep` are deleted, rank 0 requeues the job for the requeue signal (SLURM requeues
+    a preempted job itself), and Preempted is raised (the CLI exits 128 + the signal's number). Lightning's own
+    handlers are replaced for the run: its SIGTERM handler stops without a checkpoint and exits 0."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self.signum = 0
+        self._previous: dict = {}
+        self._requeue_signal: Optional[int] = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # e.g. a Ray Tune trial runs in a thread; signals reach only the main thread
+        environment = trainer._accelerator_connector.cluster_environment
+        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+            self._requeue_signal = environment.requeue_signal
+        for signum in {signal.SIGTERM, self._requeue_signal or signal.SIGTERM}:
+            self._previous[signum] = signal.signal(signum, self._note)
+
+    def _note(self, signum, frame) -> None:
+        if not self.signum:
+            print(f"recon3d: {signal.Signals(signum).name} received (pid {os.getpid()}); checkpointing at the end "
+                  "of this step", file=sys.stderr, flush=True)
+        self.signum = self.signum or signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # inside an accumulation window: no optimiser step yet
+        if not trainer.strategy.reduce_boolean_decision(bool(self.signum), all=False):
+            return
+        signum = self.signum or signal.SIGTERM  # a rank the signal has not reached yet stops with the others
+        path = Path(trainer.strategy.broadcast(
+            trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)))
+        trainer.save_checkpoint(path, weights_only=False)
+        trainer.strategy.barrier("recon3d-preempted")
+        if trainer.is_global_zero:
+            prune_hpc_checkpoints(Path(trainer.default_root_dir), self.keep)
+            print(f"recon3d: step {trainer.global_step} saved to {path}", file=sys.stderr, flush=True)
+            if signum == self._requeue_signal:
+                _requeue_slurm_job()
+        for logger in trainer.loggers:
+            logger.save()
+        raise Preempted(signum, trainer.global_step, path)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+def _requeue_slurm_job() -> None:
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ["SLURM_JOB_ID"]
+    done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    print(f"recon3d: requeued SLURM job {job}" if done.returncode == 0 else
+          f"recon3d: could not requeue SLURM job {job}: {done.stderr.strip()}", file=sys.stderr, flush=True)
+
+
+class RankBanner(Callback):
+    """One line per rank when training starts: where it runs and whom it talks to (host, node, local rank, the
+    rendezvous address Lightning chose, the CPUs the scheduler bound it to)."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.world_size == 1 and "SLURM_JOB_ID" not in os.environ:
+            return
+        environment = trainer._accelerator_connector.cluster_environment
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        print(f"recon3d: rank {trainer.global_rank}/{trainer.world_size} on {socket.gethostname()} (node "
+              f"{trainer.node_rank}, local rank {trainer.local_rank}), rendezvous {environment.main_address}:"
+              f"{environment.main_port}, CPUs {_ranges(cpus)}", flush=True)
+
+
+def _ranges(values: List[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    parts, start = [], None
+    for i, value in enumerate(values):
+        start = value if start is None else start
+        if i + 1 == len(values) or values[i + 1] != value + 1:
+            parts.append(f"{start}-{value}" if value > start else str(value))
+            start = None
+    return ",".join(parts)
+
+
+class EpochLog(Callback):
+    """Instead of a progress bar (batch jobs, where it floods the log): one line per epoch on rank 0."""
+
+    def __init__(self) -> None:
+        self._started = time.time()  # a run resumed mid-epoch starts without on_train_epoch_start
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._started = time.time()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        values = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(trainer.callback_metrics.items())
+                           if v.numel() == 1 and not k.startswith("lr-"))
+        print(f"recon3d: epoch {trainer.current_epoch} done at step {trainer.global_step} in "
+              f"{time.time() - self._started:.1f} s: {values}", flush=True)

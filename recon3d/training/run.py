@@ -26,15 +26,17 @@ class RunResult:
 
 def resolve_resume(cfg: Config) -> Optional[str]:
     """The checkpoint to continue from: train.resume is auto (the newer of last.ckpt, a file or a ZeRO folder, and
-    the checkpoint Lightning writes when SLURM signals a preemption, hpc_ckpt_N.ckpt), never, or a path."""
+    the checkpoint written when a signal stops training, hpc_ckpt_N.ckpt), never, or a path."""
     if cfg.train.resume == "never":
         return None
     if cfg.train.resume != "auto":
         if not Path(cfg.train.resume).exists():
             raise FileNotFoundError(f"train.resume={cfg.train.resume!r} does not exist")
         return cfg.train.resume
+    from recon3d.training.callbacks import hpc_checkpoints
+
     run_dir = Path(cfg.train.run_dir)
-    found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
+    found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *hpc_checkpoints(run_dir)] if p.exists()]
     return str(max(found, key=lambda p: p.stat().st_mtime_ns)) if found else None
 
 

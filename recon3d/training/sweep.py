@@ -22,7 +22,9 @@ last.ckpt.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
@@ -138,9 +140,24 @@ def _trainable(spec_dict: dict, sweep_dir: str):
                 values = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
                 tune.report({**values, "epoch": trainer.current_epoch, "step": trainer.global_step})
 
-        run(cfg, enable_progress_bar=False, extra_callbacks=[ReportToTune()])
+        with outside_slurm():
+            run(cfg, enable_progress_bar=False, extra_callbacks=[ReportToTune()])
 
     return trial
+
+
+@contextlib.contextmanager
+def outside_slurm():
+    """A trial is one process on one node, not a task of the allocation the Ray workers were started in: without
+    the SLURM variables they inherited, neither recon3d's SLURM checks nor Lightning's SLURM detection (which would
+    take the allocation's task and node counts for the trial's) apply to it."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith(("SLURM_", "SRUN_", "SBATCH_"))}
+    for name in saved:
+        del os.environ[name]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
