@@ -33,8 +33,12 @@ def decode_occupancy(decoder, z: torch.Tensor, resolution: int, chunk: int = 327
 
 def voxel_iou(pred: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
     """Per-shape IoU (B,) of occupancy pred (B, r, r, r) against stored voxels (B, 1, R, R, R) pooled to r by majority
-    (1 when both are empty)."""
-    target = F.avg_pool3d(voxels.float(), voxels.shape[-1] // pred.shape[-1])[:, 0] > 0.5  # float: CPU has no bf16 pool
+    (1 when both are empty); a prediction finer than the stored voxels is pooled to R the same way."""
+    factor = voxels.shape[-1] // pred.shape[-1]
+    if factor == 0:  # e.g. the image encoder's default 32^3 grid on 16^3 shards
+        pred = F.avg_pool3d(pred.float()[:, None], pred.shape[-1] // voxels.shape[-1])[:, 0]
+        factor = 1
+    target = F.avg_pool3d(voxels.float(), factor)[:, 0] > 0.5  # float: CPU has no bf16 pool
     return batch_iou(pred > 0.5, target).float()
 
 

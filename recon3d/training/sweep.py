@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
@@ -138,7 +139,8 @@ def _trainable(spec_dict: dict, sweep_dir: str):
                 if trainer.sanity_checking or metric not in trainer.callback_metrics:
                     return
                 values = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-                tune.report({**values, "epoch": trainer.current_epoch, "step": trainer.global_step})
+                tune.report({**values, "epoch": trainer.current_epoch, "step": trainer.global_step,
+                             "host": socket.gethostname()})
 
         with outside_slurm():
             run(cfg, enable_progress_bar=False, extra_callbacks=[ReportToTune()])
@@ -196,7 +198,8 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     for result in results:
         if result.metrics:
             rows.append({"trial": result.metrics.get("trial_id"), "params": result.config,
-                         spec.metric: result.metrics.get(spec.metric), "epoch": result.metrics.get("epoch")})
+                         spec.metric: result.metrics.get(spec.metric), "epoch": result.metrics.get("epoch"),
+                         "host": result.metrics.get("host")})
     atomic_write(sweep_dir / "trials.json", json.dumps(rows, indent=1, default=str).encode())
     return {"best": best.config, "metric": best.metrics.get(spec.metric), "trials": len(results),
             "folder": str(sweep_dir), "rows": rows}

@@ -64,7 +64,8 @@ def _step(out: Path, name: str, command: str, cpus: int, extra: Sequence[str], a
     """A one-task job running `command` after the RECON3D_ENV_SETUP hook."""
     args = [f"--job-name=recon3d-{name}", "--nodes=1", "--ntasks=1", f"--cpus-per-task={cpus}",
             f"--output={out / 'logs'}/%x-%j.out", "--open-mode=append", *_after(*after), *extra]
-    return sbatch(args, wrap=f'eval "${{RECON3D_ENV_SETUP:-}}"; set -euo pipefail; {command}')
+    script = f'eval "${{RECON3D_ENV_SETUP:-}}"; set -euo pipefail; {command}'
+    return sbatch(args, wrap=f"exec bash -c {shlex.quote(script)}")  # --wrap runs /bin/sh
 
 
 def submit_pipeline(*, shards: str, out: str, configs: Sequence[str] = (), stage_configs: Dict[str, str] = None,

@@ -62,3 +62,18 @@ def test_eval_svr_reports_per_category_on_held_out_views(tiny_shards, trained_au
     shapes = (out / "eval_svr_train_shapes.csv").read_text().splitlines()
     assert all(line.split(",")[2] == "2" for line in shapes[1:])  # view 2: the held-out one of 3
     assert 0 <= summary["mean over shapes"]["iou"] <= 1
+
+
+def test_voxel_iou_pools_whichever_grid_is_finer():
+    import torch
+
+    from recon3d.tasks.shape_eval import voxel_iou
+
+    voxels = torch.zeros(1, 1, 16, 16, 16)
+    voxels[..., :8] = 1  # half the cube
+    fine = torch.zeros(1, 32, 32, 32)
+    fine[..., :16] = 1  # the same half at 32^3
+    coarse = torch.zeros(1, 8, 8, 8)
+    coarse[..., :2] = 1  # a quarter at 8^3
+    assert voxel_iou(fine, voxels).tolist() == [1.0]
+    assert voxel_iou(coarse, voxels).tolist() == [0.5]
