@@ -70,13 +70,33 @@ def build_loggers(cfg: Config, enable_wandb: bool = True) -> list:
     # a new version folder per (re)start: a resumed run must not overwrite the history it continues
     loggers: List = [CSVLogger(save_dir=str(run_dir), name="logs")]
     if enable_wandb and cfg.train.logger == "wandb" and cfg.train.wandb_mode != "disabled":
-        from lightning.pytorch.loggers import WandbLogger
-
         os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.insert(0, WandbLogger(project=cfg.train.wandb_project, name=run_dir.name, save_dir=str(run_dir),
+        loggers.insert(0, _stepped_wandb_logger()(project=cfg.train.wandb_project, name=run_dir.name, save_dir=str(run_dir),
                                       offline=cfg.train.wandb_mode == "offline", config=to_dict(cfg),
                                       id=_wandb_run_id(run_dir), group=cfg.train.wandb_group or None))
     return loggers
+
+
+def _stepped_wandb_logger():
+    """Lightning's WandbLogger with W&B's own step set to the trainer's global step. One training run is one W&B
+    run across restarts (its id is kept in the run folder): online, a resumed run continues the same run; offline,
+    each restart writes a segment (offline-run-*-<id>) and `wandb sync` uploads them in order of start time into
+    that run. With its own per-segment counter every segment would start again at step 0; with the global step the
+    segments' rows follow one another (a restart from a preemption checkpoint logs nothing twice; after a kill -9
+    the steps since the last checkpoint are logged again and W&B keeps the first)."""
+    from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    class SteppedWandbLogger(WandbLogger):
+        @rank_zero_only
+        def log_metrics(self, metrics, step=None) -> None:
+            if step is None:
+                return super().log_metrics(metrics, step)
+            prefixed = {f"{self._prefix}{self.LOGGER_JOIN_CHAR}{k}" if self._prefix else k: v
+                        for k, v in metrics.items()}
+            self.experiment.log({**prefixed, "trainer/global_step": step}, step=step)
+
+    return SteppedWandbLogger
 
 
 def _wandb_run_id(run_dir: Path) -> str:

@@ -78,18 +78,21 @@ class Preemption(Callback):
     The handler only notes the signal. At each step's end the ranks agree whether any of them got one (a collective
     in the training loop, never in a signal handler), then all save hpc_ckpt_N.ckpt together (a ZeRO folder under
     DeepSpeed), the oldest beyond `keep` are deleted, rank 0 requeues the job for the requeue signal (SLURM requeues
-    a preempted job itself), and Preempted is raised (the CLI exits 128 + the signal's number). Lightning's own
+    a preempted job itself), and Preempted is raised once Lightning has logged the step (the CLI exits 128 + the
+    signal's number). Lightning's own
     handlers are replaced for the run: its SIGTERM handler stops without a checkpoint and exits 0."""
 
     def __init__(self, keep: int = 2) -> None:
         self.keep = keep
         self.signum = 0
+        self._stop: Optional[Preempted] = None
         self._previous: dict = {}
         self._requeue_signal: Optional[int] = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
+        self.signum, self._stop = 0, None
         if threading.current_thread() is not threading.main_thread():
             return  # e.g. a Ray Tune trial runs in a thread; signals reach only the main thread
         environment = trainer._accelerator_connector.cluster_environment
@@ -105,7 +108,7 @@ class Preemption(Callback):
         self.signum = self.signum or signum
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+        if self._stop is not None or (batch_idx + 1) % trainer.accumulate_grad_batches:
             return  # inside an accumulation window: no optimiser step yet
         if not trainer.strategy.reduce_boolean_decision(bool(self.signum), all=False):
             return
@@ -119,9 +122,26 @@ class Preemption(Callback):
             print(f"recon3d: step {trainer.global_step} saved to {path}", file=sys.stderr, flush=True)
             if signum == self._requeue_signal:
                 _requeue_slurm_job()
-        for logger in trainer.loggers:
-            logger.save()
-        raise Preempted(signum, trainer.global_step, path)
+        # stop once Lightning has logged this step's metrics (it does so after this hook): at whatever comes next
+        self._stop = Preempted(signum, trainer.global_step, path)
+
+    def _raise(self, trainer) -> None:
+        if self._stop is not None:
+            for logger in trainer.loggers:
+                logger.save()
+            raise self._stop
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._raise(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._raise(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._raise(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._raise(trainer)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         for signum, handler in self._previous.items():

@@ -80,7 +80,13 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     task = build_task(cfg, manifest, datamodule)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
     trainer = build_trainer(cfg, enable_wandb=enable_wandb, extra_callbacks=extra_callbacks, **trainer_overrides)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=resolve_resume(cfg))
+    from recon3d.training.callbacks import Preempted
+
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resolve_resume(cfg))
+    except Preempted:
+        _finish_wandb(trainer, preempted=True)
+        raise
     _finish_wandb(trainer)
     monitor = STAGES[cfg.train.stage].best_by
     last = _single_file(Path(cfg.train.run_dir) / "checkpoints" / "last.ckpt", trainer.is_global_zero)
@@ -110,12 +116,16 @@ def best_checkpoint(callbacks: Sequence, monitor: str) -> str:
     return ""
 
 
-def _finish_wandb(trainer) -> None:
+def _finish_wandb(trainer, preempted: bool = False) -> None:
     """Close this run's W&B run: a later run in the same process (the demo's next stage, a sweep's next trial)
-    would otherwise log into it."""
+    would otherwise log into it. A preempted run is marked so (W&B shows it as preempted, not failed)."""
+    from lightning.pytorch.loggers import WandbLogger
+
     for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             import wandb
 
             if wandb.run is not None:
+                if preempted:
+                    wandb.run.mark_preempting()
                 wandb.finish()

@@ -1,0 +1,87 @@
+"""SIGTERM outside SLURM: a checkpoint at the end of the step, exit 143, the rerun resumes there; W&B offline keeps
+one run whose segments hold every step once; the preemption checkpoints are pruned."""
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from recon3d.tasks.checkpoints import read_checkpoint
+from recon3d.training.callbacks import hpc_checkpoints, prune_hpc_checkpoints
+from tests.conftest import TINY
+
+
+def wandb_records(path: Path):
+    """The protobuf Records of a .wandb file: W&B's 7-byte header, then LevelDB log blocks of 32 KiB whose chunks
+    (7-byte header: crc32c, length, type full/first/middle/last) hold serialised wandb_internal_pb2.Record."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, pending = path.read_bytes(), 7, b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7]) if left >= 7 else (0, 0, 0)
+        if kind == 0:  # block padding
+            pos += left
+            continue
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def test_sigterm_checkpoints_exits_143_and_wandb_offline_keeps_every_step_once(tiny_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "WANDB_"))}
+    env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    first = subprocess.Popen([sys.executable, "-m", "recon3d", "train", "-c", str(TINY), "--shards", str(tiny_shards),
+                              "--run-dir", str(run_dir), "train.accelerator=cpu", "train.phase_epochs=[2,60]",
+                              "loader.train_samples_per_epoch=8", "train.logger=wandb"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    metrics = run_dir / "logs" / "version_0" / "metrics.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") > 40):
+        time.sleep(0.2)
+    first.send_signal(signal.SIGTERM)
+    out = first.communicate(timeout=120)[0]
+    assert first.returncode == 128 + signal.SIGTERM, out[-3000:]
+    [hpc] = hpc_checkpoints(run_dir)
+    saved = read_checkpoint(hpc)["global_step"]
+    assert f"saved a checkpoint at step {saved} to {hpc}; the same command resumes from it" in out
+    assert 0 < saved < 248
+    second = subprocess.run(first.args, capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 248  # 62 epochs x 4 steps
+    segments = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(segments) == 2 and len({p.name for p in segments}) == 1  # one W&B run id, two segments
+    steps, kinds = [], []
+    for segment in segments:
+        records = list(wandb_records(segment))
+        kinds.append({r.WhichOneof("record_type") for r in records})
+        for record in records:
+            if record.WhichOneof("record_type") == "history":
+                items = {i.key or "/".join(i.nested_key): i.value_json for i in record.history.item}
+                if "train/loss" in items:
+                    assert int(items["_step"]) == int(float(items["trainer/global_step"]))
+                    steps.append(int(items["_step"]))
+    assert steps == list(range(248))  # every training step once, in order, across the two segments
+    assert "preempting" in kinds[0] and "preempting" not in kinds[1]
+
+
+def test_only_the_newest_preemption_checkpoints_are_kept(tmp_path):
+    for n in (1, 2, 3, 10):
+        (tmp_path / f"hpc_ckpt_{n}.ckpt").write_bytes(b"x")
+    (tmp_path / "hpc_ckpt_2.fp32.ckpt").write_bytes(b"x")  # consolidated beside a ZeRO folder
+    (tmp_path / "hpc_ckpt_3.ckpt").unlink()
+    (tmp_path / "hpc_ckpt_3.ckpt").mkdir()  # a ZeRO folder
+    (tmp_path / "hpc_ckpt_3.ckpt" / "latest").write_text("tag")
+    assert [p.name for p in hpc_checkpoints(tmp_path)] == ["hpc_ckpt_1.ckpt", "hpc_ckpt_2.ckpt", "hpc_ckpt_3.ckpt",
+                                                           "hpc_ckpt_10.ckpt"]
+    prune_hpc_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hpc_ckpt_10.ckpt", "hpc_ckpt_3.ckpt"]
