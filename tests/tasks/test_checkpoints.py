@@ -63,3 +63,18 @@ def test_eval_alias_refuses_another_stage(checkpoints, tiny_shards, capsys):
 
     assert main(["eval-vrn", "--ckpt", str(checkpoints["svr"]), "--shards", str(tiny_shards)]) == 2
     assert "is a svr checkpoint; eval-vrn needs a vrn checkpoint" in capsys.readouterr().err
+
+
+def test_a_run_folder_hands_on_its_best_checkpoint_else_its_last(tmp_path):
+    from recon3d.io import run_checkpoint, run_name
+
+    folder = tmp_path / "ae" / "checkpoints"
+    folder.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="a run folder without a checkpoint"):
+        run_checkpoint(tmp_path / "ae")
+    (folder / "last.ckpt").write_bytes(b"x")
+    assert run_checkpoint(tmp_path / "ae") == folder / "last.ckpt"
+    (folder / "best-003-40.ckpt").write_bytes(b"x")
+    (folder / "best-003-40.fp32.ckpt").write_bytes(b"x")
+    assert run_checkpoint(tmp_path / "ae") == folder / "best-003-40.ckpt"
+    assert run_name(tmp_path / "ae") == "ae" == run_name(folder / "last.ckpt")
