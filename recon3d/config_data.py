@@ -65,6 +65,7 @@ class GeometryConfig:
     coverage_warn: float = 0.95  # flag a sample whose stored solid is farther than a voxel from more of its surface
     max_faces: int = 5_000_000  # reject meshes with more faces (bounds time and memory)
     max_file_mb: float = 1024.0  # reject files larger than this before reading them
+    max_binvox_dim: int = 512  # reject .binvox inputs of a larger grid (their header is read first)
     timeout_s: float = 300.0  # reject a shape whose preparation takes longer (0: no limit)
 
     def __post_init__(self) -> None:

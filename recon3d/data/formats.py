@@ -163,14 +163,16 @@ class Binvox:
         return self.scale / self.occupancy.shape[0]
 
 
-def read_binvox(path: str | Path) -> Binvox:
+def read_binvox(path: str | Path, max_bytes: float = float("inf"), max_dim: int = 1024) -> Binvox:
     """Read a .binvox file exactly: header fields in any order, comments, extra white space; run-length data.
 
     Raises:
-        RejectError: not binvox, a missing or malformed field, or data shorter or longer than dim^3.
+        RejectError: not binvox, a missing or malformed field, data shorter or longer than dim^3, a file larger
+            than max_bytes or a dim above max_dim (checked before any voxel is decoded: run-length data of a few
+            MB can claim 1024^3 voxels).
     """
     path = Path(path)
-    check_file(path, float("inf"))
+    check_file(path, max_bytes)
     raw = path.read_bytes()
     if not raw.startswith(b"#binvox"):
         raise RejectError("not a binvox file: missing '#binvox' header")
@@ -195,6 +197,8 @@ def read_binvox(path: str | Path) -> Binvox:
         raise RejectError(f"malformed binvox header field: {err}") from None
     if len(dims) != 3 or len(set(dims)) != 1 or dims[0] <= 0:
         raise RejectError(f"binvox dim must be three equal positive sizes, got {dims}")
+    if dims[0] > max_dim:
+        raise RejectError(f"binvox dim {dims[0]} > limit {max_dim} (geometry.max_binvox_dim)")
     data = np.frombuffer(raw[pos:], dtype=np.uint8)
     if len(data) % 2:
         data = data[:-1]
@@ -207,9 +211,14 @@ def read_binvox(path: str | Path) -> Binvox:
     return Binvox(flat.reshape(dims[0], dims[0], dims[0]).transpose(0, 2, 1).copy(), translate, scale)
 
 
-def voxel_boundary_mesh(occupancy: np.ndarray, origin, voxel_size: float) -> Mesh:
-    """The exact boundary of a set of cubes, outward-facing: two triangles per face between filled and empty voxels."""
+def voxel_boundary_mesh(occupancy: np.ndarray, origin, voxel_size: float, max_faces: int = 0) -> Mesh:
+    """The exact boundary of a set of cubes, outward-facing: two triangles per face between filled and empty voxels.
+    RejectError when that is more than max_faces triangles (counted before any is made; 0: no limit)."""
     occ = np.pad(occupancy.astype(bool), 1)
+    if max_faces:
+        faces = 2 * sum(int(np.count_nonzero(np.diff(occ, axis=axis))) for axis in range(3))
+        if faces > max_faces:
+            raise RejectError(f"voxel surface of {faces} triangles > limit {max_faces} (geometry.max_faces)")
     quads = []
     for axis in range(3):
         diff = np.diff(occ.astype(np.int8), axis=axis)  # +1: empty -> filled, -1: filled -> empty

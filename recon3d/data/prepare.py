@@ -194,8 +194,8 @@ def prepare(item: Item, root: str, cfg: Config) -> Prepared:
             members = _imnet_members(path, item, cfg, clock)
         else:
             if item.kind == "binvox":
-                grid = read_binvox(path)
-                mesh = voxel_boundary_mesh(grid.occupancy, grid.translate, grid.voxel_size)
+                grid = read_binvox(path, geo.max_file_mb * 2**20, geo.max_binvox_dim)
+                mesh = voxel_boundary_mesh(grid.occupancy, grid.translate, grid.voxel_size, geo.max_faces)
             else:
                 mesh = load_mesh(path, geo.max_faces, geo.max_file_mb * 2**20)
             clock.lap("load")

@@ -7,12 +7,14 @@ preparation chain.
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
 MANIFEST = "manifest.json"
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a file name inside the folder: no /, no .., not absolute
 
 
 @dataclass(frozen=True)
@@ -26,15 +28,25 @@ def load_manifest(shard_dir: str | Path) -> dict:
 
     Raises:
         FileNotFoundError: the folder has no manifest (the message says how to build one).
-        ValueError: the manifest is not valid JSON.
+        ValueError: the manifest is not valid JSON, or a shard entry is malformed or names a file outside the
+            folder (an edited or hostile manifest: `../x`, an absolute path), naming the entry.
     """
     path = Path(shard_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{shard_dir}: no {MANIFEST} (build it with `recon3d shards build`)")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except ValueError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise ValueError(f"{path}: not a shard manifest (no list of shards)")
+    for i, shard in enumerate(manifest["shards"]):
+        name = shard.get("name") if isinstance(shard, dict) else None
+        if not isinstance(name, str) or not SAFE_NAME.match(name) or ".." in name:
+            raise ValueError(f"{path}: shards[{i}] name {name!r} is not a file name inside {shard_dir}; refused")
+        if not isinstance(shard.get("samples"), int) or shard["samples"] < 0 or not isinstance(shard.get("split"), str):
+            raise ValueError(f"{path}: shards[{i}] ({name}) needs a split and a non-negative sample count")
+    return manifest
 
 
 def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None) -> List[ShardInfo]:

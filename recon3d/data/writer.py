@@ -15,12 +15,14 @@ shard that was in flight and nothing else. The manifest is written last, from th
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import hashlib
 import io
 import json
 import os
 import re
+import socket
 import sys
 import tarfile
 import time
@@ -205,6 +207,32 @@ def build_shards(cfg: Config, *, progress: bool = True, stop_after: int = 0,
     started = time.perf_counter()
     out = Path(cfg.shards.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with _build_lock(out, index, count):
+        return _build(cfg, out, index, count, started, progress, stop_after, use_ray)
+
+
+@contextlib.contextmanager
+def _build_lock(out: Path, index: int, count: int):
+    """One build per part of a folder at a time (parts of an array run side by side; their shards are apart and
+    each shard in flight has a lock of its own): a second build of the same part stops, naming the holder."""
+    path = out / f".build-{index}-of-{count}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise ValueError(f"{out}: another build of part {index}/{count} is running ({holder}; lock {path.name}); "
+                             "wait for it or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()} since {time.ctime()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _build(cfg: Config, out: Path, index: int, count: int, started: float, progress: bool, stop_after: int,
+           use_ray: bool) -> BuildResult:
     items, rejects, kind = discover(cfg.source)
     plans = plan_shards(items, cfg)
     mine = part_of(plans, index, count)

@@ -34,6 +34,28 @@ def test_binvox_axis_order_round_trip(tmp_path):
     assert np.array_equal(read_binvox(path).occupancy, grid)
 
 
+def test_a_binvox_bomb_is_rejected_before_its_voxels_are_decoded(tmp_path):
+    """8 MB of runs claiming 1024^3 voxels (was accepted after minutes at 6 GB): the header's dim is checked first;
+    the file size and the boundary mesh's face count are held to the mesh limits too."""
+    import time
+
+    from recon3d.data.formats import RejectError, voxel_boundary_mesh
+
+    dim = 1024
+    runs = bytes([1, 255, 0, 255]) * (dim ** 3 // 510) + bytes([1, dim ** 3 % 510 or 1])
+    path = tmp_path / "bomb.binvox"
+    path.write_bytes(f"#binvox 1\ndim {dim} {dim} {dim}\ntranslate 0 0 0\nscale 1\ndata\n".encode() + runs)
+    started = time.perf_counter()
+    with pytest.raises(RejectError, match="binvox dim 1024 > limit 512"):
+        read_binvox(path, max_dim=512)
+    assert time.perf_counter() - started < 5
+    with pytest.raises(RejectError, match="file too large"):
+        read_binvox(path, max_bytes=2**20)
+    checker = np.indices((8, 8, 8)).sum(0) % 2 == 0  # the most faces a grid can have
+    with pytest.raises(RejectError, match=r"voxel surface of 3072 triangles > limit 1000 \(geometry.max_faces\)"):
+        voxel_boundary_mesh(checker, (0, 0, 0), 1.0, max_faces=1000)
+
+
 def test_voxel_boundary_mesh_is_closed_and_has_the_voxel_volume():
     grid = np.zeros((5, 5, 5), bool)
     grid[1:4, 1:3, 2] = True

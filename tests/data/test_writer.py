@@ -174,3 +174,43 @@ def test_parts_are_balanced_disjoint_and_cover_the_plan():
     assert sorted(names) == sorted(p.name for p in plans)  # disjoint and complete
     assert [sum(len(p.items) for p in part) for part in parts] == [20, 20, 19]
     assert part_of(plans, 1, 3) == parts[1]  # deterministic
+
+
+@pytest.mark.parametrize("name", ["../outside/x", "/etc/passwd", "sub/train-000000", ".hidden", ""])
+def test_manifest_shard_names_outside_the_folder_are_refused_by_every_reader(tiny_shards, tmp_path, name):
+    import shutil
+
+    from recon3d.cli.main import main
+    from recon3d.data.shards import load_manifest
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards, ignore=shutil.ignore_patterns("latents"))
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["shards"][1]["name"] = name
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"shards\[1\] name .* is not a file name inside"):
+        load_manifest(shards)
+    report = verify_shards(shards)
+    assert not report.ok and "is not a file name inside" in report.problems[0]
+    for argv in (["shards", "show", str(shards)], ["shards", "verify", str(shards)]):
+        assert main(argv) != 0
+
+
+def test_a_second_build_of_the_same_part_stops_naming_the_first(tiny_meshes, tmp_path):
+    import fcntl
+    import socket
+
+    from recon3d.cli.main import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".build-0-of-1.lock", "w") as first:  # what a running build holds
+        fcntl.flock(first, fcntl.LOCK_EX)
+        first.write(f"host {socket.gethostname()} pid 4242 since now\n")
+        first.flush()
+        with pytest.raises(ValueError, match=r"another build of part 0/1 is running \(host .* pid 4242"):
+            _build(tiny_meshes, out)
+        assert main(["shards", "build", "--root", str(tiny_meshes), "--out", str(out), "-c", str(TINY),
+                     "--no-progress"]) == 2
+        assert not list(out.glob("*.tar"))
+    assert _build(tiny_meshes, out).manifest  # released: builds
