@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from recon3d.config_data import (  # noqa: F401 - re-exported: the schema is one namespace
-    ConfigError, GeometryConfig, RenderConfig, ShardConfig, SourceConfig, _check)
+    ConfigError, GeometryConfig, RenderConfig, RunError, ShardConfig, SourceConfig, _check)
 from recon3d.stages import STAGES
 
 LOADER_PIPELINES = ("autoencoder", "image", "volume", "stereo")  # what loader.stage can name (data/datamodule.py)
@@ -269,7 +269,7 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ())
                 OmegaConf.set_struct(cfg[section.name][f.name], False)
     for path in files:
         path = config_file(path)
-        loaded = OmegaConf.load(path)
+        loaded = _read_yaml(path)
         if not OmegaConf.is_dict(loaded):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         named = OmegaConf.select(loaded, "train.deepspeed_config")
@@ -286,6 +286,24 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ())
         raise
     except Exception as err:  # type conversion errors surface here for interpolations
         raise ConfigError(str(err).splitlines()[0]) from None
+
+
+def _read_yaml(path: Path) -> Any:
+    """A YAML file through OmegaConf; a syntax error, a duplicate key or bytes that are not UTF-8 become one
+    ConfigError line naming the file and where."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.load(path)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}{where}: {err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
 
 
 def config_file(path: str | Path, beside: Path | None = None) -> Path:

@@ -16,6 +16,10 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key."""
 
 
+class RunError(RuntimeError):
+    """A run stopped for a reason the user can act on (e.g. a NaN loss): the CLI prints the message, exits 1."""
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)

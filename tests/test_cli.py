@@ -201,3 +201,39 @@ def test_a_programming_error_is_not_passed_off_as_a_user_error(monkeypatch):
         v.name, v.help, v.configure, broken) for v in data_verbs.SHARD_VERBS])
     with pytest.raises(KeyError, match="internal"):
         main(["shards", "summary", "anywhere"])
+
+
+def _verb_raising(monkeypatch, error):
+    from recon3d.cli import data_verbs
+
+    def broken(args):
+        raise error
+
+    monkeypatch.setattr(data_verbs, "SHARD_VERBS", [v if v.name != "summary" else v.__class__(
+        v.name, v.help, v.configure, broken) for v in data_verbs.SHARD_VERBS])
+
+
+@pytest.mark.parametrize("text, says", [
+    (b"train:\n  lr: 0.1\n  lr: 0.2\n", " (line 3, column 3): found duplicate key lr"),
+    (b"train:\n  lr: [0.1\n", " (line 3, column 1): did not find expected ',' or ']'"),
+    (b"train:\n  run_dir: \xff\xfe\n", ": not UTF-8 text (byte 18"),
+])
+def test_a_broken_yaml_is_one_line_naming_the_file(tmp_path, capsys, text, says):
+    (tmp_path / "bad.yaml").write_bytes(text)
+    assert main(["train", "-c", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"bad.yaml{says}" in err
+
+
+def test_a_full_disk_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    import errno
+
+    _verb_raising(monkeypatch, OSError(errno.ENOSPC, "No space left on device", "/scratch/shards/train-000003.tar"))
+    assert main(["shards", "summary", "anywhere"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device: /scratch/shards/train-000003.tar" in err
+    with pytest.raises(OSError):
+        main(["shards", "summary", "anywhere", "--debug"])
+    monkeypatch.setenv("RECON3D_DEBUG", "1")
+    with pytest.raises(OSError):
+        main(["shards", "summary", "anywhere"])

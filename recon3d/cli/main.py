@@ -1,20 +1,24 @@
 """The `recon3d` command: `recon3d <verb> [-c a.yaml -c b.yaml] [key=value ...]`, built from one table of verbs.
 
 Configuration errors (unknown key, wrong type, broken rule) are reported before any work starts, with exit code 2;
-so are the errors a user can fix (a missing file, an unusable input). Anything else is a bug and keeps its
-traceback.
+so are the errors a user can fix (a missing file, an unusable input). A run that stops for a reason the user can act
+on (a NaN loss, a full disk) prints one line and exits 1. `--debug` (or RECON3D_DEBUG=1) shows the traceback of any
+of them. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from typing import List, Optional
 
 from recon3d import __version__
-from recon3d.config import ConfigError
+from recon3d.config import ConfigError, RunError
 
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # full disk, quota, read-only file system
 
 
 def verbs() -> list:
@@ -27,6 +31,7 @@ def verbs() -> list:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recon3d", description="Single-image 2D->3D reconstruction on a cluster")
     parser.add_argument("--version", action="version", version=f"recon3d {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of any error (or RECON3D_DEBUG=1)")
     sub = parser.add_subparsers(dest="verb", required=True)
     for verb in verbs():
         verb_parser = sub.add_parser(verb.name, help=verb.help, description=verb.help)
@@ -37,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line, not only before the verb
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides may come in several groups between options (e.g. from a launcher script)
@@ -44,6 +52,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if debug or os.environ.get("RECON3D_DEBUG", "") not in ("", "0"):
+        return args.func(args)
     try:
         return args.func(args)
     except ConfigError as err:
@@ -52,6 +62,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except USER_ERRORS as err:
         print(f"recon3d: {err}", file=sys.stderr)
         return 2
+    except RunError as err:
+        print(f"recon3d: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno not in DISK_ERRORS:
+            raise
+        print(f"recon3d: {err.strerror}: {err.filename or 'writing'}; free space (or pick another folder) and "
+              "rerun: finished work is kept", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("recon3d: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

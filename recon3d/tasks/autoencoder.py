@@ -11,21 +11,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recon3d.config import Config, ConfigError, to_dict
+from recon3d.config import Config, ConfigError, RunError, to_dict
 from recon3d.geometry.extract import grid_to_mesh
 from recon3d.models.implicit_decoder import Autoencoder
 from recon3d.tasks.checkpoints import StageCheckpoint
 from recon3d.tasks.shape_eval import decode_occupancy, publish_image, surface_scores, voxel_iou
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunError):
     """The loss became NaN or infinite; training stops so that the last good checkpoint is kept."""
 
 
 def check_finite(loss: torch.Tensor, module: L.LightningModule, where: str, run_dir: str = "") -> None:
     """Raise NonFiniteLossError naming the step when `loss` is NaN or infinite."""
     if not torch.isfinite(loss):
-        ckpt = f" The last good checkpoint is in {Path(run_dir) / 'checkpoints'};" if run_dir else ""
+        last = Path(run_dir) / "checkpoints" / "last.ckpt" if run_dir else None
+        ckpt = (f" The last good checkpoint is {last};" if last is not None and last.exists() else
+                " No checkpoint was written yet;")
         raise NonFiniteLossError(f"loss is {loss.item()} at global step {module.global_step} ({where}); stopping."
                                  f"{ckpt} lower the learning rate or check the data.")
 

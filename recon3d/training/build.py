@@ -51,7 +51,7 @@ def build_callbacks(cfg: Config) -> list:
     monitor, mode = row.best_by, row.mode
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}-{step}", monitor=monitor, mode=mode,
                            save_top_k=1, auto_insert_metric_name=False)
-    callbacks = [last, best, LearningRateMonitor(logging_interval="step"), RankBanner(),
+    callbacks = [*last, best, LearningRateMonitor(logging_interval="step"), RankBanner(),
                  Preemption(keep=cfg.train.keep_hpc_checkpoints)]
     return callbacks + ([] if progress_bar(cfg) else [EpochLog()])
 

@@ -30,15 +30,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
-def rolling_last_checkpoint(dirpath: Path, every_n_train_steps: int = 0) -> ModelCheckpoint:
-    """A ModelCheckpoint that keeps exactly one file, last.ckpt, rewritten at every epoch end (and every N steps).
+def rolling_last_checkpoint(dirpath: Path, every_n_train_steps: int = 0) -> List[ModelCheckpoint]:
+    """ModelCheckpoints that keep exactly one file, last.ckpt, rewritten at every epoch end (so it always holds the
+    final step) and, with every_n_train_steps, every N steps as well.
 
     Lightning's own save_last only writes last.ckpt when a top-k checkpoint was saved in the same step, so with
-    save_top_k=0 it would appear only when training ends; this keeps one "top" checkpoint named last instead.
+    save_top_k=0 it would appear only when training ends; these keep one "top" checkpoint named last instead. A
+    ModelCheckpoint given every_n_train_steps stops saving at epoch ends (a run ending at step 34 with N=5 kept step
+    30), hence a second one for the epoch ends.
     """
-    return ModelCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_last=False,
-                           every_n_train_steps=every_n_train_steps or None, save_on_train_epoch_end=True,
-                           enable_version_counter=False)
+    kwargs = dict(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_last=False,
+                  enable_version_counter=False)
+    epochs = ModelCheckpoint(**kwargs, save_on_train_epoch_end=True)
+    if not every_n_train_steps:
+        return [epochs]
+    return [epochs, _EveryNSteps(**kwargs, every_n_train_steps=every_n_train_steps)]
+
+
+class _EveryNSteps(ModelCheckpoint):
+    """The every-N-steps half of the rolling last.ckpt: an epoch's last batch is left to the epoch-end save (one
+    write per step, which matters for a DeepSpeed folder)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx + 1 < trainer.num_training_batches:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
 HPC_NAME = re.compile(r"hpc_ckpt_(\d+)\.ckpt$")
@@ -72,8 +87,9 @@ class Preempted(Exception):
 
 
 class Preemption(Callback):
-    """SIGTERM (how SLURM preempts, cancels and ends a job, and how most schedulers stop a process) and SLURM's
-    requeue signal (--signal=USR1@90) stop training at the end of the current optimiser step, with a checkpoint.
+    """SIGTERM (how SLURM preempts, cancels and ends a job, and how most schedulers stop a process), SIGINT (Ctrl-C;
+    twice: at once, no checkpoint) and SLURM's requeue signal (--signal=USR1@90) stop training at the end of the
+    current optimiser step, with a checkpoint.
 
     The handler only notes the signal. At each step's end the ranks agree whether any of them got one (a collective
     in the training loop, never in a signal handler), then all save hpc_ckpt_N.ckpt together (a ZeRO folder under
@@ -98,10 +114,12 @@ class Preemption(Callback):
         environment = trainer._accelerator_connector.cluster_environment
         if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
             self._requeue_signal = environment.requeue_signal
-        for signum in {signal.SIGTERM, self._requeue_signal or signal.SIGTERM}:
+        for signum in {signal.SIGTERM, signal.SIGINT, self._requeue_signal or signal.SIGTERM}:
             self._previous[signum] = signal.signal(signum, self._note)
 
     def _note(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: stop now, without the checkpoint
         if not self.signum:
             print(f"recon3d: {signal.Signals(signum).name} received (pid {os.getpid()}); checkpointing at the end "
                   "of this step", file=sys.stderr, flush=True)

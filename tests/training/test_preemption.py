@@ -85,3 +85,21 @@ def test_only_the_newest_preemption_checkpoints_are_kept(tmp_path):
                                                            "hpc_ckpt_10.ckpt"]
     prune_hpc_checkpoints(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hpc_ckpt_10.ckpt", "hpc_ckpt_3.ckpt"]
+
+
+def test_ctrl_c_checkpoints_and_exits_130(tiny_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "WANDB_"))}
+    env.update(WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "recon3d", "train", "-c", str(TINY), "--shards", str(tiny_shards),
+                             "--run-dir", str(run_dir), "train.accelerator=cpu", "train.phase_epochs=[2,60]",
+                             "loader.train_samples_per_epoch=8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    metrics = run_dir / "logs" / "version_0" / "metrics.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") > 20):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert "SIGINT: saved a checkpoint at step" in out and len(hpc_checkpoints(run_dir)) == 1

@@ -55,3 +55,17 @@ def test_a_checkpoint_taken_between_epochs_resumes_without_skipping_one(tiny_sha
     resumed = run(tiny_config(*base, f"train.run_dir={tmp_path / 'cut'}", f"train.resume={tmp_path / 'boundary.ckpt'}"),
                   enable_wandb=False, enable_progress_bar=False)
     assert (resumed.epoch, resumed.global_step) == (full.epoch, full.global_step)
+
+
+def test_last_checkpoint_holds_the_final_step_with_step_checkpoints_on(tiny_shards, tmp_path):
+    """checkpoint_every_steps=5 on 4-step epochs ending at step 16: last.ckpt was left at step 15 (every N steps
+    turns Lightning's epoch-end saves off)."""
+    from recon3d.tasks.checkpoints import read_checkpoint
+    from recon3d.training.run import run
+    from tests.conftest import tiny_config
+
+    result = run(tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={tmp_path}", "train.accelerator=cpu",
+                             "loader.train_samples_per_epoch=8", "train.phase_epochs=[2,2]",
+                             "train.checkpoint_every_steps=5"), enable_wandb=False, enable_progress_bar=False)
+    assert result.global_step == 16
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 16
