@@ -36,20 +36,26 @@ def wandb_records(path: Path):
             yield record
 
 
-def test_sigterm_checkpoints_exits_143_and_wandb_offline_keeps_every_step_once(tiny_shards, tmp_path):
-    run_dir = tmp_path / "run"
+def _train_then_signal(shards: Path, run_dir: Path, signum: int, wandb_mode: str, *extra: str):
+    """`recon3d train` (62 epochs of 4 steps) in a process of its own, sent `signum` once its CSV log has 40 rows;
+    the process, its output and the environment it ran in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "WANDB_"))}
-    env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1")
-    first = subprocess.Popen([sys.executable, "-m", "recon3d", "train", "-c", str(TINY), "--shards", str(tiny_shards),
-                              "--run-dir", str(run_dir), "train.accelerator=cpu", "train.phase_epochs=[2,60]",
-                              "loader.train_samples_per_epoch=8", "train.logger=wandb"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    env.update(WANDB_MODE=wandb_mode, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "recon3d", "train", "-c", str(TINY), "--shards", str(shards),
+                             "--run-dir", str(run_dir), "train.accelerator=cpu", "train.phase_epochs=[2,60]",
+                             "loader.train_samples_per_epoch=8", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     metrics = run_dir / "logs" / "version_0" / "metrics.csv"
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") > 40):
         time.sleep(0.2)
-    first.send_signal(signal.SIGTERM)
-    out = first.communicate(timeout=120)[0]
+    proc.send_signal(signum)
+    return proc, proc.communicate(timeout=120)[0], env
+
+
+def test_sigterm_checkpoints_exits_143_and_wandb_offline_keeps_every_step_once(tiny_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    first, out, env = _train_then_signal(tiny_shards, run_dir, signal.SIGTERM, "offline", "train.logger=wandb")
     assert first.returncode == 128 + signal.SIGTERM, out[-3000:]
     [hpc] = hpc_checkpoints(run_dir)
     saved = read_checkpoint(hpc)["global_step"]
@@ -88,18 +94,6 @@ def test_only_the_newest_preemption_checkpoints_are_kept(tmp_path):
 
 
 def test_ctrl_c_checkpoints_and_exits_130(tiny_shards, tmp_path):
-    run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "WANDB_"))}
-    env.update(WANDB_MODE="disabled", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "recon3d", "train", "-c", str(TINY), "--shards", str(tiny_shards),
-                             "--run-dir", str(run_dir), "train.accelerator=cpu", "train.phase_epochs=[2,60]",
-                             "loader.train_samples_per_epoch=8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    metrics = run_dir / "logs" / "version_0" / "metrics.csv"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") > 20):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
+    proc, out, _ = _train_then_signal(tiny_shards, tmp_path / "run", signal.SIGINT, "disabled")
     assert proc.returncode == 130, out[-3000:]
-    assert "SIGINT: saved a checkpoint at step" in out and len(hpc_checkpoints(run_dir)) == 1
+    assert "SIGINT: saved a checkpoint at step" in out and len(hpc_checkpoints(tmp_path / "run")) == 1
