@@ -50,10 +50,26 @@ def load_manifest(shard_dir: str | Path) -> dict:
 
 
 def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None) -> List[ShardInfo]:
-    """The shard files of one split with their sample counts, in manifest order."""
+    """The shard files of one split with their sample counts, in manifest order. A shard that is missing or not the
+    size the manifest says (truncated, rewritten, another build's) is left out with a warning naming it, so an epoch's
+    length and the shards' weights count only what is there (`recon3d shards verify` checks contents too)."""
+    import logging
+
     manifest = manifest or load_manifest(shard_dir)
-    return [ShardInfo(str(Path(shard_dir) / f"{s['name']}.tar"), s["samples"])
-            for s in manifest["shards"] if s["split"] == split]
+    infos = []
+    for shard in manifest["shards"]:
+        if shard["split"] != split:
+            continue
+        path = Path(shard_dir) / f"{shard['name']}.tar"
+        size = path.stat().st_size if path.is_file() else None
+        if size is None or ("bytes" in shard and size != shard["bytes"]):
+            found = "missing" if size is None else f"{size} bytes, the manifest says {shard['bytes']}"
+            logging.getLogger("recon3d.data").warning(
+                f"{path}: {found}; skipping it ({shard['samples']} samples). Rebuild: recon3d shards build "
+                "(finished shards are kept)")
+            continue
+        infos.append(ShardInfo(str(path), shard["samples"]))
+    return infos
 
 
 def read_tar(path: str | Path) -> dict:

@@ -155,7 +155,7 @@ def test_corrupt_sample_is_skipped_with_a_warning(tiny_shards, tmp_path, caplog)
     assert any(victim in r.getMessage() and "skipping" in r.getMessage() for r in caplog.records)
 
 
-def test_truncated_shard_keeps_what_it_can_and_goes_on(tiny_shards, tmp_path, caplog):
+def test_truncated_shard_is_skipped_and_the_rest_goes_on(tiny_shards, tmp_path, caplog):
     shutil.copytree(tiny_shards, tmp_path / "s", dirs_exist_ok=True)
     shards = tmp_path / "s"
     val = [s for s in json.loads((shards / "manifest.json").read_text())["shards"] if s["split"] == "val"]
@@ -197,3 +197,19 @@ def test_persistent_workers_reshuffle_every_epoch(tiny_shards):
     loader = dm.train_dataloader()
     epochs = [[k for b in loader for k in b["key"]] for _ in range(2)]
     assert loader.persistent_workers and epochs[0] != epochs[1]
+
+
+def test_a_truncated_or_missing_shard_is_skipped_with_a_warning_and_not_counted(tiny_shards, tmp_path, caplog):
+    from recon3d.data.shards import shard_infos
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards, ignore=shutil.ignore_patterns("latents"))
+    train = [s for s in json.loads((shards / "manifest.json").read_text())["shards"] if s["split"] == "train"]
+    with open(shards / f"{train[0]['name']}.tar", "r+b") as fh:
+        fh.truncate(1000)
+    (shards / f"{train[1]['name']}.tar").unlink()
+    with caplog.at_level(logging.WARNING, logger="recon3d.data"):
+        infos = shard_infos(shards, "train")
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert f"{train[0]['name']}.tar: 1000 bytes, the manifest says" in said and f"{train[1]['name']}.tar: missing" in said
+    assert [i.path.rsplit("/", 1)[-1] for i in infos] == [f"{s['name']}.tar" for s in train[2:]]
