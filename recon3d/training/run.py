@@ -60,6 +60,39 @@ def check_slurm(cfg: Config, environ=None) -> None:
                           f"train.num_nodes={nodes} or #SBATCH --nodes={cfg.train.num_nodes}")
 
 
+def check_resumed_config(cfg: Config, run_dir: Path, resume: Optional[str]) -> None:
+    """A resumed run against the config its folder last trained with: an optimiser setting (lr, betas) that the
+    checkpoint's optimiser state would silently override is refused; any other change applies, with a warning."""
+    import os
+    import sys
+
+    from recon3d.config import ConfigError
+
+    saved = run_dir / "config.json"
+    if resume is None or not saved.is_file():
+        return
+    old, new = _flat(json.loads(saved.read_text())), _flat(to_dict(cfg))
+    changed = {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys()) if old[k] != new[k] and k != "train.resume"}
+    frozen = [k for k in changed if k.rsplit(".", 1)[-1] in ("lr", "beta1", "beta2")]
+    if frozen:
+        asked = ", ".join(f"{k}={changed[k][1]} (trained with {changed[k][0]})" for k in frozen)
+        raise ConfigError(f"{run_dir} resumes with its optimiser state, which would keep the old value of {asked}: "
+                          "use another train.run_dir, train.resume=never, or the old value")
+    if changed and os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":
+        print(f"recon3d: resuming {run_dir} with changed settings (applied): " +
+              ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), file=sys.stderr)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (), **trainer_overrides) -> RunResult:
     """Train the stage described by cfg (resuming when a last.ckpt exists) and return where things went.
 
@@ -78,12 +111,14 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     manifest = getattr(datamodule, "manifest", None) or load_manifest(cfg.loader.shards)
     check_training_config(cfg, manifest)
     task = build_task(cfg, manifest, datamodule)
+    resume = resolve_resume(cfg)
+    check_resumed_config(cfg, run_dir, resume)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
     trainer = build_trainer(cfg, enable_wandb=enable_wandb, extra_callbacks=extra_callbacks, **trainer_overrides)
     from recon3d.training.callbacks import Preempted
 
     try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=resolve_resume(cfg))
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
     except Preempted:
         _finish_wandb(trainer, preempted=True)
         raise

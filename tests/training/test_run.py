@@ -69,3 +69,21 @@ def test_last_checkpoint_holds_the_final_step_with_step_checkpoints_on(tiny_shar
                              "train.checkpoint_every_steps=5"), enable_wandb=False, enable_progress_bar=False)
     assert result.global_step == 16
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 16
+
+
+def test_a_resume_with_a_changed_setting_refuses_optimiser_ones_and_says_which_others_apply(tiny_shards, tmp_path,
+                                                                                            capsys):
+    import pytest
+
+    from recon3d.config import ConfigError
+    from recon3d.training.run import run
+    from tests.conftest import tiny_config
+
+    base = [f"loader.shards={tiny_shards}", f"train.run_dir={tmp_path}", "train.accelerator=cpu",
+            "loader.train_samples_per_epoch=8", "train.phase_epochs=[1,1]"]
+    run(tiny_config(*base), enable_wandb=False)
+    with pytest.raises(ConfigError, match=r"would keep the old value of train.lr=0.01 \(trained with 0.001\)"):
+        run(tiny_config(*base, "train.lr=0.01"), enable_wandb=False)
+    result = run(tiny_config(*base, "train.phase_epochs=[1,2]"), enable_wandb=False)
+    assert "with changed settings (applied): train.phase_epochs [1, 1] -> [1, 2]" in capsys.readouterr().err
+    assert result.epoch == 3
