@@ -79,10 +79,18 @@ def detect_kind(root: Path) -> str:
     return "folder"
 
 
-def _walk(root: Path):
-    """Every file (and dangling link) below root, sorted, without following directory links."""
+def _walk(root: Path, odd: List[Tuple[Path, str]]):
+    """Every file (and dangling link) below root, sorted, without following directory links; the folders that look
+    like inputs (named like a mesh file) or are links to folders go to `odd` with the reason, so that every path
+    that could be an input gets a sample or a reject."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
+        for name in dirnames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                odd.append((path, "a link to a folder: not followed (give its target as the root, or copy it)"))
+            elif path.suffix.lower() in MESH_EXTENSIONS + (".binvox",):
+                odd.append((path, f"a folder named like a {path.suffix} file, not a file"))
         for name in sorted(filenames):
             yield Path(dirpath) / name
 
@@ -104,8 +112,8 @@ def _folder(root: Path, cfg: SourceConfig, only_binvox: bool) -> Tuple[List[Item
     exts = (".binvox",) if only_binvox else MESH_EXTENSIONS + (".binvox",)
     up = cfg.up_axis if cfg.up_axis != "auto" else "+y"
     front = cfg.front_axis if cfg.front_axis != "auto" else "-z"
-    candidates = []
-    for path in _walk(root):
+    candidates, odd = [], []
+    for path in _walk(root, odd):
         if path.suffix.lower() not in exts:
             continue
         rel = path.relative_to(root)
@@ -115,7 +123,8 @@ def _folder(root: Path, cfg: SourceConfig, only_binvox: bool) -> Tuple[List[Item
         kind = "binvox" if path.suffix.lower() == ".binvox" else "mesh"
         item = Item(make_key(category, shape_id), rel.as_posix(), kind, None, -1, up, front)
         candidates.append((rel.as_posix(), item))
-    return _dedupe(candidates)
+    items, rejects = _dedupe(candidates)
+    return items, rejects + [{"path": p.relative_to(root).as_posix(), "key": "", "reason": why} for p, why in odd]
 
 
 def _shapenet(root: Path, cfg: SourceConfig) -> Tuple[List[Item], List[Reject]]:

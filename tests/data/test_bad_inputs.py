@@ -262,9 +262,25 @@ def test_a_build_over_all_bad_inputs_accounts_for_every_file(tmp_path):
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     rejected = {r["path"] for r in rejects}
     inputs = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.suffix in
-              (".obj", ".off", ".ply", ".stl", ".glb", ".gltf", ".binvox") and (p.is_file() or p.is_symlink())}
+              (".obj", ".off", ".ply", ".stl", ".glb", ".gltf", ".binvox")}  # files, links and a folder named x.obj
     inputs.discard("a/tex.mtl")
     accepted = result.manifest["samples"]
     assert accepted + len(rejected) == len(inputs)
     assert any("duplicate shape id" in r["reason"] for r in rejects)
     assert all(r["reason"] for r in rejects)
+
+
+def test_a_folder_named_like_a_mesh_and_a_folder_link_get_a_reason(tmp_path):
+    src = tmp_path / "src"
+    (src / "chair" / "seat.obj").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    _write(tmp_path / "elsewhere" / "box.obj", BOX_OBJ)
+    (src / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    _write(src / "table" / "box.obj", BOX_OBJ)
+    out = tmp_path / "out"
+    result = build_shards(tiny_config(f"source.root={src}", f"shards.out_dir={out}"), progress=False)
+    reasons = {json.loads(line)["path"]: json.loads(line)["reason"]
+               for line in (out / "rejects.jsonl").read_text().splitlines()}
+    assert result.manifest["samples"] == 1
+    assert reasons == {"chair/seat.obj": "a folder named like a .obj file, not a file",
+                       "linked": "a link to a folder: not followed (give its target as the root, or copy it)"}
