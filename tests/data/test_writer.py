@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,38 @@ def test_a_second_build_of_the_same_part_stops_naming_the_first(tiny_meshes, tmp
                      "--no-progress"]) == 2
         assert not list(out.glob("*.tar"))
     assert _build(tiny_meshes, out).manifest  # released: builds
+
+
+def _children(pid: int) -> list:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_pool_workers_die_with_a_killed_build(tiny_meshes, tmp_path):
+    """kill -9 of the build's main process left its pool workers running (200 MB each, alive after 60 s)."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "recon3d", "shards", "build", "-c", str(TINY), "--root",
+                             str(tiny_meshes), "--out", str(out), "--no-progress", "--workers", "2",
+                             "geometry.fine_resolution=64", "render.views=12"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    workers = []
+    while time.time() < deadline and len(workers) < 2:
+        workers = _children(proc.pid)
+        time.sleep(0.05)
+    assert len(workers) >= 2, "the pool never started"
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.05)
+    alive = [w for w in workers if Path(f"/proc/{w}").exists()
+             and Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert not alive, f"workers {alive} outlived their build"
