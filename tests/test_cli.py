@@ -237,3 +237,25 @@ def test_a_full_disk_is_one_line_and_debug_shows_the_traceback(monkeypatch, caps
     monkeypatch.setenv("RECON3D_DEBUG", "1")
     with pytest.raises(OSError):
         main(["shards", "summary", "anywhere"])
+
+
+def test_show_skips_a_sample_it_cannot_draw(tiny_shards, tmp_path, capsys):
+    import io
+    import json
+    import shutil
+    import tarfile
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards, ignore=shutil.ignore_patterns("latents"))
+    first = json.loads((shards / "manifest.json").read_text())["shards"][0]["name"]
+    path = shards / f"{first}.tar"
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    broken = next(m.name for m, _ in members if m.name.endswith(".png"))
+    with tarfile.open(path, "w") as tar:
+        for info, data in members:
+            data = b"not a png" if info.name == broken else data
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert main(["shards", "show", str(shards), "-o", str(tmp_path / "sheet.png")]) == 0
+    assert "cannot be drawn" in capsys.readouterr().err and (tmp_path / "sheet.png").is_file()

@@ -6,6 +6,7 @@ shaded projections) and one middle slice, all at the view size.
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 from typing import List
 
@@ -62,14 +63,23 @@ def sample_row(key: str, members: dict, views: int, size: int) -> np.ndarray:
 
 def contact_sheet(shard_dir: str | Path, out: str | Path, *, count: int = 8, views: int = 4, size: int = 96,
                   split: str = "") -> Path:
-    """Write a PNG with `count` samples (spread over categories where possible) and return its path."""
+    """Write a PNG with `count` samples (spread over categories where possible) and return its path. A shard that
+    cannot be read or a sample that cannot be drawn is skipped with a line naming it."""
+    import sys
+
     shard_dir, out = Path(shard_dir), Path(out)
     manifest = load_manifest(shard_dir)
     by_category: dict = {}
     for shard in manifest["shards"]:
         if split and shard["split"] != split:
             continue
-        for key, members in read_tar(shard_dir / f"{shard['name']}.tar").items():
+        path = shard_dir / f"{shard['name']}.tar"
+        try:
+            samples = read_tar(path)
+        except (OSError, EOFError, tarfile.TarError) as err:
+            print(f"recon3d: {path}: unreadable ({err}); skipped", file=sys.stderr)
+            continue
+        for key, members in samples.items():
             by_category.setdefault(key.split("/")[0], []).append((key, members))
         if sum(len(v) for v in by_category.values()) >= 4 * count:
             break
@@ -79,7 +89,12 @@ def contact_sheet(shard_dir: str | Path, out: str | Path, *, count: int = 8, vie
         for queue in queues:
             if queue and len(picked) < count:
                 picked.append(queue.pop(0))
-    rows = [sample_row(k, m, views, size) for k, m in picked]
+    rows = []
+    for key, members in picked:
+        try:
+            rows.append(sample_row(key, members, views, size))
+        except Exception as err:  # a damaged member: show the others
+            print(f"recon3d: sample {key!r}: cannot be drawn ({type(err).__name__}: {err}); skipped", file=sys.stderr)
     if not rows:
         raise ValueError(f"{shard_dir}: no samples to show")
     with atomic_path(out, keep_suffix=True) as tmp:

@@ -84,7 +84,8 @@ def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport
     if manifest["source"]["kind"] != "imnet_hdf5":
         required += [schema.points_member(r) for r in geo["point_resolutions"]]
     expected = {"required": required}
-    listed = set()
+    listed, owner = set(), {}
+    report.problems.extend(_split_problems(manifest))
     for shard in manifest["shards"]:
         path = shard_dir / f"{shard['name']}.tar"
         listed.add(path.name)
@@ -108,6 +109,13 @@ def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport
         if len(samples) != shard["samples"]:
             report.problems.append(f"{path.name}: {len(samples)} samples, manifest says {shard['samples']}")
         report.samples += len(samples)
+        for key in samples:
+            if key.startswith("/") or ".." in key.split("/") or not key.strip("/"):
+                report.problems.append(f"{path.name}: sample key {key!r} is not a relative shape id")
+            if key in owner:
+                report.problems.append(f"{path.name}: sample {key!r} is also in {owner[key]}"
+                                       + (" (train/test leakage)" if owner[key][:4] != path.name[:4] else ""))
+            owner.setdefault(key, path.name)
         if decode:
             for key, members in samples.items():
                 report.problems.extend(f"{path.name}: {p}" for p in _check_sample(key, members, expected))
@@ -117,6 +125,23 @@ def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport
     if report.samples != manifest["samples"] and not report.problems:
         report.problems.append(f"{report.samples} samples found, manifest says {manifest['samples']}")
     return report
+
+
+def _split_problems(manifest: dict) -> list:
+    """Split labels that are not a split or disagree with the shard's name, and per-split totals that disagree with
+    the shards listed."""
+    problems = []
+    for shard in manifest["shards"]:
+        if shard["split"] not in schema.SPLITS or not shard["name"].startswith(f"{shard['split']}-"):
+            problems.append(f"{shard['name']}: labelled split {shard['split']!r} in the manifest")
+    for split in schema.SPLITS:
+        listed = [s for s in manifest["shards"] if s["split"] == split]
+        said = manifest.get("splits", {}).get(split, {})
+        counted = {"samples": sum(s["samples"] for s in listed), "shards": len(listed)}
+        for what, value in counted.items():
+            if said.get(what) != value:
+                problems.append(f"manifest splits.{split}.{what} says {said.get(what)}, its shards add up to {value}")
+    return problems
 
 
 def _fact_lines(manifest: dict, facts: dict) -> list:

@@ -26,6 +26,10 @@ def check_training_config(cfg: Config, manifest: dict) -> None:
     """Rules that need the shards: there is something to train on, and the loader reads what the stage needs."""
     if manifest["samples"] == 0 or manifest["splits"]["train"]["samples"] == 0:
         raise ConfigError(f"{cfg.loader.shards}: no training samples")
+    train_samples = manifest["splits"]["train"]["samples"]
+    if cfg.train.stage != "gan" and cfg.loader.batch_size > train_samples:  # a batch would repeat samples, and grow
+        raise ConfigError(f"loader.batch_size={cfg.loader.batch_size} is more than the {train_samples} training "
+                          f"samples in {cfg.loader.shards}")
     wanted = STAGES[cfg.train.stage].loader
     if wanted and cfg.loader.stage and cfg.loader.stage != wanted:
         raise ConfigError(f"train.stage={cfg.train.stage} reads the {wanted} pipeline of the loader, but "

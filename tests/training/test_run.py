@@ -87,3 +87,15 @@ def test_a_resume_with_a_changed_setting_refuses_optimiser_ones_and_says_which_o
     result = run(tiny_config(*base, "train.phase_epochs=[1,2]"), enable_wandb=False)
     assert "with changed settings (applied): train.phase_epochs [1, 1] -> [1, 2]" in capsys.readouterr().err
     assert result.epoch == 3
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_before_training(tiny_shards, tmp_path):
+    import pytest
+
+    from recon3d.config import ConfigError
+    from recon3d.training.run import run
+    from tests.conftest import tiny_config
+
+    with pytest.raises(ConfigError, match=r"loader.batch_size=100000 is more than the 8 training samples"):
+        run(tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={tmp_path}", "train.accelerator=cpu",
+                        "loader.batch_size=100000"), enable_wandb=False)
