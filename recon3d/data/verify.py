@@ -5,7 +5,7 @@ from __future__ import annotations
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 
@@ -109,13 +109,7 @@ def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport
         if len(samples) != shard["samples"]:
             report.problems.append(f"{path.name}: {len(samples)} samples, manifest says {shard['samples']}")
         report.samples += len(samples)
-        for key in samples:
-            if key.startswith("/") or ".." in key.split("/") or not key.strip("/"):
-                report.problems.append(f"{path.name}: sample key {key!r} is not a relative shape id")
-            if key in owner:
-                report.problems.append(f"{path.name}: sample {key!r} is also in {owner[key]}"
-                                       + (" (train/test leakage)" if owner[key][:4] != path.name[:4] else ""))
-            owner.setdefault(key, path.name)
+        report.problems.extend(_key_problems(path.name, samples, owner))
         if decode:
             for key, members in samples.items():
                 report.problems.extend(f"{path.name}: {p}" for p in _check_sample(key, members, expected))
@@ -125,6 +119,19 @@ def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport
     if report.samples != manifest["samples"] and not report.problems:
         report.problems.append(f"{report.samples} samples found, manifest says {manifest['samples']}")
     return report
+
+
+def _key_problems(shard: str, samples: dict, owner: Dict[str, str]) -> List[str]:
+    """Keys that are not relative shape ids, and keys already seen in another shard (`owner`: key -> shard)."""
+    problems = []
+    for key in samples:
+        if key.startswith("/") or ".." in key.split("/") or not key.strip("/"):
+            problems.append(f"{shard}: sample key {key!r} is not a relative shape id")
+        if key in owner:
+            leak = " (train/test leakage)" if owner[key].split("-")[0] != shard.split("-")[0] else ""
+            problems.append(f"{shard}: sample {key!r} is also in {owner[key]}{leak}")
+        owner.setdefault(key, shard)
+    return problems
 
 
 def _split_problems(manifest: dict) -> list:
