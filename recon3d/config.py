@@ -38,8 +38,11 @@ class LoaderConfig:
     shuffle_buffer: int = 64  # per-worker shuffle buffer for training samples
     persistent_workers: bool = True  # keep DataLoader workers between epochs (start-up costs seconds each)
     seed: int = 0  # seeds shard resampling and augmentation
+    verify: str = "size"  # shards checked when loaders are made: size (and presence) against the manifest, every
+    # epoch | sha256: also each shard's checksum, once per run (one extra read of the data) | off
 
     def __post_init__(self) -> None:
+        _check(self.verify in ("size", "sha256", "off"), f"loader.verify={self.verify!r}: size | sha256 | off")
         _check(self.stage in ("", *LOADER_PIPELINES),
                f"loader.stage={self.stage!r}: empty (follow train.stage) or one of {LOADER_PIPELINES}")
         _check(self.batch_size >= 1 and self.num_workers >= 0, "loader.batch_size >= 1 and loader.num_workers >= 0")

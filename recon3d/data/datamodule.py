@@ -57,7 +57,7 @@ class ShardDataModule(L.LightningDataModule):
                  point_resolution: int = 16, points_per_sample: int = 0, crop_size: int = 128, flip: bool = True,
                  grayscale: bool = True, volume_depth: int = 32, holdout_views: int = 0, train_samples_per_epoch: int = 0,
                  shuffle_buffer: int = 64,
-                 persistent_workers: bool = True, seed: int = 0, rank: Optional[int] = None,
+                 persistent_workers: bool = True, seed: int = 0, verify: str = "size", rank: Optional[int] = None,
                  world_size: Optional[int] = None) -> None:
         super().__init__()
         self.shard_dir = Path(shards)
@@ -73,6 +73,8 @@ class ShardDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.persistent_workers = persistent_workers
         self.seed = seed
+        self.verify = verify
+        self._checksummed: Optional[set] = set() if verify == "sha256" else None  # shards whose sha256 matched
         self._rank, self._world = rank, world_size
         self.manifest: dict = {}
 
@@ -117,7 +119,8 @@ class ShardDataModule(L.LightningDataModule):
     def shard_infos(self, split: str) -> List[ShardInfo]:
         if not self.manifest:
             self.setup()
-        return shard_infos(self.shard_dir, split, self.manifest)
+        return shard_infos(self.shard_dir, split, self.manifest, check=self.verify != "off",
+                           checksummed=self._checksummed)
 
     def _decoder(self):
         return PIPELINES[self.stage].decoder(self)

@@ -11,7 +11,7 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 MANIFEST = "manifest.json"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a file name inside the folder: no /, no .., not absolute
@@ -49,11 +49,16 @@ def load_manifest(shard_dir: str | Path) -> dict:
     return manifest
 
 
-def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None) -> List[ShardInfo]:
-    """The shard files of one split with their sample counts, in manifest order. A shard that is missing or not the
-    size the manifest says (truncated, rewritten, another build's) is left out with a warning naming it, so an epoch's
-    length and the shards' weights count only what is there (`recon3d shards verify` checks contents too)."""
+def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None, *, check: bool = True,
+                checksummed: Optional[set] = None) -> List[ShardInfo]:
+    """The shard files of one split with their sample counts, in manifest order. With `check`, a shard that is
+    missing or not the size the manifest says (truncated, rewritten, another build's) is left out with a warning
+    naming it, so an epoch's length and the shards' weights count only what is there; with a `checksummed` set, its
+    sha256 is compared too, once per (file, size, mtime) the set has not seen (`recon3d shards verify` checks
+    contents as well)."""
     import logging
+
+    from recon3d.io import file_sha256
 
     manifest = manifest or load_manifest(shard_dir)
     infos = []
@@ -61,9 +66,20 @@ def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None)
         if shard["split"] != split:
             continue
         path = Path(shard_dir) / f"{shard['name']}.tar"
-        size = path.stat().st_size if path.is_file() else None
+        if not check:
+            infos.append(ShardInfo(str(path), shard["samples"]))
+            continue
+        stat = path.stat() if path.is_file() else None
+        size = stat.st_size if stat else None
+        found = ""
         if size is None or ("bytes" in shard and size != shard["bytes"]):
             found = "missing" if size is None else f"{size} bytes, the manifest says {shard['bytes']}"
+        elif checksummed is not None and (str(path), size, stat.st_mtime_ns) not in checksummed:
+            if file_sha256(path) != shard.get("sha256"):
+                found = "sha256 differs from the manifest (damaged or rewritten)"
+            else:
+                checksummed.add((str(path), size, stat.st_mtime_ns))
+        if found:
             logging.getLogger("recon3d.data").warning(
                 f"{path}: {found}; skipping it ({shard['samples']} samples). Rebuild: recon3d shards build "
                 "(finished shards are kept)")

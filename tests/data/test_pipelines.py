@@ -213,3 +213,21 @@ def test_a_truncated_or_missing_shard_is_skipped_with_a_warning_and_not_counted(
     said = " ".join(r.getMessage() for r in caplog.records)
     assert f"{train[0]['name']}.tar: 1000 bytes, the manifest says" in said and f"{train[1]['name']}.tar: missing" in said
     assert [i.path.rsplit("/", 1)[-1] for i in infos] == [f"{s['name']}.tar" for s in train[2:]]
+
+
+def test_loader_verify_sha256_skips_a_damaged_shard_of_the_right_size(tiny_shards, tmp_path, caplog):
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards, ignore=shutil.ignore_patterns("latents"))
+    train = [s for s in json.loads((shards / "manifest.json").read_text())["shards"] if s["split"] == "train"]
+    with open(shards / f"{train[0]['name']}.tar", "r+b") as fh:  # inverted bytes in the middle, same size
+        fh.seek(2000)
+        data = fh.read(64)
+        fh.seek(2000)
+        fh.write(bytes(255 - b for b in data))
+    assert len(ShardDataModule(shards=str(shards), num_workers=0).shard_infos("train")) == len(train)  # size only
+    checked = ShardDataModule(shards=str(shards), num_workers=0, verify="sha256")
+    with caplog.at_level(logging.WARNING, logger="recon3d.data"):
+        infos = checked.shard_infos("train")
+    assert len(infos) == len(train) - 1
+    assert any("sha256 differs from the manifest" in r.getMessage() for r in caplog.records)
+    assert len(checked._checksummed) == len(train) - 1  # the good ones are not hashed again next epoch
