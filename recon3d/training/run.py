@@ -60,6 +60,27 @@ def check_slurm(cfg: Config, environ=None) -> None:
                           f"train.num_nodes={nodes} or #SBATCH --nodes={cfg.train.num_nodes}")
 
 
+def check_latents(cfg: Config) -> None:
+    """The image encoder and the latent GAN learn the codes exported from an autoencoder and decode with that
+    autoencoder: codes exported from another checkpoint (a retrained one, a different run) are refused, naming both."""
+    from recon3d.config import ConfigError
+    from recon3d.data.latents import INDEX, default_latents
+    from recon3d.io import file_sha256
+    from recon3d.tasks.checkpoints import checkpoint_file
+
+    section = getattr(cfg, cfg.train.stage, None) if cfg.train.stage in ("svr", "gan") else None
+    if section is None or not section.autoencoder_ckpt or not Path(section.autoencoder_ckpt).exists():
+        return  # the stage's own from_config says what is missing
+    index = Path(default_latents(cfg.loader.shards, section.autoencoder_ckpt, section.latents)) / INDEX
+    recorded = json.loads(index.read_text()).get("checkpoint_sha256") if index.is_file() else None
+    if recorded and file_sha256(checkpoint_file(section.autoencoder_ckpt)) != recorded:
+        exported = json.loads(index.read_text()).get("checkpoint", "another checkpoint")
+        raise ConfigError(f"{index.parent}: these latents were exported from {exported}, not from "
+                          f"{cfg.train.stage}.autoencoder_ckpt={section.autoencoder_ckpt} (its sha256 differs): "
+                          f"re-export with recon3d export-latents --ckpt {section.autoencoder_ckpt} --shards "
+                          f"{cfg.loader.shards}, or set {cfg.train.stage}.latents")
+
+
 def check_resumed_config(cfg: Config, run_dir: Path, resume: Optional[str]) -> None:
     """A resumed run against the config its folder last trained with: an optimiser setting (lr, betas) that the
     checkpoint's optimiser state would silently override is refused; any other change applies, with a warning."""
@@ -103,6 +124,7 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     from recon3d.training.build import build_datamodule, build_task, build_trainer, check_training_config
 
     check_slurm(cfg)
+    check_latents(cfg)
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)

@@ -77,3 +77,16 @@ def test_voxel_iou_pools_whichever_grid_is_finer():
     coarse[..., :2] = 1  # a quarter at 8^3
     assert voxel_iou(fine, voxels).tolist() == [1.0]
     assert voxel_iou(coarse, voxels).tolist() == [0.5]
+
+
+def test_latents_of_another_autoencoder_are_refused(tiny_shards, trained_autoencoder, tmp_path):
+    """A retrained autoencoder in a run folder of the same name finds the old run's codes by default."""
+    other = tmp_path / trained_autoencoder.parent.parent.name / "checkpoints" / "last.ckpt"
+    other.parent.mkdir(parents=True)
+    state = torch.load(trained_autoencoder, weights_only=False)
+    first = next(iter(state["state_dict"]))
+    state["state_dict"][first] = state["state_dict"][first] + 1
+    torch.save(state, other)
+    with pytest.raises(ConfigError, match="these latents were exported from .* not from svr.autoencoder_ckpt="):
+        run(tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={tmp_path / 'svr'}", "train.stage=svr",
+                        f"svr.autoencoder_ckpt={other}", "train.accelerator=cpu"), enable_wandb=False)
