@@ -104,6 +104,33 @@ def check_resumed_config(cfg: Config, run_dir: Path, resume: Optional[str]) -> N
               ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), file=sys.stderr)
 
 
+def _shard_facts(manifest: dict) -> dict:
+    """What a run folder remembers of the shards it trained on: how they were made, and which files."""
+    return {"config": manifest.get("config", {}), "shards": {s["name"]: s.get("sha256") for s in manifest["shards"]}}
+
+
+def check_resumed_shards(manifest: dict, run_dir: Path, resume: Optional[str]) -> None:
+    """A resumed run (a requeued job, say) whose shards were rebuilt underneath it: with other preparation
+    settings (resolutions, views, voxel rule) it is refused; with other files only, it goes on with a warning."""
+    import sys
+
+    from recon3d.config import ConfigError
+
+    saved = run_dir / "shards.json"
+    if resume is None or not saved.is_file():
+        return
+    old, new = json.loads(saved.read_text()), _shard_facts(manifest)
+    was, now = _flat(old["config"]), _flat(new["config"])
+    changed = {k: (was.get(k), now.get(k)) for k in was.keys() | now.keys() if was.get(k) != now.get(k)}
+    if changed:
+        raise ConfigError(f"the shards {run_dir} trained on were rebuilt with other settings ("
+                          + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())[:5])
+                          + "): resume with those shards, or train in a new train.run_dir")
+    if old["shards"] != new["shards"]:
+        print(f"recon3d: the shards of {run_dir} changed since its last run (same settings, other files); "
+              "resuming on the new ones", file=sys.stderr)
+
+
 def _flat(tree: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in tree.items():
@@ -135,7 +162,9 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     task = build_task(cfg, manifest, datamodule)
     resume = resolve_resume(cfg)
     check_resumed_config(cfg, run_dir, resume)
+    check_resumed_shards(manifest, run_dir, resume)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
+    (run_dir / "shards.json").write_text(json.dumps(_shard_facts(manifest), indent=1, sort_keys=True))
     trainer = build_trainer(cfg, enable_wandb=enable_wandb, extra_callbacks=extra_callbacks, **trainer_overrides)
     from recon3d.training.callbacks import Preempted
 

@@ -99,3 +99,23 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_training(tiny_sh
     with pytest.raises(ConfigError, match=r"loader.batch_size=100000 is more than the 8 training samples"):
         run(tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={tmp_path}", "train.accelerator=cpu",
                         "loader.batch_size=100000"), enable_wandb=False)
+
+
+def test_a_resume_on_shards_rebuilt_with_other_settings_is_refused(tiny_meshes, tmp_path):
+    import pytest
+
+    from recon3d.config import ConfigError
+    from recon3d.data.writer import build_shards
+    from recon3d.training.run import run
+    from tests.conftest import tiny_config
+
+    shards = tmp_path / "shards"
+    build_shards(tiny_config(f"source.root={tiny_meshes}", f"shards.out_dir={shards}", "shards.samples_per_shard=2",
+                             "shards.split=[0.5,0.25,0.25]"), progress=False)
+    base = [f"loader.shards={shards}", f"train.run_dir={tmp_path / 'run'}", "train.accelerator=cpu",
+            "loader.train_samples_per_epoch=8", "train.phase_epochs=[1,1]"]
+    run(tiny_config(*base), enable_wandb=False)
+    build_shards(tiny_config(f"source.root={tiny_meshes}", f"shards.out_dir={shards}", "shards.samples_per_shard=2",
+                             "shards.split=[0.5,0.25,0.25]", "render.views=4"), progress=False)  # rebuilt underneath
+    with pytest.raises(ConfigError, match=r"rebuilt with other settings \(render.views 3 -> 4\)"):
+        run(tiny_config(*base, "train.phase_epochs=[1,2]"), enable_wandb=False)
