@@ -74,6 +74,8 @@ def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None,
         found = ""
         if size is None or ("bytes" in shard and size != shard["bytes"]):
             found = "missing" if size is None else f"{size} bytes, the manifest says {shard['bytes']}"
+        elif _sidecar_count(path) not in (None, shard["samples"]):  # an edited manifest: its weight would be wrong
+            found = f"the manifest says {shard['samples']} samples, the shard's own record {_sidecar_count(path)}"
         elif checksummed is not None and (str(path), size, stat.st_mtime_ns) not in checksummed:
             if file_sha256(path) != shard.get("sha256"):
                 found = "sha256 differs from the manifest (damaged or rewritten)"
@@ -86,6 +88,14 @@ def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None,
             continue
         infos.append(ShardInfo(str(path), shard["samples"]))
     return infos
+
+
+def _sidecar_count(tar: Path) -> Optional[int]:
+    """The sample count in the JSON the writer leaves beside each shard (None when there is none to compare)."""
+    try:
+        return int(json.loads(tar.with_suffix(".json").read_text())["samples"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def read_tar(path: str | Path) -> dict:

@@ -231,3 +231,17 @@ def test_loader_verify_sha256_skips_a_damaged_shard_of_the_right_size(tiny_shard
     assert len(infos) == len(train) - 1
     assert any("sha256 differs from the manifest" in r.getMessage() for r in caplog.records)
     assert len(checked._checksummed) == len(train) - 1  # the good ones are not hashed again next epoch
+
+
+def test_an_inflated_manifest_count_is_caught_by_the_shards_own_record(tiny_shards, tmp_path, caplog):
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards, ignore=shutil.ignore_patterns("latents"))
+    manifest = json.loads((shards / "manifest.json").read_text())
+    first = next(s for s in manifest["shards"] if s["split"] == "train")
+    first["samples"] *= 10  # drawn 10x too often, epoch too long
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="recon3d.data"):
+        infos = ShardDataModule(shards=str(shards), num_workers=0).shard_infos("train")
+    assert first["name"] not in " ".join(i.path for i in infos)
+    assert any(f"the manifest says {first['samples']} samples, the shard's own record" in r.getMessage()
+               for r in caplog.records)
