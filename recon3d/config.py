@@ -38,8 +38,9 @@ class LoaderConfig:
     shuffle_buffer: int = 64  # per-worker shuffle buffer for training samples
     persistent_workers: bool = True  # keep DataLoader workers between epochs (start-up costs seconds each)
     seed: int = 0  # seeds shard resampling and augmentation
-    verify: str = "size"  # shards checked when loaders are made: size (and presence) against the manifest, every
-    # epoch | sha256: also each shard's checksum, once per run (one extra read of the data) | off
+    verify: str = "size"  # shards checked when loaders are made: presence and size against the manifest, and its
+    # count against the shard's sidecar | sha256: also each shard's checksum (one extra read of the data) | off;
+    # the size every time, the rest once per file state per run
 
     def __post_init__(self) -> None:
         _check(self.verify in ("size", "sha256", "off"), f"loader.verify={self.verify!r}: size | sha256 | off")

@@ -74,7 +74,7 @@ class ShardDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.seed = seed
         self.verify = verify
-        self._checksummed: Optional[set] = set() if verify == "sha256" else None  # shards whose sha256 matched
+        self._checked: set = set()  # file states of the shards that passed loader.verify (not looked at again)
         self._rank, self._world = rank, world_size
         self.manifest: dict = {}
 
@@ -120,7 +120,7 @@ class ShardDataModule(L.LightningDataModule):
         if not self.manifest:
             self.setup()
         return shard_infos(self.shard_dir, split, self.manifest, check=self.verify != "off",
-                           checksummed=self._checksummed)
+                           checksum=self.verify == "sha256", checked=self._checked)
 
     def _decoder(self):
         return PIPELINES[self.stage].decoder(self)

@@ -49,16 +49,20 @@ def load_manifest(shard_dir: str | Path) -> dict:
     return manifest
 
 
-def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None, *, check: bool = True,
-                checksummed: Optional[set] = None) -> List[ShardInfo]:
-    """The shard files of one split with their sample counts, in manifest order. With `check`, a shard that is
-    missing or not the size the manifest says (truncated, rewritten, another build's) is left out with a warning
-    naming it, so an epoch's length and the shards' weights count only what is there; with a `checksummed` set, its
-    sha256 is compared too, once per (file, size, mtime) the set has not seen (`recon3d shards verify` checks
-    contents as well)."""
-    import logging
+def sidecar_path(shard_dir: str | Path, name: str) -> Path:
+    """The JSON the writer leaves beside each shard (count, sha256, rejects, plan hash)."""
+    return Path(shard_dir) / f"{name}.json"
 
-    from recon3d.io import file_sha256
+
+def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None, *, check: bool = True,
+                checksum: bool = False, checked: Optional[set] = None) -> List[ShardInfo]:
+    """The shard files of one split with their sample counts, in manifest order. With `check`, a shard that is
+    missing, not the size the manifest says (truncated, rewritten, another build's), or whose manifest count
+    disagrees with its sidecar (an edited manifest would weight it wrongly) is left out with a warning naming it, so
+    an epoch's length and the shards' weights count only what is there; with `checksum` its sha256 is compared too.
+    The size is looked at every call; the rest once per file state (path, size, mtime) not yet in `checked`, which
+    collects the shards that passed (`recon3d shards verify` checks contents as well)."""
+    import logging
 
     manifest = manifest or load_manifest(shard_dir)
     infos = []
@@ -66,21 +70,17 @@ def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None,
         if shard["split"] != split:
             continue
         path = Path(shard_dir) / f"{shard['name']}.tar"
-        if not check:
-            infos.append(ShardInfo(str(path), shard["samples"]))
-            continue
-        stat = path.stat() if path.is_file() else None
-        size = stat.st_size if stat else None
+        stat = path.stat() if check and path.is_file() else None
+        state = (str(path), stat.st_size, stat.st_mtime_ns) if stat else None
         found = ""
-        if size is None or ("bytes" in shard and size != shard["bytes"]):
-            found = "missing" if size is None else f"{size} bytes, the manifest says {shard['bytes']}"
-        elif _sidecar_count(path) not in (None, shard["samples"]):  # an edited manifest: its weight would be wrong
-            found = f"the manifest says {shard['samples']} samples, the shard's own record {_sidecar_count(path)}"
-        elif checksummed is not None and (str(path), size, stat.st_mtime_ns) not in checksummed:
-            if file_sha256(path) != shard.get("sha256"):
-                found = "sha256 differs from the manifest (damaged or rewritten)"
-            else:
-                checksummed.add((str(path), size, stat.st_mtime_ns))
+        if check and stat is None:
+            found = "missing"
+        elif check and "bytes" in shard and stat.st_size != shard["bytes"]:
+            found = f"{stat.st_size} bytes, the manifest says {shard['bytes']}"
+        elif check and (checked is None or state not in checked):
+            found = _content_problem(Path(shard_dir), shard, path, checksum)
+            if not found and checked is not None:
+                checked.add(state)
         if found:
             logging.getLogger("recon3d.data").warning(
                 f"{path}: {found}; skipping it ({shard['samples']} samples). Rebuild: recon3d shards build "
@@ -90,12 +90,19 @@ def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None,
     return infos
 
 
-def _sidecar_count(tar: Path) -> Optional[int]:
-    """The sample count in the JSON the writer leaves beside each shard (None when there is none to compare)."""
+def _content_problem(shard_dir: Path, shard: dict, path: Path, checksum: bool) -> str:
+    """Why a shard of the right size does not match its manifest entry ("" when it does)."""
+    from recon3d.io import file_sha256
+
     try:
-        return int(json.loads(tar.with_suffix(".json").read_text())["samples"])
+        recorded = int(json.loads(sidecar_path(shard_dir, shard["name"]).read_text())["samples"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        recorded = None  # no sidecar to compare with (an older shard set)
+    if recorded is not None and recorded != shard["samples"]:
+        return f"the manifest says {shard['samples']} samples, the shard's own record {recorded}"
+    if checksum and file_sha256(path) != shard.get("sha256"):
+        return "sha256 differs from the manifest (damaged or rewritten)"
+    return ""
 
 
 def read_tar(path: str | Path) -> dict:

@@ -6,10 +6,10 @@ sample short; it never moves other items, so shard contents do not depend on wha
 
 Each shard is written to `<name>.tar.tmp` under an exclusive advisory lock (flock: two builds into one folder, or a
 rerun of one array index while the array or its merge still runs, never write or delete each other's shard in
-flight; a shard another build holds is skipped and left to it), renamed to `<name>.tar`, and only then is its sidecar `<name>.json`
-(count, sha256, rejects, plan hash) written, also through a temp name. A shard counts as finished only when its
-sidecar exists with the current plan hash and the tar has the recorded size, so a rerun after kill -9 redoes the
-shard that was in flight and nothing else. The manifest is written last, from the sidecars.
+flight; a shard another build holds is skipped and left to it), renamed to `<name>.tar`, and only then is its
+sidecar `<name>.json` (count, sha256, rejects, plan hash) written, also through a temp name. A shard counts as
+finished only when its sidecar exists with the current plan hash and the tar has the recorded size, so a rerun after
+kill -9 redoes the shard that was in flight and nothing else. The manifest is written last, from the sidecars.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from recon3d.config import Config, to_dict
 from recon3d.data import schema
 from recon3d.data.executors import ordered_map, ray_ordered_map
 from recon3d.data.prepare import Prepared
-from recon3d.data.shards import MANIFEST
+from recon3d.data.shards import MANIFEST, sidecar_path
 from recon3d.data.sources import Item, assign_split, discover
 from recon3d.io import atomic_write, file_sha256
 REJECTS = "rejects.jsonl"
@@ -111,14 +111,10 @@ def write_sample(tar: tarfile.TarFile, prepared: Prepared) -> None:
         _tar_add(tar, f"{prepared.key}.{member}", prepared.members[member])
 
 
-def _sidecar(out: Path, name: str) -> Path:
-    return out / f"{name}.json"
-
-
 def finished(out: Path, plan: ShardPlan) -> Optional[dict]:
     """The sidecar of a shard that is complete for this plan, else None."""
     try:
-        side = json.loads(_sidecar(out, plan.name).read_text())
+        side = json.loads(sidecar_path(out, plan.name).read_text())
     except (OSError, ValueError):
         return None
     tar = out / f"{plan.name}.tar"
@@ -139,7 +135,7 @@ def _finish_shard(out: Path, plan: ShardPlan, tar: tarfile.TarFile, handle, coun
             "facts": facts, "plan_hash": plan.plan_hash}
     os.replace(tmp, final)
     handle.close()  # the lock is released only once the shard has its final name
-    atomic_write(_sidecar(out, plan.name), json.dumps(side, indent=1, sort_keys=True).encode())
+    atomic_write(sidecar_path(out, plan.name), json.dumps(side, indent=1, sort_keys=True).encode())
     return side
 
 

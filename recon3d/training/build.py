@@ -75,9 +75,10 @@ def build_loggers(cfg: Config, enable_wandb: bool = True) -> list:
     loggers: List = [CSVLogger(save_dir=str(run_dir), name="logs")]
     if enable_wandb and cfg.train.logger == "wandb" and cfg.train.wandb_mode != "disabled":
         os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.insert(0, _stepped_wandb_logger()(project=cfg.train.wandb_project, name=run_dir.name, save_dir=str(run_dir),
-                                      offline=cfg.train.wandb_mode == "offline", config=to_dict(cfg),
-                                      id=_wandb_run_id(run_dir), group=cfg.train.wandb_group or None))
+        wandb_logger = _stepped_wandb_logger()
+        loggers.insert(0, wandb_logger(project=cfg.train.wandb_project, name=run_dir.name, save_dir=str(run_dir),
+                                       offline=cfg.train.wandb_mode == "offline", config=to_dict(cfg),
+                                       id=_wandb_run_id(run_dir), group=cfg.train.wandb_group or None))
     return loggers
 
 
@@ -89,6 +90,7 @@ def _stepped_wandb_logger():
     segments' rows follow one another (a restart from a preemption checkpoint logs nothing twice; after a kill -9
     the steps since the last checkpoint are logged again and W&B keeps the first)."""
     from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.loggers.wandb import _add_prefix
     from lightning.pytorch.utilities import rank_zero_only
 
     class SteppedWandbLogger(WandbLogger):
@@ -96,9 +98,8 @@ def _stepped_wandb_logger():
         def log_metrics(self, metrics, step=None) -> None:
             if step is None:
                 return super().log_metrics(metrics, step)
-            prefixed = {f"{self._prefix}{self.LOGGER_JOIN_CHAR}{k}" if self._prefix else k: v
-                        for k, v in metrics.items()}
-            self.experiment.log({**prefixed, "trainer/global_step": step}, step=step)
+            metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)  # as WandbLogger does
+            self.experiment.log({**metrics, "trainer/global_step": step}, step=step)
 
     return SteppedWandbLogger
 

@@ -72,9 +72,10 @@ def check_latents(cfg: Config) -> None:
     if section is None or not section.autoencoder_ckpt or not Path(section.autoencoder_ckpt).exists():
         return  # the stage's own from_config says what is missing
     index = Path(default_latents(cfg.loader.shards, section.autoencoder_ckpt, section.latents)) / INDEX
-    recorded = json.loads(index.read_text()).get("checkpoint_sha256") if index.is_file() else None
+    info = json.loads(index.read_text()) if index.is_file() else {}
+    recorded = info.get("checkpoint_sha256")
     if recorded and file_sha256(checkpoint_file(section.autoencoder_ckpt)) != recorded:
-        exported = json.loads(index.read_text()).get("checkpoint", "another checkpoint")
+        exported = info.get("checkpoint", "another checkpoint")
         raise ConfigError(f"{index.parent}: these latents were exported from {exported}, not from "
                           f"{cfg.train.stage}.autoencoder_ckpt={section.autoencoder_ckpt} (its sha256 differs): "
                           f"re-export with recon3d export-latents --ckpt {section.autoencoder_ckpt} --shards "
@@ -84,8 +85,9 @@ def check_latents(cfg: Config) -> None:
 def check_resumed_config(cfg: Config, run_dir: Path, resume: Optional[str]) -> None:
     """A resumed run against the config its folder last trained with: an optimiser setting (lr, betas) that the
     checkpoint's optimiser state would silently override is refused; any other change applies, with a warning."""
-    import os
     import sys
+
+    from lightning.pytorch.utilities import rank_zero_only
 
     from recon3d.config import ConfigError
 
@@ -99,7 +101,7 @@ def check_resumed_config(cfg: Config, run_dir: Path, resume: Optional[str]) -> N
         asked = ", ".join(f"{k}={changed[k][1]} (trained with {changed[k][0]})" for k in frozen)
         raise ConfigError(f"{run_dir} resumes with its optimiser state, which would keep the old value of {asked}: "
                           "use another train.run_dir, train.resume=never, or the old value")
-    if changed and os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":
+    if changed and rank_zero_only.rank == 0:  # Lightning's rank from the launcher's variables, before any trainer
         print(f"recon3d: resuming {run_dir} with changed settings (applied): " +
               ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), file=sys.stderr)
 

@@ -230,7 +230,7 @@ def test_loader_verify_sha256_skips_a_damaged_shard_of_the_right_size(tiny_shard
         infos = checked.shard_infos("train")
     assert len(infos) == len(train) - 1
     assert any("sha256 differs from the manifest" in r.getMessage() for r in caplog.records)
-    assert len(checked._checksummed) == len(train) - 1  # the good ones are not hashed again next epoch
+    assert len(checked._checked) == len(train) - 1  # the good ones are not hashed again next epoch
 
 
 def test_an_inflated_manifest_count_is_caught_by_the_shards_own_record(tiny_shards, tmp_path, caplog):
