@@ -58,6 +58,14 @@ def _shards_verify(args) -> int:
     return 0 if report.ok else 1
 
 
+def _shards_upgrade(args) -> int:
+    from recon3d.data.index import upgrade
+
+    lines = upgrade(args.dir)
+    print("\n".join(lines))
+    return 1 if any("not indexed" in line for line in lines) else 0
+
+
 def _shards_show(args) -> int:
     from recon3d.data.contact_sheet import contact_sheet
 
@@ -124,8 +132,10 @@ def _bench(args) -> int:
         print(bench.bench_prep(cfg, args.limit or 12, workers))
     else:
         if args.what in ("loader", "data"):
-            print(bench.bench_loader(args.target, args.stage, workers, args.batches, args.batch_size,
-                                     args.resolution, args.repeats))
+            from recon3d.workflows.bench_loader import bench_loader
+
+            print(bench_loader(args.target, args.stage, workers, args.batches, args.batch_size, args.resolution,
+                               args.repeats))
         if args.what in ("shards", "data"):
             print(bench.bench_shards(args.target))
     return 0
@@ -218,6 +228,8 @@ def _configure_bench(bench) -> None:
 SHARD_VERBS = [
     Verb("build", "meshes/binvox/IM-NET hdf5 -> shards (resumable)", _configure_build, _shards_build),
     Verb("verify", "check every checksum, count and member against the manifest", _configure_verify, _shards_verify),
+    Verb("upgrade", "give an older shard set its per-shard indexes (random access; the tars are unchanged)",
+         _configure_folder, _shards_upgrade),
     Verb("show", "write a contact sheet PNG (views + voxel projections)", _configure_show, _shards_show),
     Verb("summary", "splits, categories, rejects and size of a shard folder", _configure_folder, _shards_summary),
 ]

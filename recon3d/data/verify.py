@@ -108,6 +108,7 @@ def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport
             continue
         if len(samples) != shard["samples"]:
             report.problems.append(f"{path.name}: {len(samples)} samples, manifest says {shard['samples']}")
+        report.problems.extend(_index_problems(path, shard))
         report.samples += len(samples)
         report.problems.extend(_key_problems(path.name, samples, owner))
         if decode:
@@ -119,6 +120,24 @@ def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport
     if report.samples != manifest["samples"] and not report.problems:
         report.problems.append(f"{report.samples} samples found, manifest says {manifest['samples']}")
     return report
+
+
+def _index_problems(path: Path, shard: dict) -> List[str]:
+    """The index beside a tar: present when the manifest records one, its sha256 as recorded, and equal to the
+    index made afresh from the tar's headers (a shard set from before indexes has none: `recon3d shards upgrade`)."""
+    import hashlib
+
+    from recon3d.data.index import index_bytes, index_path, scan_tar
+
+    idx = index_path(path)
+    if not idx.is_file():
+        return [f"{idx.name}: missing (the manifest records one)"] if "index_sha256" in shard else []
+    data = idx.read_bytes()
+    if "index_sha256" in shard and hashlib.sha256(data).hexdigest() != shard["index_sha256"]:
+        return [f"{idx.name}: sha256 differs from the manifest (damaged or rewritten)"]
+    if data != index_bytes(scan_tar(path)):
+        return [f"{idx.name}: disagrees with the offsets and sizes in {path.name}"]
+    return []
 
 
 def _key_problems(shard: str, samples: dict, owner: Dict[str, str]) -> List[str]:

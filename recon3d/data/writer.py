@@ -33,6 +33,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from recon3d.config import Config, to_dict
 from recon3d.data import schema
 from recon3d.data.executors import ordered_map, ray_ordered_map
+from recon3d.data.index import index_bytes, index_path, scan_tar, write_index
 from recon3d.data.prepare import Prepared
 from recon3d.data.shards import MANIFEST, sidecar_path
 from recon3d.data.sources import Item, assign_split, discover
@@ -112,14 +113,19 @@ def write_sample(tar: tarfile.TarFile, prepared: Prepared) -> None:
 
 
 def finished(out: Path, plan: ShardPlan) -> Optional[dict]:
-    """The sidecar of a shard that is complete for this plan, else None."""
+    """The sidecar of a shard that is complete for this plan, else None. A complete shard without its index (one
+    written before indexes existed, or whose index was deleted) is indexed here rather than rebuilt."""
+    side_path = sidecar_path(out, plan.name)
     try:
-        side = json.loads(sidecar_path(out, plan.name).read_text())
+        side = json.loads(side_path.read_text())
     except (OSError, ValueError):
         return None
     tar = out / f"{plan.name}.tar"
     if side.get("plan_hash") != plan.plan_hash or not tar.is_file() or tar.stat().st_size != side.get("bytes"):
         return None
+    if not index_path(tar).is_file() or "index_sha256" not in side:
+        side["index_sha256"] = write_index(tar)
+        atomic_write(side_path, json.dumps(side, indent=1, sort_keys=True).encode())
     return side
 
 
@@ -130,9 +136,11 @@ def _finish_shard(out: Path, plan: ShardPlan, tar: tarfile.TarFile, handle, coun
     os.fsync(handle.fileno())
     tmp = out / f"{plan.name}.tar.tmp"
     final = out / f"{plan.name}.tar"
+    index = index_bytes(scan_tar(tmp))
+    atomic_write(index_path(final), index)  # before the tar gets its name: a finished tar always has its index
     side = {"name": plan.name, "split": plan.split, "samples": count, "bytes": tmp.stat().st_size,
-            "sha256": file_sha256(tmp), "keys": [i.key for i in plan.items], "rejects": rejects,
-            "facts": facts, "plan_hash": plan.plan_hash}
+            "sha256": file_sha256(tmp), "index_sha256": hashlib.sha256(index).hexdigest(),
+            "keys": [i.key for i in plan.items], "rejects": rejects, "facts": facts, "plan_hash": plan.plan_hash}
     os.replace(tmp, final)
     handle.close()  # the lock is released only once the shard has its final name
     atomic_write(sidecar_path(out, plan.name), json.dumps(side, indent=1, sort_keys=True).encode())
@@ -171,7 +179,7 @@ def _clean_stale(out: Path, plans: List[ShardPlan], mine: List[ShardPlan]) -> No
                 _remove_unless_locked(path)
         elif path.name.endswith(".tmp") and time.time() - path.stat().st_mtime > 60:
             path.unlink(missing_ok=True)  # a sidecar or manifest a killed build was writing (that takes ms)
-        elif path.suffix in (".tar", ".json") and _SHARD_NAME.match(path.stem) and path.stem not in names:
+        elif path.suffix in (".tar", ".json", ".idx") and _SHARD_NAME.match(path.stem) and path.stem not in names:
             path.unlink()  # a shard of an earlier, larger plan
 
 
@@ -301,7 +309,8 @@ def _write_shards(out: Path, pending: List[ShardPlan], results, sides: Dict[str,
 
 def make_manifest(cfg: Config, kind: str, plans: List[ShardPlan], sides: Dict[str, dict],
                   rejects: List[dict]) -> dict:
-    shards = [{k: sides[p.name][k] for k in ("name", "split", "samples", "bytes", "sha256")} for p in plans]
+    shards = [{k: sides[p.name][k] for k in ("name", "split", "samples", "bytes", "sha256", "index_sha256")}
+              for p in plans]
     splits = {s: {"samples": sum(x["samples"] for x in shards if x["split"] == s),
                   "shards": sum(1 for x in shards if x["split"] == s)} for s in schema.SPLITS}
     return {"format": schema.FORMAT, "source": {"root": str(cfg.source.root), "kind": kind},
