@@ -6,8 +6,9 @@ Loaders carry voxels, values and point indices as uint8; `expand_batch` turns th
 
 from __future__ import annotations
 
+import io
 import random
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -37,25 +38,40 @@ def image_eval_members(suffix: str) -> bool:
 
 
 def decode_autoencoder(raw: Dict[str, bytes], resolution: int, points: int, rng: random.Random) -> dict:
-    """Compact arrays (see `expand_batch`): voxels (1, R, R, R) uint8, point_index (P, 3) uint8 fine-grid indices,
-    point_grid (), values (P, 1) uint8. Keeping them small makes worker-to-trainer transfer 4x cheaper."""
+    """Compact arrays (see `expand_batch`): voxel_bits (R, R, R/8) uint8 (the stored bit-packed solid, unpacked on
+    the device), point_index (P, 3) uint8 fine-grid indices, point_grid (), values (P, 1) uint8. Keeping them small
+    makes worker-to-trainer transfer and the copy to the GPU cheap (the voxels 8x less than uint8)."""
     meta = schema.decode_meta(raw)
-    voxels = schema.unpack_voxels(raw[schema.VOXELS])
+    bits = schema.voxel_bits(raw[schema.VOXELS])
     index = schema.load_npy(raw[schema.points_member(resolution)])
     values = schema.unpack_values(raw[schema.values_member(resolution)], len(index))
     if points and points < len(index):
-        keep = np.sort(np.array(rng.sample(range(len(index)), points)))
+        keep = np.sort(_numpy_rng(rng).choice(len(index), points, replace=False))
         index, values = index[keep], values[keep]
-    out = {"key": raw["__key__"], "voxels": voxels[None].view(np.uint8), "point_index": index,
+    out = {"key": raw["__key__"], "voxel_bits": bits, "point_index": index,
            "point_grid": np.int32(meta["point_grid"]), "values": values[:, None].view(np.uint8)}
     if schema.SURFACE_POINTS in raw:  # evaluation streams ask for the surface samples (surface metrics)
         out["surface_points"], out["surface_normals"] = schema.unpack_surface(raw)
     return out
 
 
+def _numpy_rng(rng: random.Random) -> np.random.Generator:
+    """A NumPy generator drawn from `rng` (vectorised draws; the stream stays a function of rng's seed)."""
+    return np.random.Generator(np.random.PCG64(rng.getrandbits(64)))
+
+
+def unpack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """(..., R/8) uint8 packed along the last axis (np.packbits order) -> (..., R) uint8 in {0, 1}, on any device."""
+    shifts = torch.arange(7, -1, -1, device=bits.device, dtype=torch.uint8)
+    return ((bits.unsqueeze(-1) >> shifts) & 1).flatten(-2)
+
+
 def expand_batch(batch: dict) -> dict:
     """Turn a compact batch into model inputs, on whatever device it now lives on (float32 everywhere):
-    voxels (B, 1, R, R, R) and volume (B, D, H, W) in {0, 1}; points (B, P, 3) in [-0.5, 0.5]; values (B, P, 1) in {0, 1}."""
+    voxels (B, 1, R, R, R) and volume (B, D, H, W) in {0, 1}; points (B, P, 3) in [-0.5, 0.5]; values (B, P, 1) in
+    {0, 1}; image, left, right (B, C, H, W) in [0, 1]."""
+    if "voxel_bits" in batch:
+        batch["voxels"] = unpack_bits(batch.pop("voxel_bits")).unsqueeze(1)
     if "point_index" in batch:
         grid = batch.pop("point_grid").to(torch.float32).view(-1, 1, 1)
         batch["points"] = (batch.pop("point_index").to(torch.float32) + 0.5) / grid - 0.5
@@ -63,6 +79,9 @@ def expand_batch(batch: dict) -> dict:
     for name in ("voxels", "volume"):
         if name in batch:
             batch[name] = batch[name].to(torch.float32)
+    for name in ("image", "left", "right"):
+        if name in batch and batch[name].dtype == torch.uint8:
+            batch[name] = batch[name].to(torch.float32) / 255.0
     return batch
 
 
@@ -79,6 +98,24 @@ def to_float_image(image: np.ndarray, grayscale: bool) -> np.ndarray:
     elif not grayscale and img.shape[-1] == 1:
         img = np.repeat(img, 3, axis=-1)
     return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+def crop_view(data: bytes, crop: int, train: bool, grayscale: bool, rng: Optional[random.Random],
+              origin: Optional[Tuple[int, int]] = None) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """A PNG view cropped (random origin in training, centre in evaluation, or the `origin` given) and composited
+    over white: ((C, crop, crop) uint8, (y0, x0)). Done by PIL on the crop only (as `to_float_image` would give it
+    x 255, within rounding); loaders carry images as uint8 and `expand_batch` divides by 255 on the device."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        width, height = img.size
+        y0, x0 = origin if origin is not None else _crop_origin(height, width, crop, train, rng)
+        img = img.crop((x0, y0, x0 + crop, y0 + crop))
+        if img.mode not in ("L", "RGB"):
+            rgba = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        array = np.asarray(img.convert("L" if grayscale else "RGB"))
+    return np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1)), (y0, x0)
 
 
 def _pick_view(count: int, train: bool, holdout_views: int, rng: random.Random) -> int:
@@ -101,13 +138,11 @@ def _crop_origin(height: int, width: int, crop: int, train: bool, rng: random.Ra
 
 def decode_image(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, grayscale: bool,
                  rng: random.Random, holdout_views: int = 0) -> dict:
-    """One view (see `_pick_view`): image (C, crop, crop), its index, camera K/[R|t] adjusted for crop and flip,
-    and the voxels."""
+    """One view (see `_pick_view`): image (C, crop, crop) uint8 (`crop_view`; `expand_batch` makes it float),
+    its index, camera K/[R|t] adjusted for crop and flip, and the voxels (voxel_bits, as the autoencoder stage)."""
     views = sorted(k for k in raw if schema.is_view_member(k))
     view = _pick_view(len(views), train, holdout_views, rng)
-    image = to_float_image(schema.load_png(raw[views[view]]), grayscale)
-    y0, x0 = _crop_origin(*image.shape[1:], crop, train, rng)
-    image = image[:, y0:y0 + crop, x0:x0 + crop]
+    image, (y0, x0) = crop_view(raw[views[view]], crop, train, grayscale, rng)
     has_camera = schema.CAMERA_K in raw
     if has_camera:
         k = schema.load_npy(raw[schema.CAMERA_K])[view].copy()
@@ -122,7 +157,7 @@ def decode_image(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, gray
         k[0, 0], k[0, 2] = -k[0, 0], crop - k[0, 2]  # u' = crop - u
     out = {"key": raw["__key__"], "image": np.ascontiguousarray(image), "view": view,
            "camera_k": k.astype(np.float32), "camera_rt": rt.astype(np.float32), "has_camera": has_camera,
-           "voxels": schema.unpack_voxels(raw[schema.VOXELS])[None].view(np.uint8)}
+           "voxel_bits": schema.voxel_bits(raw[schema.VOXELS])}
     if schema.SURFACE_POINTS in raw:  # evaluation streams ask for the surface samples (shape-space metrics)
         out["surface_points"], out["surface_normals"] = schema.unpack_surface(raw)
     return out
@@ -138,7 +173,7 @@ def decode_volume(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, gra
         raise ValueError("sample has no cameras: the view-aligned volume needs them")
     from recon3d.geometry.camera import view_aligned_occupancy
 
-    voxels = out.pop("voxels")[0].astype(bool)
+    voxels = np.unpackbits(out.pop("voxel_bits"), axis=-1).view(bool)
     out["volume"] = view_aligned_occupancy(voxels, out["camera_k"].astype(np.float64),
                                            out["camera_rt"].astype(np.float64), crop, crop // 4,
                                            depth).view(np.uint8)
@@ -147,7 +182,7 @@ def decode_volume(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, gra
 
 def decode_stereo(raw: Dict[str, bytes], crop: int, train: bool, grayscale: bool, rng: random.Random,
                   holdout_views: int = 0) -> dict:
-    """A rectified pair: left, right (C, crop, crop) in [0, 1], the same crop of both (never flipped: a mirrored
+    """A rectified pair: left, right (C, crop, crop) uint8 (float in [0, 1] after `expand_batch`), the same crop of both (never flipped: a mirrored
     pair would be a right/left pair), and mean_disparity (): f * baseline / camera distance in pixels, the
     disparity of the object's centre (the "shift by the mean disparity" baseline)."""
     meta = schema.decode_meta(raw)
@@ -155,14 +190,12 @@ def decode_stereo(raw: Dict[str, bytes], crop: int, train: bool, grayscale: bool
         raise ValueError("sample has no right-eye views (shards built with render.stereo_baseline=0)")
     views = sorted(k for k in raw if schema.is_view_member(k))
     view = _pick_view(len(views), train, holdout_views, rng)
-    left = to_float_image(schema.load_png(raw[views[view]]), grayscale)
-    right = to_float_image(schema.load_png(raw[schema.right_view_member(view)]), grayscale)
-    y0, x0 = _crop_origin(*left.shape[1:], crop, train, rng)
+    left, origin = crop_view(raw[views[view]], crop, train, grayscale, rng)
+    right, _ = crop_view(raw[schema.right_view_member(view)], crop, train, grayscale, None, origin)
     focal = float(schema.load_npy(raw[schema.CAMERA_K])[view][0, 0])
     distance = float(np.linalg.norm(schema.load_npy(raw[schema.CAMERA_RT])[view][:, 3]))
     return {"key": raw["__key__"], "view": view,
-            "left": np.ascontiguousarray(left[:, y0:y0 + crop, x0:x0 + crop]),
-            "right": np.ascontiguousarray(right[:, y0:y0 + crop, x0:x0 + crop]),
+            "left": left, "right": right,
             "mean_disparity": np.float32(focal * meta["stereo_baseline"] / distance)}
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 from typing import Dict
 
@@ -96,8 +97,31 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+_NPY_HEADERS: Dict[bytes, tuple] = {}  # header bytes -> (dtype, shape, fortran order, data offset)
+
+
 def load_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    """A .npy member as a read-only array over its bytes (no copy). Headers repeat across samples (same shapes),
+    so each distinct one is parsed once; object arrays (pickles) are refused as np.load(allow_pickle=False) does."""
+    if data[:6] != b"\x93NUMPY":
+        raise ValueError("not a .npy member")
+    end = 10 + int.from_bytes(data[8:10], "little") if data[6] == 1 else 12 + int.from_bytes(data[8:12], "little")
+    header = bytes(data[:end])
+    parsed = _NPY_HEADERS.get(header)
+    if parsed is None:
+        buf = io.BytesIO(header)
+        version = np.lib.format.read_magic(buf)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(buf)
+        if dtype.hasobject:
+            raise ValueError("object arrays need pickle, which is refused")
+        parsed = (dtype, shape, fortran, end)
+        if len(_NPY_HEADERS) < 4096:
+            _NPY_HEADERS[header] = parsed
+    dtype, shape, fortran, offset = parsed
+    count = math.prod(shape)
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
 
 def pack_voxels(grid: np.ndarray) -> bytes:
@@ -106,12 +130,17 @@ def pack_voxels(grid: np.ndarray) -> bytes:
     return npy_bytes(np.packbits(grid.astype(bool), axis=-1))
 
 
-def unpack_voxels(data: bytes) -> np.ndarray:
-    """(R, R, R) bool from a packed voxels member."""
+def voxel_bits(data: bytes) -> np.ndarray:
+    """(R, R, R/8) uint8 of a packed voxels member, still packed (checked)."""
     packed = load_npy(data)
     if packed.ndim != 3 or packed.dtype != np.uint8 or packed.shape[2] * 8 != packed.shape[0]:
         raise ValueError(f"packed voxels must be (R, R, R/8) uint8, got {packed.shape} {packed.dtype}")
-    return np.unpackbits(packed, axis=-1).astype(bool)
+    return packed
+
+
+def unpack_voxels(data: bytes) -> np.ndarray:
+    """(R, R, R) bool from a packed voxels member."""
+    return np.unpackbits(voxel_bits(data), axis=-1).view(bool)
 
 
 def pack_values(values: np.ndarray) -> bytes:

@@ -32,7 +32,8 @@ def _split_keys(shards, split):
 def test_autoencoder_batch_shapes_and_ranges(tiny_shards):
     dm = _dm(tiny_shards)
     compact = next(iter(dm.train_dataloader()))
-    assert compact["voxels"].dtype == torch.uint8 and compact["point_index"].dtype == torch.uint8
+    assert compact["voxel_bits"].dtype == torch.uint8 and compact["voxel_bits"].shape == (2, 16, 16, 2)
+    assert compact["point_index"].dtype == torch.uint8
     batch = dm.on_after_batch_transfer(compact, 0)
     assert batch["voxels"].shape == (2, 1, 16, 16, 16) and batch["voxels"].dtype == torch.float32
     assert batch["points"].shape == (2, 1024, 3) and batch["values"].shape == (2, 1024, 1)
@@ -50,7 +51,9 @@ def test_point_subsets_and_resolution_switch(tiny_shards):
 
 def test_image_stage_crops_and_cameras(tiny_shards):
     dm = _dm(tiny_shards, stage="image", crop_size=28, grayscale=False)
-    batch = next(iter(dm.train_dataloader()))
+    compact = next(iter(dm.train_dataloader()))
+    assert compact["image"].dtype == torch.uint8  # made float on the device
+    batch = dm.on_after_batch_transfer(compact, 0)
     assert batch["image"].shape == (2, 3, 28, 28) and 0 <= batch["image"].min() <= batch["image"].max() <= 1
     assert batch["camera_k"].shape == (2, 3, 3) and batch["camera_rt"].shape == (2, 3, 4)
     val = next(iter(dm.val_dataloader()))

@@ -44,8 +44,9 @@ def test_right_views_are_the_left_views_shifted_by_the_disparity(stereo_shards):
         pair = decode_stereo(raw, 48, False, True, random.Random(0))
         assert pair["left"].shape == pair["right"].shape == (1, 48, 48)
         assert 4.0 < pair["mean_disparity"] < 6.3  # f b / z = 70 px x 0.1 / (1.14 to 1.66)
-        errors = pair_errors(torch.as_tensor(pair["right"])[None], torch.as_tensor(pair["left"])[None],
-                             torch.as_tensor(pair["right"])[None], torch.as_tensor(pair["mean_disparity"])[None])
+        assert pair["left"].dtype == np.uint8  # loaders carry uint8; expand_batch makes [0, 1] floats
+        left, right = (torch.as_tensor(pair[k])[None].float() / 255 for k in ("left", "right"))
+        errors = pair_errors(right, left, right, torch.as_tensor(pair["mean_disparity"])[None])
         assert errors["mae"].item() == 0.0
         copy_errors.append(errors["mae_copy"].item())
         shift_errors.append(errors["mae_shift"].item())
@@ -57,8 +58,8 @@ def test_volume_stage_lines_up_with_the_cropped_and_flipped_view(stereo_shards):
     for raw in raw_samples(stereo_shards):
         for seed in range(4):  # random crops, half of them flipped
             sample = decode_volume(raw, 48, True, True, True, random.Random(seed), 0, 16)
-            assert sample["volume"].shape == (16, 12, 12) and "voxels" not in sample
-            silhouette = sample["image"][0].reshape(12, 4, 12, 4).mean((1, 3)) < 0.9
+            assert sample["volume"].shape == (16, 12, 12) and "voxel_bits" not in sample
+            silhouette = sample["image"][0].reshape(12, 4, 12, 4).mean((1, 3)) < 0.9 * 255
             seen = sample["volume"].any(0).astype(bool)
             ious.append((seen & silhouette).sum() / max((seen | silhouette).sum(), 1))
     assert np.median(ious) > 0.8
