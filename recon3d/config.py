@@ -20,7 +20,9 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true",
 
 @dataclass
 class LoaderConfig:
-    shards: str = "shards/demo"  # folder holding manifest.json
+    shards: str = "shards/demo"  # folder holding manifest.json, or where it is: https://host/shards (any scheme
+    # webdataset opens) or pipe:CMD with {file} for the file name (pipe:aws s3 cp s3://bucket/shards/{file} -)
+    cache_dir: str = ""  # node-local folder: shards are copied there on first use (checked) and read from there
     stage: str = ""  # empty: what train.stage reads (recon3d/stages.py); or autoencoder (voxels + points) | image (a
     # view + camera) | volume (a view + its view-aligned occupancy) | stereo (a left/right pair: render.stereo_baseline)
     batch_size: int = 16  # samples per batch per process
@@ -35,7 +37,8 @@ class LoaderConfig:
     holdout_views: int = 0  # image, volume and stereo stages: the last N views of every shape are never trained
     # on; evaluation reads the last one (0: train on all views, evaluate view 0)
     train_samples_per_epoch: int = 0  # resampled training epoch length over all ranks (0: the train split size)
-    shuffle_buffer: int = 64  # per-worker shuffle buffer for training samples
+    shuffle_buffer: int = 512  # shards without an index (older sets, streamed): per-worker buffer of raw samples
+    # (about 130 KiB each for the autoencoder stage at 64^3); indexed shards are shuffled sample by sample
     persistent_workers: bool = True  # keep DataLoader workers between epochs (start-up costs seconds each)
     seed: int = 0  # seeds shard resampling and augmentation
     verify: str = "size"  # shards checked when loaders are made: presence and size against the manifest, and its

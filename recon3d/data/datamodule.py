@@ -13,7 +13,9 @@ from recon3d.config import Config, LoaderConfig
 from recon3d.data.pipelines import (AutoencoderDecoder, ImageDecoder, StereoDecoder, VolumeDecoder,
                                     autoencoder_members, expand_batch, image_eval_members, image_members,
                                     stereo_members)
-from recon3d.data.streams import EvalStream, TrainStream
+from recon3d.data.streams import EvalStream, TrainStream, dist_context
+from recon3d.data.transfer import SlotLoader
+from recon3d.data.remote import is_remote
 from recon3d.data.shards import ShardInfo, load_manifest, shard_infos
 from recon3d.stages import STAGES
 
@@ -56,11 +58,13 @@ class ShardDataModule(L.LightningDataModule):
     def __init__(self, *, shards: str, stage: str = "autoencoder", batch_size: int = 16, num_workers: int = 2,
                  point_resolution: int = 16, points_per_sample: int = 0, crop_size: int = 128, flip: bool = True,
                  grayscale: bool = True, volume_depth: int = 32, holdout_views: int = 0, train_samples_per_epoch: int = 0,
-                 shuffle_buffer: int = 64,
-                 persistent_workers: bool = True, seed: int = 0, verify: str = "size", rank: Optional[int] = None,
+                 shuffle_buffer: int = 512,
+                 persistent_workers: bool = True, seed: int = 0, verify: str = "size", cache_dir: str = "",
+                 rank: Optional[int] = None,
                  world_size: Optional[int] = None) -> None:
         super().__init__()
-        self.shard_dir = Path(shards)
+        self.shard_dir = shards if is_remote(shards) else Path(shards)  # a folder, or a URL (recon3d.data.remote)
+        self.cache_dir = cache_dir
         self.stage = stage
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -77,6 +81,8 @@ class ShardDataModule(L.LightningDataModule):
         self._checked: set = set()  # file states of the shards that passed loader.verify (not looked at again)
         self._rank, self._world = rank, world_size
         self.manifest: dict = {}
+        self._taken = (0, 0)  # (epoch, training batches of it the trainer has taken): see state_dict
+        self._resume: Optional[dict] = None
 
     @classmethod
     def from_config(cls, cfg: Config | LoaderConfig, **kwargs) -> "ShardDataModule":
@@ -105,11 +111,49 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError(f"{self.shard_dir}: no point set at {self.point_resolution}^3 (stored: {stored})")
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training:  # the training batches of this epoch taken so far
+            epoch, taken = self._taken
+            self._taken = (trainer.current_epoch, (taken if epoch == trainer.current_epoch else 0) + 1)
         batch = expand_batch(batch)
         # Lightning casts inputs for the precision before this hook, while they are still uint8: cast the expanded
         # floats now (DeepSpeed's bf16/fp16 keeps the weights in that type; under autocast this is a no-op)
-        trainer = getattr(self, "trainer", None)
         return trainer.precision_plugin.convert_input(batch) if trainer is not None else batch
+
+    def _signature(self) -> str:
+        """What decides the training epoch's batches (a mid-epoch resume skips batches only when it is unchanged)."""
+        import hashlib
+        import json
+
+        _, world = dist_context(self._rank, self._world)
+        shards = [(s["name"], s["samples"]) for s in self.manifest.get("shards", []) if s["split"] == "train"]
+        fields = [self.stage, self.batch_size, self.seed, self.train_samples_per_epoch, world, shards]
+        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the epoch and how many of its training batches the trainer had taken, so a
+        run resumed from a mid-epoch checkpoint (preemption, train.checkpoint_every_steps) goes on with the batches
+        it had not seen instead of starting the epoch's order again."""
+        epoch, taken = self._taken
+        return {"epoch": epoch, "batches": taken, "signature": self._signature() if self.manifest else ""}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state)
+
+    def _resume_skip(self, epoch: int) -> int:
+        """Training batches of `epoch` to skip: those taken before the checkpoint this run resumed from."""
+        state, self._resume = self._resume, None
+        if not state or state.get("epoch") != epoch or not state.get("batches"):
+            return 0
+        if state.get("signature") != self._signature():
+            import logging
+
+            logging.getLogger("recon3d.data").warning(
+                "resuming in the middle of epoch %d with other loader settings (batch size, seed, shards or ranks): "
+                "the epoch's order starts again", epoch)
+            return 0
+        self._taken = (epoch, int(state["batches"]))
+        return int(state["batches"])
 
     def set_point_resolution(self, resolution: int) -> None:
         """Switch the autoencoder stage to another stored point set; takes effect in loaders made after the call
@@ -120,7 +164,7 @@ class ShardDataModule(L.LightningDataModule):
         if not self.manifest:
             self.setup()
         return shard_infos(self.shard_dir, split, self.manifest, check=self.verify != "off",
-                           checksum=self.verify == "sha256", checked=self._checked)
+                           checksum=self.verify == "sha256", checked=self._checked, cache_dir=self.cache_dir)
 
     def _decoder(self):
         return PIPELINES[self.stage].decoder(self)
@@ -129,7 +173,7 @@ class ShardDataModule(L.LightningDataModule):
         return PIPELINES[self.stage].members(self, evaluation)
 
     def _loader(self, dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
+        return SlotLoader(dataset, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.persistent_workers and self.num_workers > 0, pin_memory=False)
 
     def train_dataloader(self) -> DataLoader:
@@ -137,7 +181,9 @@ class ShardDataModule(L.LightningDataModule):
                              samples_per_epoch=self.train_samples_per_epoch, shuffle_buffer=self.shuffle_buffer,
                              seed=self.seed, rank=self._rank, world_size=self._world)
         trainer = getattr(self, "trainer", None)
-        stream.set_epoch(trainer.current_epoch if trainer is not None else 0)
+        epoch = trainer.current_epoch if trainer is not None else 0
+        stream.set_epoch(epoch)
+        stream.skip_batches = self._resume_skip(epoch)
         return self._loader(stream)
 
     def split_dataloader(self, split: str, *, surface: bool = True) -> DataLoader:

@@ -24,18 +24,24 @@ class ShardInfo:
 
 
 def load_manifest(shard_dir: str | Path) -> dict:
-    """Read manifest.json of a shard folder.
+    """Read manifest.json of a shard folder (or of a remote location: recon3d.data.remote).
 
     Raises:
         FileNotFoundError: the folder has no manifest (the message says how to build one).
         ValueError: the manifest is not valid JSON, or a shard entry is malformed or names a file outside the
             folder (an edited or hostile manifest: `../x`, an absolute path), naming the entry.
     """
-    path = Path(shard_dir) / MANIFEST
-    if not path.is_file():
+    from recon3d.data.remote import file_url, is_remote, read_file
+
+    path = file_url(shard_dir, MANIFEST)
+    if is_remote(shard_dir):
+        text = read_file(shard_dir, MANIFEST)
+    elif not Path(path).is_file():
         raise FileNotFoundError(f"{shard_dir}: no {MANIFEST} (build it with `recon3d shards build`)")
+    else:
+        text = Path(path).read_bytes()
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(text)
     except ValueError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
@@ -55,21 +61,30 @@ def sidecar_path(shard_dir: str | Path, name: str) -> Path:
 
 
 def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None, *, check: bool = True,
-                checksum: bool = False, checked: Optional[set] = None) -> List[ShardInfo]:
+                checksum: bool = False, checked: Optional[set] = None, cache_dir: str = "") -> List[ShardInfo]:
     """The shard files of one split with their sample counts, in manifest order. With `check`, a shard that is
     missing, not the size the manifest says (truncated, rewritten, another build's), or whose manifest count
     disagrees with its sidecar (an edited manifest would weight it wrongly) is left out with a warning naming it, so
     an epoch's length and the shards' weights count only what is there; with `checksum` its sha256 is compared too.
     The size is looked at every call; the rest once per file state (path, size, mtime) not yet in `checked`, which
-    collects the shards that passed (`recon3d shards verify` checks contents as well)."""
+    collects the shards that passed (`recon3d shards verify` checks contents as well).
+
+    A remote location is streamed from where it is (no checks); with `cache_dir` any location is first copied into
+    the node-local cache, shard by shard, and read from there (recon3d.data.remote)."""
     import logging
 
+    from recon3d.data import remote
+
     manifest = manifest or load_manifest(shard_dir)
+    wanted = [shard for shard in manifest["shards"] if shard["split"] == split]
+    if remote.is_remote(shard_dir) and not cache_dir:
+        return [ShardInfo(remote.file_url(shard_dir, f"{s['name']}.tar"), s["samples"]) for s in wanted]
+    folder = remote.cache_folder(cache_dir, shard_dir) if cache_dir else Path(shard_dir)
     infos = []
-    for shard in manifest["shards"]:
-        if shard["split"] != split:
+    for shard in wanted:
+        if cache_dir and remote.cached_shard(shard_dir, folder, shard) is None:
             continue
-        path = Path(shard_dir) / f"{shard['name']}.tar"
+        path = folder / f"{shard['name']}.tar"
         stat = path.stat() if check and path.is_file() else None
         state = (str(path), stat.st_size, stat.st_mtime_ns) if stat else None
         found = ""
@@ -78,7 +93,7 @@ def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None,
         elif check and "bytes" in shard and stat.st_size != shard["bytes"]:
             found = f"{stat.st_size} bytes, the manifest says {shard['bytes']}"
         elif check and (checked is None or state not in checked):
-            found = _content_problem(Path(shard_dir), shard, path, checksum)
+            found = _content_problem(folder, shard, path, checksum)
             if not found and checked is not None:
                 checked.add(state)
         if found:

@@ -1,0 +1,58 @@
+"""A run resumed from a mid-epoch checkpoint goes on with the batches of that epoch it had not taken: nothing of the
+interrupted epoch is replayed or lost (the DataModule's state in the checkpoint, TrainStream.skip_batches)."""
+
+import shutil
+
+import pytest
+
+from recon3d.data.datamodule import ShardDataModule
+from recon3d.training.run import run
+from tests.conftest import tiny_config
+
+
+class _Stop(Exception):
+    pass
+
+
+_REAL_HOOK = ShardDataModule.on_after_batch_transfer
+
+
+def _record(monkeypatch, seen: list, stop_after: int = 0):
+    real = _REAL_HOOK
+
+    def hook(self, batch, index):
+        if self.trainer.training:
+            if stop_after and len(seen) == stop_after:
+                raise _Stop("interrupted")  # as a killed job: after step `stop_after`, before the next
+            seen.append((self.trainer.current_epoch, tuple(batch["key"])))
+        return real(self, batch, index)
+
+    monkeypatch.setattr(ShardDataModule, "on_after_batch_transfer", hook)
+
+
+@pytest.mark.parametrize("workers,indexed", [(0, True), (2, True), (2, False)])
+def test_a_mid_epoch_resume_neither_replays_nor_skips(tiny_shards, tmp_path, monkeypatch, workers, indexed):
+    shards = tiny_shards
+    if not indexed:  # a shard set without indexes is streamed; skipped batches are read past, not decoded
+        shards = tmp_path / "streamed"
+        shutil.copytree(tiny_shards, shards, ignore=shutil.ignore_patterns("*.idx"))
+
+    def cfg(run_dir):
+        return tiny_config(f"loader.shards={shards}", f"train.run_dir={run_dir}", "train.accelerator=cpu",
+                           "loader.train_samples_per_epoch=14", f"loader.num_workers={workers}",
+                           "train.checkpoint_every_steps=3", "train.phase_epochs=[2]", "train.point_resolutions=[8]")
+
+    whole: list = []
+    _record(monkeypatch, whole)
+    run(cfg(tmp_path / "whole"), enable_wandb=False, enable_progress_bar=False)
+    assert len(whole) == 14 and len({keys for _, keys in whole}) > 7  # 2 epochs x 7 batches of 2
+
+    first: list = []
+    _record(monkeypatch, first, stop_after=5)  # checkpoints at steps 3 (last.ckpt): batches 4 and 5 are lost work
+    with pytest.raises(_Stop):
+        run(cfg(tmp_path / "cut"), enable_wandb=False, enable_progress_bar=False)
+    resumed: list = []
+    _record(monkeypatch, resumed)
+    result = run(cfg(tmp_path / "cut"), enable_wandb=False, enable_progress_bar=False)
+    assert result.global_step == 14
+    assert first[:3] + resumed == whole  # steps 1-3, then 4-7 of epoch 0 and all of epoch 1, in the same order
