@@ -45,11 +45,15 @@ def _tile(gray: np.ndarray, size: int) -> np.ndarray:
     return np.repeat(np.asarray(img)[..., None], 3, axis=-1)
 
 
+def _squeeze(view: np.ndarray) -> np.ndarray:
+    return view[..., 0] if view.shape[-1] == 1 else view
+
+
 def sample_row(key: str, members: dict, views: int, size: int) -> np.ndarray:
-    names = sorted(m for m in members if schema.is_view_member(m))
-    picks = [names[i] for i in np.linspace(0, len(names) - 1, min(views, len(names))).astype(int)] if names else []
-    tiles = [on_white(np.asarray(Image.fromarray(schema.load_png(members[n])).resize((size, size))))
-             for n in picks]
+    count = schema.view_count(members)
+    picks = np.linspace(0, count - 1, min(views, count)).astype(int) if count else []
+    tiles = [on_white(np.asarray(Image.fromarray(_squeeze(schema.view_image(members, int(i)))).resize((size, size))))
+             for i in picks]
     tiles += [np.full((size, size, 3), 255, np.uint8)] * (views - len(tiles))
     voxels = schema.unpack_voxels(members[schema.VOXELS])
     tiles += [_tile(voxel_projection(voxels, axis), size) for axis in (0, 1, 2)]

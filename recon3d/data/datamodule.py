@@ -14,7 +14,7 @@ from recon3d.data.pipelines import (AutoencoderDecoder, ImageDecoder, StereoDeco
                                     autoencoder_members, expand_batch, image_eval_members, image_members,
                                     stereo_members)
 from recon3d.data.streams import EvalStream, TrainStream, dist_context
-from recon3d.data.transfer import SlotLoader
+from recon3d.data.transfer import SlotLoader, keep_batch
 from recon3d.data.remote import is_remote
 from recon3d.data.shards import ShardInfo, load_manifest, shard_infos
 from recon3d.stages import STAGES
@@ -173,7 +173,7 @@ class ShardDataModule(L.LightningDataModule):
         return PIPELINES[self.stage].members(self, evaluation)
 
     def _loader(self, dataset) -> DataLoader:
-        return SlotLoader(dataset, batch_size=None, num_workers=self.num_workers,
+        return SlotLoader(dataset, batch_size=None, collate_fn=keep_batch, num_workers=self.num_workers,
                           persistent_workers=self.persistent_workers and self.num_workers > 0, pin_memory=False)
 
     def train_dataloader(self) -> DataLoader:

@@ -104,6 +104,7 @@ class _OpenFiles:
 
 
 _FILES = _OpenFiles()
+_CHOSEN: Dict[tuple, list] = {}  # (member filter, a sample's member names) -> the names it keeps
 
 
 class IndexedShard:
@@ -121,21 +122,29 @@ class IndexedShard:
         reads one. A member whose tar header disagrees with the index raises ValueError on lookup."""
         key, members = self.samples[i]
         if wanted is not None:
-            members = {suffix: span for suffix, span in members.items() if wanted(suffix)}
+            names = tuple(members)
+            chosen = _CHOSEN.get((wanted, names))
+            if chosen is None:
+                chosen = _CHOSEN[wanted, names] = [suffix for suffix in names if wanted(suffix)]
+            members = {suffix: members[suffix] for suffix in chosen}
         return LazySample(self, key, members)
 
-    def member(self, name: str, offset: int, size: int) -> bytes:
-        data = os.pread(_FILES.get(self.path), size + BLOCK, offset - BLOCK)
-        if len(data) != size + BLOCK:
+    def member(self, name: str, offset: int, size: int) -> bytearray:
+        data, body = bytearray(BLOCK), bytearray(size)  # header and body in one read, no copy afterwards
+        if os.preadv(_FILES.get(self.path), [data, body], offset - BLOCK) != size + BLOCK:
             raise ValueError(f"member {name}: the shard ends before the {size} bytes its index promises")
-        header = data[:BLOCK]
-        stored = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-        # a name of 100 bytes or more lives in a PAX header before this one; the ustar field holds a cut copy
-        if (stored != name and not (len(name.encode()) >= 100 and name.startswith(stored))) or \
-                _octal(header[124:136]) != size:
+        encoded = name.encode()
+        # the header's name field holds the name NUL-padded (a name of 100 bytes or more lives in a PAX header
+        # before this one, the field a cut copy of it) and its size field the size in octal
+        if len(encoded) < 100:
+            name_ok = data.startswith(encoded) and data[len(encoded)] == 0
+        else:
+            name_ok = encoded.startswith(data[:100].split(b"\0", 1)[0])
+        if not name_ok or _octal(data[124:136]) != size:
+            stored = data[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
             raise ValueError(f"member {name}: the index disagrees with the tar's header there "
-                             f"({stored!r}, {_octal(header[124:136])} bytes)")
-        return data[BLOCK:]
+                             f"({stored!r}, {_octal(data[124:136])} bytes)")
+        return body
 
 
 class LazySample(Mapping):

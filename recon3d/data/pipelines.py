@@ -6,7 +6,6 @@ Loaders carry voxels, values and point indices as uint8; `expand_batch` turns th
 
 from __future__ import annotations
 
-import io
 import random
 from typing import Callable, Dict, Optional, Tuple
 
@@ -30,7 +29,8 @@ def image_members(suffix: str) -> bool:
 
 
 def stereo_members(suffix: str) -> bool:
-    return suffix.startswith(("view_", "right_")) or suffix in (schema.META, schema.CAMERA_K, schema.CAMERA_RT)
+    return suffix.startswith(("view_", "right_")) or suffix in (schema.META, schema.CAMERA_K, schema.CAMERA_RT,
+                                                                 schema.VIEWS)
 
 
 def image_eval_members(suffix: str) -> bool:
@@ -39,17 +39,22 @@ def image_eval_members(suffix: str) -> bool:
 
 def decode_autoencoder(raw: Dict[str, bytes], resolution: int, points: int, rng: random.Random) -> dict:
     """Compact arrays (see `expand_batch`): voxel_bits (R, R, R/8) uint8 (the stored bit-packed solid, unpacked on
-    the device), point_index (P, 3) uint8 fine-grid indices, point_grid (), values (P, 1) uint8. Keeping them small
-    makes worker-to-trainer transfer and the copy to the GPU cheap (the voxels 8x less than uint8)."""
-    meta = schema.decode_meta(raw)
+    the device), point_index (P, 3) uint8 fine-grid indices, point_grid (), and values (P, 1) uint8 for a subset of
+    the points or value_bits (ceil(P/8),) uint8 for all of them. Keeping them small makes worker-to-trainer transfer
+    and the copy to the GPU cheap (voxels and values 8x less than uint8)."""
     bits = schema.voxel_bits(raw[schema.VOXELS])
     index = schema.load_npy(raw[schema.points_member(resolution)])
-    values = schema.unpack_values(raw[schema.values_member(resolution)], len(index))
+    out = {"key": raw["__key__"], "voxel_bits": bits, "point_grid": np.int32(schema.meta_int(raw, "point_grid"))}
     if points and points < len(index):
+        values = schema.unpack_values(raw[schema.values_member(resolution)], len(index))
         keep = np.sort(_numpy_rng(rng).choice(len(index), points, replace=False))
-        index, values = index[keep], values[keep]
-    out = {"key": raw["__key__"], "voxel_bits": bits, "point_index": index,
-           "point_grid": np.int32(meta["point_grid"]), "values": values[:, None].view(np.uint8)}
+        out["point_index"], out["values"] = index[keep], values[keep][:, None].view(np.uint8)
+    else:  # every point: the values stay bit-packed too
+        packed = schema.load_npy(raw[schema.values_member(resolution)])
+        if packed.dtype != np.uint8 or packed.shape != ((len(index) + 7) // 8,):
+            raise ValueError(f"packed values for {len(index)} points must be ({(len(index) + 7) // 8},) uint8, "
+                             f"got {packed.shape}")
+        out["point_index"], out["value_bits"] = index, packed
     if schema.SURFACE_POINTS in raw:  # evaluation streams ask for the surface samples (surface metrics)
         out["surface_points"], out["surface_normals"] = schema.unpack_surface(raw)
     return out
@@ -72,6 +77,9 @@ def expand_batch(batch: dict) -> dict:
     {0, 1}; image, left, right (B, C, H, W) in [0, 1]."""
     if "voxel_bits" in batch:
         batch["voxels"] = unpack_bits(batch.pop("voxel_bits")).unsqueeze(1)
+    if "value_bits" in batch:
+        count = batch["point_index"].shape[1]
+        batch["values"] = unpack_bits(batch.pop("value_bits"))[:, :count, None]
     if "point_index" in batch:
         grid = batch.pop("point_grid").to(torch.float32).view(-1, 1, 1)
         batch["points"] = (batch.pop("point_index").to(torch.float32) + 0.5) / grid - 0.5
@@ -100,21 +108,23 @@ def to_float_image(image: np.ndarray, grayscale: bool) -> np.ndarray:
     return np.ascontiguousarray(img.transpose(2, 0, 1))
 
 
-def crop_view(data: bytes, crop: int, train: bool, grayscale: bool, rng: Optional[random.Random],
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def crop_view(view: np.ndarray, crop: int, train: bool, grayscale: bool, rng: Optional[random.Random],
               origin: Optional[Tuple[int, int]] = None) -> Tuple[np.ndarray, Tuple[int, int]]:
-    """A PNG view cropped (random origin in training, centre in evaluation, or the `origin` given) and composited
-    over white: ((C, crop, crop) uint8, (y0, x0)). Done by PIL on the crop only (as `to_float_image` would give it
-    x 255, within rounding); loaders carry images as uint8 and `expand_batch` divides by 255 on the device."""
+    """An (H, W, C) uint8 view cropped (random origin in training, centre in evaluation, or the `origin` given) and
+    composited over white: ((C', crop, crop) uint8, (y0, x0)). Done by PIL on the crop only (as `to_float_image`
+    would give it x 255, within rounding); loaders carry images as uint8 and `expand_batch` divides by 255."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as img:
-        width, height = img.size
-        y0, x0 = origin if origin is not None else _crop_origin(height, width, crop, train, rng)
-        img = img.crop((x0, y0, x0 + crop, y0 + crop))
-        if img.mode not in ("L", "RGB"):
-            rgba = img.convert("RGBA")
-            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        array = np.asarray(img.convert("L" if grayscale else "RGB"))
+    height, width, channels = view.shape
+    y0, x0 = origin if origin is not None else _crop_origin(height, width, crop, train, rng)
+    patch = np.ascontiguousarray(view[y0:y0 + crop, x0:x0 + crop])
+    img = Image.fromarray(patch[..., 0] if channels == 1 else patch, _MODES[channels])
+    if channels in (2, 4):
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
+    array = np.asarray(img.convert("L" if grayscale else "RGB"))
     return np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1)), (y0, x0)
 
 
@@ -140,9 +150,8 @@ def decode_image(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, gray
                  rng: random.Random, holdout_views: int = 0) -> dict:
     """One view (see `_pick_view`): image (C, crop, crop) uint8 (`crop_view`; `expand_batch` makes it float),
     its index, camera K/[R|t] adjusted for crop and flip, and the voxels (voxel_bits, as the autoencoder stage)."""
-    views = sorted(k for k in raw if schema.is_view_member(k))
-    view = _pick_view(len(views), train, holdout_views, rng)
-    image, (y0, x0) = crop_view(raw[views[view]], crop, train, grayscale, rng)
+    view = _pick_view(schema.view_count(raw), train, holdout_views, rng)
+    image, (y0, x0) = crop_view(schema.view_image(raw, view), crop, train, grayscale, rng)
     has_camera = schema.CAMERA_K in raw
     if has_camera:
         k = schema.load_npy(raw[schema.CAMERA_K])[view].copy()
@@ -188,10 +197,9 @@ def decode_stereo(raw: Dict[str, bytes], crop: int, train: bool, grayscale: bool
     meta = schema.decode_meta(raw)
     if not meta.get("stereo_baseline"):
         raise ValueError("sample has no right-eye views (shards built with render.stereo_baseline=0)")
-    views = sorted(k for k in raw if schema.is_view_member(k))
-    view = _pick_view(len(views), train, holdout_views, rng)
-    left, origin = crop_view(raw[views[view]], crop, train, grayscale, rng)
-    right, _ = crop_view(raw[schema.right_view_member(view)], crop, train, grayscale, None, origin)
+    view = _pick_view(schema.view_count(raw), train, holdout_views, rng)
+    left, origin = crop_view(schema.view_image(raw, view), crop, train, grayscale, rng)
+    right, _ = crop_view(schema.view_image(raw, view, right=True), crop, train, grayscale, None, origin)
     focal = float(schema.load_npy(raw[schema.CAMERA_K])[view][0, 0])
     distance = float(np.linalg.norm(schema.load_npy(raw[schema.CAMERA_RT])[view][:, 3]))
     return {"key": raw["__key__"], "view": view,

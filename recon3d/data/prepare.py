@@ -126,14 +126,14 @@ def _mesh_members(vertices, faces, item: Item, cfg: Config, clock: _Clock) -> Di
                          focal_px=ren.focal_px, padding_px=ren.padding_px)
     shading = dict(supersample=ren.supersample, color=ren.color, ambient=ren.ambient)
     images = render_views(verts, faces, views, light_offset=ren.light_offset, **shading)
-    for i, image in enumerate(images):
-        members[schema.view_member(i)] = schema.png_bytes(image)
+    if len(images):
+        members[schema.VIEWS] = schema.pack_views(images)
     if ren.stereo_baseline > 0 and len(views):
         right = right_eye(views, ren.stereo_baseline)
         # the light is placed relative to the camera: shift it back so both eyes see the same lighting
         light = [ren.light_offset[0] - ren.stereo_baseline, *ren.light_offset[1:]]
-        for i, image in enumerate(render_views(verts, faces, right, light_offset=light, **shading)):
-            members[schema.right_view_member(i)] = schema.png_bytes(image)
+        members[schema.RIGHT_VIEWS] = schema.pack_views(render_views(verts, faces, right, light_offset=light,
+                                                                     **shading))
         members[schema.CAMERA_RT_RIGHT] = schema.npy_bytes(right.extrinsics.astype(np.float32))
     if len(views):
         members[schema.CAMERA_POSE] = schema.npy_bytes(views.pose_array())
@@ -176,8 +176,8 @@ def _imnet_members(path: Path, item: Item, cfg: Config, clock: _Clock) -> Dict[s
             raise RejectError(f"hdf5 is missing dataset {str(err.args[0]).split(':')[0]!r}") from None
     if not counts:
         raise RejectError("hdf5 has no points_<r> datasets")
-    for i, image in enumerate(pixels):
-        members[schema.view_member(i)] = schema.png_bytes(image.astype(np.uint8))
+    if len(pixels):
+        members[schema.VIEWS] = schema.pack_views([image.astype(np.uint8) for image in pixels])
     clock.lap("convert")
     members[schema.META] = {"voxel_resolution": int(voxels.shape[0]), "point_grid": 256, "point_sets": counts,
                             "views": int(len(pixels)), "cameras": False}

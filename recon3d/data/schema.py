@@ -8,17 +8,19 @@ basename). Members, all lower case:
     voxels_fine.npy     the fine solid, packed the same way (optional)
     points_<r>.npy      (P, 3) uint8: fine-grid voxel indices; position = (index + 0.5) / point_grid - 0.5
     values_<r>.npy      (ceil(P/8),) uint8: occupancy of those points, packed bits
-    view_<vv>.png       one rendered view (RGBA; grayscale for IM-NET hdf5 input)
+    views.zlib          every rendered view (RGBA; grayscale for IM-NET hdf5 input), each its own zlib stream of
+                        raw (H, W, C) uint8 pixels, so one view decodes without the others (`pack_views`)
     camera_pose.npy     (V, 3) float32: azimuth, elevation (degrees), distance
     camera_k.npy        (V, 3, 3) float32 intrinsics, pixels
     camera_rt.npy       (V, 3, 4) float32 world-to-camera [R | t], OpenCV axes (x right, y down, z forward)
-    right_<vv>.png      the right-eye view of view vv (render.stereo_baseline > 0): same K, the camera moved by the
-                        baseline along its own x axis, so right(u, v) = left(u + disparity, v)
+    right_views.zlib    the right-eye views (render.stereo_baseline > 0), packed the same way: same K, the camera
+                        moved by the baseline along its own x axis, so right(u, v) = left(u + disparity, v)
     camera_rt_right.npy (V, 3, 4) float32 world-to-camera [R | t] of the right-eye views
     surface_points.npy  (S, 3) float16: points on the normalised mesh (area-uniform), for surface metrics
     surface_normals.npy (S, 3) int8: their face normals x 127 (sign follows the mesh's winding)
 
-Arrays are .npy read with allow_pickle=False.
+Arrays are .npy read with allow_pickle=False. Shards of format 1 held each view as its own PNG member
+(view_<vv>.png, right_<vv>.png); `view_count` and `view_image` read both layouts.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ import io
 import json
 import math
 import re
+import struct
+import zlib
 from typing import Dict
 
 import numpy as np
 
-FORMAT = "recon3d-shards/1"
+FORMAT = "recon3d-shards/2"  # 2: views packed in one member (views.zlib)
 META = "meta.json"
 VOXELS = "voxels.npy"
 VOXELS_FINE = "voxels_fine.npy"
@@ -53,7 +57,14 @@ def values_member(resolution: int) -> str:
     return f"values_{resolution}.npy"
 
 
+VIEWS = "views.zlib"
+RIGHT_VIEWS = "right_views.zlib"
+_VIEWS_HEAD = struct.Struct("<4sHHBH")  # magic, height, width, channels, view count; then one uint32 size per view
+_VIEWS_MAGIC = b"R3DV"
+
+
 def view_member(index: int) -> str:
+    """A view's member in format-1 shards (one PNG per view)."""
     return f"view_{index:02d}.png"
 
 
@@ -63,6 +74,58 @@ def is_view_member(name: str) -> bool:
 
 def right_view_member(index: int) -> str:
     return f"right_{index:02d}.png"
+
+
+def pack_views(images) -> bytes:
+    """Views of one sample, all (H, W, C) or (H, W) uint8 of one shape, as the bytes of a views member."""
+    arrays = [np.ascontiguousarray(a[..., None] if a.ndim == 2 else a, dtype=np.uint8) for a in images]
+    if not arrays or any(a.shape != arrays[0].shape for a in arrays):
+        raise ValueError("pack_views needs one or more views of one shape")
+    height, width, channels = arrays[0].shape
+    streams = [zlib.compress(a.tobytes(), 6) for a in arrays]
+    return b"".join([_VIEWS_HEAD.pack(_VIEWS_MAGIC, height, width, channels, len(streams)),
+                     struct.pack(f"<{len(streams)}I", *map(len, streams)), *streams])
+
+
+def _views_table(data) -> tuple:
+    """(height, width, channels, [(offset, size)] per view) of a views member (ValueError when it is not one)."""
+    if len(data) < _VIEWS_HEAD.size:
+        raise ValueError("views member too short")
+    magic, height, width, channels, count = _VIEWS_HEAD.unpack_from(data)
+    if magic != _VIEWS_MAGIC:
+        raise ValueError("not a views member")
+    sizes = struct.unpack_from(f"<{count}I", data, _VIEWS_HEAD.size)
+    spans, offset = [], _VIEWS_HEAD.size + 4 * count
+    for size in sizes:
+        spans.append((offset, size))
+        offset += size
+    if offset != len(data):
+        raise ValueError(f"views member holds {len(data)} bytes, its table says {offset}")
+    return height, width, channels, spans
+
+
+def view_count(sample: Dict[str, bytes], right: bool = False) -> int:
+    """How many (right-eye) views a sample holds, in either layout."""
+    packed = RIGHT_VIEWS if right else VIEWS
+    if packed in sample:
+        return len(_views_table(sample[packed])[3])
+    prefix = "right_" if right else "view_"
+    return sum(1 for name in sample if name.startswith(prefix) and name.endswith(".png"))
+
+
+def view_image(sample: Dict[str, bytes], index: int, right: bool = False) -> np.ndarray:
+    """View `index` of a sample (a right-eye view with `right`), (H, W, C) uint8, decoding only that one."""
+    packed = RIGHT_VIEWS if right else VIEWS
+    if packed not in sample:
+        image = load_png(sample[right_view_member(index) if right else view_member(index)])
+        return image[..., None] if image.ndim == 2 else image
+    data = sample[packed]
+    height, width, channels, spans = _views_table(data)
+    offset, size = spans[index]
+    pixels = zlib.decompress(memoryview(data)[offset:offset + size])
+    if len(pixels) != height * width * channels:
+        raise ValueError(f"view {index}: {len(pixels)} bytes, expected {height}x{width}x{channels}")
+    return np.frombuffer(pixels, np.uint8).reshape(height, width, channels)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -188,3 +251,10 @@ def json_bytes(obj) -> bytes:
 
 def decode_meta(sample: Dict[str, bytes]) -> dict:
     return json.loads(sample[META])
+
+
+def meta_int(sample: Dict[str, bytes], field: str) -> int:
+    """One integer field of meta.json without parsing all of it (json_bytes writes compact, sorted JSON; anything
+    else falls back to a full parse)."""
+    found = re.search(rb'"' + field.encode() + rb'":(-?\d+)[,}]', sample[META])
+    return int(found.group(1)) if found else int(decode_meta(sample)[field])

@@ -38,6 +38,12 @@ def collate(samples: List[dict]) -> dict:
     return out
 
 
+def keep_batch(batch):
+    """The DataLoader's collate_fn: streams yield whole batches of tensors already (its default walks every entry
+    again to convert NumPy arrays)."""
+    return batch
+
+
 class SlotWriter:
     """A worker's ring of shared buffers (made on first use, grown when a batch needs more room)."""
 

@@ -42,19 +42,19 @@ def _check_sample(key: str, members: dict, expected: dict) -> List[str]:
             schema.unpack_values(members[schema.values_member(int(res))], len(points))
             if points.shape != (info["points"], 3):
                 problems.append(f"{key}: points_{res} has shape {points.shape}, expected ({info['points']}, 3)")
-        views = [m for m in members if schema.is_view_member(m)]
-        if len(views) != meta["views"]:
-            problems.append(f"{key}: {len(views)} views, meta says {meta['views']}")
-        for name in views:
-            schema.load_png(members[name])
+        views = schema.view_count(members)
+        if views != meta["views"]:
+            problems.append(f"{key}: {views} views, meta says {meta['views']}")
+        for i in range(views):
+            schema.view_image(members, i)
         if meta.get("stereo_baseline"):
-            rights = [schema.right_view_member(i) for i in range(meta["views"])]
-            absent = [name for name in rights + [schema.CAMERA_RT_RIGHT] if name not in members]
-            if absent:
-                problems.append(f"{key}: stereo baseline {meta['stereo_baseline']} but {absent[0]} is missing")
+            rights = schema.view_count(members, right=True)
+            if rights != meta["views"] or schema.CAMERA_RT_RIGHT not in members:
+                problems.append(f"{key}: stereo baseline {meta['stereo_baseline']} but {rights} right views and "
+                                f"{'a' if schema.CAMERA_RT_RIGHT in members else 'no'} {schema.CAMERA_RT_RIGHT}")
             else:
-                for name in rights:
-                    schema.load_png(members[name])
+                for i in range(rights):
+                    schema.view_image(members, i, right=True)
                 if len(schema.load_npy(members[schema.CAMERA_RT_RIGHT])) != meta["views"]:
                     problems.append(f"{key}: {schema.CAMERA_RT_RIGHT} does not have one entry per view")
         if meta.get("surface_points"):

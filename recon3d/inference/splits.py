@@ -46,8 +46,9 @@ def input_views(shard_dir: str | Path, keys: Sequence[str]) -> Dict[str, np.ndar
     wanted, found = set(keys), {}
     for shard in load_manifest(shard_dir)["shards"]:
         for key, members in read_tar(Path(shard_dir) / f"{shard['name']}.tar").items():
-            if key in wanted and schema.view_member(0) in members:
-                found[key] = on_white(schema.load_png(members[schema.view_member(0)]))
+            if key in wanted and schema.view_count(members):
+                view = schema.view_image(members, 0)
+                found[key] = on_white(view[..., 0] if view.shape[-1] == 1 else view)
         if len(found) == len(wanted):
             break
     return found

@@ -60,38 +60,6 @@ def bench_prep(cfg: Config, limit: int, workers: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
-def _loader_rate(shard_dir: str, stage: str, workers: int, batches: int, batch_size: int, resolution: int) -> float:
-    from recon3d.data.datamodule import ShardDataModule
-    from recon3d.data.pipelines import expand_batch
-
-    dm = ShardDataModule(shards=shard_dir, stage=stage, batch_size=batch_size, num_workers=workers,
-                         point_resolution=resolution, shuffle_buffer=8,
-                         train_samples_per_epoch=(batches + 2 + workers) * batch_size)
-    dm.setup()
-    iterator = (expand_batch(b) for b in dm.train_dataloader())
-    next(iterator)  # warm-up: worker start and first shard open
-    start = time.perf_counter()
-    done = sum(1 for _, _ in zip(range(batches), iterator))
-    return done * batch_size / (time.perf_counter() - start)
-
-
-def bench_loader(shard_dir: str, stage: str, workers: Sequence[int], batches: int, batch_size: int,
-                 resolution: int, repeats: int = 3) -> str:
-    """Training-loader samples/s for each DataLoader worker count: median of `repeats` runs, interleaved."""
-    rates: Dict[int, List[float]] = defaultdict(list)
-    for _ in range(repeats):  # interleaved, so that machine noise hits every setting alike
-        for count in workers:
-            rates[count].append(_loader_rate(shard_dir, stage, count, batches, batch_size, resolution))
-    lines = [f"loader benchmark: {shard_dir}, stage={stage}, batch={batch_size}, {batches} batches after warm-up, "
-             f"median of {repeats}"]
-    base = statistics.median(rates[workers[0]])
-    for count in workers:
-        rate = statistics.median(rates[count])
-        lines.append(f"  num_workers={count}: {rate:8.1f} samples/s  ({rate / base:.2f}x vs num_workers={workers[0]}; "
-                     f"runs {', '.join(f'{r:.0f}' for r in rates[count])})")
-    return "\n".join(lines)
-
-
 def bench_shards(shard_dir: str) -> str:
     """Bytes per sample, by member kind, with the tar format's own overhead."""
     manifest = load_manifest(shard_dir)

@@ -109,3 +109,50 @@ def test_upgrade_indexes_an_older_shard_set_and_refuses_a_damaged_tar(tiny_shard
     assert sum("indexed (" in line for line in lines) == 1 and verify_shards(shards, decode=False).ok
     assert all(index_path(shards / f"{s['name']}.tar").is_file() for s in load_manifest(shards)["shards"])
     assert _dm(shards).train_dataloader().dataset.readers is not None
+
+
+def _as_format_1(src, out):
+    """A copy of a shard set as format 1 wrote it: one PNG member per view, no indexes."""
+    import io
+    import tarfile
+
+    from recon3d.data import schema
+    from recon3d.io import file_sha256
+
+    out.mkdir()
+    manifest = load_manifest(src)
+    for shard in manifest["shards"]:
+        tar = out / f"{shard['name']}.tar"
+        with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as dst:
+            for key, members in read_tar(src / f"{shard['name']}.tar").items():
+                old = {k: v for k, v in members.items() if k not in (schema.VIEWS, schema.RIGHT_VIEWS)}
+                for i in range(schema.view_count(members)):
+                    old[schema.view_member(i)] = schema.png_bytes(schema.view_image(members, i))
+                for name in sorted(old):
+                    info = tarfile.TarInfo(f"{key}.{name}")
+                    info.size = len(old[name])
+                    dst.addfile(info, io.BytesIO(old[name]))
+        shard.update(bytes=tar.stat().st_size, sha256=file_sha256(tar))
+        shard.pop("index_sha256")
+    manifest["format"] = "recon3d-shards/1"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_a_format_1_shard_set_loads_verifies_and_upgrades(tiny_shards, tmp_path):
+    old = _as_format_1(tiny_shards, tmp_path / "old")
+    assert verify_shards(old).ok
+
+    def views(shards):
+        dm = _dm(shards, stage="image", crop_size=28, grayscale=False)
+        return [b["image"] for b in dm.val_dataloader()], dm
+
+    new_images, _ = views(tiny_shards)
+    old_images, dm = views(old)
+    assert dm.train_dataloader().dataset.readers is None  # streamed
+    assert all(torch.equal(a, b) for a, b in zip(new_images, old_images)) and len(old_images) == len(new_images)
+    upgrade(old)
+    assert verify_shards(old).ok
+    upgraded, dm = views(old)
+    assert dm.train_dataloader().dataset.readers is not None
+    assert all(torch.equal(a, b) for a, b in zip(new_images, upgraded))

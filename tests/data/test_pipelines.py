@@ -150,7 +150,7 @@ def test_corrupt_sample_is_skipped_with_a_warning(tiny_shards, tmp_path, caplog)
 
     _rewrite(shards / f"{name}.tar", tmp_path / "x.tar", damage)
     shutil.move(tmp_path / "x.tar", shards / f"{name}.tar")
-    dm = _dm(shards)
+    dm = _dm(shards, verify="off")  # the rewritten tar's size differs; this is about the sample, not the shard
     with caplog.at_level(logging.WARNING, logger="recon3d.data"):
         seen = [k for b in dm.val_dataloader() for k in b["key"]]
     expected = _split_keys(tiny_shards, "val")

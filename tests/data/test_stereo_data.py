@@ -22,19 +22,22 @@ def test_stereo_shards_hold_right_views_and_verify(stereo_shards):
     meta = schema.decode_meta(raw)
     assert meta["stereo_baseline"] == 0.1
     for view in range(meta["views"]):
-        left = schema.load_png(raw[schema.view_member(view)])
-        right = schema.load_png(raw[schema.right_view_member(view)])
+        left, right = schema.view_image(raw, view), schema.view_image(raw, view, right=True)
         assert left.shape == right.shape and not np.array_equal(left, right)
     assert schema.load_npy(raw[schema.CAMERA_RT_RIGHT]).shape == (meta["views"], 3, 4)
 
 
-def test_a_missing_right_view_is_reported(stereo_shards):
+def test_missing_or_short_right_views_are_reported(stereo_shards):
     from recon3d.data.verify import _check_sample
 
     raw = raw_samples(stereo_shards)[0]
-    members = {k: v for k, v in raw.items() if not k.startswith("__") and k != schema.right_view_member(1)}
+    members = {k: v for k, v in raw.items() if not k.startswith("__") and k != schema.RIGHT_VIEWS}
     problems = _check_sample(raw["__key__"], members, {"required": [schema.META]})
-    assert len(problems) == 1 and "right_01.png is missing" in problems[0]
+    assert len(problems) == 1 and "0 right views" in problems[0]
+    views = schema.view_count(raw, right=True)
+    members[schema.RIGHT_VIEWS] = schema.pack_views([schema.view_image(raw, i, right=True) for i in range(views - 1)])
+    problems = _check_sample(raw["__key__"], members, {"required": [schema.META]})
+    assert len(problems) == 1 and f"{views - 1} right views" in problems[0]
 
 
 def test_right_views_are_the_left_views_shifted_by_the_disparity(stereo_shards):

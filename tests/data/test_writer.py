@@ -38,7 +38,7 @@ def test_round_trip_members_and_manifest(tiny_shards, tiny_meshes):
                 points = schema.load_npy(members[schema.points_member(res)])
                 assert points.shape == (count, 3) and points.dtype == np.uint8
                 assert schema.unpack_values(members[schema.values_member(res)], count).dtype == bool
-            assert schema.load_png(members[schema.view_member(2)]).shape == (32, 32, 4)
+            assert schema.view_image(members, 2).shape == (32, 32, 4)
             assert schema.load_npy(members[schema.CAMERA_RT]).shape == (3, 3, 4)
             points, normals = schema.unpack_surface(members)
             assert points.shape == normals.shape == (256, 3) and np.abs(points).max() <= 0.5

@@ -40,7 +40,7 @@ def _inside_fraction(members, mesh_vertices, faces, normalisation):
     rt = schema.load_npy(members[schema.CAMERA_RT])
     fractions = []
     for view in range(meta["views"]):
-        alpha = schema.load_png(members[schema.view_member(view)])[..., 3]
+        alpha = schema.view_image(members, view)[..., 3]
         cam = points @ rt[view, :, :3].T.astype(np.float64) + rt[view, :, 3]
         uv = (cam @ k[view].T.astype(np.float64))[:, :2] / cam[:, 2:3]
         col, row = np.floor(uv).astype(int).T
