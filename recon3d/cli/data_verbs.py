@@ -59,9 +59,9 @@ def _shards_verify(args) -> int:
 
 
 def _shards_upgrade(args) -> int:
-    from recon3d.data.index import upgrade
+    from recon3d.data.writer import upgrade_shards
 
-    lines = upgrade(args.dir)
+    lines = upgrade_shards(args.dir)
     print("\n".join(lines))
     return 1 if any("not indexed" in line for line in lines) else 0
 

@@ -174,12 +174,7 @@ class LazySample(Mapping):
 
 
 def open_indexed(path: str) -> Tuple[Optional[IndexedShard], str]:
-    """(shard, "") when `path` has a usable index; (None, why) when it has none or a bad one (a remote shard is
-    streamed: None, "")."""
-    from recon3d.data.remote import is_remote
-
-    if is_remote(path):
-        return None, ""
+    """(shard, "") when the local tar `path` has a usable index; (None, why) when it has none or a bad one."""
     try:
         index = load_index(path)
     except (OSError, ValueError) as err:
@@ -196,38 +191,3 @@ def write_index(tar_path: str | Path) -> str:
     data = index_bytes(scan_tar(tar_path))
     atomic_write(index_path(tar_path), data)
     return hashlib.sha256(data).hexdigest()
-
-
-def upgrade(shard_dir: str | Path) -> List[str]:
-    """Give every shard of a folder its index (a shard set written before indexes existed, or one whose index was
-    lost): each tar is checked against its manifest sha256 first (a damaged tar is named and left alone), then its
-    index, sidecar and the manifest are written through temp names. Returns one line per shard."""
-    from recon3d.data.shards import MANIFEST, load_manifest, sidecar_path
-    from recon3d.io import atomic_write, file_sha256
-
-    shard_dir = Path(shard_dir)
-    manifest = load_manifest(shard_dir)
-    lines = []
-    for shard in manifest["shards"]:
-        tar = shard_dir / f"{shard['name']}.tar"
-        try:
-            current = load_index(tar)
-        except (OSError, ValueError):
-            current = None
-        if current is not None and len(current["samples"]) == shard["samples"] and "index_sha256" in shard:
-            lines.append(f"{tar.name}: indexed already")
-            continue
-        if not tar.is_file() or file_sha256(tar) != shard.get("sha256"):
-            lines.append(f"{tar.name}: missing or its sha256 differs from the manifest; not indexed (rebuild it)")
-            continue
-        shard["index_sha256"] = write_index(tar)
-        side_path = sidecar_path(shard_dir, shard["name"])
-        try:
-            side = json.loads(side_path.read_text())
-            side["index_sha256"] = shard["index_sha256"]
-            atomic_write(side_path, json.dumps(side, indent=1, sort_keys=True).encode())
-        except (OSError, ValueError):
-            pass  # no sidecar (an older set): the manifest carries the index checksum
-        lines.append(f"{tar.name}: indexed ({shard['samples']} samples)")
-    atomic_write(shard_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-    return lines

@@ -137,9 +137,12 @@ def _indexed(shards: Sequence[ShardInfo]):
     """Readers for every shard when each has a usable index (random access), else None (the streaming reader; a
     shard with a bad index is named in a warning)."""
     from recon3d.data.index import open_indexed
+    from recon3d.data.remote import is_remote
 
     readers = []
     for shard in shards:
+        if is_remote(shard.path):  # streamed from where it is (loader.cache_dir makes a local, indexed copy)
+            return None
         reader, why = open_indexed(shard.path)
         if reader is None:
             if why:

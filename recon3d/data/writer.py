@@ -33,9 +33,9 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from recon3d.config import Config, to_dict
 from recon3d.data import schema
 from recon3d.data.executors import ordered_map, ray_ordered_map
-from recon3d.data.index import index_bytes, index_path, scan_tar, write_index
+from recon3d.data.index import index_bytes, index_path, load_index, scan_tar, write_index
 from recon3d.data.prepare import Prepared
-from recon3d.data.shards import MANIFEST, sidecar_path
+from recon3d.data.shards import MANIFEST, load_manifest, sidecar_path
 from recon3d.data.sources import Item, assign_split, discover
 from recon3d.io import atomic_write, file_sha256
 REJECTS = "rejects.jsonl"
@@ -316,3 +316,35 @@ def make_manifest(cfg: Config, kind: str, plans: List[ShardPlan], sides: Dict[st
     return {"format": schema.FORMAT, "source": {"root": str(cfg.source.root), "kind": kind},
             "config": prep_config(cfg), "samples": sum(x["samples"] for x in shards), "splits": splits,
             "shards": shards, "rejects": len(rejects)}
+
+
+def upgrade_shards(shard_dir: str | Path) -> List[str]:
+    """Give every shard of a folder its index (a shard set written before indexes existed, or one whose index was
+    lost): each tar is checked against its manifest sha256 first (a damaged tar is named and left alone), then its
+    index, sidecar and the manifest are written through temp names. Returns one line per shard."""
+    shard_dir = Path(shard_dir)
+    manifest = load_manifest(shard_dir)
+    lines = []
+    for shard in manifest["shards"]:
+        tar = shard_dir / f"{shard['name']}.tar"
+        try:
+            current = load_index(tar)
+        except (OSError, ValueError):
+            current = None
+        if current is not None and len(current["samples"]) == shard["samples"] and "index_sha256" in shard:
+            lines.append(f"{tar.name}: indexed already")
+            continue
+        if not tar.is_file() or file_sha256(tar) != shard.get("sha256"):
+            lines.append(f"{tar.name}: missing or its sha256 differs from the manifest; not indexed (rebuild it)")
+            continue
+        shard["index_sha256"] = write_index(tar)
+        side_path = sidecar_path(shard_dir, shard["name"])
+        try:
+            side = json.loads(side_path.read_text())
+            side["index_sha256"] = shard["index_sha256"]
+            atomic_write(side_path, json.dumps(side, indent=1, sort_keys=True).encode())
+        except (OSError, ValueError):
+            pass  # no sidecar (an older set): the manifest carries the index checksum
+        lines.append(f"{tar.name}: indexed ({shard['samples']} samples)")
+    atomic_write(shard_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    return lines

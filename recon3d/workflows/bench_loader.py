@@ -13,6 +13,8 @@ and training share one timeline): there workers overlap loading with training.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import statistics
 import time
@@ -93,10 +95,10 @@ def baseline_batches(path: Path, stage: str, resolution: int, batch_size: int, c
 
 
 def _loader_batches(shard_dir: str, stage: str, workers: int, batches: int, batch_size: int,
-                    resolution: int) -> Iterator[dict]:
+                    resolution: int, crop: int) -> Iterator[dict]:
     from recon3d.data.datamodule import ShardDataModule
 
-    dm = ShardDataModule(shards=shard_dir, stage=stage, batch_size=batch_size, num_workers=workers,
+    dm = ShardDataModule(shards=shard_dir, stage=stage, batch_size=batch_size, num_workers=workers, crop_size=crop,
                          point_resolution=resolution, train_samples_per_epoch=(batches + 2 + workers) * batch_size)
     dm.setup()
     return iter(dm.train_dataloader())
@@ -124,15 +126,21 @@ def _rate(batches_of: Callable[[], Iterator[dict]], batches: int, batch_size: in
 
 def bench_loader(shard_dir: str, stage: str, workers: Sequence[int], batches: int, batch_size: int,
                  resolution: int, repeats: int = 3, crop: int = 128) -> str:
-    """Medians of interleaved runs: the h5py baseline and the loader with each worker count, alone and training."""
-    out = Path(shard_dir) / f".bench-baseline-{stage}-{resolution}.h5"  # inside the folder named, reused
+    """Medians of interleaved runs: the h5py baseline and the loader with each worker count, alone and training
+    (the image stage crops min(crop, view size), as training does)."""
+    from recon3d.data.shards import load_manifest
+
+    manifest = load_manifest(shard_dir)
+    crop = min(crop, int(manifest["config"]["render"]["image_size"]))
+    digest = hashlib.sha256(json.dumps(manifest["shards"], sort_keys=True).encode()).hexdigest()[:10]
+    out = Path(shard_dir) / f".bench-baseline-{stage}-{resolution}-{digest}.h5"  # in the folder named; reused
     if not out.is_file():
         write_baseline_hdf5(shard_dir, out, resolution)
     settings: Dict[str, Callable[[], Iterator[dict]]] = {
         "h5py baseline": lambda: baseline_batches(out, stage, resolution, batch_size, crop)}
     for count in workers:
         settings[f"recon3d num_workers={count}"] = (
-            lambda count=count: _loader_batches(shard_dir, stage, count, batches, batch_size, resolution))
+            lambda count=count: _loader_batches(shard_dir, stage, count, batches, batch_size, resolution, crop))
     first = f"recon3d num_workers={workers[0]}"
     busy = batch_size / statistics.median(_rate(settings[first], batches, batch_size, 0.0) for _ in range(2))
     rates: Dict[tuple, List[float]] = defaultdict(list)

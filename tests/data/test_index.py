@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from recon3d.data.datamodule import ShardDataModule
-from recon3d.data.index import IndexedShard, index_path, load_index, scan_tar, upgrade
+from recon3d.data.index import IndexedShard, index_path, load_index, scan_tar
 from recon3d.data.shards import load_manifest, read_tar
 from recon3d.data.verify import verify_shards
+from recon3d.data.writer import upgrade_shards
 
 
 def _copy(tiny_shards, tmp_path, ignore=None):
@@ -102,10 +103,10 @@ def test_upgrade_indexes_an_older_shard_set_and_refuses_a_damaged_tar(tiny_shard
     tar = _train_tar(shards)
     good = tar.read_bytes()
     tar.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
-    lines = upgrade(shards)
+    lines = upgrade_shards(shards)
     assert any(tar.name in line and "not indexed" in line for line in lines)
     tar.write_bytes(good)
-    lines = upgrade(shards)
+    lines = upgrade_shards(shards)
     assert sum("indexed (" in line for line in lines) == 1 and verify_shards(shards, decode=False).ok
     assert all(index_path(shards / f"{s['name']}.tar").is_file() for s in load_manifest(shards)["shards"])
     assert _dm(shards).train_dataloader().dataset.readers is not None
@@ -151,7 +152,7 @@ def test_a_format_1_shard_set_loads_verifies_and_upgrades(tiny_shards, tmp_path)
     old_images, dm = views(old)
     assert dm.train_dataloader().dataset.readers is None  # streamed
     assert all(torch.equal(a, b) for a, b in zip(new_images, old_images)) and len(old_images) == len(new_images)
-    upgrade(old)
+    upgrade_shards(old)
     assert verify_shards(old).ok
     upgraded, dm = views(old)
     assert dm.train_dataloader().dataset.readers is not None
