@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from recon3d.config import Config, LoaderConfig
 from recon3d.data.pipelines import (AutoencoderDecoder, ImageDecoder, StereoDecoder, VolumeDecoder,
                                     autoencoder_members, expand_batch, image_eval_members, image_members,
-                                    stereo_members)
+                                    image_train_members, stereo_members)
 from recon3d.data.streams import EvalStream, TrainStream, dist_context
 from recon3d.data.transfer import SlotLoader, keep_batch
 from recon3d.data.remote import is_remote
@@ -23,13 +23,15 @@ from recon3d.stages import STAGES
 class Pipeline(NamedTuple):
     decoder: Callable[["ShardDataModule"], object]  # the per-sample decoder, from the DataModule's settings
     members: Callable[["ShardDataModule", bool], Callable[[str], bool]]  # the tar members it reads (eval: bool)
+    train_members: Optional[Callable[[str], bool]] = None  # those training reads, when fewer than evaluation's
 
 
 PIPELINES: Dict[str, Pipeline] = {  # loader.stage -> how its samples are read
     "autoencoder": Pipeline(lambda dm: AutoencoderDecoder(dm.point_resolution, dm.points_per_sample),
                             lambda dm, evaluation: autoencoder_members(dm.point_resolution, surface=evaluation)),
     "image": Pipeline(lambda dm: ImageDecoder(dm.crop_size, dm.flip, dm.grayscale, dm.holdout_views),
-                      lambda dm, evaluation: image_eval_members if evaluation else image_members),
+                      lambda dm, evaluation: image_eval_members if evaluation else image_members,
+                      image_train_members),
     "volume": Pipeline(lambda dm: VolumeDecoder(dm.crop_size, dm.flip, dm.grayscale, dm.holdout_views,
                                                 dm.volume_depth),
                        lambda dm, evaluation: image_members),
@@ -177,7 +179,8 @@ class ShardDataModule(L.LightningDataModule):
                           persistent_workers=self.persistent_workers and self.num_workers > 0, pin_memory=False)
 
     def train_dataloader(self) -> DataLoader:
-        stream = TrainStream(self.shard_infos("train"), self._decoder(), self.batch_size, members=self._members(),
+        members = PIPELINES[self.stage].train_members or self._members()
+        stream = TrainStream(self.shard_infos("train"), self._decoder(), self.batch_size, members=members,
                              samples_per_epoch=self.train_samples_per_epoch, shuffle_buffer=self.shuffle_buffer,
                              seed=self.seed, rank=self._rank, world_size=self._world)
         trainer = getattr(self, "trainer", None)

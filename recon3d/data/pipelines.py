@@ -25,7 +25,13 @@ def autoencoder_members(resolution: int, surface: bool = False) -> Callable[[str
 
 def image_members(suffix: str) -> bool:
     return not suffix.startswith(("points_", "values_", "surface_", "right_")) and suffix not in (
-        schema.VOXELS_FINE, schema.CAMERA_RT_RIGHT)
+        schema.VOXELS_FINE, schema.CAMERA_RT_RIGHT, schema.CAMERA_POSE)
+
+
+def image_train_members(suffix: str) -> bool:
+    """What training the image encoder reads: a view and its camera (its targets are latents; voxels only score
+    validation)."""
+    return suffix in (schema.META, schema.VIEWS, schema.CAMERA_K, schema.CAMERA_RT) or schema.is_view_member(suffix)
 
 
 def stereo_members(suffix: str) -> bool:
@@ -165,8 +171,9 @@ def decode_image(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, gray
         k = k.copy()
         k[0, 0], k[0, 2] = -k[0, 0], crop - k[0, 2]  # u' = crop - u
     out = {"key": raw["__key__"], "image": np.ascontiguousarray(image), "view": view,
-           "camera_k": k.astype(np.float32), "camera_rt": rt.astype(np.float32), "has_camera": has_camera,
-           "voxel_bits": schema.voxel_bits(raw[schema.VOXELS])}
+           "camera_k": k.astype(np.float32), "camera_rt": rt.astype(np.float32), "has_camera": has_camera}
+    if schema.VOXELS in raw:  # not read by image-encoder training (image_train_members)
+        out["voxel_bits"] = schema.voxel_bits(raw[schema.VOXELS])
     if schema.SURFACE_POINTS in raw:  # evaluation streams ask for the surface samples (shape-space metrics)
         out["surface_points"], out["surface_normals"] = schema.unpack_surface(raw)
     return out
