@@ -21,7 +21,8 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true",
 @dataclass
 class LoaderConfig:
     shards: str = "shards/demo"  # folder holding manifest.json, or where it is: https://host/shards (any scheme
-    # webdataset opens) or pipe:CMD with {file} for the file name (pipe:aws s3 cp s3://bucket/shards/{file} -)
+    # webdataset opens) or pipe:CMD with {file} for the file name (pipe:aws s3 cp s3://bucket/shards/{file} -); or
+    # a shard list as webdataset takes one (DIR/train-{000000..000009}.tar, URL or pipe:): only those of their split
     cache_dir: str = ""  # node-local folder: shards are copied there on first use (checked) and read from there
     stage: str = ""  # empty: what train.stage reads (recon3d/stages.py); or autoencoder (voxels + points) | image (a
     # view + camera) | volume (a view + its view-aligned occupancy) | stereo (a left/right pair: render.stereo_baseline)

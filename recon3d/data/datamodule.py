@@ -15,7 +15,7 @@ from recon3d.data.pipelines import (AutoencoderDecoder, ImageDecoder, StereoDeco
                                     image_train_members, stereo_members)
 from recon3d.data.streams import EvalStream, TrainStream, dist_context
 from recon3d.data.transfer import SlotLoader, keep_batch
-from recon3d.data.remote import is_remote
+from recon3d.data.remote import is_remote, split_shard_list
 from recon3d.data.shards import ShardInfo, load_manifest, shard_infos
 from recon3d.stages import STAGES
 
@@ -65,7 +65,8 @@ class ShardDataModule(L.LightningDataModule):
                  rank: Optional[int] = None,
                  world_size: Optional[int] = None) -> None:
         super().__init__()
-        self.shard_dir = shards if is_remote(shards) else Path(shards)  # a folder, or a URL (recon3d.data.remote)
+        location, self.listed = split_shard_list(str(shards))  # a folder, a URL or a shard list: recon3d.data.remote
+        self.shard_dir = location if is_remote(location) else Path(location)
         self.cache_dir = cache_dir
         self.stage = stage
         self.batch_size = batch_size
@@ -100,6 +101,9 @@ class ShardDataModule(L.LightningDataModule):
         if self.stage not in PIPELINES:
             raise ValueError(f"loader stage {self.stage!r}: one of {', '.join(PIPELINES)}")
         self.manifest = load_manifest(self.shard_dir)
+        unknown = sorted(set(self.listed or ()) - {s["name"] for s in self.manifest["shards"]})
+        if unknown:
+            raise ValueError(f"{self.shard_dir}: the shard list names {', '.join(unknown)}, which its manifest does not")
         stored = self.manifest["config"]["geometry"]["point_resolutions"]
         views = int(self.manifest["config"]["render"]["views"])
         if self.stage == "stereo" and not self.manifest["config"]["render"].get("stereo_baseline"):
@@ -166,7 +170,8 @@ class ShardDataModule(L.LightningDataModule):
         if not self.manifest:
             self.setup()
         return shard_infos(self.shard_dir, split, self.manifest, check=self.verify != "off",
-                           checksum=self.verify == "sha256", checked=self._checked, cache_dir=self.cache_dir)
+                           checksum=self.verify == "sha256", checked=self._checked, cache_dir=self.cache_dir,
+                           only=self.listed)
 
     def _decoder(self):
         return PIPELINES[self.stage].decoder(self)

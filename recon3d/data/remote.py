@@ -19,10 +19,43 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Tuple
 
 log = logging.getLogger("recon3d.data")
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://")
+
+
+_TAR = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]*)\.tar(?=[\s'\"]|$)")
+
+
+def split_shard_list(location: str) -> Tuple[str, Optional[List[str]]]:
+    """A shard list written as webdataset writes one (`/data/s/train-{000000..000009}.tar`, `https://host/s/
+    train-{000000..000009}.tar`, `pipe:curl -s https://host/s/train-{000000..000009}.tar`; `::` joins lists):
+    (where the set lives, the shard names listed); (location, None) for a plain location. The manifest is read
+    from the same place, the same way."""
+    text = str(location)
+    if "{file}" in text or not (text.endswith(".tar") or "::" in text or re.search(r"\.tar[\s'\"]", text)):
+        return text, None
+    from webdataset.shardlists import expand_urls
+
+    urls = expand_urls(text)
+    names, bases = [], set()
+    for url in urls:
+        found = list(_TAR.finditer(url))
+        if not found:
+            raise ValueError(f"loader.shards: {url!r} names no .tar shard")
+        tar = found[-1]
+        if url.startswith("pipe:"):  # the command, with {file} where the shard's file name was
+            bases.add(url[:tar.start()] + "{file}" + url[tar.end():])
+        elif tar.start() and url[tar.start() - 1] != "/":
+            raise ValueError(f"loader.shards: {url!r}: shard file names must be whole (split-NNNNNN.tar)")
+        else:
+            bases.add(url[:tar.start()])
+        names.append(tar.group(1))
+    if len(bases) != 1:
+        raise ValueError(f"loader.shards: the listed shards must come from one place, got {sorted(bases)}")
+    base = bases.pop()
+    return (base if base.startswith("pipe:") else base.rstrip("/") or "."), names
 
 
 def is_remote(location: str | Path) -> bool:

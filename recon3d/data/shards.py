@@ -11,7 +11,7 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 MANIFEST = "manifest.json"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a file name inside the folder: no /, no .., not absolute
@@ -61,7 +61,8 @@ def sidecar_path(shard_dir: str | Path, name: str) -> Path:
 
 
 def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None, *, check: bool = True,
-                checksum: bool = False, checked: Optional[set] = None, cache_dir: str = "") -> List[ShardInfo]:
+                checksum: bool = False, checked: Optional[set] = None, cache_dir: str = "",
+                only: Optional[Sequence[str]] = None) -> List[ShardInfo]:
     """The shard files of one split with their sample counts, in manifest order. With `check`, a shard that is
     missing, not the size the manifest says (truncated, rewritten, another build's), or whose manifest count
     disagrees with its sidecar (an edited manifest would weight it wrongly) is left out with a warning naming it, so
@@ -70,13 +71,16 @@ def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None,
     collects the shards that passed (`recon3d shards verify` checks contents as well).
 
     A remote location is streamed from where it is (no checks); with `cache_dir` any location is first copied into
-    the node-local cache, shard by shard, and read from there (recon3d.data.remote)."""
+    the node-local cache, shard by shard, and read from there (recon3d.data.remote). `only` (a shard list given
+    as `split-{000000..000009}.tar`) keeps the listed shards of each split it names; other splits keep all theirs."""
     import logging
 
     from recon3d.data import remote
 
     manifest = manifest or load_manifest(shard_dir)
     wanted = [shard for shard in manifest["shards"] if shard["split"] == split]
+    if only and any(shard["name"] in only for shard in wanted):
+        wanted = [shard for shard in wanted if shard["name"] in only]
     if remote.is_remote(shard_dir) and not cache_dir:
         return [ShardInfo(remote.file_url(shard_dir, f"{s['name']}.tar"), s["samples"]) for s in wanted]
     folder = remote.cache_folder(cache_dir, shard_dir) if cache_dir else Path(shard_dir)

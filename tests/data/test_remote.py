@@ -85,3 +85,17 @@ def test_a_remote_shard_that_changed_or_is_gone_is_named_and_skipped(served, tmp
         seen = {k for b in _dm(url).split_dataloader("train", surface=False) for k in b["key"]}
     assert {k for n in trains[2:] for k in read_tar(folder / f"{n}.tar")} <= seen
     assert any(f"{trains[1]}.tar" in r.getMessage() for r in caplog.records)
+
+
+def test_a_brace_expanded_shard_list_trains_on_the_listed_shards_only(tiny_shards):
+    trains = [s for s in load_manifest(tiny_shards)["shards"] if s["split"] == "train"]
+    assert len(trains) >= 2
+    listed = f"{tiny_shards}/train-{{000000..{len(trains) - 2:06d}}}.tar"  # all train shards but the last
+    keys = {k for s in trains[:-1] for k in read_tar(tiny_shards / f"{s['name']}.tar")}
+    for location in (listed, f"pipe:cat {listed}"):
+        dm = _dm(location, train_samples_per_epoch=8)
+        assert {i.path.rsplit("/", 1)[-1] for i in dm.shard_infos("train")} == {f"{s['name']}.tar" for s in trains[:-1]}
+        assert {k for b in dm.train_dataloader() for k in b["key"]} <= keys
+        assert _val_keys(dm) == _val_keys(_dm(tiny_shards))  # splits the list does not name keep all their shards
+    with pytest.raises(ValueError, match="train-000099"):
+        _dm(f"{tiny_shards}/train-{{000000,000099}}.tar")
