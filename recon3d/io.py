@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -13,16 +14,17 @@ from typing import Iterator
 @contextmanager
 def atomic_path(path: str | Path, *, keep_suffix: bool = False) -> Iterator[Path]:
     """A temp path beside `path` to write to; renamed onto `path` when the block ends without an error, removed when
-    it raises. The temp name is `<name>.<pid>.tmp` (cleanup code looks for the .tmp ending), or with keep_suffix
-    `<stem>.<pid>.tmp<suffix>` for writers that choose a format by the suffix (trimesh, PIL, ffmpeg); the process id
-    keeps two processes writing the same file from sharing a temp file.
+    it raises. The temp name is `<name>.<host>.<pid>.tmp` (cleanup code looks for the .tmp ending), or with
+    keep_suffix `<stem>.<host>.<pid>.tmp<suffix>` for writers that choose a format by the suffix (trimesh, PIL,
+    ffmpeg); host and process id keep two processes (ranks on two nodes of a shared file system too) writing the
+    same file from sharing a temp file.
 
     Example: `with atomic_path(out / "mesh.obj", keep_suffix=True) as tmp: mesh.export(tmp)`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}" if keep_suffix else
-                         f"{path.name}.{os.getpid()}.tmp")
+    me = f"{socket.gethostname().split('.')[0]}.{os.getpid()}"
+    tmp = path.with_name(f"{path.stem}.{me}.tmp{path.suffix}" if keep_suffix else f"{path.name}.{me}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)

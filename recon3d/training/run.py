@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from recon3d.config import Config, to_dict
 from recon3d.data.shards import load_manifest
+from recon3d.io import atomic_write
 from recon3d.stages import STAGES
 
 
@@ -165,8 +166,10 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     resume = resolve_resume(cfg)
     check_resumed_config(cfg, run_dir, resume)
     check_resumed_shards(manifest, run_dir, resume)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
-    (run_dir / "shards.json").write_text(json.dumps(_shard_facts(manifest), indent=1, sort_keys=True))
+    # every rank writes the same two files: through temp names, or a rank reading them (above) while another
+    # truncates them reads nothing (seen: a requeued two-node job whose second rank died on an empty shards.json)
+    atomic_write(run_dir / "config.json", json.dumps(to_dict(cfg), indent=1, sort_keys=True).encode())
+    atomic_write(run_dir / "shards.json", json.dumps(_shard_facts(manifest), indent=1, sort_keys=True).encode())
     trainer = build_trainer(cfg, enable_wandb=enable_wandb, extra_callbacks=extra_callbacks, **trainer_overrides)
     from recon3d.training.callbacks import Preempted
 
