@@ -59,6 +59,10 @@ def values_member(resolution: int) -> str:
 
 VIEWS = "views.zlib"
 RIGHT_VIEWS = "right_views.zlib"
+try:  # ISA-L's inflate: the same zlib streams, 2-3x faster (a view is ~75 KB of pixels; inflating it dominates)
+    from isal.isal_zlib import decompress as _inflate
+except ImportError:  # pragma: no cover - isal is a dependency; a platform without its wheel falls back
+    _inflate = zlib.decompress
 _VIEWS_HEAD = struct.Struct("<4sHHBH")  # magic, height, width, channels, view count; then one uint32 size per view
 _VIEWS_MAGIC = b"R3DV"
 
@@ -122,7 +126,7 @@ def view_image(sample: Dict[str, bytes], index: int, right: bool = False) -> np.
     data = sample[packed]
     height, width, channels, spans = _views_table(data)
     offset, size = spans[index]
-    pixels = zlib.decompress(memoryview(data)[offset:offset + size])
+    pixels = _inflate(memoryview(data)[offset:offset + size])
     if len(pixels) != height * width * channels:
         raise ValueError(f"view {index}: {len(pixels)} bytes, expected {height}x{width}x{channels}")
     return np.frombuffer(pixels, np.uint8).reshape(height, width, channels)
