@@ -16,6 +16,7 @@ from recon3d.data.pipelines import (AutoencoderDecoder, ImageDecoder, StereoDeco
 from recon3d.data.streams import EvalStream, TrainStream, dist_context
 from recon3d.data.transfer import SlotLoader, keep_batch
 from recon3d.data.remote import is_remote, split_shard_list
+from recon3d.data.schema import point_grid
 from recon3d.data.shards import ShardInfo, load_manifest, shard_infos
 from recon3d.stages import STAGES
 
@@ -27,7 +28,8 @@ class Pipeline(NamedTuple):
 
 
 PIPELINES: Dict[str, Pipeline] = {  # loader.stage -> how its samples are read
-    "autoencoder": Pipeline(lambda dm: AutoencoderDecoder(dm.point_resolution, dm.points_per_sample),
+    "autoencoder": Pipeline(lambda dm: AutoencoderDecoder(dm.point_resolution, dm.points_per_sample,
+                                                          point_grid(dm.manifest) if dm.manifest else 0),
                             lambda dm, evaluation: autoencoder_members(dm.point_resolution, surface=evaluation)),
     "image": Pipeline(lambda dm: ImageDecoder(dm.crop_size, dm.flip, dm.grayscale, dm.holdout_views),
                       lambda dm, evaluation: image_eval_members if evaluation else image_members,
@@ -185,6 +187,8 @@ class ShardDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         members = PIPELINES[self.stage].train_members or self._members()
+        if self.stage == "autoencoder":  # the point grid comes from the manifest: meta.json is not read per sample
+            members = autoencoder_members(self.point_resolution, meta=False)
         stream = TrainStream(self.shard_infos("train"), self._decoder(), self.batch_size, members=members,
                              samples_per_epoch=self.train_samples_per_epoch, shuffle_buffer=self.shuffle_buffer,
                              seed=self.seed, rank=self._rank, world_size=self._world)

@@ -125,13 +125,16 @@ class IndexedShard:
             names = tuple(members)
             chosen = _CHOSEN.get((wanted, names))
             if chosen is None:
+                if len(_CHOSEN) > 1024:  # filters are made per loader: keep the cache from growing
+                    _CHOSEN.clear()
                 chosen = _CHOSEN[wanted, names] = [suffix for suffix in names if wanted(suffix)]
             members = {suffix: members[suffix] for suffix in chosen}
         return LazySample(self, key, members)
 
-    def member(self, name: str, offset: int, size: int) -> bytearray:
-        data, body = bytearray(BLOCK), bytearray(size)  # header and body in one read, no copy afterwards
-        if os.preadv(_FILES.get(self.path), [data, body], offset - BLOCK) != size + BLOCK:
+    def member(self, name: str, offset: int, size: int) -> bytes:
+        fd = _FILES.get(self.path)
+        data, body = os.pread(fd, BLOCK, offset - BLOCK), os.pread(fd, size, offset)  # no copy, no zero-fill
+        if len(data) != BLOCK or len(body) != size:
             raise ValueError(f"member {name}: the shard ends before the {size} bytes its index promises")
         encoded = name.encode()
         # the header's name field holds the name NUL-padded (a name of 100 bytes or more lives in a PAX header

@@ -6,6 +6,7 @@ Loaders carry voxels, values and point indices as uint8; `expand_batch` turns th
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Callable, Dict, Optional, Tuple
 
@@ -16,11 +17,15 @@ from recon3d.data import schema
 
 
 
-def autoencoder_members(resolution: int, surface: bool = False) -> Callable[[str], bool]:
-    keep = {schema.META, schema.VOXELS, schema.points_member(resolution), schema.values_member(resolution)}
+@functools.lru_cache(maxsize=None)
+def autoencoder_members(resolution: int, surface: bool = False, meta: bool = True) -> Callable[[str], bool]:
+    """The members the autoencoder stage reads (`meta=False`: the point grid is known from the manifest, as in
+    training, so meta.json is not read per sample)."""
+    keep = {schema.VOXELS, schema.points_member(resolution), schema.values_member(resolution)}
+    keep |= {schema.META} if meta else set()
     if surface:
         keep |= {schema.SURFACE_POINTS, schema.SURFACE_NORMALS}
-    return keep.__contains__
+    return frozenset(keep).__contains__
 
 
 def image_members(suffix: str) -> bool:
@@ -43,14 +48,16 @@ def image_eval_members(suffix: str) -> bool:
     return image_members(suffix) or suffix in (schema.SURFACE_POINTS, schema.SURFACE_NORMALS)
 
 
-def decode_autoencoder(raw: Dict[str, bytes], resolution: int, points: int, rng: random.Random) -> dict:
+def decode_autoencoder(raw: Dict[str, bytes], resolution: int, points: int, rng: random.Random,
+                       point_grid: int = 0) -> dict:
     """Compact arrays (see `expand_batch`): voxel_bits (R, R, R/8) uint8 (the stored bit-packed solid, unpacked on
     the device), point_index (P, 3) uint8 fine-grid indices, point_grid (), and values (P, 1) uint8 for a subset of
     the points or value_bits (ceil(P/8),) uint8 for all of them. Keeping them small makes worker-to-trainer transfer
     and the copy to the GPU cheap (voxels and values 8x less than uint8)."""
     bits = schema.voxel_bits(raw[schema.VOXELS])
     index = schema.load_npy(raw[schema.points_member(resolution)])
-    out = {"key": raw["__key__"], "voxel_bits": bits, "point_grid": np.int32(schema.meta_int(raw, "point_grid"))}
+    grid = point_grid or schema.meta_int(raw, "point_grid")
+    out = {"key": raw["__key__"], "voxel_bits": bits, "point_grid": np.int32(grid)}
     if points and points < len(index):
         values = schema.unpack_values(raw[schema.values_member(resolution)], len(index))
         keep = np.sort(_numpy_rng(rng).choice(len(index), points, replace=False))
@@ -217,12 +224,13 @@ def decode_stereo(raw: Dict[str, bytes], crop: int, train: bool, grayscale: bool
 class AutoencoderDecoder:
     """Picklable per-stage decoder (workers import only this module: no Lightning in worker start-up)."""
 
-    def __init__(self, resolution: int, points: int) -> None:
-        self.resolution, self.points = resolution, points
+    def __init__(self, resolution: int, points: int, point_grid: int = 0) -> None:
+        self.resolution, self.points, self.point_grid = resolution, points, point_grid
 
     def __call__(self, raw: dict, rng: random.Random, train: bool) -> dict:
         # evaluation subsets are fixed per shape, so metrics compare like with like across epochs
-        return decode_autoencoder(raw, self.resolution, self.points, rng if train else random.Random(raw["__key__"]))
+        return decode_autoencoder(raw, self.resolution, self.points, rng if train else random.Random(raw["__key__"]),
+                                  self.point_grid)
 
 
 class ImageDecoder:

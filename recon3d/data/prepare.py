@@ -179,8 +179,8 @@ def _imnet_members(path: Path, item: Item, cfg: Config, clock: _Clock) -> Dict[s
     if len(pixels):
         members[schema.VIEWS] = schema.pack_views([image.astype(np.uint8) for image in pixels])
     clock.lap("convert")
-    members[schema.META] = {"voxel_resolution": int(voxels.shape[0]), "point_grid": 256, "point_sets": counts,
-                            "views": int(len(pixels)), "cameras": False}
+    members[schema.META] = {"voxel_resolution": int(voxels.shape[0]), "point_grid": schema.IMNET_POINT_GRID,
+                            "point_sets": counts, "views": int(len(pixels)), "cameras": False}
     return members
 
 

@@ -257,6 +257,16 @@ def decode_meta(sample: Dict[str, bytes]) -> dict:
     return json.loads(sample[META])
 
 
+IMNET_POINT_GRID = 256  # IM-NET's hdf5 point coordinates are indices into a 256^3 grid
+
+
+def point_grid(manifest: dict) -> int:
+    """The grid every sample's point indices refer to (meta.json's point_grid), from a shard set's manifest."""
+    if manifest["source"]["kind"] == "imnet_hdf5":
+        return IMNET_POINT_GRID
+    return int(manifest["config"]["geometry"]["fine_resolution"])
+
+
 def meta_int(sample: Dict[str, bytes], field: str) -> int:
     """One integer field of meta.json without parsing all of it (json_bytes writes compact, sorted JSON; anything
     else falls back to a full parse)."""
