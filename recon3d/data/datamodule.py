@@ -24,16 +24,18 @@ from recon3d.stages import STAGES
 class Pipeline(NamedTuple):
     decoder: Callable[["ShardDataModule"], object]  # the per-sample decoder, from the DataModule's settings
     members: Callable[["ShardDataModule", bool], Callable[[str], bool]]  # the tar members it reads (eval: bool)
-    train_members: Optional[Callable[[str], bool]] = None  # those training reads, when fewer than evaluation's
+    train_members: Optional[Callable[["ShardDataModule"], Callable[[str], bool]]] = None  # training's, when fewer
 
 
 PIPELINES: Dict[str, Pipeline] = {  # loader.stage -> how its samples are read
     "autoencoder": Pipeline(lambda dm: AutoencoderDecoder(dm.point_resolution, dm.points_per_sample,
                                                           point_grid(dm.manifest) if dm.manifest else 0),
-                            lambda dm, evaluation: autoencoder_members(dm.point_resolution, surface=evaluation)),
+                            lambda dm, evaluation: autoencoder_members(dm.point_resolution, surface=evaluation),
+                            # the point grid comes from the manifest: meta.json is not read per sample
+                            lambda dm: autoencoder_members(dm.point_resolution, meta=False)),
     "image": Pipeline(lambda dm: ImageDecoder(dm.crop_size, dm.flip, dm.grayscale, dm.holdout_views),
                       lambda dm, evaluation: image_eval_members if evaluation else image_members,
-                      image_train_members),
+                      lambda dm: image_train_members),
     "volume": Pipeline(lambda dm: VolumeDecoder(dm.crop_size, dm.flip, dm.grayscale, dm.holdout_views,
                                                 dm.volume_depth),
                        lambda dm, evaluation: image_members),
@@ -186,9 +188,8 @@ class ShardDataModule(L.LightningDataModule):
                           persistent_workers=self.persistent_workers and self.num_workers > 0, pin_memory=False)
 
     def train_dataloader(self) -> DataLoader:
-        members = PIPELINES[self.stage].train_members or self._members()
-        if self.stage == "autoencoder":  # the point grid comes from the manifest: meta.json is not read per sample
-            members = autoencoder_members(self.point_resolution, meta=False)
+        train_members = PIPELINES[self.stage].train_members
+        members = train_members(self) if train_members else self._members()
         stream = TrainStream(self.shard_infos("train"), self._decoder(), self.batch_size, members=members,
                              samples_per_epoch=self.train_samples_per_epoch, shuffle_buffer=self.shuffle_buffer,
                              seed=self.seed, rank=self._rank, world_size=self._world)

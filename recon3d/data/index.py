@@ -187,10 +187,10 @@ def open_indexed(path: str) -> Tuple[Optional[IndexedShard], str]:
     return IndexedShard(path, index), ""
 
 
-def write_index(tar_path: str | Path) -> str:
-    """Index a finished tar (atomically, beside it); returns the index's sha256."""
+def write_index(tar_path: str | Path, dest: str | Path | None = None) -> str:
+    """Index a finished tar, atomically, into `dest` (default: beside it); returns the index's sha256."""
     from recon3d.io import atomic_write
 
     data = index_bytes(scan_tar(tar_path))
-    atomic_write(index_path(tar_path), data)
+    atomic_write(dest or index_path(tar_path), data)
     return hashlib.sha256(data).hexdigest()

@@ -63,11 +63,8 @@ def decode_autoencoder(raw: Dict[str, bytes], resolution: int, points: int, rng:
         keep = np.sort(_numpy_rng(rng).choice(len(index), points, replace=False))
         out["point_index"], out["values"] = index[keep], values[keep][:, None].view(np.uint8)
     else:  # every point: the values stay bit-packed too
-        packed = schema.load_npy(raw[schema.values_member(resolution)])
-        if packed.dtype != np.uint8 or packed.shape != ((len(index) + 7) // 8,):
-            raise ValueError(f"packed values for {len(index)} points must be ({(len(index) + 7) // 8},) uint8, "
-                             f"got {packed.shape}")
-        out["point_index"], out["value_bits"] = index, packed
+        out["point_index"] = index
+        out["value_bits"] = schema.value_bits(raw[schema.values_member(resolution)], len(index))
     if schema.SURFACE_POINTS in raw:  # evaluation streams ask for the surface samples (surface metrics)
         out["surface_points"], out["surface_normals"] = schema.unpack_surface(raw)
     return out

@@ -118,6 +118,7 @@ def cached_shard(location: str | Path, cache: Path, shard: dict) -> Optional[Pat
     """The local copy of a shard (tar and index), copied on first use; None (with a warning) when it cannot be read
     or its bytes do not match the manifest."""
     from recon3d.data.index import index_path
+    from recon3d.io import atomic_path, atomic_write
 
     cache.mkdir(parents=True, exist_ok=True)
     name = f"{shard['name']}.tar"
@@ -125,30 +126,24 @@ def cached_shard(location: str | Path, cache: Path, shard: dict) -> Optional[Pat
     with _locked(cache / f".{shard['name']}.lock"):
         if local.is_file() and local.stat().st_size == shard.get("bytes", local.stat().st_size):
             return local
-        tmp = cache / f"{name}.part"
         try:
-            digest = hashlib.sha256()
-            with open_url(file_url(location, name)) as src, open(tmp, "wb") as dst:
-                for block in iter(lambda: src.read(1 << 20), b""):
-                    digest.update(block)
-                    dst.write(block)
-            size = tmp.stat().st_size
-            problem = ""
-            if "bytes" in shard and size != shard["bytes"]:
-                problem = f"{size} bytes arrived, the manifest says {shard['bytes']}"
-            elif "sha256" in shard and digest.hexdigest() != shard["sha256"]:
-                problem = "its sha256 differs from the manifest (changed while it was read?)"
-            if problem:
-                raise OSError(problem)
-            if shard.get("index_sha256"):
-                index = read_file(location, f"{shard['name']}.idx")
-                if hashlib.sha256(index).hexdigest() == shard["index_sha256"]:
-                    index_path(local).with_suffix(".idx.part").write_bytes(index)
-                    os.replace(index_path(local).with_suffix(".idx.part"), index_path(local))
-            os.replace(tmp, local)
+            with atomic_path(local) as tmp:  # kept only when the whole block passes
+                digest = hashlib.sha256()
+                with open_url(file_url(location, name)) as src, open(tmp, "wb") as dst:
+                    for block in iter(lambda: src.read(1 << 20), b""):
+                        digest.update(block)
+                        dst.write(block)
+                size = tmp.stat().st_size
+                if "bytes" in shard and size != shard["bytes"]:
+                    raise OSError(f"{size} bytes arrived, the manifest says {shard['bytes']}")
+                if "sha256" in shard and digest.hexdigest() != shard["sha256"]:
+                    raise OSError("its sha256 differs from the manifest (changed while it was read?)")
+                if shard.get("index_sha256"):
+                    index = read_file(location, f"{shard['name']}.idx")
+                    if hashlib.sha256(index).hexdigest() == shard["index_sha256"]:
+                        atomic_write(index_path(local), index)
             return local
         except Exception as err:
-            tmp.unlink(missing_ok=True)
             log.warning("%s: not cached (%s); skipping it (%d samples)", file_url(location, name),
                         str(err).splitlines()[0] if str(err) else type(err).__name__, shard["samples"])
             return None

@@ -214,11 +214,16 @@ def pack_values(values: np.ndarray) -> bytes:
     return npy_bytes(np.packbits(values.astype(bool).ravel()))
 
 
-def unpack_values(data: bytes, count: int) -> np.ndarray:
+def value_bits(data: bytes, count: int) -> np.ndarray:
+    """(ceil(count/8),) uint8 of a packed values member for `count` points, still packed (checked)."""
     packed = load_npy(data)
     if packed.dtype != np.uint8 or packed.ndim != 1 or len(packed) != (count + 7) // 8:
         raise ValueError(f"packed values for {count} points must be ({(count + 7) // 8},) uint8, got {packed.shape}")
-    return np.unpackbits(packed, count=count).astype(bool)
+    return packed
+
+
+def unpack_values(data: bytes, count: int) -> np.ndarray:
+    return np.unpackbits(value_bits(data, count), count=count).astype(bool)
 
 
 def pack_surface(points: np.ndarray, normals: np.ndarray) -> Dict[str, bytes]:

@@ -236,13 +236,8 @@ class TrainStream(_Stream):
             yield self._out(batch)
 
     def _indexed_sample(self, shard: int, index: int, rng: random.Random) -> Optional[dict]:
-        reader = self.readers[shard]
-        try:
-            raw = reader.read(index, self.members)
-        except Exception as err:
-            self.skips.skip(f"sample {index} of {reader.path}", err)
-            return None
-        return self._decode_one(raw, rng, True)
+        # members are read as the decoder looks them up: a bad one is a decoding failure, named and counted there
+        return self._decode_one(self.readers[shard].read(index, self.members), rng, True)
 
     def _streamed_batches(self, epoch: int, rank: int, worker: int, workers: int, skip: int) -> Iterator[dict]:
         order = random.Random(hash((self.seed, rank, worker, epoch)))
@@ -301,10 +296,7 @@ class EvalStream(_Stream):
         for shard in shards:
             reader = readers[shard.path]
             for i in range(len(reader)):
-                try:
-                    yield reader.read(i, self.members)
-                except Exception as err:
-                    self.skips.skip(f"sample {i} of {reader.path}", err)
+                yield reader.read(i, self.members)  # read lazily: a bad member fails (and is named) in decoding
 
     def _slot_samples(self, slot: int, slots: int) -> tuple[List[ShardInfo], Optional[int]]:
         if len(self.shards) >= slots:

@@ -33,7 +33,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from recon3d.config import Config, to_dict
 from recon3d.data import schema
 from recon3d.data.executors import ordered_map, ray_ordered_map
-from recon3d.data.index import index_bytes, index_path, load_index, scan_tar, write_index
+from recon3d.data.index import index_path, load_index, write_index
 from recon3d.data.prepare import Prepared
 from recon3d.data.shards import MANIFEST, load_manifest, sidecar_path
 from recon3d.data.sources import Item, assign_split, discover
@@ -136,10 +136,9 @@ def _finish_shard(out: Path, plan: ShardPlan, tar: tarfile.TarFile, handle, coun
     os.fsync(handle.fileno())
     tmp = out / f"{plan.name}.tar.tmp"
     final = out / f"{plan.name}.tar"
-    index = index_bytes(scan_tar(tmp))
-    atomic_write(index_path(final), index)  # before the tar gets its name: a finished tar always has its index
+    index_sha256 = write_index(tmp, index_path(final))  # before the tar gets its name: it always has its index
     side = {"name": plan.name, "split": plan.split, "samples": count, "bytes": tmp.stat().st_size,
-            "sha256": file_sha256(tmp), "index_sha256": hashlib.sha256(index).hexdigest(),
+            "sha256": file_sha256(tmp), "index_sha256": index_sha256,
             "keys": [i.key for i in plan.items], "rejects": rejects, "facts": facts, "plan_hash": plan.plan_hash}
     os.replace(tmp, final)
     handle.close()  # the lock is released only once the shard has its final name

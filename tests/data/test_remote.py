@@ -61,7 +61,7 @@ def test_http_with_a_cache_copies_checks_and_then_reads_locally(served, tmp_path
     assert all((copied / f"{s['name']}.tar").read_bytes() == (folder / f"{s['name']}.tar").read_bytes()
                for s in trains)
     assert _val_keys(dm) == _val_keys(_dm(folder))
-    assert not list(copied.glob("*.part"))
+    assert not list(copied.glob("*.tmp"))  # no temp copy left behind
 
 
 def test_a_remote_shard_that_changed_or_is_gone_is_named_and_skipped(served, tmp_path, caplog):
