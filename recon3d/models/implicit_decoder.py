@@ -53,13 +53,20 @@ class ImplicitDecoder(nn.Module):
                              f"got {tuple(points.shape)} and {tuple(z.shape)}")
         # The first layer on [point, z] split in two: W [p; z] + b = W_p p + (W_z z + b). The z part is computed once
         # per shape instead of once per point (the same function and weights, without a (B, P, 3 + Z) concatenation).
-        first = self.hidden[0]
-        per_shape = torch.addmm(first.bias, z, first.weight[:, 3:].t())  # (B, H)
-        x = torch.baddbmm(per_shape[:, None, :], points, first.weight[:, :3].t().expand(points.shape[0], -1, -1))
+        # Under bf16 (autocast or bf16 weights) the first and last layers still run in fp32: in bf16 a coordinate
+        # in [-0.5, 0.5] keeps 8 bits (steps of 1/512, half a cell of a 256^3 grid) and the output +-0.03 near the
+        # 0.5 threshold; both layers are about 0.1 % of the FLOPs.
+        first, kind = self.hidden[0], points.device.type
+        with torch.autocast(kind, enabled=False):
+            weight = first.weight.float()
+            per_shape = torch.addmm(first.bias.float(), z.float(), weight[:, 3:].t())  # (B, H)
+            x = torch.baddbmm(per_shape[:, None, :], points.float(), weight[:, :3].t().expand(points.shape[0], -1, -1))
+        x = x.to(torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else first.weight.dtype)
         x = nn.functional.leaky_relu_(x, 0.02)
         for layer in self.hidden[1:]:
             x = nn.functional.leaky_relu_(layer(x), 0.02)
-        x = self.last(x)
+        with torch.autocast(kind, enabled=False):
+            x = nn.functional.linear(x.float(), self.last.weight.float(), self.last.bias.float())
         if self.output == "sigmoid":
             return torch.sigmoid(x)
         return leaky_clip(x)

@@ -60,3 +60,28 @@ def test_without_the_band_a_thin_rod_would_be_lost():
     assert dense_grid(thin_rod_field, 32).values.max() < 0.5 < dense_grid(thin_rod_field, 128).values.max()
     missed = coarse_to_fine_grid(thin_rod_field, 128, coarse=32, band=0.0)
     assert (missed.values > 0.5).sum() == 0
+
+
+def test_tracing_keeps_thin_legs_without_a_band():
+    # legs 0.03 wide off a seat, a 16^3 frame and no band: the traced levels keep them
+    dense = dense_grid(chair_like_field, 128, batch_points=1 << 20)
+    traced = coarse_to_fine_grid(chair_like_field, 128, coarse=16, band=0.0, batch_points=1 << 20)
+    assert iou(traced.values > 0.5, dense.values > 0.5) >= 0.99
+
+
+def test_bf16_extraction_agrees_with_fp32():
+    from types import SimpleNamespace
+
+    from recon3d.inference.autoencoder import decoder_field
+    from recon3d.models.implicit_decoder import ImplicitDecoder
+
+    torch.manual_seed(0)
+    decoder = ImplicitDecoder(latent_dim=8, decoder_widths=[64, 64]).eval()
+    with torch.no_grad():  # a decoder whose surface is a sphere-like blob: 0.5 + 0.3 - |p| through its last layer
+        decoder.last.bias.fill_(0.5)
+    task = SimpleNamespace(model=SimpleNamespace(decoder=decoder))
+    z = torch.rand(8)
+    fields = {dtype: decoder_field(task, z, dtype) for dtype in (torch.float32, torch.bfloat16)}
+    grids = {dtype: coarse_to_fine_grid(field, 64, coarse=16).values > 0.5 for dtype, field in fields.items()}
+    assert grids[torch.float32].any() and not grids[torch.float32].all()
+    assert iou(grids[torch.bfloat16], grids[torch.float32]) >= 0.99
