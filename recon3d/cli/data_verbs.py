@@ -98,12 +98,6 @@ def _report(args) -> int:
     return 0
 
 
-def torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
-
-
 def _bench(args) -> int:
     from recon3d.workflows import bench
 
@@ -129,11 +123,13 @@ def _bench(args) -> int:
     if args.what == "extract":
         if not args.ckpt:
             raise ConfigError("bench extract needs --ckpt (and a shard folder as target)")
+        import torch
+
         from recon3d.workflows.bench_extract import bench_extract
 
-        print(bench_extract(args.ckpt, args.target, args.shapes, args.extract_resolution, args.device,
-                            {"auto": None, "fp32": torch_dtype("float32"), "bf16": torch_dtype("bfloat16")}[
-                                args.precision], args.full_size))
+        dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
+        print(bench_extract(args.ckpt, args.target, args.shapes, args.extract_resolution, args.device, dtype,
+                            args.full_size))
         return 0
     workers = [int(w) for w in (args.workers or ("1,2" if args.what == "prep" else "0,1,2")).split(",")]
     if args.what == "prep":

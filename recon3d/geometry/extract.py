@@ -5,9 +5,9 @@ The field is evaluated on a coarse frame of corners (32^3 cells), then refined l
 straddle the threshold or come within a band of it, in large batches. The band matters for thin parts of a learned
 field: a chair leg or a wing can peak between frame samples, whose values then stay just below the threshold. Far
 from the surface the interpolated values keep the right side of the threshold, which is all marching cubes needs
-there. The last level traces the surface instead, cell by cell: only the cells the upsampled values put on the
-surface are evaluated, then any cell whose exact corners show the surface running on into it, until none is left
-(about half the points of refining whole cells there, with the same occupancy). Everything is batched and
+there. The levels after the first trace the surface instead, cell by cell: only the cells the upsampled values
+put on the surface are evaluated, then any cell whose exact corners show the surface running on into it, until none
+is left (about half the points of refining whole cells, with the same occupancy). Everything is batched and
 vectorised in torch; no per-cell Python loop.
 """
 
@@ -77,12 +77,13 @@ def coarse_to_fine_grid(field: Field, resolution: int = 256, *, coarse: int = 32
     values, evaluated, n = torch.as_tensor(frame.values, device=device), frame.evaluated, coarse
     exact = torch.ones_like(values, dtype=torch.bool)
     while n < resolution:
-        active = _cells_near(values, threshold, band * coarse / n)
+        trace = follow and n > coarse  # past the first level: trace the surface cell by cell
+        active = None if trace else _cells_near(values, threshold, band * coarse / n)
         values = F.interpolate(values[None, None], size=(2 * n + 1,) * 3, mode="trilinear", align_corners=True)[0, 0]
         known = torch.zeros_like(values, dtype=torch.bool)
         known[::2, ::2, ::2] = exact
         exact, n = known, 2 * n
-        if follow and n > 2 * coarse:  # past the first level: trace the surface cell by cell
+        if trace:
             evaluated += _trace_surface(field, values, exact, threshold, batch_points)
             continue
         done = active
@@ -105,8 +106,13 @@ def _evaluate_cells(field: Field, values: torch.Tensor, exact: torch.Tensor, cel
         for j in range(3):
             for k in range(3):
                 need[i:i + 2 * half:2, j:j + 2 * half:2, k:k + 2 * half:2] |= cells
-    need &= ~exact
-    linear = need.view(-1).nonzero()[:, 0]
+    return _evaluate_corners(field, values, exact, need, batch_points)
+
+
+def _evaluate_corners(field: Field, values: torch.Tensor, exact: torch.Tensor, need: torch.Tensor,
+                      batch_points: int) -> int:
+    """Evaluate the corners `need` marks that are not exact yet ((N+1)^3 bool), in place; returns how many."""
+    linear = (need & ~exact).view(-1).nonzero()[:, 0]
     if len(linear):
         n = values.shape[0] - 1
         side = n + 1
@@ -118,23 +124,17 @@ def _evaluate_cells(field: Field, values: torch.Tensor, exact: torch.Tensor, cel
 
 def _trace_surface(field: Field, values: torch.Tensor, exact: torch.Tensor, threshold: float,
                    batch_points: int) -> int:
-    """The last level: evaluate the corners of the cells that straddle the threshold by the upsampled values, then
+    """A level past the first: evaluate the corners of the cells that straddle the threshold by the upsampled values, then
     of every cell whose exact corners straddle it while others are not exact yet, until there is none (the
     surface followed where the upsampling misplaced it); returns the points evaluated."""
     evaluated = 0
     above = _any_corner(values > threshold)
     cells = above & ~_all_corners(values > threshold)
     while True:
-        need = _corner_mask(cells) & ~exact
-        linear = need.view(-1).nonzero()[:, 0]
-        if not len(linear):
+        count = _evaluate_corners(field, values, exact, _corner_mask(cells), batch_points)
+        if not count:
             return evaluated
-        n = values.shape[0] - 1
-        side = n + 1
-        ijk = torch.stack([linear // (side * side), (linear // side) % side, linear % side], dim=-1)
-        values.view(-1)[linear] = _evaluate(field, ijk.float() / n - 0.5, batch_points)
-        exact.view(-1)[linear] = True
-        evaluated += len(linear)
+        evaluated += count
         cells = (_any_corner(exact & (values > threshold)) & _any_corner(exact & (values <= threshold))
                  & _any_corner(~exact))
 

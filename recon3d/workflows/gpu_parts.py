@@ -67,6 +67,7 @@ def log(line: str) -> None:
 def median_ms(times: Sequence[float]) -> float:
     return round(statistics.median(times) * 1000, 3)
 
+
 # mode -> (Lightning strategy, precision); each one GPU (or one CPU process with --tiny)
 STEP_MODES = {"fp32": ("auto", "32-true"), "bf16": ("auto", "bf16-mixed"), "bf16_ddp": ("ddp", "bf16-mixed"),
               "zero2_bf16": ("deepspeed_stage_2", "bf16-mixed")}
