@@ -14,14 +14,15 @@ from recon3d.stages import STAGES
 
 
 def _train(args) -> int:
-    from recon3d.training.callbacks import Preempted
+    from recon3d.training.callbacks import Preempted, requeue_signal_outside_training
     from recon3d.training.run import run
 
     extra = [f"loader.shards={args.shards}"] if args.shards else []
     if args.run_dir:
         extra.append(f"train.run_dir={args.run_dir}")
     try:
-        result = run(load_config(args.config, list(args.overrides) + extra))
+        with requeue_signal_outside_training():
+            result = run(load_config(args.config, list(args.overrides) + extra))
     except Preempted as stop:  # exit as a signalled process would, so schedulers see it was stopped
         print(f"recon3d: {stop}; the same command resumes from it", file=sys.stderr)
         return 128 + stop.signum

@@ -13,8 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -116,6 +117,8 @@ class Preemption(Callback):
             self._requeue_signal = environment.requeue_signal
         for signum in {signal.SIGTERM, signal.SIGINT, self._requeue_signal or signal.SIGTERM}:
             self._previous[signum] = signal.signal(signum, self._note)
+        if self._requeue_signal and _OUTSIDE_TRAINING.pop(self._requeue_signal, False):
+            self._note(self._requeue_signal, None)  # it came during the setup: checkpoint and requeue at step 1
 
     def _note(self, signum, frame) -> None:
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
@@ -163,8 +166,37 @@ class Preemption(Callback):
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            if signal.getsignal(signum) == self._note:  # Lightning's teardown, before this, put back what it found
+                signal.signal(signum, handler)
         self._previous.clear()
+
+
+_OUTSIDE_TRAINING: dict = {}  # signum -> True: a requeue signal that came while no training ran
+
+
+@contextmanager
+def requeue_signal_outside_training(signum: int = signal.SIGUSR1) -> Iterator[None]:
+    """For a CLI process in a SLURM job: SLURM's requeue signal (--signal=USR1@90) can come while no trainer fits,
+    during the setup or after the last step (checkpoints consolidated, the summary printed, the interpreter
+    exiting). Its default action kills the process, failing a job whose training had ended. Inside, it is noted: a
+    training that then starts checkpoints and requeues at its first step (Preemption). After, it is ignored: the
+    training is over, and while Python shuts down it puts back the default action of any signal it handles."""
+    if "SLURM_JOB_ID" not in os.environ or signal.getsignal(signum) is not signal.SIG_DFL:
+        yield
+        return
+
+    def note(got, frame) -> None:
+        print(f"recon3d: {signal.Signals(got).name} received (pid {os.getpid()}) while no training runs: a "
+              "training that starts checkpoints and requeues at its first step, a finished one needs nothing",
+              file=sys.stderr, flush=True)
+        _OUTSIDE_TRAINING[got] = True
+
+    signal.signal(signum, note)
+    try:
+        yield
+    finally:
+        signal.signal(signum, signal.SIG_IGN)
+        _OUTSIDE_TRAINING.pop(signum, None)
 
 
 def _requeue_slurm_job() -> None:

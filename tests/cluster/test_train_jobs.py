@@ -73,35 +73,52 @@ def test_sigterm_preemption_checkpoints_every_rank_and_the_requeued_job_resumes_
         pytest.importorskip("deepspeed", reason="DeepSpeed is not installed")
     run_dir = tmp_path / "run"
     job = submit_train(cluster, tmp_path, "term", "--shards", str(tiny_shards), "--run-dir", str(run_dir), *SHORT,
-                       "train.phase_epochs=[2,14]", f"train.strategy={strategy}", nodes=2)
+                       "train.phase_epochs=[2,30]", f"train.strategy={strategy}", nodes=2)
     _wait_for_training(run_dir, lambda: job_log(tmp_path, "term-*.out"))
     cluster.run("scontrol", "requeue", str(job))
     cluster.release_requeued(job)
-    assert cluster.wait(job, timeout=400)[job] == "COMPLETED"
+    state = cluster.wait(job, timeout=400)[job]
     log = job_log(tmp_path, "term-*.out")
+    assert state == "COMPLETED", log[-6000:]
     assert "restart 1" in log, log[-4000:]
     assert log.count("SIGTERM received") >= 2, log[-4000:]  # both ranks noted it
     hpc = sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
     assert [p.name for p in hpc] == ["hpc_ckpt_1.ckpt"], log[-4000:]
     saved = read_checkpoint(hpc[0])["global_step"]
     assert f"step {saved} saved to {hpc[0]}" in log
-    assert 0 < saved < 32
+    assert 0 < saved < 64
     steps = _steps(run_dir / "logs" / "version_1" / "metrics.csv")
     assert saved <= min(steps) <= saved + 1  # went on from the step it saved: nothing lost, nothing redone
-    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 32  # 16 epochs x 2 steps
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 64  # 32 epochs x 2 steps
 
 
 def test_time_limit_signal_checkpoints_requeues_itself_and_resumes(cluster, tiny_shards, tmp_path):
-    """--signal=USR1@90 before the time limit: the ranks save, rank 0 requeues the job (SLURM would not)."""
+    """--signal=USR1@90 before the time limit: the ranks save, rank 0 requeues the job (SLURM would not). 122
+    epochs, so that the signal lands inside training even on a fast machine (CI's finished 16 before it came)."""
     run_dir = tmp_path / "run"
     job = submit_train(cluster, tmp_path, "usr1", "--shards", str(tiny_shards), "--run-dir", str(run_dir), *SHORT,
-                       "train.phase_epochs=[2,14]")
+                       "train.phase_epochs=[2,120]")
     _wait_for_training(run_dir, lambda: job_log(tmp_path, "usr1-*.out"))
     cluster.run("scancel", "--signal=USR1", str(job))
     cluster.release_requeued(job)
-    assert cluster.wait(job, timeout=400)[job] == "COMPLETED"
+    state = cluster.wait(job, timeout=400)[job]
     log = job_log(tmp_path, "usr1-*.out")
+    assert state == "COMPLETED", log[-6000:]
     assert "restart 1" in log and f"requeued SLURM job {job}" in log, log[-4000:]
     saved = read_checkpoint(run_dir / "hpc_ckpt_1.ckpt")["global_step"]
     assert saved <= min(_steps(run_dir / "logs" / "version_1" / "metrics.csv")) <= saved + 1
-    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 64
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 488
+
+
+def test_the_time_limit_signal_after_the_last_step_lets_the_job_complete(cluster, tiny_shards, tmp_path):
+    """USR1 while the process writes its summary and exits: the training is over, nothing to save or requeue (its
+    default action failed the job)."""
+    job = submit_train(cluster, tmp_path, "late", "--shards", str(tiny_shards), "--run-dir", str(tmp_path / "run"),
+                       *SHORT)
+    deadline = time.time() + 300
+    while time.time() < deadline and "`Trainer.fit` stopped" not in job_log(tmp_path, "late-*.out"):
+        time.sleep(0.05)
+    cluster.run("scancel", "--signal=USR1", str(job))
+    state = cluster.wait(job, timeout=120)[job]
+    log = job_log(tmp_path, "late-*.out")
+    assert state == "COMPLETED" and cluster.job(job)["Restarts"] == "0", log[-4000:]

@@ -97,3 +97,36 @@ def test_ctrl_c_checkpoints_and_exits_130(tiny_shards, tmp_path):
     proc, out, _ = _train_then_signal(tiny_shards, tmp_path / "run", signal.SIGINT, "disabled")
     assert proc.returncode == 130, out[-3000:]
     assert "SIGINT: saved a checkpoint at step" in out and len(hpc_checkpoints(tmp_path / "run")) == 1
+
+
+def test_the_requeue_signal_outside_training_is_noted_before_and_ignored_after(tiny_shards, tmp_path, monkeypatch):
+    """In a SLURM job, USR1@90 can come during the setup (the training then checkpoints and requeues at its first
+    step) or after the last step (ignored: its default action would fail a job whose training had ended; seen in CI
+    when a fast machine finished training before the signal came)."""
+    import pytest
+
+    from recon3d.training.callbacks import Preempted, requeue_signal_outside_training
+    from recon3d.training.run import run
+    from tests.conftest import tiny_config
+
+    bin_dir = tmp_path / "bin"  # a stand-in scontrol that records the requeue instead of calling a controller
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.txt'}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    for key, value in dict(SLURM_JOB_ID="77", SLURM_JOB_NAME="recon3d-train", SLURM_NTASKS="1", SLURM_PROCID="0",
+                           SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_NODELIST="localhost").items():
+        monkeypatch.setenv(key, value)
+    cfg = tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={tmp_path / 'run'}", "train.accelerator=cpu",
+                      "train.phase_epochs=[1,1]")
+    try:
+        with pytest.raises(Preempted) as stop:
+            with requeue_signal_outside_training():
+                os.kill(os.getpid(), signal.SIGUSR1)  # during the setup
+                run(cfg, enable_wandb=False, enable_progress_bar=False)
+        assert (stop.value.signum, stop.value.step) == (signal.SIGUSR1, 1)
+        assert (tmp_path / "scontrol.txt").read_text().split() == ["requeue", "77"]
+        assert read_checkpoint(stop.value.checkpoint)["global_step"] == 1
+        os.kill(os.getpid(), signal.SIGUSR1)  # after: ignored (this process would die of it otherwise)
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
