@@ -35,14 +35,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def tiny_sweep_file(path: Path, shards: Path, **spec) -> Path:
-    """A sweep file of short tiny-config trials on `shards`, storing under path's folder; `spec` adds or replaces
-    sweep keys (scheduler, num_samples, search_space, ...)."""
+def tiny_sweep_file(path: Path, shards: Path, *overrides: str, **spec) -> Path:
+    """A sweep file of short tiny-config trials on `shards` (and `overrides`), storing under path's folder; `spec`
+    adds or replaces sweep keys (scheduler, num_samples, search_space, ...)."""
     import yaml
 
     base = {"base": [str(TINY)], "metric": "val/iou", "mode": "max", "max_concurrent": 2, "resources": {"cpu": 1},
             "overrides": [f"loader.shards={shards}", "train.accelerator=cpu", "loader.train_samples_per_epoch=8",
-                          "train.logger=csv"],
+                          "train.logger=csv", *overrides],
             "storage": str(path.parent / "sweeps")}
     path.write_text(yaml.safe_dump({**base, **spec}))
     return path

@@ -47,14 +47,18 @@ def _configure_train(parser) -> None:
 
 
 def _sweep(args) -> int:
-    from recon3d.training.sweep import load_sweep, run_sweep
+    from recon3d.training.sweep import SweepStopped, load_sweep, run_sweep
 
     spec = load_sweep(args.config[0], args.base, list(args.overrides))
     if args.storage:
         spec.storage = args.storage
     if args.num_samples:
         spec.num_samples = args.num_samples
-    found = run_sweep(spec, address=args.address)
+    try:
+        found = run_sweep(spec, address=args.address)
+    except SweepStopped as stop:
+        print(f"recon3d: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     print(f"sweep {spec.name}: {found['trials']} trial(s) in {found['folder']}")
     for row in sorted(found["rows"], key=lambda r: (r[spec.metric] is None, -(r[spec.metric] or 0)
                                                     if spec.mode == "max" else (r[spec.metric] or 0))):

@@ -25,7 +25,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
+import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
@@ -162,6 +165,49 @@ def outside_slurm():
         os.environ.update(saved)
 
 
+class SweepStopped(Exception):
+    """The sweep stopped on a signal once Ray Tune had saved its state; the same command resumes it."""
+
+    def __init__(self, signum: int, folder: Path) -> None:
+        self.signum = signum
+        super().__init__(f"{signal.Signals(signum).name}: the sweep stopped and saved its state in {folder}; the same "
+                         "command resumes it (finished trials kept, the others go on from their last checkpoint)")
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM (a scheduler's stop, which Ray's own handler turns into a stack dump and an abort) and SIGINT end the
+    sweep as Ray Tune ends it on SIGUSR1: trials stop, the experiment state is saved one last time, fit returns. A
+    second signal stops at once. Yields the list that gets the signal's number."""
+    stopped: List[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+
+    def stop(signum, frame) -> None:
+        if stopped:
+            raise KeyboardInterrupt
+        stopped.append(signum)
+        print(f"recon3d: {signal.Signals(signum).name} received; stopping the sweep (again: at once)",
+              file=sys.stderr, flush=True)
+        tune_handler = signal.getsignal(signal.SIGUSR1)  # Tune's graceful stop, installed when fit starts
+        if callable(tune_handler):
+            tune_handler(signal.SIGUSR1, frame)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    tune_sigint = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SIGINT stays with the handler above
+    try:
+        yield stopped
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if tune_sigint is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_sigint
+
+
 def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     """Run (or resume) the sweep; returns the best trial's parameters, metric and folder."""
     from recon3d.data.executors import init_ray
@@ -187,7 +233,10 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
             tune_config=tune.TuneConfig(num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent,
                                         scheduler=_scheduler(spec, max_t)),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=1))
-    results = tuner.fit()
+    with stop_on_signals() as stopped:
+        results = tuner.fit()
+    if stopped:
+        raise SweepStopped(stopped[0], sweep_dir)
     best = results.get_best_result(metric=spec.metric, mode=spec.mode, scope="all")
     overrides = trial_overrides(best.config)
     atomic_write(sweep_dir / "best.yaml", ("# best trial of sweep " + spec.name + f" by {spec.metric} ({spec.mode})\n"
