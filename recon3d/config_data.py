@@ -20,6 +20,15 @@ class RunError(RuntimeError):
     """A run stopped for a reason the user can act on (e.g. a NaN loss): the CLI prints the message, exits 1."""
 
 
+class Stopped(Exception):
+    """Work stopped on a signal with what it had done saved, so that the same command resumes it: the CLI prints
+    the message and exits 128 + the signal's number, as a signalled process would (schedulers see it was stopped)."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        self.signum = signum
+        super().__init__(message)
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)

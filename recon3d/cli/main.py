@@ -3,7 +3,8 @@
 Configuration errors (unknown key, wrong type, broken rule) are reported before any work starts, with exit code 2;
 so are the errors a user can fix (a missing file, an unusable input). A run that stops for a reason the user can act
 on (a NaN loss, a full disk) prints one line and exits 1. `--debug` (or RECON3D_DEBUG=1) shows the traceback of any
-of them. Anything else is a bug and keeps its traceback.
+of them. Anything else is a bug and keeps its traceback. A signal that stops work with it saved (SIGTERM or Ctrl-C
+in a training stage, the demo or a sweep) prints what was saved and exits 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import List, Optional
 
 from recon3d import __version__
 from recon3d.config import ConfigError, RunError
+from recon3d.config_data import Stopped
 
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # full disk, quota, read-only file system
@@ -52,7 +54,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if debug or os.environ.get("RECON3D_DEBUG", "") not in ("", "0"):
+    try:
+        return _run(args, debug or os.environ.get("RECON3D_DEBUG", "") not in ("", "0"))
+    except Stopped as stop:  # a signal, with the work saved: not an error
+        print(f"recon3d: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+
+
+def _run(args, debug: bool) -> int:
+    if debug:
         return args.func(args)
     try:
         return args.func(args)

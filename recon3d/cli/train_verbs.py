@@ -14,18 +14,14 @@ from recon3d.stages import STAGES
 
 
 def _train(args) -> int:
-    from recon3d.training.callbacks import Preempted, requeue_signal_outside_training
+    from recon3d.training.callbacks import requeue_signal_outside_training
     from recon3d.training.run import run
 
     extra = [f"loader.shards={args.shards}"] if args.shards else []
     if args.run_dir:
         extra.append(f"train.run_dir={args.run_dir}")
-    try:
-        with requeue_signal_outside_training():
-            result = run(load_config(args.config, list(args.overrides) + extra))
-    except Preempted as stop:  # exit as a signalled process would, so schedulers see it was stopped
-        print(f"recon3d: {stop}; the same command resumes from it", file=sys.stderr)
-        return 128 + stop.signum
+    with requeue_signal_outside_training():
+        result = run(load_config(args.config, list(args.overrides) + extra))
     if not result.is_global_zero:  # one summary per job, not one per process
         return 0
     print(f"run folder: {result.run_dir}")
@@ -47,18 +43,14 @@ def _configure_train(parser) -> None:
 
 
 def _sweep(args) -> int:
-    from recon3d.training.sweep import SweepStopped, load_sweep, run_sweep
+    from recon3d.training.sweep import load_sweep, run_sweep
 
     spec = load_sweep(args.config[0], args.base, list(args.overrides))
     if args.storage:
         spec.storage = args.storage
     if args.num_samples:
         spec.num_samples = args.num_samples
-    try:
-        found = run_sweep(spec, address=args.address)
-    except SweepStopped as stop:
-        print(f"recon3d: {stop}", file=sys.stderr)
-        return 128 + stop.signum
+    found = run_sweep(spec, address=args.address)
     print(f"sweep {spec.name}: {found['trials']} trial(s) in {found['folder']}")
     for row in sorted(found["rows"], key=lambda r: (r[spec.metric] is None, -(r[spec.metric] or 0)
                                                     if spec.mode == "max" else (r[spec.metric] or 0))):

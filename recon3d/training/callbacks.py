@@ -20,6 +20,7 @@ from typing import Any, Iterator, List, Optional
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from recon3d.config_data import Stopped
 from recon3d.io import atomic_path
 
 
@@ -79,12 +80,13 @@ def prune_hpc_checkpoints(run_dir: Path, keep: int) -> None:
                 path.unlink()
 
 
-class Preempted(Exception):
+class Preempted(Stopped):
     """Training stopped on a signal after saving `checkpoint` at `step`; the same command resumes from it."""
 
     def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        super().__init__(f"{signal.Signals(signum).name}: saved a checkpoint at step {step} to {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(signum, f"{signal.Signals(signum).name}: saved a checkpoint at step {step} to {checkpoint}; "
+                         "the same command resumes from it")
 
 
 class Preemption(Callback):

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from recon3d.config import ConfigError, load_config, to_dict
+from recon3d.config_data import Stopped
 from recon3d.io import atomic_write
 from recon3d.stages import STAGES
 
@@ -165,13 +166,13 @@ def outside_slurm():
         os.environ.update(saved)
 
 
-class SweepStopped(Exception):
+class SweepStopped(Stopped):
     """The sweep stopped on a signal once Ray Tune had saved its state; the same command resumes it."""
 
     def __init__(self, signum: int, folder: Path) -> None:
-        self.signum = signum
-        super().__init__(f"{signal.Signals(signum).name}: the sweep stopped and saved its state in {folder}; the same "
-                         "command resumes it (finished trials kept, the others go on from their last checkpoint)")
+        super().__init__(signum, f"{signal.Signals(signum).name}: the sweep stopped and saved its state in {folder}; "
+                         "the same command resumes it (finished trials kept, the others go on from their last "
+                         "checkpoint)")
 
 
 @contextlib.contextmanager
