@@ -166,6 +166,7 @@ class TrainConfig:
     strategy: str = "auto"  # auto | ddp | deepspeed_stage_2 | deepspeed_stage_3 (accelerator=cpu: a CPU test variant)
     deepspeed_config: str = ""  # DeepSpeed JSON (ZeRO settings), e.g. configs/deepspeed/zero2.json
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    float32_matmul_precision: str = "high"  # fp32 matmuls on GPUs: highest | high (TF32 tensor cores) | medium
     accumulate_grad_batches: int = 1  # gradient accumulation
     val_resolution: int = 32  # grid on which val/iou is measured and val/chamfer's mesh is extracted
     val_every_epochs: int = 1  # validation frequency
@@ -193,6 +194,8 @@ class TrainConfig:
         _check(not self.deepspeed_config or deepspeed,
                f"train.deepspeed_config is set but train.strategy={self.strategy} is not a DeepSpeed strategy")
         _check(self.precision in PRECISIONS, f"train.precision={self.precision!r}: one of {PRECISIONS}")
+        _check(self.float32_matmul_precision in ("highest", "high", "medium"),
+               "train.float32_matmul_precision: highest | high | medium")
         _check(not (deepspeed and not STAGES[self.stage].deepspeed), f"train.strategy={self.strategy}: the "
                f"{self.stage} stage has two optimisers and Lightning's DeepSpeed strategy takes one; use ddp or auto")
         _check(self.wandb_mode in ("offline", "online", "disabled"), "train.wandb_mode: offline | online | disabled")

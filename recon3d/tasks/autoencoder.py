@@ -107,7 +107,7 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         pred = self.model(batch["voxels"], batch["points"])
-        loss = F.mse_loss(pred, batch["values"])
+        loss = F.mse_loss(pred.float(), batch["values"].float())  # fp32: see svr.py
         check_finite(loss, self, f"epoch {self.current_epoch}, points at "
                      f"{self.resolution_for_epoch(self.current_epoch)}^3", self.hparams.run_dir)
         batch_size = batch["voxels"].shape[0]
@@ -134,7 +134,7 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
         pred = self.decode_grid(z, res)
         iou = voxel_iou(pred, voxels)
         self.log("val/iou", iou.mean(), prog_bar=True, batch_size=batch_size, sync_dist=True)
-        self.log("val/loss", F.mse_loss(self.model.decoder(batch["points"], z), batch["values"]),
+        self.log("val/loss", F.mse_loss(self.model.decoder(batch["points"], z).float(), batch["values"].float()),
                  batch_size=batch_size, sync_dist=True)
         if "surface_points" in batch:
             chamfers, fscores = surface_scores(pred.float().cpu().numpy(), batch["surface_points"].float().cpu().numpy())

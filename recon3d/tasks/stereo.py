@@ -60,7 +60,7 @@ class StereoTask(ViewTask):
                    run_dir=cfg.train.run_dir)
 
     def training_loss(self, batch: dict) -> torch.Tensor:
-        return F.l1_loss(self.model(batch["left"])["right"], batch["right"])
+        return F.l1_loss(self.model(batch["left"])["right"].float(), batch["right"].float())
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.model(batch["left"])

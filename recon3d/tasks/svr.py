@@ -92,7 +92,9 @@ class SVRTask(StageCheckpoint, L.LightningModule):
                                 betas=(self.hparams.beta1, self.hparams.beta2))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = F.mse_loss(self.encoder(batch["image"]), self.targets(batch["key"]))
+        # losses in fp32: under DeepSpeed bf16 the prediction and the target can differ in dtype, which CUDA's
+        # mse_loss backward refuses ("Found dtype BFloat16 but expected Float"; the CPU kernel accepts it)
+        loss = F.mse_loss(self.encoder(batch["image"]).float(), self.targets(batch["key"]).float())
         check_finite(loss, self, f"epoch {self.current_epoch}", self.trainer.default_root_dir)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["key"]))
         return loss
@@ -103,7 +105,7 @@ class SVRTask(StageCheckpoint, L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         z = self.encoder(batch["image"])
         size = len(batch["key"])
-        self.log("val/latent_mse", F.mse_loss(z, self.targets(batch["key"])), batch_size=size, sync_dist=True)
+        self.log("val/latent_mse", F.mse_loss(z.float(), self.targets(batch["key"]).float()), batch_size=size, sync_dist=True)
         if self.decoder is None:
             return
         self.decoder.to(z.device)

@@ -129,12 +129,22 @@ def build_strategy(cfg: Config):
     return build_deepspeed_strategy(cfg)
 
 
+def set_matmul_precision(cfg: Config) -> None:
+    """fp32 matmuls and convolutions on TF32 tensor cores (train.float32_matmul_precision=high, the default): on an
+    H200 the full-size autoencoder's fp32 step ran at 4 % MFU with the "highest" default torch starts with."""
+    import torch
+
+    torch.set_float32_matmul_precision(cfg.train.float32_matmul_precision)
+    torch.backends.cudnn.allow_tf32 = cfg.train.float32_matmul_precision != "highest"
+
+
 def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(), **overrides):
     import lightning as L
 
     from recon3d.tasks.checkpoints import register_safe_globals
 
     register_safe_globals()  # checkpoints reload with weights_only=True
+    set_matmul_precision(cfg)
     train, row = cfg.train, STAGES[cfg.train.stage]
     strategy = build_strategy(cfg)
     kwargs = dict(accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes,

@@ -129,6 +129,9 @@ def step_part(mode: str, shards: str, tiny: bool) -> dict:
     from recon3d.data.shards import load_manifest
 
     torch.manual_seed(0)
+    from recon3d.training.build import set_matmul_precision
+
+    set_matmul_precision(cfg)
     task = AutoencoderTask.from_config(cfg, load_manifest(shards))
     task.on_after_batch_transfer = lambda b, i: task.trainer.precision_plugin.convert_input(expand_batch(b))
     total = size["warmup"] + size["steps"]
@@ -219,6 +222,54 @@ def compile_part(_, shards: str, tiny: bool) -> dict:
     return result
 
 
+def profile_part(_, shards: str, tiny: bool) -> dict:
+    """Where the bf16 (CPU: fp32) autoencoder step spends its device time: torch.profiler over a plain loop (as in
+    compile_part, eager), the kernels with the largest self time, each with its share of the step's kernel time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from recon3d.data.pipelines import expand_batch
+    from recon3d.models.implicit_decoder import Autoencoder
+
+    size, device = sizes(tiny), _device(tiny)
+    cuda = device.startswith("cuda")
+    batch = expand_batch({k: v.to(device) for k, v in _compact_batch(shards, tiny).items()
+                          if isinstance(v, torch.Tensor)})
+    torch.manual_seed(0)
+    model = Autoencoder(**size["model"], resolution=size["voxels"]).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
+            loss = torch.nn.functional.mse_loss(model(batch["voxels"], batch["points"]).float(), batch["values"])
+        loss.backward()
+        opt.step()
+
+    steps = 5
+    wall = median_ms(_timed(step, steps, size["warmup"], cuda))
+    # cuDNN's algorithm search, then also channels-last 3D tensors for the encoder's convolutions
+    variants = {}
+    torch.backends.cudnn.benchmark = True
+    variants["cudnn_benchmark"] = median_ms(_timed(step, size["steps"], size["warmup"], cuda))
+    model.encoder.to(memory_format=torch.channels_last_3d)
+    voxels = batch["voxels"]
+    batch["voxels"] = voxels.contiguous(memory_format=torch.channels_last_3d)
+    variants["cudnn_benchmark_channels_last_3d"] = median_ms(_timed(step, size["steps"], size["warmup"], cuda))
+    model.encoder.to(memory_format=torch.contiguous_format)
+    batch["voxels"] = voxels
+    torch.backends.cudnn.benchmark = False
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        _timed(step, steps, 0, cuda)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in rows) or 1.0
+    top = [{"name": e.key[:90], "ms_per_step": round(getattr(e, key) / steps / 1000, 3), "calls_per_step":
+            e.count // steps, "share": round(getattr(e, key) / total, 3)} for e in rows[:15]]
+    return {"precision": "bf16 autocast" if cuda else "fp32", "step_wall_ms": wall, "variants_step_ms": variants,
+            "kernel_ms_per_step": round(total / steps / 1000, 3), "top": top}
+
+
 def image_part(what: str, shards: str, tiny: bool) -> dict:
     """One training step of the image encoder (ResNet-18, MSE to z) or of VRN (2 stacked hourglasses, per-stack
     cross-entropy), bf16 autocast (CPU: fp32), a plain loop on random inputs of the training shapes."""
@@ -280,6 +331,7 @@ def extract_part(_, shards: str, tiny: bool) -> dict:
 
 PARTS = {**{f"step_{mode}": (lambda s, t, mode=mode: step_part(mode, s, t)) for mode in STEP_MODES},
          "compile": lambda s, t: compile_part("", s, t),
+         "profile": lambda s, t: profile_part("", s, t),
          "image_encoder": lambda s, t: image_part("image_encoder", s, t),
          "vrn": lambda s, t: image_part("vrn", s, t),
          "extraction": lambda s, t: extract_part("", s, t)}

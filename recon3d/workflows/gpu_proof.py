@@ -34,8 +34,8 @@ from recon3d.workflows.gpu_parts import (PARTS, STEP_MODES, autoencoder_flops, c
 class Proof:
     """The results under construction: sections, each timed, failures recorded, JSON rewritten after each."""
 
-    def __init__(self, out: Path, tiny: bool, budget_s: float) -> None:
-        self.out, self.tiny, self.deadline = out, tiny, time.monotonic() + budget_s
+    def __init__(self, out: Path, tiny: bool, budget_s: float, only: Sequence[str] = ()) -> None:
+        self.out, self.tiny, self.deadline, self.only = out, tiny, time.monotonic() + budget_s, set(only)
         self.results: dict = {"format": "recon3d-gpu-proof/1", "tiny": tiny, "sections": {}}
         out.mkdir(parents=True, exist_ok=True)
 
@@ -43,6 +43,8 @@ class Proof:
         return self.deadline - time.monotonic()
 
     def section(self, name: str, run: Callable[[], dict], needs_s: float = 0.0) -> None:
+        if self.only and name not in self.only:
+            return
         if self.left() < needs_s:
             self.results["sections"][name] = {"status": f"skipped: {self.left():.0f} s left, needs about {needs_s:.0f}"}
             log(f"== {name}: skipped ({self.left():.0f} s left)")
@@ -121,14 +123,15 @@ def run_sections(proof, workers, args) -> None:
     for mode in STEP_MODES:
         proof.section(f"step_{mode}", lambda mode=mode: steps.setdefault(mode, child(
             f"step_{mode}", root, tiny, proof.left())), needs_s=20)
-    if not args.no_compile:
-        proof.section("compile", lambda: child("compile", root, tiny, min(proof.left() - 60, 240)), needs_s=120)
+    proof.section("profile", lambda: child("profile", root, tiny, proof.left()), needs_s=20)
     proof.section("fit", lambda: fit_section(root, tiny), needs_s=90)
     consumption = (steps.get("bf16") or steps.get("fp32") or {}).get("samples_per_s")
     proof.section("loader", lambda: loader_section(root, tiny, workers, consumption), needs_s=30)
     proof.section("extraction", lambda: child("extraction", root, tiny, proof.left()), needs_s=45)
     for what in ("image_encoder", "vrn"):
         proof.section(what, lambda what=what: child(what, root, tiny, proof.left()), needs_s=15)
+    if not args.no_compile:  # last: optional, and its compilation alone can take minutes
+        proof.section("compile", lambda: child("compile", root, tiny, min(proof.left(), 240)), needs_s=60)
     log("recon3d gpu proof: done")
 
 
@@ -143,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--workers", default="0,4,8,15", help="loader worker counts")
     run.add_argument("--build-workers", type=int, default=0, help="shard build processes (0: all CPUs)")
     run.add_argument("--no-compile", action="store_true", help="skip the torch.compile section")
+    run.add_argument("--only", default="", help="comma-separated sections to run (a rerun of some; the "
+                     "extraction needs fit, every step needs shards)")
     child = sub.add_parser("part", help=argparse.SUPPRESS)  # one measurement in a fresh process (internal)
     child.add_argument("what")
     child.add_argument("--shards", required=True)
@@ -153,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = PARTS[args.what](args.shards, args.tiny)
         atomic_write(Path(args.out), json.dumps(result).encode())
         return 0
-    proof = Proof(Path(args.out), args.tiny, args.budget_s)
+    proof = Proof(Path(args.out), args.tiny, args.budget_s, [n for n in args.only.split(",") if n.strip()])
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
     run_sections(proof, workers, args)
     failed = [n for n, s in proof.results["sections"].items() if s["status"].startswith("failed")]

@@ -66,8 +66,10 @@ def test_tiny_dry_run_measures_every_section(tmp_path):
     result = json.loads((out / "gpu_proof.json").read_text())
     assert result["tiny"] and (out / "gpu_proof.log").is_file()
     assert {name: s["status"] for name, s in result["sections"].items()} == dict.fromkeys(
-        ["environment", "shards", "step_fp32", "step_bf16", "step_bf16_ddp", "step_zero2_bf16", "compile", "fit",
-         "loader", "extraction", "image_encoder", "vrn"], "ok")
+        ["environment", "shards", "step_fp32", "step_bf16", "step_bf16_ddp", "step_zero2_bf16", "profile", "fit",
+         "loader", "extraction", "image_encoder", "vrn", "compile"], "ok")
+    assert result["profile"]["top"] and set(result["profile"]["variants_step_ms"]) == {
+        "cudnn_benchmark", "cudnn_benchmark_channels_last_3d"}
     assert result["flops"]["decoder_per_point"] == autoencoder_flops(resolution=16, **TINY_MODEL)["decoder_per_point"]
     for mode in ("fp32", "bf16", "bf16_ddp", "zero2_bf16"):
         step = result[f"step_{mode}"]
