@@ -156,7 +156,8 @@ class TrainConfig:
     # gan (latent GAN: gan.autoencoder_ckpt) | vrn (image -> view-aligned volume) | stereo (Deep3D, left -> right)
     run_dir: str = "runs/autoencoder"  # checkpoints/, logs/, wandb/, reconstructions/ go here
     point_resolutions: List[int] = field(default_factory=lambda: [16, 32, 64])  # progressive phases (IM-NET)
-    phase_epochs: List[int] = field(default_factory=lambda: [20, 20, 40])  # epochs per phase
+    phase_epochs: List[int] = field(default_factory=lambda: [20, 20, 40])  # epochs per phase (at most, by time)
+    phase_fractions: List[float] = field(default_factory=list)  # with max_minutes: phase k ends at this share of it
     lr: float = 5e-5  # Adam learning rate (IM-NET)
     beta1: float = 0.5  # Adam beta1 (IM-NET)
     beta2: float = 0.999  # Adam beta2
@@ -186,6 +187,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(len(self.point_resolutions) == len(self.phase_epochs) >= 1,
                "train.point_resolutions and train.phase_epochs must have the same (non-zero) length")
+        _check(not self.phase_fractions or (len(self.phase_fractions) == len(self.phase_epochs)
+                                            and min(self.phase_fractions) > 0),
+               "train.phase_fractions: empty, or one share > 0 per phase (normalised to their sum)")
         _check(all(e >= 0 for e in self.phase_epochs) and sum(self.phase_epochs) > 0,
                "train.phase_epochs must be >= 0 and not all zero")
         _check(self.logger in ("wandb", "csv"), f"train.logger={self.logger!r}: wandb or csv")
@@ -204,15 +208,20 @@ class TrainConfig:
         _check(self.lr > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.lr > 0 and betas in [0, 1)")
 
 
+# the demo's stages in order, each with its default share of demo.minutes (from a 2-core run's stage times: the
+# training stages train until their share is spent; the others take what they need and the rest moves on)
+DEMO_SHARES = {"meshes": 0.005, "shards": 0.05, "autoencoder": 0.53, "latents": 0.01, "svr": 0.15, "gan": 0.1,
+               "vrn": 0.06, "stereo": 0.05, "evaluate": 0.035, "report": 0.01}
+
+
 @dataclass
 class DemoConfig:
     out_dir: str = "runs/demo"  # run folder: meshes/, shards/, one folder per trained stage, report.html
     shapes_per_category: int = 16  # procedural shapes per category
     categories: List[str] = field(default_factory=lambda: ["chair", "table", "lamp", "airplane", "car"])  # shapes made
     samples_per_shard: int = 16  # shard size for the demo (small, so that loaders have several shards to spread)
-    autoencoder_minutes: float = 11.0  # time cap of the autoencoder stage (train.max_minutes for it)
-    svr_minutes: float = 5.0  # time cap of the image-encoder stage
-    gan_minutes: float = 3.0  # time cap of the latent-GAN stage
+    minutes: float = 16.0  # the whole demo's time budget, shared among its stages by `shares`
+    shares: Dict[str, float] = field(default_factory=lambda: dict(DEMO_SHARES))  # share of the budget per stage
     gan_eval_every_epochs: int = 5  # COV/MMD of the GAN every N epochs (each decodes gan.eval_samples shapes)
     eval_resolution: int = 64  # extraction grid of the evaluation's surface metrics
     sheet_shapes: int = 6  # test shapes shown beside their reconstructions in the report
@@ -220,7 +229,10 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         _check(self.shapes_per_category >= 1 and self.samples_per_shard >= 1, "demo: counts must be >= 1")
-        _check(min(self.autoencoder_minutes, self.svr_minutes, self.gan_minutes) > 0, "demo.*_minutes must be > 0")
+        _check(self.minutes > 0, "demo.minutes must be > 0")
+        _check(set(self.shares) <= set(DEMO_SHARES), f"demo.shares: stages are {', '.join(DEMO_SHARES)}")
+        _check(min(self.shares.values(), default=0) >= 0 and sum(self.shares.values()) > 0,
+               "demo.shares: shares >= 0 with a positive sum (they are normalised to it)")
         _check(self.interpolation_steps >= 2, "demo.interpolation_steps must be >= 2")
 
 

@@ -15,7 +15,10 @@ DEMO_TINY = ["loader.points_per_sample=0", "loader.train_samples_per_epoch=8", "
              "svr.epochs=1", "svr.base_width=4", "gan.noise_dim=8", "gan.generator_widths=[32]",
              "gan.critic_widths=[32]", "gan.epochs=1", "gan.samples_per_epoch=16", "gan.eval_samples=4",
              "gan.eval_points=64", "demo.eval_resolution=16", "demo.sheet_shapes=2", "demo.interpolation_steps=3",
-             "shards.split=[0.5,0.25,0.25]"]
+             "shards.split=[0.5,0.25,0.25]", "train.phase_fractions=[1,1]",
+             "render.image_size=64", "loader.crop_size=48", "loader.volume_depth=8", "vrn.width=4",
+             "vrn.hourglass_levels=2", "vrn.epochs=1", "stereo.widths=[4,8]", "stereo.disparity_levels=9",
+             "stereo.disparity_max=8", "stereo.epochs=1"]
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +33,22 @@ def test_demo_end_to_end_then_resume(tiny_demo, capsys):
     """The main job on a tiny world: every stage runs, the report holds every part, a rerun redoes nothing."""
     out, args = tiny_demo
     stages = json.loads((out / "stages.json").read_text())
-    assert list(stages) == ["meshes", "shards", "autoencoder", "latents", "svr", "gan", "evaluate", "report"]
+    assert list(stages) == ["meshes", "shards", "autoencoder", "latents", "svr", "gan", "vrn", "stereo", "evaluate",
+                            "report"]
+    assert all(info["budget_seconds"] > 0 for info in stages.values())
     manifest = json.loads((out / "shards" / "manifest.json").read_text())
     assert manifest["samples"] == 9
-    for name in ("autoencoder", "svr", "gan"):
+    for name in ("autoencoder", "svr", "gan", "vrn", "stereo"):
         assert (out / name / "checkpoints" / "last.ckpt").is_file()
         assert Path(stages[name]["checkpoint"]).is_file()  # handed on: the best by the stage's metric
     assert stages["gan"]["selected_by"] == "val/mmd" and stages["svr"]["selected_by"] == "val/iou"
-    for picture in ("autoencoder_sheet.png", "svr_sheet.png", "gan_samples.png", "gan_interpolation.png"):
+    for picture in ("autoencoder_sheet.png", "svr_sheet.png", "gan_samples.png", "gan_interpolation.png",
+                    "vrn_sheet.png", "stereo_sheet.png"):
         with Image.open(out / "evaluation" / picture) as image:
             assert image.size[0] >= 128
     report = (out / "report.html").read_text()
-    for part in ("Timings", "Data", "Autoencoder", "Single-view", "Latent GAN", "split, per category", "<svg",
-                 "Configuration"):
+    for part in ("Timings", "budget (s)", "Data", "Autoencoder", "Single-view", "Latent GAN", "split, per category",
+                 "<svg", "Configuration", "mae_shift", "vrn sheet", "stereo sheet"):
         assert part in report, part
     before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*.ckpt")}
     capsys.readouterr()

@@ -92,6 +92,25 @@ def disparity_image(disparity: np.ndarray, high: float) -> np.ndarray:
 
 
 @torch.no_grad()
+def write_view_sheet(ckpt: str | Path, shard_dir: str | Path, split: str, path: Path, count: int) -> Path:
+    """The evaluation pairs of a split's first `count` shapes: left | predicted right | true right | the red-cyan
+    anaglyph of left and predicted right, one shape per line."""
+    task = load_checkpoint(ckpt, "cpu", expect="stereo")
+    batch = next(iter_split(shard_dir, split, count, **view_options(task, "stereo")))
+    predicted = task.model(batch["left"])["right"]
+
+    def rgb(image: torch.Tensor) -> np.ndarray:
+        image = image.expand(3, -1, -1).permute(1, 2, 0).clamp(0, 1).numpy()
+        return np.rint(image * 255).astype(np.uint8)
+
+    lines = []
+    for i in range(len(batch["key"])):
+        left, guess, right = rgb(batch["left"][i]), rgb(predicted[i]), rgb(batch["right"][i])
+        lines.append(np.concatenate([left, guess, right, anaglyph(left, guess)], axis=1))
+    return save_png(path, np.concatenate(lines, axis=0))
+
+
+@torch.no_grad()
 def real_pair_check(ckpt: str | Path, out_dir: str | Path, scale: int = 4, device: str = "cpu") -> dict:
     """The model on a real rectified pair with ground truth (scikit-image's Middlebury motorcycle, shipped with
     the package) downscaled by `scale`: MAE (0-255) of the synthesised right view against the real one beside the

@@ -60,6 +60,21 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", ou
     return finish_eval(rows, eval_name("vrn", split), out_dir, f"{shard_dir} split {split!r}")
 
 
+@torch.no_grad()
+def write_view_sheet(ckpt: str | Path, shard_dir: str | Path, split: str, path: Path, count: int) -> Path:
+    """The evaluation views of a split's first `count` shapes: input | true depth | predicted depth (the nearest
+    occupied slice of the view-aligned volume; brighter is nearer), one shape per line."""
+    from recon3d.inference.outputs import save_png
+    from recon3d.tasks.vrn import volume_sheet
+
+    task = load_checkpoint(ckpt, "cpu", expect="vrn")
+    batch = next(iter_split(shard_dir, split, count, **view_options(task, "volume")))
+    logits = task.model(batch["image"])[-1]
+    rows = [(batch["image"][i].mean(0).numpy(), batch["volume"][i].numpy() > 0.5, logits[i].numpy() > 0)
+            for i in range(len(batch["key"]))]
+    return save_png(path, volume_sheet(rows))
+
+
 def mesh_maker(ckpt: str | Path, resolution: int, device: str) -> Tuple[int, Callable]:
     """(the image size it was trained on, view (S, S, 3) uint8 -> (vertices, faces)) for `recon3d reconstruct`;
     the volume's own grid sets the mesh's resolution."""

@@ -35,7 +35,8 @@ def check_finite(loss: torch.Tensor, module: L.LightningModule, where: str, run_
 class AutoencoderTask(StageCheckpoint, L.LightningModule):
     """Progressive training of the voxel encoder and implicit decoder.
 
-    Phase k trains on the point set at point_resolutions[k] for phase_epochs[k] epochs; the task tells the
+    Phase k trains on the point set at point_resolutions[k] for phase_epochs[k] epochs, or, with phase_fractions and
+    a time limit (max_minutes), until that share of the time is spent (phase_epochs[k] then caps it); the task tells the
     DataModule which set to load (`set_point_resolution`) before each epoch's loaders are made. Logs train/loss,
     train/resolution, train/points_per_s, val/iou (on val_resolution^3 cells), val/chamfer (IM-NET's squared-L2
     Chamfer x 1000 between the extracted mesh and the shape's stored surface samples) and val/fscore.
@@ -45,7 +46,7 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
                  decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128), decoder_output: str = "leaky_clip",
                  lr: float = 5e-5, beta1: float = 0.5, beta2: float = 0.999,
                  point_resolutions: Sequence[int] = (16, 32, 64), phase_epochs: Sequence[int] = (20, 20, 40),
-                 val_resolution: int = 32, reconstructions_to_log: int = 4, run_dir: str = "") -> None:
+                 phase_fractions: Sequence[float] = (), max_minutes: float = 0.0, val_resolution: int = 32, reconstructions_to_log: int = 4, run_dir: str = "") -> None:
         super().__init__()
         if len(point_resolutions) != len(phase_epochs):
             raise ValueError("point_resolutions and phase_epochs must have the same length")
@@ -57,6 +58,7 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
                                  decoder_output=decoder_output)
         self._step_started = 0.0
         self._rendered_epoch = -1
+        self._phase_starts = [0]  # the epoch each phase began (timed phases; the schedule by epochs is fixed)
 
     stage = "autoencoder"
 
@@ -75,17 +77,38 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
         train = cfg.train
         return cls(**to_dict(cfg.model), voxel_resolution=int(manifest["config"]["geometry"]["voxel_resolution"]),
                    lr=train.lr, beta1=train.beta1, beta2=train.beta2, point_resolutions=list(train.point_resolutions),
-                   phase_epochs=list(train.phase_epochs), val_resolution=train.val_resolution,
+                   phase_epochs=list(train.phase_epochs), phase_fractions=list(train.phase_fractions),
+                   max_minutes=train.max_minutes, val_resolution=train.val_resolution,
                    reconstructions_to_log=train.reconstructions_to_log, run_dir=train.run_dir)
 
     # ------------------------------------------------------------------------------------------- schedule
+    def _timed(self) -> bool:
+        return bool(self.hparams.phase_fractions) and self.hparams.max_minutes > 0
+
+    def phase_starts(self) -> list:
+        """The epoch at which each phase began (so far, with timed phases); a phase of 0 epochs starts with the next."""
+        if self._timed():
+            return list(self._phase_starts)
+        return [sum(self.hparams.phase_epochs[:k]) for k in range(len(self.hparams.phase_epochs))]
+
     def resolution_for_epoch(self, epoch: int) -> int:
-        edge = 0
-        for res, epochs in zip(self.hparams.point_resolutions, self.hparams.phase_epochs):
-            edge += epochs
-            if epoch < edge:
-                return int(res)
-        return int(self.hparams.point_resolutions[-1])
+        starts = self.phase_starts()
+        phase = max(k for k, start in enumerate(starts) if start <= epoch or k == 0)
+        return int(self.hparams.point_resolutions[phase])
+
+    def _advance_timed_phase(self, next_epoch: int) -> None:
+        """End the current phase before `next_epoch` once its share of the time or its epochs are spent."""
+        from lightning.pytorch.callbacks import Timer
+
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        elapsed = timer.time_elapsed("train") if timer is not None else 0.0
+        fractions, epochs = self.hparams.phase_fractions, self.hparams.phase_epochs
+        while len(self._phase_starts) < len(epochs):
+            phase = len(self._phase_starts) - 1
+            edge = sum(fractions[:phase + 1]) / sum(fractions) * self.hparams.max_minutes * 60
+            if elapsed < edge and next_epoch - self._phase_starts[phase] < epochs[phase]:
+                return
+            self._phase_starts.append(next_epoch)
 
     def _select_resolution(self, epoch: int) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -93,9 +116,13 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
             datamodule.set_point_resolution(self.resolution_for_epoch(epoch))
 
     def on_fit_start(self) -> None:
+        if self._timed() and self.current_epoch == 0 and len(self._phase_starts) == 1:
+            self._advance_timed_phase(0)  # skips leading phases of 0 epochs
         self._select_resolution(self.current_epoch)  # also right after a resume: the epoch is restored by now
 
     def on_train_epoch_end(self) -> None:
+        if self._timed():
+            self._advance_timed_phase(self.current_epoch + 1)
         self._select_resolution(self.current_epoch + 1)  # the next epoch's loaders are made with it
 
     # ------------------------------------------------------------------------------------------- training
@@ -167,3 +194,8 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["recon3d_resolution"] = self.resolution_for_epoch(self.current_epoch)
+        checkpoint["recon3d_phase_starts"] = list(self._phase_starts)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._phase_starts = list(checkpoint.get("recon3d_phase_starts", [0]))

@@ -18,6 +18,18 @@ def volume_iou(logits: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
     return batch_iou(logits > 0, volume > 0.5).float()
 
 
+def volume_sheet(rows) -> np.ndarray:
+    """(H', W', 3) uint8 sheet, one line per (image (S, S) float in [0, 1], true and predicted occupancy (D, s, s)
+    bool): the input, the true depth and the predicted depth of the nearest occupied slice, scaled to S."""
+    lines = []
+    for image, truth, predicted in rows:
+        scale = image.shape[-1] // truth.shape[-1]
+        cells = [np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)]
+        cells += [np.kron(depth_picture(v), np.ones((scale, scale), np.uint8)) for v in (truth, predicted)]
+        lines.append(np.concatenate(cells, axis=1))
+    return np.repeat(np.concatenate(lines, axis=0)[..., None], 3, axis=-1)
+
+
 def depth_picture(occupancy: np.ndarray) -> np.ndarray:
     """(H, W) uint8 of a (D, H, W) bool volume: the nearest occupied slice, near = bright, empty = black."""
     depth = occupancy.shape[0]
@@ -89,11 +101,4 @@ class VRNTask(ViewTask):
                                   outputs[-1][i].cpu().numpy() > 0))
 
     def picture_sheet(self) -> np.ndarray:
-        lines = []
-        for image, truth, predicted in self.pictures:
-            size = image.shape[-1]
-            scale = size // truth.shape[-1]
-            cells = [np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)]
-            cells += [np.kron(depth_picture(v), np.ones((scale, scale), np.uint8)) for v in (truth, predicted)]
-            lines.append(np.concatenate(cells, axis=1))
-        return np.repeat(np.concatenate(lines, axis=0)[..., None], 3, axis=-1)
+        return volume_sheet(self.pictures)

@@ -1,8 +1,11 @@
 """The main job: procedural shapes (or the user's meshes) -> shards -> autoencoder -> latents -> image encoder and
 latent GAN -> evaluation, meshes and pictures -> report.html, in one run folder.
 
-Every stage records its result and time in <run>/stages.json when it finishes; a rerun skips finished stages and the
-training stages continue from their last.ckpt, so a killed demo resumes where it stopped.
+The demo has a time budget (demo.minutes) shared among its stages by demo.shares: a training stage trains until its
+share of what is left is spent (its epochs are only an upper bound), so a faster machine trains more in the same time
+and what a stage leaves unused goes to the stages after it. Every stage records its result, budget and time in
+<run>/stages.json when it finishes; a rerun skips finished stages and the training stages continue from their
+last.ckpt (Lightning's timer included), so a killed demo resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import time
 from pathlib import Path
 from typing import Callable, Dict
 
-from recon3d.config import Config, to_dict
+from recon3d.config import DEMO_SHARES, Config, to_dict
 from recon3d.io import atomic_path, atomic_write
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "demo.yaml"  # the demo's embedded configuration
-STEPS = ["meshes", "shards", "autoencoder", "latents", "svr", "gan", "evaluate", "report"]  # the demo's steps
+STEPS = list(DEMO_SHARES)  # the demo's steps, in order
+TRAINED = ("autoencoder", "svr", "gan", "vrn", "stereo")  # the steps that train (for their share of the budget)
 
 
 def write_procedural_meshes(out: Path, categories, per_category: int) -> int:
@@ -66,25 +70,42 @@ def first_split(shard_dir: Path, order=("test", "val", "train")) -> str:
     return next(s for s in order if splits.get(s, {}).get("samples", 0))
 
 
-def stage_configs(cfg: Config, run_dir: Path, ae_ckpt: str = "") -> Dict[str, Config]:
-    """The configuration of each training stage: the same settings, each with its run folder, stage and time cap
-    (call once the shards exist); the image encoder and the GAN build on the autoencoder checkpoint `ae_ckpt`."""
+def stage_minutes(cfg: Config, log: "StageLog", name: str) -> float:
+    """Stage `name`'s time: its share of what is left of demo.minutes among the stages not finished yet (a training
+    stage gets at least a quarter of a minute once the budget is spent)."""
+    shares = {step: cfg.demo.shares.get(step, 0.0) for step in STEPS}
+    spent = sum(info["seconds"] for step, info in log.stages.items() if step != name and step != "report") / 60
+    waiting = sum(share for step, share in shares.items() if step == name or not log.done(step) or step == "report")
+    left = cfg.demo.minutes - spent
+    floor = 0.25 if name in TRAINED else 0.0
+    return max(floor, left * shares[name] / waiting if waiting > 0 else left)
+
+
+def stage_configs(cfg: Config, run_dir: Path, ae_ckpt: str = "", minutes: Dict[str, float] | None = None
+                  ) -> Dict[str, Config]:
+    """The configuration of each training stage: the same settings, each with its run folder, stage and time limit
+    (`minutes`; call once the shards exist); the image encoder and the GAN build on the autoencoder checkpoint
+    `ae_ckpt`."""
     shards = str(run_dir / "shards")
     replace = dataclasses.replace
     ae_ckpt = ae_ckpt or str(run_dir / "autoencoder" / "checkpoints" / "last.ckpt")
 
-    def stage(name: str, minutes: float, val_every_epochs: int = 0, **sections) -> Config:
+    def stage(name: str, minutes: float, val_every_epochs: int = 0, loader: dict | None = None, **sections) -> Config:
         train = replace(cfg.train, stage=name, run_dir=str(run_dir / name), max_minutes=minutes,
                         val_every_epochs=val_every_epochs or cfg.train.val_every_epochs)
-        return replace(cfg, loader=replace(cfg.loader, shards=shards, stage=""), train=train, **sections)
+        return replace(cfg, loader=replace(cfg.loader, shards=shards, stage="", **(loader or {})), train=train,
+                       **sections)
 
-    demo = cfg.demo
-    return {"autoencoder": stage("autoencoder", demo.autoencoder_minutes),
-            "svr": stage("svr", demo.svr_minutes, svr=replace(cfg.svr, autoencoder_ckpt=ae_ckpt)),
-            "gan": stage("gan", demo.gan_minutes, val_every_epochs=demo.gan_eval_every_epochs,
+    demo, minutes = cfg.demo, minutes or {}
+    return {"autoencoder": stage("autoencoder", minutes.get("autoencoder", 0.0)),
+            "svr": stage("svr", minutes.get("svr", 0.0), svr=replace(cfg.svr, autoencoder_ckpt=ae_ckpt)),
+            "gan": stage("gan", minutes.get("gan", 0.0), val_every_epochs=demo.gan_eval_every_epochs,
                          gan=replace(
                 cfg.gan, autoencoder_ckpt=ae_ckpt,
-                reference_split=first_split(Path(shards), ("val", "test", "train"))))}
+                reference_split=first_split(Path(shards), ("val", "test", "train")))),
+            "vrn": stage("vrn", minutes.get("vrn", 0.0)),
+            # Deep3D sees colour (as in its paper); the other image models see IM-NET's grey views
+            "stereo": stage("stereo", minutes.get("stereo", 0.0), loader={"grayscale": False})}
 
 
 def _train(cfg: Config, progress: bool) -> dict:
@@ -107,17 +128,19 @@ def _train(cfg: Config, progress: bool) -> dict:
 
 
 def _evaluate(cfg: Config, run_dir: Path, chosen: Dict[str, str]) -> dict:
-    """Tables and pictures for the report: autoencoder and image-encoder metrics on the test split, test shapes beside
-    their reconstructions, GAN samples and an interpolation strip."""
+    """Tables and pictures for the report: autoencoder, image-encoder, VRN and stereo metrics on the test split, test
+    shapes beside their reconstructions, VRN depths and stereo pairs, GAN samples and an interpolation strip."""
     import torch
 
+    from recon3d.inference import stereo as stereo_inference
     from recon3d.inference import svr as svr_inference
+    from recon3d.inference import vrn as vrn_inference
     from recon3d.inference.autoencoder import evaluate, extract_meshes
     from recon3d.inference.latent import codes_to_meshes, gan_codes, interpolate_codes, load_any
     from recon3d.inference.outputs import write_sheet, write_strip
 
     shards, out = run_dir / "shards", run_dir / "evaluation"
-    ckpt = {name: Path(chosen[name]) for name in ("autoencoder", "svr", "gan")}
+    ckpt = {name: Path(chosen[name]) for name in TRAINED}
     demo = cfg.demo
     split = first_split(shards)
     evaluate(ckpt["autoencoder"], shards, split=split, resolution=demo.eval_resolution, out_dir=out)
@@ -127,6 +150,9 @@ def _evaluate(cfg: Config, run_dir: Path, chosen: Dict[str, str]) -> dict:
     write_sheet(out / "autoencoder_sheet.png", shards, rows)
     svr_inference.write_view_sheet(ckpt["svr"], shards, split, out / "svr_sheet.png", demo.sheet_shapes,
                                    demo.eval_resolution)
+    for name, inference in (("vrn", vrn_inference), ("stereo", stereo_inference)):
+        inference.evaluate(ckpt[name], shards, split=split, out_dir=out)
+        inference.write_view_sheet(ckpt[name], shards, split, out / f"{name}_sheet.png", demo.sheet_shapes)
     autoencoder, gan = load_any(ckpt["gan"])
     seeds = list(range(8))
     samples = codes_to_meshes(autoencoder, gan_codes(gan, seeds), out / "gan", [f"gan_{s}" for s in seeds],
@@ -156,16 +182,19 @@ def _shards_stage(cfg: Config, run_dir: Path, progress: bool) -> dict:
     return {"samples": result.manifest["samples"], "rejects": result.manifest.get("rejects", 0)}
 
 
-def _run_stages(log: StageLog, work: Dict[str, Callable[[], dict]], budget: Dict[str, float]) -> None:
-    """Run every stage not finished in an earlier run (the report always), announcing each with the time left."""
+def _run_stages(cfg: Config, log: StageLog, work: Dict[str, Callable[[float], dict]]) -> None:
+    """Run every stage not finished in an earlier run (the report always), announcing each with its share of the
+    budget and the time left; each gets its minutes (the training stages train for them)."""
     for number, name in enumerate(STEPS, 1):
         if name == "report" or not log.done(name):
-            left = sum(budget.get(s, 0.5) for s in STEPS[number - 1:] if not log.done(s))
-            cap = f", at most {budget[name]:g} min" if name in budget else ""
-            _say(f"[{number}/{len(STEPS)}] {name}{cap} (about {left:.0f} min left in the demo)")
+            minutes = stage_minutes(cfg, log, name)
+            spent = sum(i["seconds"] for s, i in log.stages.items() if s != "report") / 60
+            kind = "trains for" if name in TRAINED else "about"
+            _say(f"[{number}/{len(STEPS)}] {name}: {kind} {minutes:.1f} min ({cfg.demo.minutes - spent:.1f} of the "
+                 f"demo's {cfg.demo.minutes:g} min left)")
             stage_started = time.perf_counter()
-            info = work[name]()
-            log.finish(name, time.perf_counter() - stage_started, **info)
+            info = work[name](minutes)
+            log.finish(name, time.perf_counter() - stage_started, budget_seconds=round(minutes * 60, 1), **info)
         else:
             _say(f"[{number}/{len(STEPS)}] {name}: done in an earlier run ({log.stages[name]['seconds']:.0f} s)")
 
@@ -184,28 +213,31 @@ def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
                               shards=dataclasses.replace(cfg.shards, out_dir=str(run_dir / "shards"),
                                                          samples_per_shard=demo.samples_per_shard))
     atomic_write(run_dir / "config.json", json.dumps(to_dict(cfg), indent=1, sort_keys=True).encode())
-    budget = {"autoencoder": demo.autoencoder_minutes, "svr": demo.svr_minutes, "gan": demo.gan_minutes}
     started = time.perf_counter()
 
     def checkpoint(stage: str) -> str:
         """The checkpoint a finished training stage handed on (its best by its validation metric)."""
         return log.stages[stage]["checkpoint"]
 
-    work: Dict[str, Callable[[], dict]] = {
-        "meshes": lambda: {"source": str(source_root), "written": 0 if meshes else write_procedural_meshes(
+    def trained(name: str, minutes: float) -> dict:
+        ae_ckpt = checkpoint("autoencoder") if name != "autoencoder" else ""
+        return _train(stage_configs(cfg, run_dir, ae_ckpt, {name: minutes})[name], progress)
+
+    work: Dict[str, Callable[[float], dict]] = {
+        "meshes": lambda _: {"source": str(source_root), "written": 0 if meshes else write_procedural_meshes(
             source_root, demo.categories, demo.shapes_per_category)},
-        "shards": lambda: _shards_stage(cfg, run_dir, progress),
-        "autoencoder": lambda: _train(stage_configs(cfg, run_dir)["autoencoder"], progress),
-        "latents": lambda: {"folder": str(export_latents(checkpoint("autoencoder"), run_dir / "shards"))},
-        "svr": lambda: _train(stage_configs(cfg, run_dir, checkpoint("autoencoder"))["svr"], progress),
-        "gan": lambda: _train(stage_configs(cfg, run_dir, checkpoint("autoencoder"))["gan"], progress),
-        "evaluate": lambda: _evaluate(cfg, run_dir, {s: checkpoint(s) for s in ("autoencoder", "svr", "gan")}),
-        "report": lambda: {"path": str(write_report(run_dir))},
+        "shards": lambda _: _shards_stage(cfg, run_dir, progress),
+        "latents": lambda _: {"folder": str(export_latents(checkpoint("autoencoder"), run_dir / "shards"))},
+        "evaluate": lambda _: _evaluate(cfg, run_dir, {s: checkpoint(s) for s in TRAINED}),
+        "report": lambda _: {"path": str(write_report(run_dir))},
+        **{name: (lambda minutes, name=name: trained(name, minutes)) for name in TRAINED},
     }
-    _run_stages(log, work, budget)
-    print(f"\nrun folder: {run_dir} ({time.perf_counter() - started:.0f} s this run)")
+    _run_stages(cfg, log, work)
+    total = sum(i["seconds"] for i in log.stages.values()) / 60
+    print(f"\nrun folder: {run_dir} ({time.perf_counter() - started:.0f} s this run; {total:.1f} min in all, budget "
+          f"{demo.minutes:g} min)")
     print(f"report: {log.stages['report']['path']}")
-    for name in budget:
+    for name in TRAINED:
         wandb_dir = run_dir / name / "wandb"
         if wandb_dir.is_dir():
             print(f"W&B ran offline; to upload: wandb sync {wandb_dir}/offline-run-*")

@@ -164,6 +164,19 @@ document.body.setAttribute('data-images-loaded',i.filter(function(x){return x.co
 +'/'+i.length);});</script>"""
 
 
+def _timings(stages: dict, minutes) -> str:
+    """The stages' seconds beside their budgets (the share of demo.minutes each was given when it started)."""
+    def cell(value) -> str:
+        return "" if value is None else f"{value:.0f}"
+
+    rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{cell(s.get('budget_seconds'))}</td><td>{s['seconds']:.0f}"
+                   f"</td></tr>" for n, s in stages.items())
+    total = sum(s["seconds"] for s in stages.values())
+    budget = f"{minutes * 60:.0f}" if minutes else ""
+    return (f"<h2>Timings</h2><table><tr><th>stage</th><th>budget (s)</th><th>seconds</th></tr>{rows}"
+            f"<tr class='mean'><td>total</td><td>{budget}</td><td>{total:.0f}</td></tr></table>")
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write <run_dir>/report.html from whatever the folder holds; returns its path."""
     run_dir = Path(run_dir)
@@ -172,10 +185,7 @@ def write_report(run_dir: str | Path) -> Path:
              f"</title><style>{STYLE}</style></head><body>", f"<h1>recon3d run <code>{html.escape(str(run_dir))}"
              f"</code></h1>"]
     if stages:
-        rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{s['seconds']:.0f}</td></tr>" for n, s in stages.items())
-        total = sum(s["seconds"] for s in stages.values())
-        parts.append(f"<h2>Timings</h2><table><tr><th>stage</th><th>seconds</th></tr>{rows}"
-                     f"<tr class='mean'><td>total</td><td>{total:.0f}</td></tr></table>")
+        parts.append(_timings(stages, (_json(run_dir / "config.json") or {}).get("demo", {}).get("minutes")))
     manifest = _json(run_dir / "shards" / "manifest.json")
     if manifest:
         from recon3d.data.verify import summarise
