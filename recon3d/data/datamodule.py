@@ -194,7 +194,10 @@ class ShardDataModule(L.LightningDataModule):
                              samples_per_epoch=self.train_samples_per_epoch, shuffle_buffer=self.shuffle_buffer,
                              seed=self.seed, rank=self._rank, world_size=self._world)
         trainer = getattr(self, "trainer", None)
-        epoch = trainer.current_epoch if trainer is not None else 0
+        # the epoch these batches are for, counted as Lightning does for samplers: after a resume from an epoch-end
+        # checkpoint the trainer's current_epoch still names the finished epoch, which Lightning then closes
+        # without iterating, so the loader must start at the next one (it started one early and lost an epoch)
+        epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
         stream.set_epoch(epoch)
         stream.skip_batches = self._resume_skip(epoch)
         return self._loader(stream)

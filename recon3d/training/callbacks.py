@@ -95,7 +95,8 @@ class Preemption(Callback):
     current optimiser step, with a checkpoint.
 
     The handler only notes the signal. At each step's end the ranks agree whether any of them got one (a collective
-    in the training loop, never in a signal handler), then all save hpc_ckpt_N.ckpt together (a ZeRO folder under
+    in the training loop, never in a signal handler), then all save hpc_ckpt_N.ckpt together (at the epoch's end,
+    after its validation, when the step was the epoch's last) (a ZeRO folder under
     DeepSpeed), the oldest beyond `keep` are deleted, rank 0 requeues the job for the requeue signal (SLURM requeues
     a preempted job itself), and Preempted is raised once Lightning has logged the step (the CLI exits 128 + the
     signal's number). Lightning's own
@@ -105,13 +106,14 @@ class Preemption(Callback):
         self.keep = keep
         self.signum = 0
         self._stop: Optional[Preempted] = None
+        self._at_epoch_end = 0  # a signal agreed on during an epoch's last batch: saved at the epoch's end
         self._previous: dict = {}
         self._requeue_signal: Optional[int] = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
-        self.signum, self._stop = 0, None
+        self.signum, self._stop, self._at_epoch_end = 0, None, 0
         if threading.current_thread() is not threading.main_thread():
             return  # e.g. a Ray Tune trial runs in a thread; signals reach only the main thread
         environment = trainer._accelerator_connector.cluster_environment
@@ -136,6 +138,14 @@ class Preemption(Callback):
         if not trainer.strategy.reduce_boolean_decision(bool(self.signum), all=False):
             return
         signum = self.signum or signal.SIGTERM  # a rank the signal has not reached yet stops with the others
+        if batch_idx + 1 >= trainer.num_training_batches:
+            # the epoch's last batch: save at the epoch's end, where Lightning's own epoch checkpoints are taken.
+            # Saved here, Lightning resumed by ending that epoch and then the next one with no batch (an epoch lost)
+            self._at_epoch_end = signum
+            return
+        self._save(trainer, signum)
+
+    def _save(self, trainer, signum: int) -> None:
         path = Path(trainer.strategy.broadcast(
             trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)))
         trainer.save_checkpoint(path, weights_only=False)
@@ -161,6 +171,8 @@ class Preemption(Callback):
         self._raise(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._at_epoch_end and self._stop is None:
+            self._save(trainer, self._at_epoch_end)
         self._raise(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
