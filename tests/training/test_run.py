@@ -21,7 +21,8 @@ def test_a_resumed_training_stream_draws_the_order_of_its_epoch(tiny_shards):
         dm = ShardDataModule(shards=str(tiny_shards), batch_size=2, num_workers=0, shuffle_buffer=2,
                              train_samples_per_epoch=6, rank=0, world_size=1)
         dm.setup()
-        dm.trainer = SimpleNamespace(current_epoch=epoch_made_at)
+        progress = SimpleNamespace(current=SimpleNamespace(processed=epoch_made_at))  # as Lightning counts epochs
+        dm.trainer = SimpleNamespace(fit_loop=SimpleNamespace(epoch_progress=progress))
         loader = dm.train_dataloader()
         return [[k for batch in loader for k in batch["key"]] for _ in range(epochs)]
 
@@ -139,7 +140,8 @@ for epoch in range(4):
     dm = ShardDataModule(shards={str(tiny_shards)!r}, batch_size=2, num_workers=0, shuffle_buffer=2, rank=0,
                          world_size=1)
     dm.setup()
-    dm.trainer = SimpleNamespace(current_epoch=epoch)
+    dm.trainer = SimpleNamespace(fit_loop=SimpleNamespace(epoch_progress=SimpleNamespace(
+        current=SimpleNamespace(processed=epoch))))
     orders.append([k for batch in dm.train_dataloader() for k in batch["key"]])
 print(json.dumps(orders))
 """
