@@ -105,7 +105,8 @@ class SVRTask(StageCheckpoint, L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         z = self.encoder(batch["image"])
         size = len(batch["key"])
-        self.log("val/latent_mse", F.mse_loss(z.float(), self.targets(batch["key"]).float()), batch_size=size, sync_dist=True)
+        self.log("val/latent_mse", F.mse_loss(z.float(), self.targets(batch["key"]).float()), batch_size=size,
+                 sync_dist=True)
         if self.decoder is None:
             return
         self.decoder.to(z.device)

@@ -87,7 +87,8 @@ class VRNTask(ViewTask):
 
     def loss(self, outputs: list, volume: torch.Tensor) -> torch.Tensor:
         weight = torch.as_tensor(self.hparams.positive_weight, device=volume.device)
-        return sum(F.binary_cross_entropy_with_logits(logits.float(), volume.float(), pos_weight=weight) for logits in outputs)
+        return sum(F.binary_cross_entropy_with_logits(logits.float(), volume.float(), pos_weight=weight)
+                   for logits in outputs)
 
     def training_loss(self, batch: dict) -> torch.Tensor:
         return self.loss(self.model(batch["image"]), batch["volume"])

@@ -73,7 +73,7 @@ STEP_MODES = {"fp32": ("auto", "32-true"), "bf16": ("auto", "bf16-mixed"), "bf16
               "zero2_bf16": ("deepspeed_stage_2", "bf16-mixed")}
 
 
-def _config(tiny: bool, shards: str, *overrides: str):
+def proof_config(tiny: bool, shards: str, *overrides: str):
     from recon3d.config import load_config
 
     size = sizes(tiny)
@@ -123,7 +123,7 @@ def step_part(mode: str, shards: str, tiny: bool) -> dict:
 
     strategy, precision = STEP_MODES[mode]
     size, device = sizes(tiny), _device(tiny)
-    cfg = _config(tiny, shards, f"train.strategy={strategy}", f"train.precision={precision}",
+    cfg = proof_config(tiny, shards, f"train.strategy={strategy}", f"train.precision={precision}",
                   f"train.point_resolutions=[{size['point_resolution']}]", "train.phase_epochs=[1]")
     batch = {k: v for k, v in _compact_batch(shards, tiny).items() if isinstance(v, torch.Tensor)}
     from recon3d.data.shards import load_manifest
@@ -177,9 +177,10 @@ def _timed(fn, steps: int, warmup: int, cuda: bool) -> list:
     return times
 
 
-def compile_part(_, shards: str, tiny: bool) -> dict:
-    """A plain bf16 (CPU: fp32) loop of the autoencoder step and of a decoder forward, eager then torch.compile'd:
-    the first compiled call's seconds (the compilation) and the median after warm-up."""
+def _plain_training(shards: str, tiny: bool):
+    """(model, step(net), cuda): the autoencoder of the proof's size, Adam and one real batch expanded on the
+    device, for plain loops; step(net) is one bf16 (CPU: fp32) training step of `net` (the model or a compiled
+    one) on that batch, which it keeps as step.batch."""
     import torch
 
     from recon3d.data.pipelines import expand_batch
@@ -192,17 +193,33 @@ def compile_part(_, shards: str, tiny: bool) -> dict:
     torch.manual_seed(0)
     model = Autoencoder(**size["model"], resolution=size["voxels"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step(net) -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
+            loss = torch.nn.functional.mse_loss(net(step.batch["voxels"], step.batch["points"]).float(),
+                                                step.batch["values"])
+        loss.backward()
+        opt.step()
+
+    step.batch = batch
+    return model, step, cuda
+
+
+def compile_part(_, shards: str, tiny: bool) -> dict:
+    """A plain bf16 (CPU: fp32) loop of the autoencoder step and of a decoder forward, eager then torch.compile'd:
+    the first compiled call's seconds (the compilation) and the median after warm-up."""
+    import torch
+
+    size, device = sizes(tiny), _device(tiny)
+    model, train_step, cuda = _plain_training(shards, tiny)
     autocast = torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda)
     points = torch.rand(1, size["decoder_points"], 3, device=device) - 0.5
     z = torch.rand(1, size["model"]["latent_dim"], device=device)
     result = {"precision": "bf16 autocast" if cuda else "fp32"}
     for label, net in (("eager", model), ("compiled", torch.compile(model))):
         def step():
-            opt.zero_grad(set_to_none=True)
-            with autocast:
-                loss = torch.nn.functional.mse_loss(net(batch["voxels"], batch["points"]).float(), batch["values"])
-            loss.backward()
-            opt.step()
+            train_step(net)
 
         def decode():
             with torch.no_grad(), autocast:
@@ -228,23 +245,11 @@ def profile_part(_, shards: str, tiny: bool) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from recon3d.data.pipelines import expand_batch
-    from recon3d.models.implicit_decoder import Autoencoder
-
-    size, device = sizes(tiny), _device(tiny)
-    cuda = device.startswith("cuda")
-    batch = expand_batch({k: v.to(device) for k, v in _compact_batch(shards, tiny).items()
-                          if isinstance(v, torch.Tensor)})
-    torch.manual_seed(0)
-    model = Autoencoder(**size["model"], resolution=size["voxels"]).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    size = sizes(tiny)
+    model, train_step, cuda = _plain_training(shards, tiny)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
-            loss = torch.nn.functional.mse_loss(model(batch["voxels"], batch["points"]).float(), batch["values"])
-        loss.backward()
-        opt.step()
+        train_step(model)
 
     steps = 5
     wall = median_ms(_timed(step, steps, size["warmup"], cuda))
@@ -253,6 +258,7 @@ def profile_part(_, shards: str, tiny: bool) -> dict:
     torch.backends.cudnn.benchmark = True
     variants["cudnn_benchmark"] = median_ms(_timed(step, size["steps"], size["warmup"], cuda))
     model.encoder.to(memory_format=torch.channels_last_3d)
+    batch = train_step.batch
     voxels = batch["voxels"]
     batch["voxels"] = voxels.contiguous(memory_format=torch.channels_last_3d)
     variants["cudnn_benchmark_channels_last_3d"] = median_ms(_timed(step, size["steps"], size["warmup"], cuda))
@@ -343,58 +349,3 @@ def child(what: str, root: Path, tiny: bool, timeout: float) -> dict:
            "--out", str(out)] + (["--tiny"] if tiny else [])
     subprocess.run(cmd, check=True, timeout=max(timeout, 1))
     return json.loads(out.read_text())
-
-
-def fit_section(root: Path, tiny: bool) -> dict:
-    """A short real training run (the recon3d CLI, the loader with workers, bf16 on the GPU): its checkpoint gives
-    the extraction a decoder with surfaces; its per-step points/s is the real loader + step pace."""
-    import csv
-
-    size = sizes(tiny)
-    run_dir = root / "fit"
-    cmd = [sys.executable, "-m", "recon3d", "train", "--shards", str(root / "shards"), "--run-dir", str(run_dir)]
-    overrides = [f"train.max_minutes={size['fit_minutes']}", "train.progress=log", "train.val_every_epochs=1000",
-                 f"loader.points_per_sample={size['points']}", "train.lr=0.0001",
-                 f"train.point_resolutions=[{size['point_resolution']}]", "train.phase_epochs=[100000]"]
-    if not tiny:
-        overrides += ["train.precision=bf16-mixed", "loader.num_workers=8", "loader.train_samples_per_epoch=2048"]
-    cfg_file = root / "fit-config.json"
-    cfg_file.parent.mkdir(parents=True, exist_ok=True)
-    from recon3d.config import to_dict
-
-    cfg_file.write_text(json.dumps(to_dict(_config(tiny, str(root / "shards"), *overrides))))
-    start = time.perf_counter()
-    subprocess.run(cmd + ["-c", str(cfg_file)], check=True, stdout=subprocess.DEVNULL)
-    rows = []
-    for path in sorted(run_dir.glob("logs/*/metrics.csv")):
-        with open(path) as f:
-            rows += [r for r in csv.DictReader(f) if r.get("train/points_per_s")]
-    rates = [float(r["train/points_per_s"]) for r in rows]
-    steps = max((int(r["step"]) for r in rows), default=0)
-    return {"seconds": round(time.perf_counter() - start, 1), "logged_steps": steps,
-            "samples_per_s_median": round(statistics.median(rates) / size["points"], 1) if rates else None,
-            "last_loss": next((float(r["train/loss"]) for r in reversed(rows) if r.get("train/loss")), None)}
-
-
-def loader_section(root: Path, tiny: bool, workers, step_samples_per_s) -> dict:
-    """Autoencoder-stage samples/s from the local shards per worker count (the loader alone), beside the step."""
-    from recon3d.data.datamodule import ShardDataModule
-    from recon3d.workflows.bench_loader import _rate
-
-    size = sizes(tiny)
-    batches = size["loader_batches"]
-
-    def make(count):
-        dm = ShardDataModule(shards=str(root / "shards"), batch_size=size["batch"], num_workers=count,
-                             point_resolution=size["point_resolution"], points_per_sample=size["points"],
-                             train_samples_per_epoch=(batches + 2 + count) * size["batch"] * 2)
-        dm.setup()
-        return lambda: iter(dm.train_dataloader())
-
-    rates = {str(count): round(_rate(make(count), batches, size["batch"], 0.0), 1) for count in workers}
-    result = {"batch": size["batch"], "points": size["points"], "samples_per_s": rates,
-              "step_consumes_samples_per_s": step_samples_per_s}
-    if step_samples_per_s:
-        feeding = [int(c) for c, r in rates.items() if r >= step_samples_per_s]
-        result["fewest_workers_that_feed_the_step"] = min(feeding) if feeding else None
-    return result

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -28,8 +29,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from recon3d.io import atomic_write
-from recon3d.workflows.gpu_parts import (PARTS, STEP_MODES, autoencoder_flops, child, fit_section, loader_section,
-                                         log, peak_tflops, sizes)
+from recon3d.workflows.gpu_parts import (PARTS, STEP_MODES, autoencoder_flops, child, log, peak_tflops, proof_config,
+                                         sizes)
 
 class Proof:
     """The results under construction: sections, each timed, failures recorded, JSON rewritten after each."""
@@ -108,6 +109,61 @@ def build_shards(root: Path, tiny: bool, workers: int) -> dict:
     manifest = load_manifest(root / "shards")
     return {"meshes": meshes, "samples": sum(s["samples"] for s in manifest["shards"]), "workers": workers,
             "seconds": round(time.perf_counter() - start, 2), "shards": len(manifest["shards"])}
+
+
+def fit_section(root: Path, tiny: bool) -> dict:
+    """A short real training run (the recon3d CLI, the loader with workers, bf16 on the GPU): its checkpoint gives
+    the extraction a decoder with surfaces; its per-step points/s is the real loader + step pace."""
+    import csv
+
+    size = sizes(tiny)
+    run_dir = root / "fit"
+    cmd = [sys.executable, "-m", "recon3d", "train", "--shards", str(root / "shards"), "--run-dir", str(run_dir)]
+    overrides = [f"train.max_minutes={size['fit_minutes']}", "train.progress=log", "train.val_every_epochs=1000",
+                 f"loader.points_per_sample={size['points']}", "train.lr=0.0001",
+                 f"train.point_resolutions=[{size['point_resolution']}]", "train.phase_epochs=[100000]"]
+    if not tiny:
+        overrides += ["train.precision=bf16-mixed", "loader.num_workers=8", "loader.train_samples_per_epoch=2048"]
+    cfg_file = root / "fit-config.json"
+    cfg_file.parent.mkdir(parents=True, exist_ok=True)
+    from recon3d.config import to_dict
+
+    cfg_file.write_text(json.dumps(to_dict(proof_config(tiny, str(root / "shards"), *overrides))))
+    start = time.perf_counter()
+    subprocess.run(cmd + ["-c", str(cfg_file)], check=True, stdout=subprocess.DEVNULL)
+    rows = []
+    for path in sorted(run_dir.glob("logs/*/metrics.csv")):
+        with open(path) as f:
+            rows += [r for r in csv.DictReader(f) if r.get("train/points_per_s")]
+    rates = [float(r["train/points_per_s"]) for r in rows]
+    steps = max((int(r["step"]) for r in rows), default=0)
+    return {"seconds": round(time.perf_counter() - start, 1), "logged_steps": steps,
+            "samples_per_s_median": round(statistics.median(rates) / size["points"], 1) if rates else None,
+            "last_loss": next((float(r["train/loss"]) for r in reversed(rows) if r.get("train/loss")), None)}
+
+
+def loader_section(root: Path, tiny: bool, workers, step_samples_per_s) -> dict:
+    """Autoencoder-stage samples/s from the local shards per worker count (the loader alone), beside the step."""
+    from recon3d.data.datamodule import ShardDataModule
+    from recon3d.workflows.bench_loader import _rate
+
+    size = sizes(tiny)
+    batches = size["loader_batches"]
+
+    def make(count):
+        dm = ShardDataModule(shards=str(root / "shards"), batch_size=size["batch"], num_workers=count,
+                             point_resolution=size["point_resolution"], points_per_sample=size["points"],
+                             train_samples_per_epoch=(batches + 2 + count) * size["batch"] * 2)
+        dm.setup()
+        return lambda: iter(dm.train_dataloader())
+
+    rates = {str(count): round(_rate(make(count), batches, size["batch"], 0.0), 1) for count in workers}
+    result = {"batch": size["batch"], "points": size["points"], "samples_per_s": rates,
+              "step_consumes_samples_per_s": step_samples_per_s}
+    if step_samples_per_s:
+        feeding = [int(c) for c, r in rates.items() if r >= step_samples_per_s]
+        result["fewest_workers_that_feed_the_step"] = min(feeding) if feeding else None
+    return result
 
 
 def run_sections(proof, workers, args) -> None:
