@@ -46,7 +46,8 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
                  decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128), decoder_output: str = "leaky_clip",
                  lr: float = 5e-5, beta1: float = 0.5, beta2: float = 0.999,
                  point_resolutions: Sequence[int] = (16, 32, 64), phase_epochs: Sequence[int] = (20, 20, 40),
-                 phase_fractions: Sequence[float] = (), max_minutes: float = 0.0, val_resolution: int = 32, reconstructions_to_log: int = 4, run_dir: str = "") -> None:
+                 phase_fractions: Sequence[float] = (), max_minutes: float = 0.0, val_resolution: int = 32,
+                 reconstructions_to_log: int = 4, run_dir: str = "") -> None:
         super().__init__()
         if len(point_resolutions) != len(phase_epochs):
             raise ValueError("point_resolutions and phase_epochs must have the same length")
@@ -189,7 +190,7 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
             pair = [grid_to_mesh(target, 0.5, corners=False), grid_to_mesh(recon, 0.5, corners=False)]
             meshes.append(pair[1])
             rows.append(np.concatenate([render_preview(v, f, 128) for v, f in pair], axis=1))
-        publish_image(self, np.concatenate(rows, axis=0), [v for v, f in meshes])
+        publish_image(self, np.concatenate(rows, axis=0), meshes)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -175,4 +175,4 @@ class LatentGANTask(StageCheckpoint, L.LightningModule):
         if not shown:
             return
         row = np.concatenate([render_preview(v, f, 96) for v, f in shown], axis=1)
-        publish_image(self, row)
+        publish_image(self, row, shown)

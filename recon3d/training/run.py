@@ -178,12 +178,13 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     except Preempted:
         _finish_wandb(trainer, preempted=True)
         raise
-    _finish_wandb(trainer)
     monitor = STAGES[cfg.train.stage].best_by
     last = _single_file(Path(cfg.train.run_dir) / "checkpoints" / "last.ckpt", trainer.is_global_zero)
     best_path = best_checkpoint(trainer.checkpoint_callbacks, monitor)
     best = _single_file(Path(best_path), trainer.is_global_zero) if best_path else None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    _record_lineage(cfg, trainer, best or last, metrics)
+    _finish_wandb(trainer)
     return RunResult(run_dir, last, best, metrics, trainer.global_step, trainer.current_epoch, monitor,
                      trainer.is_global_zero)
 
@@ -205,6 +206,17 @@ def best_checkpoint(callbacks: Sequence, monitor: str) -> str:
         if getattr(callback, "monitor", None) == monitor and callback.best_model_path:
             return callback.best_model_path
     return ""
+
+
+def _record_lineage(cfg: Config, trainer, checkpoint: Optional[Path], metrics: dict) -> None:
+    """W&B artifacts of what the run read and the checkpoint it hands on (rank 0, when W&B is on)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from recon3d.training.lineage import record_training
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            record_training(cfg, logger.experiment, checkpoint, metrics)
 
 
 def _finish_wandb(trainer, preempted: bool = False) -> None:

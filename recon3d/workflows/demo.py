@@ -22,6 +22,7 @@ from recon3d.io import atomic_path, atomic_write
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "demo.yaml"  # the demo's embedded configuration
 STEPS = list(DEMO_SHARES)  # the demo's steps, in order
+JOBS = "wandb-jobs"  # folder of the W&B runs of the steps that do not train (exporting latents, evaluating)
 TRAINED = ("autoencoder", "svr", "gan", "vrn", "stereo")  # the steps that train (for their share of the budget)
 
 
@@ -166,6 +167,28 @@ def _evaluate(cfg: Config, run_dir: Path, chosen: Dict[str, str]) -> dict:
     return {"folder": str(out), "split": split}
 
 
+def _latents(cfg: Config, run_dir: Path, ae_ckpt: str) -> dict:
+    """Export the autoencoder's codes of every shape; W&B: autoencoder -> latents."""
+    from recon3d.inference.autoencoder import export_latents
+    from recon3d.training.lineage import latents_artifact, model_artifact, record_job
+
+    folder = export_latents(ae_ckpt, run_dir / "shards")
+    record_job(cfg, "export-latents", "latents", [model_artifact("autoencoder", ae_ckpt)],
+               [latents_artifact(folder, ae_ckpt)], run_dir / JOBS)
+    return {"folder": str(folder)}
+
+
+def _evaluated(cfg: Config, run_dir: Path, chosen: Dict[str, str]) -> dict:
+    """The evaluation; W&B: the shards and every stage's model -> the evaluation tables."""
+    from recon3d.training.lineage import evaluation_artifact, model_artifact, record_job, shards_artifact
+
+    info = _evaluate(cfg, run_dir, chosen)
+    inputs = [shards_artifact(run_dir / "shards"), *(model_artifact(s, chosen[s]) for s in TRAINED)]
+    record_job(cfg, "evaluation", "evaluation", inputs, [evaluation_artifact(run_dir.name, Path(info["folder"]))],
+               run_dir / JOBS)
+    return info
+
+
 def _shards_stage(cfg: Config, run_dir: Path, progress: bool) -> dict:
     """Build (or finish) the shards, verify every member, write the contact sheet."""
     from recon3d.data.contact_sheet import contact_sheet
@@ -201,7 +224,6 @@ def _run_stages(cfg: Config, log: StageLog, work: Dict[str, Callable[[float], di
 
 def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
     """Run (or resume) the whole method in cfg.demo.out_dir; returns a process exit code."""
-    from recon3d.inference.autoencoder import export_latents
     from recon3d.workflows.report import write_report
 
     run_dir = Path(cfg.demo.out_dir)
@@ -227,8 +249,8 @@ def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
         "meshes": lambda _: {"source": str(source_root), "written": 0 if meshes else write_procedural_meshes(
             source_root, demo.categories, demo.shapes_per_category)},
         "shards": lambda _: _shards_stage(cfg, run_dir, progress),
-        "latents": lambda _: {"folder": str(export_latents(checkpoint("autoencoder"), run_dir / "shards"))},
-        "evaluate": lambda _: _evaluate(cfg, run_dir, {s: checkpoint(s) for s in TRAINED}),
+        "latents": lambda _: _latents(cfg, run_dir, checkpoint("autoencoder")),
+        "evaluate": lambda _: _evaluated(cfg, run_dir, {s: checkpoint(s) for s in TRAINED}),
         "report": lambda _: {"path": str(write_report(run_dir))},
         **{name: (lambda minutes, name=name: trained(name, minutes)) for name in TRAINED},
     }
@@ -237,8 +259,8 @@ def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
     print(f"\nrun folder: {run_dir} ({time.perf_counter() - started:.0f} s this run; {total:.1f} min in all, budget "
           f"{demo.minutes:g} min)")
     print(f"report: {log.stages['report']['path']}")
-    for name in TRAINED:
+    for name in (*TRAINED, JOBS):
         wandb_dir = run_dir / name / "wandb"
-        if wandb_dir.is_dir():
+        if any(wandb_dir.glob("offline-run-*")):
             print(f"W&B ran offline; to upload: wandb sync {wandb_dir}/offline-run-*")
     return 0
