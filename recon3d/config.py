@@ -189,7 +189,9 @@ class TrainConfig:
                "train.point_resolutions and train.phase_epochs must have the same (non-zero) length")
         _check(not self.phase_fractions or (len(self.phase_fractions) == len(self.phase_epochs)
                                             and min(self.phase_fractions) > 0),
-               "train.phase_fractions: empty, or one share > 0 per phase (normalised to their sum)")
+               f"train.phase_fractions={list(self.phase_fractions)} for {len(self.phase_epochs)} phase(s) "
+               f"(train.phase_epochs={list(self.phase_epochs)}): give one share > 0 per phase, or [] for phases by "
+               "epochs alone")
         _check(all(e >= 0 for e in self.phase_epochs) and sum(self.phase_epochs) > 0,
                "train.phase_epochs must be >= 0 and not all zero")
         _check(self.logger in ("wandb", "csv"), f"train.logger={self.logger!r}: wandb or csv")

@@ -272,3 +272,14 @@ def test_show_skips_a_sample_it_cannot_draw(tiny_shards, tmp_path, capsys):
             tar.addfile(info, io.BytesIO(data))
     assert main(["shards", "show", str(shards), "-o", str(tmp_path / "sheet.png")]) == 0
     assert "cannot be drawn" in capsys.readouterr().err and (tmp_path / "sheet.png").is_file()
+
+
+def test_demo_on_a_folder_of_unusable_meshes_says_so_in_one_line(tmp_path, capsys):
+    (tmp_path / "m" / "chair").mkdir(parents=True)
+    (tmp_path / "m" / "chair" / "a.obj").write_text("garbage\n")
+    (tmp_path / "m" / "chair" / "b.obj").write_text("v 0 0 0\nv 1 0 0\nf 1 2 3\n")
+    capsys.readouterr()
+    assert main(["demo", "-c", str(TINY), "--meshes", str(tmp_path / "m"), "--out", str(tmp_path / "run"),
+                 "--no-progress", "train.phase_fractions=[1,1]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no shape to train on" in err and "2 input(s) rejected" in err and "rejects.jsonl" in err

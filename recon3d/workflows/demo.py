@@ -196,6 +196,11 @@ def _shards_stage(cfg: Config, run_dir: Path, progress: bool) -> dict:
     from recon3d.data.writer import build_shards
 
     result = build_shards(cfg, progress=progress)
+    splits = result.manifest.get("splits", {})
+    if not splits.get("train", {}).get("samples"):
+        rejects = result.manifest.get("rejects", 0)
+        raise ValueError(f"{cfg.source.root}: no shape to train on ({result.manifest['samples']} sample(s) made, "
+                         f"{rejects} input(s) rejected; reasons in {Path(cfg.shards.out_dir) / 'rejects.jsonl'})")
     report = verify_shards(cfg.shards.out_dir)
     if not report.ok:
         raise RuntimeError(f"{cfg.shards.out_dir}: verify found {len(report.problems)} problem(s), first: "
