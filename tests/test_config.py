@@ -9,7 +9,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 CONFIG_FILES = [p for p in sorted((REPO / "configs").rglob("*.yaml")) if p.parent.name != "sweep"]
-CONFIG_FILES.append(REPO / "recon3d" / "demo.yaml")
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)

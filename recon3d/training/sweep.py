@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
-from recon3d.config import ConfigError, load_config, to_dict
+from recon3d.config import ConfigError, config_file, load_config, to_dict
 from recon3d.config_data import Stopped
 from recon3d.io import atomic_write
 from recon3d.stages import STAGES
@@ -62,9 +62,7 @@ def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: Li
     """Read and check a sweep file; every searched key is tried against the config schema before Ray starts."""
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
+    path = config_file(path)  # as -c files: also among the installed configs (configs/sweep/...), from any folder
     raw = yaml.safe_load(path.read_text()) or {}
     unknown = set(raw) - set(SweepSpec.__dataclass_fields__)
     if unknown:

@@ -20,7 +20,7 @@ from typing import Callable, Dict
 from recon3d.config import DEMO_SHARES, Config, to_dict
 from recon3d.io import atomic_path, atomic_write
 
-DEFAULTS = Path(__file__).resolve().parents[1] / "demo.yaml"  # the demo's embedded configuration
+DEFAULTS = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # the demo's embedded configuration
 STEPS = list(DEMO_SHARES)  # the demo's steps, in order
 JOBS = "wandb-jobs"  # folder of the W&B runs of the steps that do not train (exporting latents, evaluating)
 TRAINED = ("autoencoder", "svr", "gan", "vrn", "stereo")  # the steps that train (for their share of the budget)
