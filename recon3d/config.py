@@ -222,7 +222,7 @@ class DemoConfig:
     shapes_per_category: int = 16  # procedural shapes per category
     categories: List[str] = field(default_factory=lambda: ["chair", "table", "lamp", "airplane", "car"])  # shapes made
     samples_per_shard: int = 16  # shard size for the demo (small, so that loaders have several shards to spread)
-    minutes: float = 16.0  # the whole demo's time budget, shared among its stages by `shares`
+    minutes: float = 18.0  # the whole demo's time budget, shared among its stages by `shares`
     shares: Dict[str, float] = field(default_factory=lambda: dict(DEMO_SHARES))  # share of the budget per stage
     gan_eval_every_epochs: int = 5  # COV/MMD of the GAN every N epochs (each decodes gan.eval_samples shapes)
     eval_resolution: int = 64  # extraction grid of the evaluation's surface metrics
