@@ -74,8 +74,10 @@ def publish_image(task, image: np.ndarray, meshes: Sequence = ()) -> None:
     if folder is not None:
         with atomic_path(folder / f"epoch_{task.current_epoch:04d}.png", keep_suffix=True) as tmp:
             Image.fromarray(image).save(tmp)
+    from lightning.pytorch.loggers import WandbLogger
+
     for logger in task.loggers:
-        if type(logger).__name__ == "WandbLogger":
+        if isinstance(logger, WandbLogger):  # recon3d's own is a subclass (SteppedWandbLogger): not by name
             logger.log_image(f"val/{name}", [image], step=task.global_step, caption=[caption])
             files = _mesh_files(folder, task.current_epoch, meshes) if folder is not None else []
             if files:
