@@ -2,8 +2,9 @@
 each mesh a GLB inside a data: URL, so the page stays one file that opens without a network.
 
 Opened with `#viewer-check` at the end of its address, the page checks itself: once every viewer has loaded its mesh
-it counts each one's drawn (non-white) pixels and writes them on <body> (data-viewers-drawn="k/n" and
-data-viewer-pixels), which the headless Chromium test reads.
+it shows each in turn (turned a little, so that it draws anew) and counts the drawn (non-white) pixels of the canvas
+that viewer displays, and writes them on <body> (data-viewers-drawn="k/n" and data-viewer-pixels), which the headless
+Chromium test reads.
 """
 
 from __future__ import annotations
@@ -19,17 +20,18 @@ MESH_SUFFIXES = (".obj", ".ply", ".glb", ".off", ".stl")
 
 CHECK = """<script>document.addEventListener('DOMContentLoaded',function(){if(location.hash!=='#viewer-check')return;
 var views=Array.prototype.slice.call(document.querySelectorAll('model-viewer')),loaded=0,drawn=0,counts=[];
-function pixels(v,next){var image=new Image();image.onload=function(){var c=document.createElement('canvas');
-c.width=image.width;c.height=image.height;var g=c.getContext('2d');g.drawImage(image,0,0);
-var d=g.getImageData(0,0,c.width,c.height).data,n=0;for(var i=0;i<d.length;i+=4){if(d[i+3]>0&&(d[i]<235||
-d[i+1]<235||d[i+2]<235))n++;}counts.push(v.getAttribute('data-name')+':'+n);if(n>0)drawn++;next();};
-image.onerror=function(){counts.push(v.getAttribute('data-name')+':error');next();};image.src=v.toDataURL();}
+function pixels(v){var shown=v.shadowRoot&&v.shadowRoot.querySelector('canvas');if(!shown||!shown.width)return 0;
+var c=document.createElement('canvas');c.width=shown.width;c.height=shown.height;var g=c.getContext('2d');
+g.drawImage(shown,0,0);var d=g.getImageData(0,0,c.width,c.height).data,n=0;for(var i=0;i<d.length;i+=4){
+if(d[i+3]>0&&(d[i]<235||d[i+1]<235||d[i+2]<235))n++;}return n;}
 function measure(i){if(i>=views.length){document.body.setAttribute('data-viewer-pixels',counts.join(' '));
 document.body.setAttribute('data-viewers-drawn',drawn+'/'+views.length);return;}
-views[i].scrollIntoView();setTimeout(function(){pixels(views[i],function(){measure(i+1);});},400);}
-views.forEach(function(v){v.addEventListener('load',function(){if(++loaded===views.length)measure(0);});
-v.addEventListener('error',function(){v.setAttribute('data-name',v.getAttribute('data-name')+'(error)');
-if(++loaded===views.length)measure(0);});});
+var v=views[i],tries=0;v.scrollIntoView();(function look(){v.cameraOrbit=(150+tries)+'deg 70deg auto';
+setTimeout(function(){var n=pixels(v);if(!n&&++tries<200){look();return;}  // the renderer warms up first
+counts.push(v.getAttribute('data-name')+':'+n);if(n>0)drawn++;measure(i+1);},500);})();}
+function one(){document.body.setAttribute('data-viewers-loaded',++loaded+'/'+views.length);if(loaded===views.length)
+measure(0);}views.forEach(function(v){if(v.loaded){one();return;}v.addEventListener('load',one);
+v.addEventListener('error',function(){v.setAttribute('data-name',v.getAttribute('data-name')+'(error)');one();});});
 if(!views.length)document.body.setAttribute('data-viewers-drawn','0/0');});</script>"""
 
 

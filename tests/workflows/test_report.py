@@ -63,7 +63,7 @@ def test_report_meshes_turn_in_a_viewer_that_draws_each_one(tmp_path):
     if not chromium:
         pytest.skip("no chromium here (Debian: apt-get install chromium); .ci/run installs it")
     done = subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
-                           "--enable-unsafe-swiftshader", "--virtual-time-budget=30000",
+                           "--enable-unsafe-swiftshader", "--virtual-time-budget=400000",
                            f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
                            (run / "report.html").as_uri() + "#viewer-check"],
                           capture_output=True, text=True, timeout=180)
