@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 from recon3d.config import Config, to_dict
 
@@ -36,6 +36,12 @@ def _artifact(name: str, kind: str, files: Iterable[Path], metadata: Optional[di
     for path in files:
         artifact.add_file(str(path), name=path.name)
     return artifact
+
+
+def _run_label(run_dir: Path, stage: str) -> str:
+    """A run folder's name in artifact names; one named like its stage (the demo's runs/demo/autoencoder) by the
+    folder above it."""
+    return run_dir.name if run_dir.name != stage else run_dir.parent.name
 
 
 def shards_artifact(shards: str | Path):
@@ -57,7 +63,7 @@ def model_artifact(stage: str, checkpoint: str | Path, metadata: Optional[dict] 
 
     path = Path(checkpoint_file(checkpoint))
     run_dir = path.parent.parent  # <run>/checkpoints/<file>
-    return _artifact(_name(stage, run_dir.name if run_dir.name != stage else run_dir.parent.name), "model", [path],
+    return _artifact(_name(stage, _run_label(run_dir, stage)), "model", [path],
                      {"stage": stage, "file": path.name, "run_dir": str(run_dir), **(metadata or {})})
 
 
@@ -66,8 +72,8 @@ def latents_artifact(folder: str | Path, autoencoder_ckpt: str | Path):
     folder = Path(folder)
     run_dir = Path(autoencoder_ckpt).resolve().parent.parent
     files = sorted(p for p in folder.iterdir() if p.is_file())
-    return _artifact(_name("latents", run_dir.name if run_dir.name != "autoencoder" else run_dir.parent.name),
-                     "latents", files, {"folder": str(folder), "autoencoder_checkpoint": str(autoencoder_ckpt)})
+    return _artifact(_name("latents", _run_label(run_dir, "autoencoder")), "latents", files,
+                     {"folder": str(folder), "autoencoder_checkpoint": str(autoencoder_ckpt)})
 
 
 def link(run: Any, inputs: Sequence, outputs: Sequence) -> List[str]:
@@ -109,9 +115,11 @@ def record_training(cfg: Config, run: Any, checkpoint: Optional[Path], metrics: 
     link(run, training_inputs(cfg), outputs)
 
 
-def record_job(cfg: Config, job_type: str, name: str, inputs: Sequence, outputs: Sequence, folder: Path) -> None:
-    """A short W&B run (job_type e.g. "export-latents", "evaluation"; its files under `folder`) that links
-    `inputs` to `outputs`; nothing when the config has W&B off."""
+def record_job(cfg: Config, job_type: str, name: str, inputs: Callable[[], Sequence],
+               outputs: Callable[[], Sequence], folder: Path) -> None:
+    """A short W&B run (job_type e.g. "export-latents", "evaluation"; its files under `folder`) that links the
+    artifacts `inputs()` to `outputs()`; nothing, not even the artifacts (their files are hashed), when the config
+    has W&B off."""
     train = cfg.train
     if train.logger != "wandb" or train.wandb_mode == "disabled":
         return
@@ -121,7 +129,7 @@ def record_job(cfg: Config, job_type: str, name: str, inputs: Sequence, outputs:
     run = wandb.init(project=train.wandb_project, name=name, job_type=job_type, group=train.wandb_group or None,
                      dir=str(folder), mode=train.wandb_mode, config=to_dict(cfg))
     try:
-        link(run, inputs, outputs)
+        link(run, inputs(), outputs())
     finally:
         run.finish()
 

@@ -54,6 +54,10 @@ class StageLog:
     def done(self, name: str) -> bool:
         return name in self.stages
 
+    def spent_minutes(self) -> float:
+        """Minutes the finished stages took, the report's aside (a rerun writes the report again)."""
+        return sum(info["seconds"] for step, info in self.stages.items() if step != "report") / 60
+
     def finish(self, name: str, seconds: float, **info) -> None:
         self.stages[name] = {"seconds": round(seconds, 1), **info}
         atomic_write(self.path, json.dumps(self.stages, indent=1).encode())
@@ -75,9 +79,8 @@ def stage_minutes(cfg: Config, log: "StageLog", name: str) -> float:
     """Stage `name`'s time: its share of what is left of demo.minutes among the stages not finished yet (a training
     stage gets at least a quarter of a minute once the budget is spent)."""
     shares = {step: cfg.demo.shares.get(step, 0.0) for step in STEPS}
-    spent = sum(info["seconds"] for step, info in log.stages.items() if step != name and step != "report") / 60
     waiting = sum(share for step, share in shares.items() if step == name or not log.done(step) or step == "report")
-    left = cfg.demo.minutes - spent
+    left = cfg.demo.minutes - log.spent_minutes()  # the stage itself is not finished (or is the report)
     floor = 0.25 if name in TRAINED else 0.0
     return max(floor, left * shares[name] / waiting if waiting > 0 else left)
 
@@ -173,8 +176,8 @@ def _latents(cfg: Config, run_dir: Path, ae_ckpt: str) -> dict:
     from recon3d.training.lineage import latents_artifact, model_artifact, record_job
 
     folder = export_latents(ae_ckpt, run_dir / "shards")
-    record_job(cfg, "export-latents", "latents", [model_artifact("autoencoder", ae_ckpt)],
-               [latents_artifact(folder, ae_ckpt)], run_dir / JOBS)
+    record_job(cfg, "export-latents", "latents", lambda: [model_artifact("autoencoder", ae_ckpt)],
+               lambda: [latents_artifact(folder, ae_ckpt)], run_dir / JOBS)
     return {"folder": str(folder)}
 
 
@@ -183,9 +186,9 @@ def _evaluated(cfg: Config, run_dir: Path, chosen: Dict[str, str]) -> dict:
     from recon3d.training.lineage import evaluation_artifact, model_artifact, record_job, shards_artifact
 
     info = _evaluate(cfg, run_dir, chosen)
-    inputs = [shards_artifact(run_dir / "shards"), *(model_artifact(s, chosen[s]) for s in TRAINED)]
-    record_job(cfg, "evaluation", "evaluation", inputs, [evaluation_artifact(run_dir.name, Path(info["folder"]))],
-               run_dir / JOBS)
+    record_job(cfg, "evaluation", "evaluation",
+               lambda: [shards_artifact(run_dir / "shards"), *(model_artifact(s, chosen[s]) for s in TRAINED)],
+               lambda: [evaluation_artifact(run_dir.name, Path(info["folder"]))], run_dir / JOBS)
     return info
 
 
@@ -216,10 +219,10 @@ def _run_stages(cfg: Config, log: StageLog, work: Dict[str, Callable[[float], di
     for number, name in enumerate(STEPS, 1):
         if name == "report" or not log.done(name):
             minutes = stage_minutes(cfg, log, name)
-            spent = sum(i["seconds"] for s, i in log.stages.items() if s != "report") / 60
             kind = "trains for" if name in TRAINED else "about"
-            _say(f"[{number}/{len(STEPS)}] {name}: {kind} {minutes:.1f} min ({cfg.demo.minutes - spent:.1f} of the "
-                 f"demo's {cfg.demo.minutes:g} min left)")
+            left = cfg.demo.minutes - log.spent_minutes()
+            _say(f"[{number}/{len(STEPS)}] {name}: {kind} {minutes:.1f} min ({left:.1f} of the demo's "
+                 f"{cfg.demo.minutes:g} min left)")
             stage_started = time.perf_counter()
             info = work[name](minutes)
             log.finish(name, time.perf_counter() - stage_started, budget_seconds=round(minutes * 60, 1), **info)

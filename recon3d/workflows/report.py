@@ -190,8 +190,9 @@ def write_report(run_dir: str | Path) -> Path:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>recon3d report: {html.escape(run_dir.name)}"
              f"</title><style>{STYLE}</style></head><body>", f"<h1>recon3d run <code>{html.escape(str(run_dir))}"
              f"</code></h1>"]
+    config = _json(run_dir / "config.json")
     if stages:
-        parts.append(_timings(stages, (_json(run_dir / "config.json") or {}).get("demo", {}).get("minutes")))
+        parts.append(_timings(stages, (config or {}).get("demo", {}).get("minutes")))
     manifest = _json(run_dir / "shards" / "manifest.json")
     if manifest:
         from recon3d.data.verify import summarise
@@ -199,13 +200,12 @@ def write_report(run_dir: str | Path) -> Path:
         parts.append(f"<h2>Data</h2><pre>{html.escape(summarise(run_dir / 'shards'))}</pre>")
         parts.append(png_tag(run_dir / "contact_sheet.png", "shards: views and voxel projections"))
     named = [(n, run_dir / n) for n in STAGES if (run_dir / n / "config.json").is_file()]
-    if not named and (run_dir / "config.json").is_file() and (run_dir / "logs").is_dir():  # one training run
-        stage = json.loads((run_dir / "config.json").read_text())["train"].get("stage", "autoencoder")
+    if not named and config and (run_dir / "logs").is_dir():  # one training run
+        stage = config["train"].get("stage", "autoencoder")
         named = [(stage, run_dir)]
     for name, folder in named:
         evaluation = run_dir / "evaluation" if (run_dir / "evaluation").is_dir() else folder / "eval"
         parts.append(stage_section(name, folder, evaluation))
-    config = _json(run_dir / "config.json")
     if config:
         parts.append(f"<h2>Configuration</h2><details><summary>config.json</summary><pre>"
                      f"{html.escape(json.dumps(config, indent=1, sort_keys=True))}</pre></details>")

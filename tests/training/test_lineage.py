@@ -82,13 +82,13 @@ def test_record_job_links_a_step_that_does_not_train(tiny_shards, trained_autoen
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = tiny_config("train.logger=wandb", "train.wandb_mode=offline")
     folder = default_latents(tiny_shards, trained_autoencoder)
-    record_job(cfg, "export-latents", "latents", [model_artifact("autoencoder", trained_autoencoder)],
-               [latents_artifact(folder, trained_autoencoder)], tmp_path / "jobs")
+    record_job(cfg, "export-latents", "latents", lambda: [model_artifact("autoencoder", trained_autoencoder)],
+               lambda: [latents_artifact(folder, trained_autoencoder)], tmp_path / "jobs")
     logged = _artifacts(tmp_path / "jobs")
     ae_run = trained_autoencoder.parent.parent.name
     assert logged[f"latents-{ae_run}"][0] == "latents"
     assert logged[f"latents-{ae_run}"][1]["inputs"] == [f"autoencoder-{ae_run}"]
-    record_job(tiny_config("train.logger=csv"), "export-latents", "latents", [], [], tmp_path / "none")
+    record_job(tiny_config("train.logger=csv"), "export-latents", "latents", lambda: [], lambda: [], tmp_path / "none")
     assert not (tmp_path / "none").exists()  # W&B off: nothing
 
 
