@@ -159,6 +159,8 @@ class TrainConfig:
     phase_epochs: List[int] = field(default_factory=lambda: [20, 20, 40])  # epochs per phase (at most, by time)
     phase_fractions: List[float] = field(default_factory=list)  # with max_minutes: phase k ends at this share of it
     lr: float = 5e-5  # Adam learning rate (IM-NET)
+    lr_schedule: str = "constant"  # constant (IM-NET) | cosine: down to lr_final x lr along the run (its time or steps)
+    lr_final: float = 0.05  # cosine: the learning rate at the run's end, as a share of lr
     beta1: float = 0.5  # Adam beta1 (IM-NET)
     beta2: float = 0.999  # Adam beta2
     accelerator: str = "auto"  # cpu | gpu | auto
@@ -208,6 +210,8 @@ class TrainConfig:
         _check(self.progress in ("auto", "bar", "log"), f"train.progress={self.progress!r}: auto | bar | log")
         _check(self.keep_hpc_checkpoints >= 1, "train.keep_hpc_checkpoints must be >= 1")
         _check(self.lr > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.lr > 0 and betas in [0, 1)")
+        _check(self.lr_schedule in ("constant", "cosine"), f"train.lr_schedule={self.lr_schedule!r}: constant | cosine")
+        _check(0 <= self.lr_final <= 1, "train.lr_final is a share of train.lr, in [0, 1]")
 
 
 # the demo's stages in order, each with its default share of demo.minutes (from a 2-core run's stage times: the

@@ -15,6 +15,7 @@ from recon3d.config import Config, ConfigError, RunError, to_dict
 from recon3d.geometry.extract import grid_to_mesh
 from recon3d.models.implicit_decoder import Autoencoder
 from recon3d.tasks.checkpoints import StageCheckpoint
+from recon3d.tasks.schedule import lr_scheduler
 from recon3d.tasks.shape_eval import decode_occupancy, publish_image, surface_scores, voxel_iou
 
 
@@ -44,8 +45,8 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
 
     def __init__(self, *, latent_dim: int = 256, encoder_channels: int = 32, voxel_resolution: int = 64,
                  decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128), decoder_output: str = "leaky_clip",
-                 lr: float = 5e-5, beta1: float = 0.5, beta2: float = 0.999,
-                 point_resolutions: Sequence[int] = (16, 32, 64), phase_epochs: Sequence[int] = (20, 20, 40),
+                 lr: float = 5e-5, beta1: float = 0.5, beta2: float = 0.999, lr_schedule: str = "constant",
+                 lr_final: float = 0.05, point_resolutions: Sequence[int] = (16, 32, 64), phase_epochs: Sequence[int] = (20, 20, 40),
                  phase_fractions: Sequence[float] = (), max_minutes: float = 0.0, val_resolution: int = 32,
                  reconstructions_to_log: int = 4, run_dir: str = "") -> None:
         super().__init__()
@@ -77,7 +78,8 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
                               f"rebuild them or change the schedule")
         train = cfg.train
         return cls(**to_dict(cfg.model), voxel_resolution=int(manifest["config"]["geometry"]["voxel_resolution"]),
-                   lr=train.lr, beta1=train.beta1, beta2=train.beta2, point_resolutions=list(train.point_resolutions),
+                   lr=train.lr, beta1=train.beta1, beta2=train.beta2, lr_schedule=train.lr_schedule,
+                   lr_final=train.lr_final, point_resolutions=list(train.point_resolutions),
                    phase_epochs=list(train.phase_epochs), phase_fractions=list(train.phase_fractions),
                    max_minutes=train.max_minutes, val_resolution=train.val_resolution,
                    reconstructions_to_log=train.reconstructions_to_log, run_dir=train.run_dir)
@@ -128,7 +130,11 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
 
     # ------------------------------------------------------------------------------------------- training
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, betas=(self.hparams.beta1, self.hparams.beta2))
+        hp = self.hparams
+        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, betas=(hp.beta1, hp.beta2))
+        scheduler = lr_scheduler(optimizer, self, hp.lr_schedule, hp.lr_final,
+                                 hp.max_minutes)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self._step_started = time.perf_counter()

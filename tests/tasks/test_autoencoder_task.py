@@ -1,3 +1,6 @@
+import math
+
+import lightning as L
 import pytest
 import torch
 
@@ -102,3 +105,53 @@ def test_last_checkpoint_is_written_during_training_not_only_at_the_end(tiny_sha
         build.build_callbacks = original
     assert seen == [False, True, True]
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+
+
+def _logged_lr(run_dir, version="version_0"):
+    rows = (run_dir / "logs" / version / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col, step = header.index("lr-Adam"), header.index("step")
+    return {int(r.split(",")[step]): float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]}
+
+
+def test_cosine_schedule_ends_at_lr_final_and_survives_a_resume(tiny_shards, tmp_path):
+    extra = ("train.lr=0.001", "train.lr_schedule=cosine", "train.lr_final=0.1", "train.log_every_steps=1",
+             "train.phase_epochs=[1,2]")
+    whole = run(_cfg(tiny_shards, tmp_path / "whole", *extra), enable_wandb=False, enable_progress_bar=False)
+    assert whole.global_step == 12
+    lrs = _logged_lr(tmp_path / "whole")
+    steps = sorted(lrs)
+    assert lrs[steps[0]] == pytest.approx(0.001, rel=0.05)
+    assert all(a >= b for a, b in zip([lrs[s] for s in steps], [lrs[s] for s in steps[1:]]))  # never rises
+    # step s trains with lr x (lr_final + (1 - lr_final) (1 + cos(pi s / 12)) / 2): 0.1 x lr reached at the end
+    assert lrs == pytest.approx({s: 0.001 * (0.1 + 0.45 * (1 + math.cos(math.pi * s / 12))) for s in steps})
+    assert steps[-1] == 11 and lrs[11] < 0.00012
+    # stopped after 2 of 3 epochs (as a preempted job is) and resumed: the same lr at every step as the whole run
+    class StopAfterTwoEpochs(L.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            trainer.should_stop = trainer.current_epoch == 1
+
+    cfg = _cfg(tiny_shards, tmp_path / "split", *extra)
+    assert run(cfg, enable_wandb=False, enable_progress_bar=False, extra_callbacks=[StopAfterTwoEpochs()]
+               ).global_step == 8
+    run(cfg, enable_wandb=False, enable_progress_bar=False)
+    resumed = {**_logged_lr(tmp_path / "split"), **_logged_lr(tmp_path / "split", "version_1")}
+    assert resumed == pytest.approx(lrs)
+
+
+def test_unknown_lr_schedule_is_refused():
+    from recon3d.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        tiny_config("train.lr_schedule=step")
+
+
+def test_cosine_schedule_follows_the_clock_when_training_by_time(tiny_shards, tmp_path):
+    cfg = _cfg(tiny_shards, tmp_path, "train.lr=0.001", "train.lr_schedule=cosine", "train.lr_final=0.1",
+               "train.log_every_steps=1", "train.max_minutes=0.1", "train.phase_fractions=[0.5,0.5]",
+               "train.phase_epochs=[1000,1000]")
+    run(cfg, enable_wandb=False, enable_progress_bar=False)
+    lrs = _logged_lr(tmp_path)
+    values = [lrs[s] for s in sorted(lrs)]
+    assert values[0] == pytest.approx(0.001) and all(a >= b for a, b in zip(values, values[1:]))
+    assert values[-1] < 0.0003  # the clock ran out, not the epochs: the schedule reached (near) its end
