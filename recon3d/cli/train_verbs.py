@@ -54,8 +54,8 @@ def _sweep(args) -> int:
     print(f"sweep {spec.name}: {found['trials']} trial(s) in {found['folder']}")
     for row in sorted(found["rows"], key=lambda r: (r[spec.metric] is None, -(r[spec.metric] or 0)
                                                     if spec.mode == "max" else (r[spec.metric] or 0))):
-        value = "-" if row[spec.metric] is None else f"{row[spec.metric]:.4f}"
-        print(f"  {spec.metric} {value}  epoch {row['epoch']}  {row['params']}")
+        value, last = ("-" if row[key] is None else f"{row[key]:.4f}" for key in (spec.metric, "last"))
+        print(f"  {spec.metric} {value} (last {last}, epoch {row['epoch']})  {row['params']}")
     print(f"best ({spec.metric} {found['metric']}): {found['best']}")
     print(f"best overrides: {found['folder']}/best.yaml (use with -c); full config: best_config.json")
     return 0

@@ -246,11 +246,21 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     for result in results:
         if result.metrics:
             rows.append({"trial": result.metrics.get("trial_id"), "params": result.config,
-                         spec.metric: result.metrics.get(spec.metric), "epoch": result.metrics.get("epoch"),
-                         "host": result.metrics.get("host")})
+                         spec.metric: _best_reported(result, spec), "last": result.metrics.get(spec.metric),
+                         "epoch": result.metrics.get("epoch"), "host": result.metrics.get("host")})
     atomic_write(sweep_dir / "trials.json", json.dumps(rows, indent=1, default=str).encode())
-    return {"best": best.config, "metric": best.metrics.get(spec.metric), "trials": len(results),
+    return {"best": best.config, "metric": _best_reported(best, spec), "trials": len(results),
             "folder": str(sweep_dir), "rows": rows}
+
+
+def _best_reported(result, spec: SweepSpec):
+    """A trial's best value of the metric over all its reports: what the best trial is chosen by (scope "all"), and
+    what its best checkpoint holds; None when it never reported the metric."""
+    frame = result.metrics_dataframe
+    if frame is None or spec.metric not in frame or frame[spec.metric].dropna().empty:
+        return result.metrics.get(spec.metric)
+    values = frame[spec.metric].dropna()
+    return float(values.max() if spec.mode == "max" else values.min())
 
 
 def _yaml_lines(params: Dict[str, Any]) -> List[str]:

@@ -1,5 +1,6 @@
 """Ray Tune sweeps and Ray shard writing, on a local Ray started for this module (no dashboard, no network)."""
 
+import csv
 import json
 
 import pytest
@@ -40,6 +41,10 @@ def test_four_trial_sweep_writes_the_best_config_and_resumes(tiny_shards, tmp_pa
     folder = tmp_path / "sweeps" / "tiny-sweep"
     trials = json.loads((folder / "trials.json").read_text())
     assert len(trials) == 4 and all(t["val/iou"] is not None for t in trials)
+    for t in trials:  # each trial's figure is its best validation (what the best trial is chosen by), not its last
+        logged = [float(r["val/iou"]) for m in (folder / "trials" / t["trial"]).glob("logs/*/metrics.csv")
+                  for r in csv.DictReader(m.open()) if r.get("val/iou")]
+        assert t["val/iou"] == pytest.approx(max(logged)) and t["last"] <= t["val/iou"]
     assert len({t["params"]["train.lr"] for t in trials}) == 4
     for trial in (folder / "trials").iterdir():  # each trial is a normal run folder
         assert (trial / "checkpoints" / "last.ckpt").is_file() and (trial / "config.json").is_file()
