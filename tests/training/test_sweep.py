@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -83,3 +84,12 @@ def test_a_vrn_sweep_runs_with_the_stages_own_metric(stereo_shards, tmp_path, ca
     trials = json.loads((tmp_path / "sweeps" / "vrn-sweep" / "trials.json").read_text())
     assert len(trials) == 2 and all(t["val/iou"] is not None for t in trials)
     assert "best (val/iou" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[2] / "configs" / "sweep").glob("*.yaml")))
+def test_every_shipped_sweep_file_loads(name):
+    """Each value of each search space is probed against the config (a renamed key fails here, naming it)."""
+    from recon3d.training.sweep import load_sweep
+
+    spec = load_sweep(Path(__file__).parents[2] / "configs" / "sweep" / name)
+    assert spec.search_space and spec.metric and spec.mode in ("min", "max")
