@@ -15,6 +15,7 @@ from recon3d.stages import STAGES
 
 LOADER_PIPELINES = ("autoencoder", "image", "volume", "stereo")  # what loader.stage can name (data/datamodule.py)
 SHIPPED = Path(__file__).resolve().parent / "configs"  # the configs installed with recon3d (configs/ in the repository)
+LR_SCHEDULES = ("constant", "cosine")  # train.lr_schedule (recon3d/tasks/schedule.py)
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 
 
@@ -210,7 +211,8 @@ class TrainConfig:
         _check(self.progress in ("auto", "bar", "log"), f"train.progress={self.progress!r}: auto | bar | log")
         _check(self.keep_hpc_checkpoints >= 1, "train.keep_hpc_checkpoints must be >= 1")
         _check(self.lr > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.lr > 0 and betas in [0, 1)")
-        _check(self.lr_schedule in ("constant", "cosine"), f"train.lr_schedule={self.lr_schedule!r}: constant | cosine")
+        _check(self.lr_schedule in LR_SCHEDULES,
+               f"train.lr_schedule={self.lr_schedule!r}: {' | '.join(LR_SCHEDULES)}")
         _check(0 <= self.lr_final <= 1, "train.lr_final is a share of train.lr, in [0, 1]")
 
 

@@ -15,7 +15,7 @@ from recon3d.config import Config, ConfigError, RunError, to_dict
 from recon3d.geometry.extract import grid_to_mesh
 from recon3d.models.implicit_decoder import Autoencoder
 from recon3d.tasks.checkpoints import StageCheckpoint
-from recon3d.tasks.schedule import lr_scheduler
+from recon3d.tasks.schedule import lr_scheduler, train_seconds
 from recon3d.tasks.shape_eval import decode_occupancy, publish_image, surface_scores, voxel_iou
 
 
@@ -46,7 +46,8 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
     def __init__(self, *, latent_dim: int = 256, encoder_channels: int = 32, voxel_resolution: int = 64,
                  decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128), decoder_output: str = "leaky_clip",
                  lr: float = 5e-5, beta1: float = 0.5, beta2: float = 0.999, lr_schedule: str = "constant",
-                 lr_final: float = 0.05, point_resolutions: Sequence[int] = (16, 32, 64), phase_epochs: Sequence[int] = (20, 20, 40),
+                 lr_final: float = 0.05, point_resolutions: Sequence[int] = (16, 32, 64),
+                 phase_epochs: Sequence[int] = (20, 20, 40),
                  phase_fractions: Sequence[float] = (), max_minutes: float = 0.0, val_resolution: int = 32,
                  reconstructions_to_log: int = 4, run_dir: str = "") -> None:
         super().__init__()
@@ -101,10 +102,7 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
 
     def _advance_timed_phase(self, next_epoch: int) -> None:
         """End the current phase before `next_epoch` once its share of the time or its epochs are spent."""
-        from lightning.pytorch.callbacks import Timer
-
-        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
-        elapsed = timer.time_elapsed("train") if timer is not None else 0.0
+        elapsed = train_seconds(self.trainer)
         fractions, epochs = self.hparams.phase_fractions, self.hparams.phase_epochs
         while len(self._phase_starts) < len(epochs):
             phase = len(self._phase_starts) - 1
@@ -132,8 +130,7 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, betas=(hp.beta1, hp.beta2))
-        scheduler = lr_scheduler(optimizer, self, hp.lr_schedule, hp.lr_final,
-                                 hp.max_minutes)
+        scheduler = lr_scheduler(optimizer, self, hp.lr_schedule, hp.lr_final, hp.max_minutes)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_train_batch_start(self, batch, batch_idx) -> None:

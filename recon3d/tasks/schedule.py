@@ -8,7 +8,15 @@ import math
 import lightning as L
 import torch
 
-SCHEDULES = ("constant", "cosine")
+from recon3d.config import LR_SCHEDULES
+
+
+def train_seconds(trainer: L.Trainer) -> float:
+    """Seconds the run has trained by Lightning's Timer (max_time; restored on resume), 0 without one."""
+    from lightning.pytorch.callbacks import Timer
+
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    return timer.time_elapsed("train") if timer is not None else 0.0
 
 
 def run_progress(module: L.LightningModule, max_minutes: float) -> float:
@@ -17,11 +25,7 @@ def run_progress(module: L.LightningModule, max_minutes: float) -> float:
     if trainer is None:
         return 0.0
     if max_minutes > 0:
-        from lightning.pytorch.callbacks import Timer
-
-        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-        elapsed = timer.time_elapsed("train") if timer is not None else 0.0
-        return min(1.0, elapsed / (max_minutes * 60))
+        return min(1.0, train_seconds(trainer) / (max_minutes * 60))
     total = trainer.estimated_stepping_batches
     return min(1.0, trainer.global_step / total) if math.isfinite(total) and total > 0 else 0.0
 
@@ -30,8 +34,8 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, module: L.LightningModule, sc
                  max_minutes: float):
     """Lightning's scheduler entry for `schedule`, or None for "constant". "cosine" takes the learning rate from its
     value down to `final` times it along half a cosine of the run's progress (run_progress), stepped every step."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"lr schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
     if schedule == "constant":
         return None
 

@@ -257,9 +257,9 @@ def _best_reported(result, spec: SweepSpec):
     """A trial's best value of the metric over all its reports: what the best trial is chosen by (scope "all"), and
     what its best checkpoint holds; None when it never reported the metric."""
     frame = result.metrics_dataframe
-    if frame is None or spec.metric not in frame or frame[spec.metric].dropna().empty:
+    values = frame[spec.metric].dropna() if frame is not None and spec.metric in frame else ()
+    if len(values) == 0:
         return result.metrics.get(spec.metric)
-    values = frame[spec.metric].dropna()
     return float(values.max() if spec.mode == "max" else values.min())
 
 

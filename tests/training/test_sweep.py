@@ -2,14 +2,13 @@
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
 from recon3d.cli.main import main
 from recon3d.config import load_config
-from tests.conftest import TINY, tiny_config, tiny_sweep_file
+from tests.conftest import REPO, TINY, tiny_config, tiny_sweep_file
 
 ray = pytest.importorskip("ray", reason="Ray is installed with the dev extra: pip install -e '.[dev]'")
 
@@ -86,10 +85,10 @@ def test_a_vrn_sweep_runs_with_the_stages_own_metric(stereo_shards, tmp_path, ca
     assert "best (val/iou" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[2] / "configs" / "sweep").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "sweep").glob("*.yaml")))
 def test_every_shipped_sweep_file_loads(name):
     """Each value of each search space is probed against the config (a renamed key fails here, naming it)."""
     from recon3d.training.sweep import load_sweep
 
-    spec = load_sweep(Path(__file__).parents[2] / "configs" / "sweep" / name)
+    spec = load_sweep(REPO / "configs" / "sweep" / name)
     assert spec.search_space and spec.metric and spec.mode in ("min", "max")
