@@ -22,13 +22,23 @@ def cell_centres(resolution: int, device=None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_occupancy(decoder, z: torch.Tensor, resolution: int, chunk: int = 32768) -> torch.Tensor:
-    """Occupancy (B, R, R, R) of codes z (B, Z) at the cell centres of a resolution^3 grid."""
+def decode_occupancy(decoder, z: torch.Tensor, resolution: int, chunk: int = 0) -> torch.Tensor:
+    """Occupancy (B, R, R, R) of codes z (B, Z) at the cell centres of a resolution^3 grid.
+
+    Each decoder call takes at most `chunk` points over all codes (0: 8192 on a CPU, 2^19 on a GPU): on 2 CPU cores
+    55 codes at 32^3 decoded in 16.4 s as one call per 32768 points of every code, 2.2 s in calls of 8192 points
+    (the decoder's per-point activations stay in cache instead of paging through a GB).
+    """
+    chunk = chunk or (8192 if z.device.type == "cpu" else 1 << 19)
     points = cell_centres(resolution, z.device).to(z.dtype)  # bf16 codes under DeepSpeed's bf16
+    per_call = min(len(points), chunk)
+    codes = max(1, chunk // per_call)  # codes per call when a whole grid fits in one
     out = []
-    for start in range(0, len(points), chunk):
-        out.append(decoder(points[start:start + chunk].expand(z.shape[0], -1, -1), z)[..., 0])
-    return torch.cat(out, dim=1).reshape(z.shape[0], resolution, resolution, resolution)
+    for first in range(0, z.shape[0], codes):
+        group = z[first:first + codes]
+        out.append(torch.cat([decoder(points[start:start + per_call].expand(group.shape[0], -1, -1), group)[..., 0]
+                              for start in range(0, len(points), per_call)], dim=1))
+    return torch.cat(out).reshape(z.shape[0], resolution, resolution, resolution)
 
 
 def voxel_iou(pred: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,20 @@ def test_voxel_iou_pools_whichever_grid_is_finer():
     assert voxel_iou(coarse, voxels).tolist() == [0.5]
 
 
+def test_decode_occupancy_in_bounded_calls_matches_one_call_per_code():
+    """Grouping codes and splitting grids into calls of `chunk` points must not mix codes or points up."""
+    from recon3d.models.implicit_decoder import ImplicitDecoder
+    from recon3d.tasks.shape_eval import cell_centres, decode_occupancy
+
+    torch.manual_seed(0)
+    decoder = ImplicitDecoder(latent_dim=8, decoder_widths=[16, 8])
+    z = torch.randn(5, 8)
+    with torch.no_grad():
+        whole = torch.cat([decoder(cell_centres(8)[None], z[i:i + 1])[..., 0] for i in range(5)]).reshape(5, 8, 8, 8)
+        for chunk in (100, 512, 1024, 2000, 0):  # splits a grid; one grid per call; 2 grids per call (3 calls)
+            assert torch.allclose(decode_occupancy(decoder, z, 8, chunk=chunk), whole, atol=1e-6), chunk
+
+
 def test_latents_of_another_autoencoder_are_refused(tiny_shards, trained_autoencoder, tmp_path):
     """A retrained autoencoder in a run folder of the same name finds the old run's codes by default."""
     other = tmp_path / trained_autoencoder.parent.parent.name / "checkpoints" / "last.ckpt"
