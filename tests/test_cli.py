@@ -47,7 +47,9 @@ def test_demo_end_to_end_then_resume(tiny_demo, capsys):
         with Image.open(out / "evaluation" / picture) as image:
             assert image.size[0] >= 128
     report = (out / "report.html").read_text()
+    assert (out / "evaluation" / "eval_gan_test.json").is_file()  # the GAN's COV / MMD on the test split
     for part in ("Timings", "budget (s)", "Data", "Autoencoder", "Single-view", "Latent GAN", "split, per category",
+                 "cov@1x", "train shapes (ceiling)",
                  "<svg", "Configuration", "mae_shift", "vrn sheet", "stereo sheet"):
         assert part in report, part
     before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*.ckpt")}

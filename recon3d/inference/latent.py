@@ -16,9 +16,13 @@ from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
 from recon3d.inference.outputs import save_mesh
 from recon3d.tasks.checkpoints import load_checkpoint, read_checkpoint, stage_of
 
-TABLE_COLUMNS = ("shapes", "cov", "mmd")
+SAMPLES_PER_SHAPE = 5  # generated shapes per reference shape in evaluate(): COV grows with this ratio
+TABLE_COLUMNS = ("shapes", "cov", "cov@1x", "mmd", "empty")
 TABLE_NOTE = ("COV / MMD (Chamfer-L2 x1000) of generated shapes against the split's shapes, per category of the "
-              "reference shapes; 'mean over shapes' is the whole reference set's COV/MMD")
+              "reference shapes; 'mean over shapes' is the whole reference set's COV/MMD. cov: with "
+              f"{SAMPLES_PER_SHAPE} samples per reference shape; cov@1x: with as many samples as reference shapes; "
+              "empty: samples with no surface. 'train shapes (ceiling)': training shapes through the autoencoder "
+              "in place of samples, the same counts (what a GAN that reproduced its training set would score)")
 GAN_SAMPLE = re.compile(r"^gan:(\d+)$")
 
 
@@ -169,20 +173,70 @@ def search(query: str, ckpt: str | Path, shard_dir: str | Path, *, k: int = 5, s
     return {"query": query, "results": results[:k], "query_mesh": query_mesh}
 
 
+def _decoded_clouds(autoencoder, codes: torch.Tensor, resolution: int, points: int, rng) -> List[Optional[np.ndarray]]:
+    """Surface points of each code's decoded shape (None where the shape is empty)."""
+    from recon3d.geometry.extract import grid_to_mesh
+    from recon3d.geometry.metrics import sample_surface
+    from recon3d.tasks.shape_eval import decode_occupancy
+
+    grids = decode_occupancy(autoencoder.model.decoder, codes, resolution).float().cpu().numpy()
+    meshes = [grid_to_mesh(grid, 0.5, corners=False) for grid in grids]
+    return [sample_surface(v, f, points, rng)[0] if len(f) else None for v, f in meshes]
+
+
+def _set_scores(clouds: List[Optional[np.ndarray]], references: List[np.ndarray], categories: np.ndarray,
+                per_shape: int) -> Tuple[Dict[str, dict], np.ndarray]:
+    """COV / MMD rows (per category of the references, over categories, over shapes) of one set of samples, and the
+    (sample, reference) distances.
+
+    cov uses every sample; cov@1x is the mean COV of `per_shape` disjoint draws of as many samples as references
+    (the ratio most papers' tables leave unsaid); an empty sample matches no reference.
+    """
+    from recon3d.geometry.metrics import pairwise_chamfer_l2
+
+    distances = np.full((len(clouds), len(references)), np.inf)
+    full = [i for i, c in enumerate(clouds) if c is not None]
+    if full:
+        distances[full] = 1000.0 * pairwise_chamfer_l2([clouds[i] for i in full], references)
+    n = len(references)
+
+    def matched(rows) -> set:
+        rows = [i for i in rows if clouds[i] is not None]
+        return set(distances[rows].argmin(axis=1).tolist()) if rows else set()
+
+    everyone = matched(range(len(clouds)))
+    draws = [matched(range(k * n, min(len(clouds), (k + 1) * n)))
+             for k in range(max(1, min(per_shape, len(clouds) // n)))]
+    summary = {}
+    for category in sorted(set(categories)):
+        columns = np.flatnonzero(categories == category)
+        summary[category] = {"shapes": len(columns), "cov": float(np.isin(columns, list(everyone)).mean()),
+                             "cov@1x": float(np.mean([np.isin(columns, list(d)).mean() for d in draws])),
+                             "mmd": float(distances[:, columns].min(axis=0).mean())}
+    groups = list(summary.values())
+    summary["mean over categories"] = {"shapes": n, **{m: float(np.mean([g[m] for g in groups]))
+                                                      for m in ("cov", "cov@1x", "mmd")}}
+    summary["mean over shapes"] = {"shapes": n, "cov": len(everyone) / n,  # the whole reference set's COV / MMD
+                                   "cov@1x": float(np.mean([len(d) / n for d in draws])),
+                                   "mmd": float(distances.min(axis=0).mean())}
+    return summary, distances
+
+
 @torch.no_grad()
 def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", samples: int = 0,
-             device: str = "cpu", out_dir: Optional[str | Path] = None, **_) -> Dict[str, dict]:
+             per_shape: int = SAMPLES_PER_SHAPE, ceiling: bool = True, device: str = "cpu",
+             out_dir: Optional[str | Path] = None, **_) -> Dict[str, dict]:
     """COV and MMD of a latent GAN against the shapes of a split, per category of the reference shapes.
 
-    `samples` generated shapes (0: eval_samples; seeds 0..samples-1), decoded at the GAN's eval resolution, are
-    compared with every reference shape by Chamfer-L2 x1000 on eval_points points; an empty one matches none.
-    Per category c: mmd_c is the mean over c's shapes of the distance to their nearest sample, cov_c the share of
-    c's shapes that are the nearest reference of some sample; the mean rows are the whole reference set's COV/MMD.
+    `samples` generated shapes (0: `per_shape` per reference shape; seeds 0..samples-1), decoded at the GAN's eval
+    resolution, are compared with every reference shape by Chamfer-L2 x1000 on eval_points points; an empty one
+    matches none. Per category c: mmd_c is the mean over c's shapes of the distance to their nearest sample, cov_c
+    the share of c's shapes that are the nearest reference of some sample; the mean rows are the whole reference
+    set's COV/MMD; cov@1x is COV with as many samples as reference shapes. With `ceiling`, the row "train shapes
+    (ceiling)" scores as many training shapes, encoded and decoded by the autoencoder, in place of samples: what a
+    GAN that reproduced its training set exactly would score under the same counts.
     """
-    from recon3d.geometry.extract import grid_to_mesh
-    from recon3d.geometry.metrics import pairwise_chamfer_l2, sample_surface
     from recon3d.inference.tables import eval_name, write_eval
-    from recon3d.tasks.shape_eval import decode_occupancy
 
     autoencoder, gan = load_any(ckpt, device)
     if gan is None:
@@ -195,28 +249,42 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", sa
             references.append(surface[rng.choice(len(surface), hp.eval_points, replace=len(surface) < hp.eval_points)])
     if not keys:
         raise ValueError(f"{shard_dir} split {split!r}: no shapes to compare the GAN's samples with")
-    grids = decode_occupancy(autoencoder.model.decoder, gan.codes_for_seeds(range(samples or hp.eval_samples)),
-                             hp.eval_resolution).float().cpu().numpy()
-    meshes = [grid_to_mesh(grid, 0.5, corners=False) for grid in grids]
-    clouds = [sample_surface(v, f, hp.eval_points, rng)[0] for v, f in meshes if len(f)]
-    distances = np.full((len(meshes), len(references)), np.inf)
-    if clouds:
-        distances[:len(clouds)] = 1000.0 * pairwise_chamfer_l2(clouds, references)
-    nearest = distances[:len(clouds)].argmin(axis=1)
+    count = samples or per_shape * len(keys)
     categories = np.array([key.split("/")[0] for key in keys])
-    summary = {}
-    for category in sorted(set(categories)):
-        columns = np.flatnonzero(categories == category)
-        summary[category] = {"shapes": len(columns), "cov": float(np.isin(columns, nearest).mean()),
-                             "mmd": float(distances[:, columns].min(axis=0).mean())}
-    groups = list(summary.values())
-    summary["mean over categories"] = {"shapes": len(keys), **{m: float(np.mean([g[m] for g in groups]))
-                                                               for m in ("cov", "mmd")}}
-    summary["mean over shapes"] = {"shapes": len(keys), "cov": len(set(nearest.tolist())) / len(keys),
-                                   "mmd": float(distances.min(axis=0).mean())}  # the whole set's COV / MMD
+    clouds = _decoded_clouds(autoencoder, gan.codes_for_seeds(range(count)), hp.eval_resolution, hp.eval_points, rng)
+    summary, distances = _set_scores(clouds, references, categories, per_shape)
+    summary["mean over shapes"]["empty"] = float(sum(c is None for c in clouds))
+    if ceiling and split != "train":
+        codes = _train_codes(autoencoder, shard_dir, count, rng)
+        if len(codes):
+            bound, _ = _set_scores(_decoded_clouds(autoencoder, codes, hp.eval_resolution, hp.eval_points, rng),
+                                   references, categories, per_shape)
+            summary["train shapes (ceiling)"] = dict(bound["mean over shapes"], shapes=len(codes))
+    for row in summary.values():  # every row holds every column (the CSV's)
+        row.setdefault("empty", float("nan"))
     if out_dir:
-        matched = set(nearest.tolist())
+        nearest = distances.min(axis=0)
+        matched = set(distances[np.isfinite(distances).any(axis=1)].argmin(axis=1).tolist())
         rows = [{"key": key, "category": str(c), "matched": float(i in matched), "mmd": float(d)}
-                for i, (key, c, d) in enumerate(zip(keys, categories, distances.min(axis=0)))]
+                for i, (key, c, d) in enumerate(zip(keys, categories, nearest))]
         write_eval(Path(out_dir), eval_name("gan", split), rows, summary)
     return summary
+
+
+def _train_codes(autoencoder, shard_dir: str | Path, count: int, rng) -> torch.Tensor:
+    """The autoencoder's codes of `count` training shapes drawn at random, in random order (all of them when there
+    are fewer)."""
+    from recon3d.data.shards import load_manifest
+
+    total = load_manifest(shard_dir)["splits"].get("train", {}).get("samples", 0)
+    wanted = set(rng.choice(total, min(count, total), replace=False).tolist()) if total else set()
+    codes, seen = [], 0
+    for batch in iter_split(shard_dir, "train", 8):
+        picked = [i for i in range(len(batch["key"])) if seen + i in wanted]
+        seen += len(batch["key"])
+        if picked:
+            codes.append(autoencoder.model.encoder(batch["voxels"][picked].to(autoencoder.device)))
+    if not codes:
+        return torch.zeros(0)
+    codes = torch.cat(codes)  # in key order, so grouped by category: shuffled, as samples would come
+    return codes[torch.as_tensor(rng.permutation(len(codes)), device=codes.device)]

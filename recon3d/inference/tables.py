@@ -83,7 +83,8 @@ def format_table(summary: Dict[str, dict], columns: Sequence[str] = ("shapes", "
     head = f"{'category':<22}" + "".join(f"{c:>19}" for c in columns)
     lines = [head, "-" * len(head)]
     for category, values in summary.items():
-        cells = "".join(f"{values[c]:>19.0f}" if c == "shapes" else f"{values[c]:>19.4f}" for c in columns)
+        cells = "".join(" " * 19 if np.isnan(values[c]) else f"{values[c]:>19.0f}" if c == "shapes"
+                        else f"{values[c]:>19.4f}" for c in columns)
         lines.append(f"{category:<22}{cells}")
     return "\n".join(lines)
 

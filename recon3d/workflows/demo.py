@@ -132,10 +132,11 @@ def _train(cfg: Config, progress: bool) -> dict:
 
 
 def _evaluate(cfg: Config, run_dir: Path, chosen: Dict[str, str]) -> dict:
-    """Tables and pictures for the report: autoencoder, image-encoder, VRN and stereo metrics on the test split, test
-    shapes beside their reconstructions, VRN depths and stereo pairs, GAN samples and an interpolation strip."""
+    """Tables and pictures for the report: autoencoder, image-encoder, VRN, stereo and GAN metrics on the test split,
+    test shapes beside their reconstructions, VRN depths and stereo pairs, GAN samples and an interpolation strip."""
     import torch
 
+    from recon3d.inference import latent as latent_inference
     from recon3d.inference import stereo as stereo_inference
     from recon3d.inference import svr as svr_inference
     from recon3d.inference import vrn as vrn_inference
@@ -157,6 +158,7 @@ def _evaluate(cfg: Config, run_dir: Path, chosen: Dict[str, str]) -> dict:
     for name, inference in (("vrn", vrn_inference), ("stereo", stereo_inference)):
         inference.evaluate(ckpt[name], shards, split=split, out_dir=out)
         inference.write_view_sheet(ckpt[name], shards, split, out / f"{name}_sheet.png", demo.sheet_shapes)
+    latent_inference.evaluate(ckpt["gan"], shards, split=split, out_dir=out)
     autoencoder, gan = load_any(ckpt["gan"])
     seeds = list(range(8))
     samples = codes_to_meshes(autoencoder, gan_codes(gan, seeds), out / "gan", [f"gan_{s}" for s in seeds],

@@ -94,7 +94,8 @@ def table(summary: Dict[str, dict], columns: Sequence[str]) -> str:
         cells = []
         for c in present:
             value = row.get(c, float("nan"))
-            cells.append(f"<td>{value:.0f}</td>" if c == "shapes" else f"<td>{value:.4f}</td>")
+            cells.append("<td></td>" if math.isnan(value) else f"<td>{value:.0f}</td>" if c == "shapes"
+                         else f"<td>{value:.4f}</td>")
         cls = ' class="mean"' if name.startswith("mean") else ""
         body.append(f"<tr{cls}><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"

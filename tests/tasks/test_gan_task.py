@@ -78,6 +78,41 @@ def test_coverage_and_mmd_by_hand():
     assert scores["mmd"] == pytest.approx((1.0 + 3.0 + 8.0) / 3)
 
 
+def test_gan_test_scores_by_hand():
+    """COV with every sample, COV@1x over disjoint draws of as many samples as references, empty samples match none."""
+    from recon3d.inference.latent import _set_scores
+
+    rng = np.random.default_rng(0)
+
+    def ball(r):
+        v = rng.normal(size=(64, 3))
+        return r * v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    references = [ball(0.25), ball(0.4)]
+    # draw 1: a 0.25 ball and an empty sample -> covers reference 0; draw 2: both balls -> covers both
+    clouds = [ball(0.25), None, ball(0.25), ball(0.4)]
+    summary, distances = _set_scores(clouds, references, np.array(["a", "b"]), per_shape=2)
+    assert np.isinf(distances[1]).all() and np.isfinite(distances[[0, 2, 3]]).all()
+    whole = summary["mean over shapes"]
+    assert whole["cov"] == 1.0 and whole["cov@1x"] == pytest.approx(0.75)
+    assert summary["a"]["cov@1x"] == 1.0 and summary["b"]["cov@1x"] == pytest.approx(0.5)
+    # each reference has a sample of its own radius: closer than the two radii are to each other
+    assert whole["mmd"] == pytest.approx(distances.min(axis=0).mean()) and whole["mmd"] < 1000 * 0.15 ** 2 / 2
+
+
+def test_gan_evaluation_table_with_its_training_set_ceiling(tiny_shards, trained_gan, tmp_path):
+    from recon3d.inference.latent import TABLE_COLUMNS, evaluate
+    from recon3d.inference.tables import format_table
+
+    summary = evaluate(trained_gan, tiny_shards, split="val", per_shape=2, out_dir=tmp_path)
+    references = summary["mean over shapes"]["shapes"]
+    assert summary["mean over shapes"]["empty"] <= 2 * references
+    ceiling = summary["train shapes (ceiling)"]
+    assert 1 <= ceiling["shapes"] <= 2 * references and 0 <= ceiling["cov"] <= 1
+    assert (tmp_path / "eval_gan_val.csv").read_text().count("\n") == len(summary) + 1
+    assert "train shapes (ceiling)" in format_table(summary, TABLE_COLUMNS)
+
+
 class _BallDecoder(torch.nn.Module):
     """A field whose shape is a ball of radius 0.1 + 0.3 z[0] (a known answer for the set metrics)."""
 
