@@ -135,7 +135,8 @@ class RenderConfig:
 class ShardConfig:
     out_dir: str = "shards/demo"  # output folder: <split>-NNNNNN.tar, manifest.json, rejects.jsonl
     samples_per_shard: int = 256  # samples per tar (the last shard of a split may hold fewer)
-    split: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/val/test by shape-id hash
+    split: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/val/test fractions
+    split_by: str = "hash"  # hash: each key by its own hash | category: each category cut in these proportions
     workers: int = 1  # processes preparing meshes in parallel
     seed: int = 0  # seeds cameras and point sampling (per shape, independent of order and workers)
 
@@ -144,3 +145,4 @@ class ShardConfig:
         _check(len(self.split) == 3 and all(f >= 0 for f in self.split) and abs(sum(self.split) - 1) < 1e-6,
                f"shards.split={list(self.split)}: three fractions (train, val, test) summing to 1")
         _check(self.workers >= 1, "shards.workers must be >= 1")
+        _check(self.split_by in ("hash", "category"), f"shards.split_by={self.split_by!r}: hash or category")

@@ -147,9 +147,14 @@ def make_key(category: str, shape_id: str) -> str:
     return f"{safe_name(category)}/{safe_name(shape_id)}"
 
 
+def key_hash(key: str) -> float:
+    """A number in [0, 1) from a hash of the key: the same on every machine and in every run."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
 def split_by_hash(key: str, fractions=(0.8, 0.1, 0.1)) -> str:
     """Deterministic train/val/test assignment from a hash of the key (stable across machines and runs)."""
-    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    h = key_hash(key)
     edge = 0.0
     for split, fraction in zip(SPLITS, fractions):
         edge += fraction

@@ -17,11 +17,13 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
 
 from recon3d.config import SourceConfig
 from recon3d.data.formats import MESH_EXTENSIONS
-from recon3d.data.schema import make_key, split_by_hash
+from recon3d.data.schema import SPLITS, key_hash, make_key, split_by_hash
 
 # ShapeNetCore synset ids (WordNet offsets) and their category names.
 SHAPENET_SYNSETS = {
@@ -245,3 +247,30 @@ def assign_split(item: Item, fractions) -> str:
         share = val / (train + val) if train + val > 0 else 0.0
         return "val" if split_by_hash(item.key, (1 - share, share, 0.0)) == "val" else "train"
     return split_by_hash(item.key, fractions)
+
+
+def assign_splits(items: Iterable[Item], fractions, by: str = "hash") -> Dict[str, str]:
+    """{key: split} of every item.
+
+    by="hash": each key on its own (assign_split): a key keeps its split whatever else is added, but a small set
+    comes out lumpy (160 shapes at 0.7/0.1/0.2 gave a val split of 7 shapes and no chair or car in it).
+    by="category": within each category, the items ranked by their key's hash are cut at the fractions (rounded), so
+    every category is split in the same proportions; the source's own val/test stay, and its train items are cut
+    into train and val the same way. Adding shapes to a category can move a few of its items across a boundary.
+    """
+    if by == "hash":
+        return {item.key: assign_split(item, fractions) for item in items}
+    out, groups = {}, {}
+    for item in items:
+        if item.split in ("val", "test"):
+            out[item.key] = item.split
+        else:
+            groups.setdefault((item.category, item.split == "train"), []).append(item)
+    for (_, from_train), group in groups.items():
+        shares = (fractions[0], fractions[1], 0.0) if from_train else tuple(fractions)
+        total = sum(shares) or 1.0
+        group.sort(key=lambda i: (key_hash(i.key), i.key))
+        edges = np.round(np.cumsum(shares) / total * len(group)).astype(int)
+        for rank, item in enumerate(group):
+            out[item.key] = SPLITS[int(np.searchsorted(edges, rank, side="right"))]
+    return out

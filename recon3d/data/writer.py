@@ -36,7 +36,7 @@ from recon3d.data.executors import ordered_map, ray_ordered_map
 from recon3d.data.index import index_path, load_index, write_index
 from recon3d.data.prepare import Prepared
 from recon3d.data.shards import MANIFEST, load_manifest, sidecar_path
-from recon3d.data.sources import Item, assign_split, discover
+from recon3d.data.sources import Item, assign_splits, discover
 from recon3d.io import atomic_write, file_sha256
 REJECTS = "rejects.jsonl"
 BUILD_LOG = "build_log.json"
@@ -67,7 +67,9 @@ def prep_config(cfg: Config) -> dict:
     source.pop("root")
     return {"source": source, "geometry": to_dict(cfg.geometry), "render": to_dict(cfg.render),
             "shards": {"samples_per_shard": cfg.shards.samples_per_shard, "split": list(cfg.shards.split),
-                       "seed": cfg.shards.seed}}
+                       "seed": cfg.shards.seed,
+                       # only when not the default: shards built before split_by existed keep their plan hashes
+                       **({"split_by": cfg.shards.split_by} if cfg.shards.split_by != "hash" else {})}}
 
 
 def _input_size(root: Path, item: Item) -> int:
@@ -81,8 +83,10 @@ def _input_size(root: Path, item: Item) -> int:
 def plan_shards(items: Iterable[Item], cfg: Config) -> List[ShardPlan]:
     """Cut the items into named shards per split; each plan carries a hash of its inputs and the prep config."""
     by_split: Dict[str, List[Item]] = {s: [] for s in schema.SPLITS}
-    for item in sorted(items, key=lambda i: i.key):
-        by_split[assign_split(item, cfg.shards.split)].append(item)
+    items = sorted(items, key=lambda i: i.key)
+    splits = assign_splits(items, cfg.shards.split, cfg.shards.split_by)
+    for item in items:
+        by_split[splits[item.key]].append(item)
     root = Path(cfg.source.root)
     common = json.dumps([schema.FORMAT, prep_config(cfg)], sort_keys=True)
     plans = []

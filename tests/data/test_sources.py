@@ -168,3 +168,25 @@ def test_front_by_category_rejects_a_bad_axis():
         _source("x", "source.front_by_category={chair: front}")
     with pytest.raises(ConfigError, match="on the up axis"):
         _source("x", "source.up_axis=+y", "source.front_by_category={chair: -y}")
+
+
+def test_split_by_category_cuts_every_category_in_proportion():
+    from recon3d.data.sources import Item, assign_splits
+
+    items = [Item(f"{c}/{c}_{i:03d}", f"{c}/{i}.obj", "mesh") for c in ("chair", "lamp") for i in range(32)]
+    items.append(Item("lamp/lamp_900", "x.off", "mesh", split="test"))  # a source's own split stays
+    items += [Item(f"desk/d{i}", f"d{i}.off", "mesh", split="train") for i in range(10)]  # val carved out of train
+    splits = assign_splits(items, (0.7, 0.1, 0.2), by="category")
+    count = lambda c, s: sum(1 for k, v in splits.items() if k.startswith(c) and v == s)  # noqa: E731
+    assert [count("chair", s) for s in ("train", "val", "test")] == [22, 4, 6]
+    assert [count("lamp", s) for s in ("train", "val", "test")] == [22, 4, 7]  # 6 cut + its own test shape
+    assert splits["lamp/lamp_900"] == "test"
+    assert [count("desk", s) for s in ("train", "val", "test")] == [9, 1, 0]
+    assert assign_splits(list(reversed(items)), (0.7, 0.1, 0.2), by="category") == splits  # order-free
+    by_hash = assign_splits(items, (0.7, 0.1, 0.2))
+    assert by_hash == {i.key: assign_split(i, (0.7, 0.1, 0.2)) for i in items}
+    # the category cut follows the hash order: the lowest-hash shapes train, as they do by hash
+    from recon3d.data.schema import key_hash
+
+    chairs = sorted((k for k in splits if k.startswith("chair/")), key=key_hash)
+    assert [splits[k] for k in chairs] == ["train"] * 22 + ["val"] * 4 + ["test"] * 6
