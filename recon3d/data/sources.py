@@ -267,10 +267,24 @@ def assign_splits(items: Iterable[Item], fractions, by: str = "hash") -> Dict[st
         else:
             groups.setdefault((item.category, item.split == "train"), []).append(item)
     for (_, from_train), group in groups.items():
-        shares = (fractions[0], fractions[1], 0.0) if from_train else tuple(fractions)
-        total = sum(shares) or 1.0
+        counts = split_counts(len(group), (fractions[0], fractions[1], 0.0) if from_train else fractions)
         group.sort(key=lambda i: (key_hash(i.key), i.key))
-        edges = np.round(np.cumsum(shares) / total * len(group)).astype(int)
         for rank, item in enumerate(group):
-            out[item.key] = SPLITS[int(np.searchsorted(edges, rank, side="right"))]
+            out[item.key] = SPLITS[int(np.searchsorted(np.cumsum(counts), rank, side="right"))]
     return out
+
+
+def split_counts(n: int, fractions) -> List[int]:
+    """n items shared by the fractions: cumulative shares rounded half up (32 at 0.7/0.1/0.2: 22/4/6), and at least
+    one item for each split with a positive fraction while there are enough items (3 at 0.8/0.1/0.1: 1/1/1)."""
+    shares = np.asarray(fractions, dtype=float) / (sum(fractions) or 1.0)
+    edges = np.floor(np.cumsum(shares) * n + 0.5 + 1e-9).astype(int).clip(0, n)
+    edges[-1] = n
+    counts = np.diff(edges, prepend=0)
+    wanted = np.flatnonzero(shares > 0)
+    if n >= len(wanted):
+        for i in wanted:
+            if counts[i] == 0:
+                counts[int(np.argmax(counts))] -= 1
+                counts[i] = 1
+    return counts.tolist()

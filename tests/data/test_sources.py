@@ -190,3 +190,13 @@ def test_split_by_category_cuts_every_category_in_proportion():
 
     chairs = sorted((k for k in splits if k.startswith("chair/")), key=key_hash)
     assert [splits[k] for k in chairs] == ["train"] * 22 + ["val"] * 4 + ["test"] * 6
+
+
+def test_split_counts_round_cumulative_shares_and_keep_every_split_when_they_can():
+    from recon3d.data.sources import split_counts
+
+    assert split_counts(32, (0.7, 0.1, 0.2)) == [22, 4, 6]
+    assert split_counts(40, (0.7, 0.1, 0.2)) == [28, 4, 8]
+    assert split_counts(3, (0.5, 0.25, 0.25)) == [1, 1, 1]  # rounding alone gives 2/0/1
+    assert split_counts(2, (0.8, 0.1, 0.1)) == [2, 0, 0]  # too few to give each split one
+    assert split_counts(10, (0.7, 0.1, 0.0)) == [9, 1, 0] and split_counts(0, (0.8, 0.1, 0.1)) == [0, 0, 0]
