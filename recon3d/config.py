@@ -16,7 +16,7 @@ from recon3d.stages import STAGES
 LOADER_PIPELINES = ("autoencoder", "image", "volume", "stereo")  # what loader.stage can name (data/datamodule.py)
 SHIPPED = Path(__file__).resolve().parent / "configs"  # the configs installed with recon3d (configs/ in the repository)
 LR_SCHEDULES = ("constant", "cosine")  # train.lr_schedule (recon3d/tasks/schedule.py)
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "auto")
 
 
 @dataclass
@@ -169,7 +169,7 @@ class TrainConfig:
     num_nodes: int = 1  # nodes
     strategy: str = "auto"  # auto | ddp | deepspeed_stage_2 | deepspeed_stage_3 (accelerator=cpu: a CPU test variant)
     deepspeed_config: str = ""  # DeepSpeed JSON (ZeRO settings), e.g. configs/deepspeed/zero2.json
-    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | auto (bf16-mixed where the trainer's hardware has bf16)
     float32_matmul_precision: str = "high"  # fp32 matmuls on GPUs: highest | high (TF32 tensor cores) | medium
     accumulate_grad_batches: int = 1  # gradient accumulation
     val_resolution: int = 32  # grid on which val/iou is measured and val/chamfer's mesh is extracted

@@ -53,7 +53,7 @@ def export_latents(ckpt: str | Path, shard_dir: str | Path, name: str = "", batc
     return out
 
 
-def _native_bf16_cpu() -> bool:
+def native_bf16_cpu() -> bool:
     """Whether this CPU has bf16 arithmetic in hardware (x86 avx512_bf16 or AMX, Arm bf16): there oneDNN's bf16
     matmuls run 3-4x faster than fp32; elsewhere bf16 is emulated and no faster."""
     import platform
@@ -78,7 +78,7 @@ def inference_dtype(device) -> torch.dtype:
     kind = torch.device(device).type
     if kind == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if kind == "cpu" and _native_bf16_cpu() else torch.float32
+    return torch.bfloat16 if kind == "cpu" and native_bf16_cpu() else torch.float32
 
 
 def decoder_field(task, z: torch.Tensor, dtype: Optional[torch.dtype] = None, *, threshold: float = 0.5,

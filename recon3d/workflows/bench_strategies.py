@@ -60,7 +60,7 @@ def rank_stats(cfg: Config, strategy: str, devices: int, batch_size: int, points
     import lightning as L
     import torch
 
-    from recon3d.training.build import build_strategy
+    from recon3d.training.build import build_strategy, resolve_precision
     from recon3d.workflows.bench import bench_task, random_batch, repeat_loader, step_timer
 
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
@@ -71,7 +71,7 @@ def rank_stats(cfg: Config, strategy: str, devices: int, batch_size: int, points
     torch.manual_seed(0)
     task = bench_task(cfg)
     trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=build_strategy(cfg),
-                        precision=cfg.train.precision, max_steps=warmup + steps, logger=False,
+                        precision=resolve_precision(cfg.train), max_steps=warmup + steps, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[timer], num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(task, train_dataloaders=loader)

@@ -151,3 +151,22 @@ print(json.dumps(orders))
     assert len({tuple(order) for order in runs[0]}) == 4  # a new order every epoch
     train = load_manifest(tiny_shards)["splits"]["train"]["samples"]
     assert len({k for order in runs[0][:3] for k in order}) == train  # every shape within 3 epochs
+
+
+def test_auto_precision_is_bf16_mixed_only_where_the_hardware_has_bf16(monkeypatch):
+    import torch
+
+    from recon3d.inference import autoencoder
+    from recon3d.training.build import resolve_precision
+
+    cpu = SimpleNamespace(precision="auto", accelerator="cpu")
+    monkeypatch.setattr(autoencoder, "native_bf16_cpu", lambda: True)
+    assert resolve_precision(cpu) == "bf16-mixed"
+    monkeypatch.setattr(autoencoder, "native_bf16_cpu", lambda: False)
+    assert resolve_precision(cpu) == "32-true"  # emulated bf16 would be slower than fp32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision(SimpleNamespace(precision="auto", accelerator="auto")) == "32-true"  # e.g. a V100
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision(SimpleNamespace(precision="auto", accelerator="gpu")) == "bf16-mixed"
+    assert resolve_precision(SimpleNamespace(precision="16-mixed", accelerator="gpu")) == "16-mixed"  # as given
