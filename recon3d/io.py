@@ -72,3 +72,16 @@ def run_name(ckpt: str | Path) -> str:
     """The name of the run a checkpoint (or run folder) belongs to: <run>/checkpoints/x.ckpt -> <run>."""
     path = Path(ckpt).resolve()
     return path.name if is_run_folder(path) else path.parent.parent.name
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (x86 avx512_bf16 or AMX, Arm bf16): there oneDNN's bf16
+    matmuls run 3-4x faster than fp32; elsewhere bf16 is emulated and no faster."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(" ".join(line for line in f if line.lower().startswith(("flags", "features"))).split())
+    except OSError:  # not Linux: macOS on Apple silicon has bf16, but torch's CPU kernels there gain little
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) or (platform.machine() == "aarch64" and "bf16" in flags)

@@ -15,7 +15,7 @@ from recon3d.geometry.extract import coarse_to_fine_grid, grid_to_mesh
 from recon3d.geometry.metrics import FSCORE_THRESHOLDS, sample_surface, surface_metrics, voxel_metrics
 from recon3d.inference.outputs import save_mesh
 from recon3d.inference.tables import eval_name, finish_eval, shape_row
-from recon3d.io import run_name
+from recon3d.io import native_bf16_cpu, run_name
 from recon3d.tasks.checkpoints import load_checkpoint
 
 TABLE_COLUMNS = ("shapes", "iou", "f1", "chamfer_l2_x1000", "chamfer_l1", "normal_consistency", "fscore@1%",
@@ -51,19 +51,6 @@ def export_latents(ckpt: str | Path, shard_dir: str | Path, name: str = "", batc
     weights = checkpoint_file(ckpt)  # the file itself, or a DeepSpeed folder's consolidated file
     write_latents(out, found, {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_sha256": file_sha256(weights)})
     return out
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU has bf16 arithmetic in hardware (x86 avx512_bf16 or AMX, Arm bf16): there oneDNN's bf16
-    matmuls run 3-4x faster than fp32; elsewhere bf16 is emulated and no faster."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(" ".join(line for line in f if line.lower().startswith(("flags", "features"))).split())
-    except OSError:  # not Linux: macOS on Apple silicon has bf16, but torch's CPU kernels there gain little
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"}) or (platform.machine() == "aarch64" and "bf16" in flags)
 
 
 def inference_dtype(device) -> torch.dtype:

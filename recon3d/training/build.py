@@ -147,7 +147,7 @@ def resolve_precision(train) -> str:
         return train.precision
     import torch
 
-    from recon3d.inference.autoencoder import native_bf16_cpu
+    from recon3d.io import native_bf16_cpu
 
     if train.accelerator in ("gpu", "cuda") or (train.accelerator == "auto" and torch.cuda.is_available()):
         return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"

@@ -156,13 +156,13 @@ print(json.dumps(orders))
 def test_auto_precision_is_bf16_mixed_only_where_the_hardware_has_bf16(monkeypatch):
     import torch
 
-    from recon3d.inference import autoencoder
+    from recon3d import io
     from recon3d.training.build import resolve_precision
 
     cpu = SimpleNamespace(precision="auto", accelerator="cpu")
-    monkeypatch.setattr(autoencoder, "native_bf16_cpu", lambda: True)
+    monkeypatch.setattr(io, "native_bf16_cpu", lambda: True)
     assert resolve_precision(cpu) == "bf16-mixed"
-    monkeypatch.setattr(autoencoder, "native_bf16_cpu", lambda: False)
+    monkeypatch.setattr(io, "native_bf16_cpu", lambda: False)
     assert resolve_precision(cpu) == "32-true"  # emulated bf16 would be slower than fp32
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
