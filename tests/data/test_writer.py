@@ -274,3 +274,22 @@ def test_verify_sees_relabelled_splits_wrong_totals_and_a_shape_in_two_splits(ti
     (shards / "manifest.json").write_text(json.dumps(manifest))
     problems = verify_shards(shards).problems
     assert any("(train/test leakage)" in p for p in problems), problems
+
+
+def test_a_dead_writers_temp_file_goes_at_once_a_live_ones_stays(tmp_path):
+    """A sidecar temp file of a build killed on this host is removed by the next build at once; one whose process
+    still runs (it may be a concurrent build writing) waits for the age rule."""
+    import socket
+
+    from recon3d.data.writer import _clean_stale
+
+    host = socket.gethostname().split(".")[0]
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()  # its pid has ended
+    dead = tmp_path / f"train-000002.json.{host}.{done.pid}.tmp"
+    live = tmp_path / f"train-000003.json.{host}.{os.getpid()}.tmp"
+    other = tmp_path / f"train-000004.json.elsewhere.{done.pid}.tmp"
+    for path in (dead, live, other):
+        path.write_text("{")
+    _clean_stale(tmp_path, [], [])
+    assert not dead.exists() and live.exists() and other.exists()
