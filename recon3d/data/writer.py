@@ -198,7 +198,7 @@ def _writer_gone(path: Path) -> bool:
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, someone else's
-        return False
+        pass
     return False
 
 

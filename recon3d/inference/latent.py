@@ -185,9 +185,9 @@ def _decoded_clouds(autoencoder, codes: torch.Tensor, resolution: int, points: i
 
 
 def _set_scores(clouds: List[Optional[np.ndarray]], references: List[np.ndarray], categories: np.ndarray,
-                per_shape: int) -> Tuple[Dict[str, dict], np.ndarray]:
-    """COV / MMD rows (per category of the references, over categories, over shapes) of one set of samples, and the
-    (sample, reference) distances.
+                per_shape: int) -> Tuple[Dict[str, dict], np.ndarray, set]:
+    """COV / MMD rows (per category of the references, over categories, over shapes) of one set of samples, the
+    (sample, reference) distances, and the references that are some sample's nearest.
 
     cov uses every sample; cov@1x is the mean COV of `per_shape` disjoint draws of as many samples as references
     (the ratio most papers' tables leave unsaid); an empty sample matches no reference.
@@ -219,7 +219,7 @@ def _set_scores(clouds: List[Optional[np.ndarray]], references: List[np.ndarray]
     summary["mean over shapes"] = {"shapes": n, "cov": len(everyone) / n,  # the whole reference set's COV / MMD
                                    "cov@1x": float(np.mean([len(d) / n for d in draws])),
                                    "mmd": float(distances.min(axis=0).mean())}
-    return summary, distances
+    return summary, distances, everyone
 
 
 @torch.no_grad()
@@ -252,19 +252,18 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", sa
     count = samples or per_shape * len(keys)
     categories = np.array([key.split("/")[0] for key in keys])
     clouds = _decoded_clouds(autoencoder, gan.codes_for_seeds(range(count)), hp.eval_resolution, hp.eval_points, rng)
-    summary, distances = _set_scores(clouds, references, categories, per_shape)
+    summary, distances, matched = _set_scores(clouds, references, categories, per_shape)
     summary["mean over shapes"]["empty"] = float(sum(c is None for c in clouds))
     if ceiling and split != "train":
         codes = _train_codes(autoencoder, shard_dir, count, rng)
         if len(codes):
-            bound, _ = _set_scores(_decoded_clouds(autoencoder, codes, hp.eval_resolution, hp.eval_points, rng),
+            bound, _, _ = _set_scores(_decoded_clouds(autoencoder, codes, hp.eval_resolution, hp.eval_points, rng),
                                    references, categories, per_shape)
             summary["train shapes (ceiling)"] = dict(bound["mean over shapes"], shapes=len(codes))
     for row in summary.values():  # every row holds every column (the CSV's)
         row.setdefault("empty", float("nan"))
     if out_dir:
         nearest = distances.min(axis=0)
-        matched = set(distances[np.isfinite(distances).any(axis=1)].argmin(axis=1).tolist())
         rows = [{"key": key, "category": str(c), "matched": float(i in matched), "mmd": float(d)}
                 for i, (key, c, d) in enumerate(zip(keys, categories, nearest))]
         write_eval(Path(out_dir), eval_name("gan", split), rows, summary)

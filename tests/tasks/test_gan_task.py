@@ -91,8 +91,8 @@ def test_gan_test_scores_by_hand():
     references = [ball(0.25), ball(0.4)]
     # draw 1: a 0.25 ball and an empty sample -> covers reference 0; draw 2: both balls -> covers both
     clouds = [ball(0.25), None, ball(0.25), ball(0.4)]
-    summary, distances = _set_scores(clouds, references, np.array(["a", "b"]), per_shape=2)
-    assert np.isinf(distances[1]).all() and np.isfinite(distances[[0, 2, 3]]).all()
+    summary, distances, matched = _set_scores(clouds, references, np.array(["a", "b"]), per_shape=2)
+    assert np.isinf(distances[1]).all() and np.isfinite(distances[[0, 2, 3]]).all() and matched == {0, 1}
     whole = summary["mean over shapes"]
     assert whole["cov"] == 1.0 and whole["cov@1x"] == pytest.approx(0.75)
     assert summary["a"]["cov@1x"] == 1.0 and summary["b"]["cov@1x"] == pytest.approx(0.5)
