@@ -81,11 +81,14 @@ def test_sigterm_preemption_checkpoints_every_rank_and_the_requeued_job_resumes_
     log = job_log(tmp_path, "term-*.out")
     assert state == "COMPLETED", log[-6000:]
     assert "restart 1" in log, log[-4000:]
-    assert log.count("SIGTERM received") >= 2, log[-4000:]  # both ranks noted it
+    # each node's slurmd signals its own task: a rank whose SIGTERM comes after the others agreed to stop saves and
+    # stops with them without having noted it (CI saw one "received" line), so one such line is what is certain
+    assert log.count("SIGTERM received") >= 1, log[-4000:]
     hpc = sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
     assert [p.name for p in hpc] == ["hpc_ckpt_1.ckpt"], log[-4000:]
     saved = read_checkpoint(hpc[0])["global_step"]
-    assert f"step {saved} saved to {hpc[0]}" in log
+    assert log.count(f"step {saved} saved to {hpc[0]}") == 1  # one collective save, reported by rank 0
+    assert f"SIGTERM: saved a checkpoint at step {saved} to {hpc[0]}" in log
     assert 0 < saved < 64
     steps = _steps(run_dir / "logs" / "version_1" / "metrics.csv")
     assert saved <= min(steps) <= saved + 1  # went on from the step it saved: nothing lost, nothing redone

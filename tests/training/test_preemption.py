@@ -130,3 +130,33 @@ def test_the_requeue_signal_outside_training_is_noted_before_and_ignored_after(t
         os.kill(os.getpid(), signal.SIGUSR1)  # after: ignored (this process would die of it otherwise)
     finally:
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+
+def test_a_signal_that_reaches_one_rank_stops_every_rank_at_the_same_step(tiny_shards, tmp_path):
+    """On a cluster each node signals its own tasks, not at the same instant (CI's two-node job saw one rank note
+    SIGTERM): here only rank 1 of two local DDP ranks gets it; rank 0 learns of it at the step's end, both save the
+    one checkpoint together and exit 143."""
+    import psutil
+
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "WANDB_"))}
+    env.update(OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "recon3d", "train", "-c", str(TINY), "--shards", str(tiny_shards),
+                             "--run-dir", str(run_dir), "train.accelerator=cpu", "train.devices=2",
+                             "train.phase_epochs=[2,60]", "loader.train_samples_per_epoch=8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    metrics = run_dir / "logs" / "version_0" / "metrics.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") > 20):
+        time.sleep(0.2)
+    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
+             if p.environ().get("LOCAL_RANK") == "1" and "recon3d" in " ".join(p.cmdline())]
+    assert len(ranks) == 1, [p.cmdline() for p in psutil.Process(proc.pid).children(recursive=True)]
+    ranks[0].send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert out.count("SIGTERM received") == 1 and f"(pid {ranks[0].pid})" in out, out[-3000:]
+    [hpc] = hpc_checkpoints(run_dir)
+    saved = read_checkpoint(hpc)["global_step"]
+    assert out.count(f"SIGTERM: saved a checkpoint at step {saved} to {hpc}") == 2, out[-3000:]  # each rank's exit
+    assert 0 < saved < 124  # 62 epochs x 2 steps (8 samples over 2 ranks at batch 2)
