@@ -133,13 +133,22 @@ def pairwise_chamfer_l2(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.
     return out
 
 
+def nearest_references(distances: np.ndarray, rows=None) -> set:
+    """The reference shapes (columns) that are the nearest of some generated shape among `rows` (all when None) of a
+    (generated, reference) distance matrix; a row of inf (an empty sample, no surface) matches none."""
+    block = distances if rows is None else distances[list(rows)]
+    block = block[np.isfinite(block).any(axis=1)]
+    return set(block.argmin(axis=1).tolist())
+
+
 def coverage_and_mmd(distances: np.ndarray) -> Dict[str, float]:
     """GAN set metrics (Achlioptas et al. 2018) from a (generated, reference) distance matrix.
 
     cov: the share of reference shapes that are the nearest reference of at least one generated shape (higher is
     better); mmd: the mean over reference shapes of the distance to their nearest generated shape (lower is better).
+    Rows of inf (empty samples) match no reference.
     """
     if distances.ndim != 2 or 0 in distances.shape:
         raise ValueError(f"need a non-empty (generated, reference) matrix, got {distances.shape}")
-    matched = np.unique(distances.argmin(axis=1))
-    return {"cov": len(matched) / distances.shape[1], "mmd": float(distances.min(axis=0).mean())}
+    return {"cov": len(nearest_references(distances)) / distances.shape[1],
+            "mmd": float(distances.min(axis=0).mean())}

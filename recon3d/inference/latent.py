@@ -173,17 +173,6 @@ def search(query: str, ckpt: str | Path, shard_dir: str | Path, *, k: int = 5, s
     return {"query": query, "results": results[:k], "query_mesh": query_mesh}
 
 
-def _decoded_clouds(autoencoder, codes: torch.Tensor, resolution: int, points: int, rng) -> List[Optional[np.ndarray]]:
-    """Surface points of each code's decoded shape (None where the shape is empty)."""
-    from recon3d.geometry.extract import grid_to_mesh
-    from recon3d.geometry.metrics import sample_surface
-    from recon3d.tasks.shape_eval import decode_occupancy
-
-    grids = decode_occupancy(autoencoder.model.decoder, codes, resolution).float().cpu().numpy()
-    meshes = [grid_to_mesh(grid, 0.5, corners=False) for grid in grids]
-    return [sample_surface(v, f, points, rng)[0] if len(f) else None for v, f in meshes]
-
-
 def _set_scores(clouds: List[Optional[np.ndarray]], references: List[np.ndarray], categories: np.ndarray,
                 per_shape: int) -> Tuple[Dict[str, dict], np.ndarray, set]:
     """COV / MMD rows (per category of the references, over categories, over shapes) of one set of samples, the
@@ -192,20 +181,15 @@ def _set_scores(clouds: List[Optional[np.ndarray]], references: List[np.ndarray]
     cov uses every sample; cov@1x is the mean COV of `per_shape` disjoint draws of as many samples as references
     (the ratio most papers' tables leave unsaid); an empty sample matches no reference.
     """
-    from recon3d.geometry.metrics import pairwise_chamfer_l2
+    from recon3d.geometry.metrics import coverage_and_mmd, nearest_references, pairwise_chamfer_l2
 
     distances = np.full((len(clouds), len(references)), np.inf)
     full = [i for i, c in enumerate(clouds) if c is not None]
     if full:
         distances[full] = 1000.0 * pairwise_chamfer_l2([clouds[i] for i in full], references)
     n = len(references)
-
-    def matched(rows) -> set:
-        rows = [i for i in rows if clouds[i] is not None]
-        return set(distances[rows].argmin(axis=1).tolist()) if rows else set()
-
-    everyone = matched(range(len(clouds)))
-    draws = [matched(range(k * n, min(len(clouds), (k + 1) * n)))
+    everyone = nearest_references(distances)
+    draws = [nearest_references(distances, range(k * n, min(len(clouds), (k + 1) * n)))
              for k in range(max(1, min(per_shape, len(clouds) // n)))]
     summary = {}
     for category in sorted(set(categories)):
@@ -216,9 +200,9 @@ def _set_scores(clouds: List[Optional[np.ndarray]], references: List[np.ndarray]
     groups = list(summary.values())
     summary["mean over categories"] = {"shapes": n, **{m: float(np.mean([g[m] for g in groups]))
                                                       for m in ("cov", "cov@1x", "mmd")}}
-    summary["mean over shapes"] = {"shapes": n, "cov": len(everyone) / n,  # the whole reference set's COV / MMD
-                                   "cov@1x": float(np.mean([len(d) / n for d in draws])),
-                                   "mmd": float(distances.min(axis=0).mean())}
+    whole = coverage_and_mmd(distances)  # the whole reference set's COV / MMD
+    summary["mean over shapes"] = {"shapes": n, "cov": whole["cov"],
+                                   "cov@1x": float(np.mean([len(d) / n for d in draws])), "mmd": whole["mmd"]}
     return summary, distances, everyone
 
 
@@ -237,6 +221,7 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", sa
     GAN that reproduced its training set exactly would score under the same counts.
     """
     from recon3d.inference.tables import eval_name, write_eval
+    from recon3d.tasks.shape_eval import decoded_surfaces
 
     autoencoder, gan = load_any(ckpt, device)
     if gan is None:
@@ -251,14 +236,15 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", sa
         raise ValueError(f"{shard_dir} split {split!r}: no shapes to compare the GAN's samples with")
     count = samples or per_shape * len(keys)
     categories = np.array([key.split("/")[0] for key in keys])
-    clouds = _decoded_clouds(autoencoder, gan.codes_for_seeds(range(count)), hp.eval_resolution, hp.eval_points, rng)
+    decoder = autoencoder.model.decoder
+    _, clouds = decoded_surfaces(decoder, gan.codes_for_seeds(range(count)), hp.eval_resolution, hp.eval_points, rng)
     summary, distances, matched = _set_scores(clouds, references, categories, per_shape)
     summary["mean over shapes"]["empty"] = float(sum(c is None for c in clouds))
     if ceiling and split != "train":
         codes = _train_codes(autoencoder, shard_dir, count, rng)
         if len(codes):
-            bound, _, _ = _set_scores(_decoded_clouds(autoencoder, codes, hp.eval_resolution, hp.eval_points, rng),
-                                   references, categories, per_shape)
+            _, bound_clouds = decoded_surfaces(decoder, codes, hp.eval_resolution, hp.eval_points, rng)
+            bound, _, _ = _set_scores(bound_clouds, references, categories, per_shape)
             summary["train shapes (ceiling)"] = dict(bound["mean over shapes"], shapes=len(codes))
     for row in summary.values():  # every row holds every column (the CSV's)
         row.setdefault("empty", float("nan"))

@@ -9,12 +9,11 @@ import numpy as np
 import torch
 
 from recon3d.config import Config, ConfigError
-from recon3d.geometry.extract import grid_to_mesh
-from recon3d.geometry.metrics import coverage_and_mmd, pairwise_chamfer_l2, sample_surface
+from recon3d.geometry.metrics import coverage_and_mmd, pairwise_chamfer_l2
 from recon3d.models.latent_gan import LatentCritic, LatentGenerator, gradient_penalty
 from recon3d.tasks.autoencoder import check_finite
 from recon3d.tasks.checkpoints import StageCheckpoint, load_checkpoint
-from recon3d.tasks.shape_eval import decode_occupancy, publish_image
+from recon3d.tasks.shape_eval import decoded_surfaces, publish_image
 
 
 class LatentGANTask(StageCheckpoint, L.LightningModule):
@@ -149,23 +148,18 @@ class LatentGANTask(StageCheckpoint, L.LightningModule):
         return self._references
 
     @torch.no_grad()
-    def sample_meshes(self, count: int, seed: int = 0) -> list:
-        """(vertices, faces) of `count` generated shapes, from fixed noise so that epochs are comparable."""
-        z = self.codes_for_seeds(range(seed, seed + count))
-        grids = decode_occupancy(self.decoder, z, self.hparams.eval_resolution).float().cpu().numpy()
-        return [grid_to_mesh(grid, 0.5, corners=False) for grid in grids]
-
     def set_metrics(self) -> dict:
-        """COV and MMD (Chamfer-L2 x1000) of generated shapes against the reference shapes; empty meshes cannot
-        match a reference and are counted in val/empty_samples."""
-        meshes = self.sample_meshes(self.hparams.eval_samples)
-        rng = np.random.default_rng(0)
-        clouds = [sample_surface(v, f, self.hparams.eval_points, rng)[0] for v, f in meshes if len(f)]
+        """COV and MMD (Chamfer-L2 x1000) of generated shapes, from fixed noise so that epochs are comparable,
+        against the reference shapes; empty meshes cannot match a reference and are counted in val/empty_samples."""
+        z = self.codes_for_seeds(range(self.hparams.eval_samples))
+        meshes, clouds = decoded_surfaces(self.decoder, z, self.hparams.eval_resolution, self.hparams.eval_points,
+                                          np.random.default_rng(0))
         self._publish_samples(meshes)
-        empty = 1 - len(clouds) / len(meshes)
-        if not clouds:
+        full = [c for c in clouds if c is not None]
+        empty = 1 - len(full) / len(meshes)
+        if not full:
             return {"cov": 0.0, "mmd": float("nan"), "empty_samples": empty}
-        scores = coverage_and_mmd(1000.0 * pairwise_chamfer_l2(clouds, list(self.references())))
+        scores = coverage_and_mmd(1000.0 * pairwise_chamfer_l2(full, list(self.references())))
         return {**scores, "empty_samples": empty}
 
     def _publish_samples(self, meshes: list) -> None:

@@ -4,7 +4,7 @@ import torch
 
 from recon3d.config import ConfigError
 from recon3d.training.run import run
-from recon3d.geometry.metrics import coverage_and_mmd, pairwise_chamfer_l2
+from recon3d.geometry.metrics import coverage_and_mmd, nearest_references, pairwise_chamfer_l2
 from recon3d.models.latent_gan import LatentCritic, gradient_penalty
 from recon3d.tasks.gan import LatentGANTask
 from tests.conftest import GAN_TINY, tiny_config
@@ -76,6 +76,10 @@ def test_coverage_and_mmd_by_hand():
     scores = coverage_and_mmd(d)
     assert scores["cov"] == pytest.approx(2 / 3)
     assert scores["mmd"] == pytest.approx((1.0 + 3.0 + 8.0) / 3)
+    # an empty sample (a row of inf) matches no reference: argmin alone would hand it reference 0
+    empty = np.vstack([d[2:], np.full((1, 3), np.inf)])
+    assert nearest_references(empty) == {1} and coverage_and_mmd(empty)["cov"] == pytest.approx(1 / 3)
+    assert nearest_references(d, rows=[0, 1]) == {0}
 
 
 def test_gan_test_scores_by_hand():
