@@ -41,13 +41,13 @@ def decode_occupancy(decoder, z: torch.Tensor, resolution: int, chunk: int = 0) 
     return torch.cat(out).reshape(z.shape[0], resolution, resolution, resolution)
 
 
-
 def decoded_surfaces(decoder, z: torch.Tensor, resolution: int, points: int, rng) -> Tuple[list, list]:
     """Each code's shape decoded on a resolution^3 grid: its (vertices, faces) by marching cubes at 0.5, and `points`
     samples of its surface (None for an empty shape). What the GAN's validation and its test evaluation compare."""
     grids = decode_occupancy(decoder, z, resolution).float().cpu().numpy()
     meshes = [grid_to_mesh(grid, 0.5, corners=False) for grid in grids]
     return meshes, [sample_surface(v, f, points, rng)[0] if len(f) else None for v, f in meshes]
+
 
 def voxel_iou(pred: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
     """Per-shape IoU (B,) of occupancy pred (B, r, r, r) against stored voxels (B, 1, R, R, R) pooled to r by majority
