@@ -85,3 +85,13 @@ def native_bf16_cpu() -> bool:
     except OSError:  # not Linux: macOS on Apple silicon has bf16, but torch's CPU kernels there gain little
         return False
     return bool(flags & {"avx512_bf16", "amx_bf16"}) or (platform.machine() == "aarch64" and "bf16" in flags)
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether a device of this type ("cuda" or "cpu") computes bf16 natively here: a CUDA GPU that supports it
+    (Ampere and later), a CPU per native_bf16_cpu. Where it is emulated, bf16 is no faster than fp32 (or far slower)."""
+    if device_type == "cuda":
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device_type == "cpu" and native_bf16_cpu()

@@ -15,7 +15,7 @@ from recon3d.geometry.extract import coarse_to_fine_grid, grid_to_mesh
 from recon3d.geometry.metrics import FSCORE_THRESHOLDS, sample_surface, surface_metrics, voxel_metrics
 from recon3d.inference.outputs import save_mesh
 from recon3d.inference.tables import eval_name, finish_eval, shape_row
-from recon3d.io import native_bf16_cpu, run_name
+from recon3d.io import native_bf16, run_name
 from recon3d.tasks.checkpoints import load_checkpoint
 
 TABLE_COLUMNS = ("shapes", "iou", "f1", "chamfer_l2_x1000", "chamfer_l1", "normal_consistency", "fscore@1%",
@@ -62,10 +62,7 @@ def inference_dtype(device) -> torch.dtype:
     forced = os.environ.get("RECON3D_INFERENCE_DTYPE", "").lower()
     if forced in ("fp32", "float32", "bf16", "bfloat16"):
         return torch.bfloat16 if forced.startswith("bf") else torch.float32
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if kind == "cpu" and native_bf16_cpu() else torch.float32
+    return torch.bfloat16 if native_bf16(torch.device(device).type) else torch.float32
 
 
 def decoder_field(task, z: torch.Tensor, dtype: Optional[torch.dtype] = None, *, threshold: float = 0.5,

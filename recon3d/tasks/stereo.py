@@ -67,7 +67,8 @@ class StereoTask(ViewTask):
         self.scores.add(batch["key"], **pair_errors(out["right"], batch["left"], batch["right"],
                                                     batch["mean_disparity"]))
         for i in range(self.room_for_pictures(batch)):
-            self.pictures.append([t[i].float().mean(0).cpu().numpy() for t in (batch["left"], out["right"], batch["right"])]
+            views = (batch["left"], out["right"], batch["right"])  # float: bf16 under bf16-mixed, numpy has none
+            self.pictures.append([t[i].float().mean(0).cpu().numpy() for t in views]
                                  + [out["disparity"][i].float().cpu().numpy()])
 
     def picture_sheet(self) -> np.ndarray:

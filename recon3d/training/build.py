@@ -147,11 +147,10 @@ def resolve_precision(train) -> str:
         return train.precision
     import torch
 
-    from recon3d.io import native_bf16_cpu
+    from recon3d.io import native_bf16
 
-    if train.accelerator in ("gpu", "cuda") or (train.accelerator == "auto" and torch.cuda.is_available()):
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-    return "bf16-mixed" if native_bf16_cpu() else "32-true"
+    gpu = train.accelerator in ("gpu", "cuda") or (train.accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if native_bf16("cuda" if gpu else "cpu") else "32-true"
 
 
 def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(), **overrides):
