@@ -23,7 +23,7 @@ def atomic_path(path: str | Path, *, keep_suffix: bool = False) -> Iterator[Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    me = f"{socket.gethostname().split('.')[0]}.{os.getpid()}"
+    me = f"{_host()}.{os.getpid()}"
     tmp = path.with_name(f"{path.stem}.{me}.tmp{path.suffix}" if keep_suffix else f"{path.name}.{me}.tmp")
     try:
         yield tmp
@@ -31,6 +31,25 @@ def atomic_path(path: str | Path, *, keep_suffix: bool = False) -> Iterator[Path
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _host() -> str:
+    return socket.gethostname().split(".")[0]
+
+
+def temp_writer_gone(path: str | Path) -> bool:
+    """Whether the process that named the temp file `<name>.<host>.<pid>.tmp` (atomic_path) ran on this host and has
+    ended: its file can go at once. Another host's, or a pid that is running (perhaps reused), is not known gone."""
+    parts = Path(path).name.split(".")
+    if len(parts) < 4 or parts[-1] != "tmp" or not parts[-2].isdigit() or parts[-3] != _host():
+        return False
+    try:
+        os.kill(int(parts[-2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        pass
+    return False
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:

@@ -37,7 +37,7 @@ from recon3d.data.index import index_path, load_index, write_index
 from recon3d.data.prepare import Prepared
 from recon3d.data.shards import MANIFEST, load_manifest, sidecar_path
 from recon3d.data.sources import Item, assign_splits, discover
-from recon3d.io import atomic_write, file_sha256
+from recon3d.io import atomic_write, file_sha256, temp_writer_gone
 REJECTS = "rejects.jsonl"
 BUILD_LOG = "build_log.json"
 _SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}$")
@@ -180,26 +180,10 @@ def _clean_stale(out: Path, plans: List[ShardPlan], mine: List[ShardPlan]) -> No
             stem = path.name.split(".", 1)[0]
             if stem in own or (len(own) == len(names) and stem not in names):  # a whole build owns every temp file
                 _remove_unless_locked(path)
-        elif path.name.endswith(".tmp") and (_writer_gone(path) or time.time() - path.stat().st_mtime > 60):
+        elif path.name.endswith(".tmp") and (temp_writer_gone(path) or time.time() - path.stat().st_mtime > 60):
             path.unlink(missing_ok=True)  # a sidecar or manifest a killed build was writing (that takes ms)
         elif path.suffix in (".tar", ".json", ".idx") and _SHARD_NAME.match(path.stem) and path.stem not in names:
             path.unlink()  # a shard of an earlier, larger plan
-
-
-def _writer_gone(path: Path) -> bool:
-    """Whether the process that named the temp file `<name>.<host>.<pid>.tmp` (io.atomic_path) ran on this host and
-    has ended: its file can go at once. Another host's, or a pid that is running (perhaps reused), waits for the
-    age rule."""
-    parts = path.name.split(".")
-    if len(parts) < 4 or not parts[-2].isdigit() or parts[-3] != socket.gethostname().split(".")[0]:
-        return False
-    try:
-        os.kill(int(parts[-2]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
-        pass
-    return False
 
 
 def part_of(plans: List[ShardPlan], index: int, count: int) -> List[ShardPlan]:
