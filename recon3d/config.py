@@ -105,6 +105,7 @@ class GANConfig:
     reference_split: str = "val"  # split whose shapes are the COV / MMD reference set
     reference_shapes: int = 100  # at most this many reference shapes
     eval_points: int = 1024  # surface points per shape in the COV / MMD Chamfer distances
+    ema_decay: float = 0.999  # shapes come from a moving average of the generator's weights (0: the generator's own)
 
     def __post_init__(self) -> None:
         _check(self.noise_dim >= 1 and min(self.generator_widths + self.critic_widths, default=1) >= 1,
@@ -113,6 +114,7 @@ class GANConfig:
         _check(self.batch_size >= 2 and self.epochs >= 1, "gan.batch_size >= 2 and gan.epochs >= 1")
         _check(self.reference_split in ("train", "val", "test"), "gan.reference_split: train, val or test")
         _check(self.eval_samples >= 1 and self.eval_points >= 16, "gan.eval_samples >= 1 and gan.eval_points >= 16")
+        _check(0 <= self.ema_decay < 1, "gan.ema_decay: 0 (off) or in (0, 1)")
 
 
 @dataclass

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+import copy
+
 import lightning as L
 import numpy as np
 import torch
@@ -20,10 +22,16 @@ class LatentGANTask(StageCheckpoint, L.LightningModule):
     """A generator noise -> z and a critic z -> score, trained as WGAN-GP: n_critic critic updates (Wasserstein loss +
     gp_weight x gradient penalty) per generator update; Adam for both.
 
+    With ema_decay > 0 the shapes come from `generator_ema`, an exponential moving average of the generator's weights
+    (updated after each generator step, its decay ramped as min(ema_decay, (1 + n) / (10 + n)) after n updates so
+    that a short run does not average in its first random weights): averaging damps the step-to-step wandering of GAN
+    weights (Yazici et al. 2019). 0 samples from the trained generator itself.
+
     Logs train/critic_loss, train/generator_loss, train/gp, train/wasserstein (critic(real) - critic(fake), the
-    critic's estimate of the distance), val/wasserstein on held-out codes and, each validation, val/cov and val/mmd:
-    coverage and minimum matching distance (IM-NET's Chamfer-L2, x1000) between `eval_samples` generated shapes
-    (decoded by the frozen autoencoder, meshed at eval_resolution^3) and the shapes of `reference_split`.
+    critic's estimate of the distance), val/wasserstein on held-out codes (of the trained generator) and, each
+    validation, val/cov and val/mmd: coverage and minimum matching distance (IM-NET's Chamfer-L2, x1000) between
+    `eval_samples` generated shapes (decoded by the frozen autoencoder, meshed at eval_resolution^3) and the shapes of
+    `reference_split`.
     """
 
     def __init__(self, *, latent_dim: int = 256, noise_dim: int = 128, generator_widths: Sequence[int] = (2048, 2048),
@@ -31,12 +39,16 @@ class LatentGANTask(StageCheckpoint, L.LightningModule):
                  lr: float = 1e-4, beta1: float = 0.5, beta2: float = 0.9, autoencoder_ckpt: str = "",
                  shards: str = "", reference_split: str = "val", reference_shapes: int = 100, eval_samples: int = 64,
                  eval_points: int = 1024, eval_resolution: int = 32, samples_to_log: int = 8,
-                 run_dir: str = "") -> None:
+                 run_dir: str = "", ema_decay: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.generator = LatentGenerator(noise_dim=noise_dim, latent_dim=latent_dim, widths=generator_widths)
         self.critic = LatentCritic(latent_dim=latent_dim, widths=critic_widths)
+        self.generator_ema: Optional[LatentGenerator] = None
+        if ema_decay > 0:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self._frozen: list = []  # the autoencoder's decoder (not trained, kept out of the state_dict)
         self._references: Optional[np.ndarray] = None
 
@@ -63,7 +75,7 @@ class LatentGANTask(StageCheckpoint, L.LightningModule):
                               f"COV/MMD need them; rebuild the shards")
         gan = cfg.gan
         names = ("noise_dim", "generator_widths", "critic_widths", "n_critic", "gp_weight", "lr", "beta1", "beta2",
-                 "autoencoder_ckpt", "reference_split", "reference_shapes", "eval_samples", "eval_points")
+                 "autoencoder_ckpt", "reference_split", "reference_shapes", "eval_samples", "eval_points", "ema_decay")
         return cls(**{k: getattr(gan, k) for k in names}, latent_dim=cfg.model.latent_dim, shards=cfg.loader.shards,
                    eval_resolution=cfg.train.val_resolution, samples_to_log=cfg.train.reconstructions_to_log,
                    run_dir=cfg.train.run_dir)
@@ -76,11 +88,34 @@ class LatentGANTask(StageCheckpoint, L.LightningModule):
     def noise(self, count: int) -> torch.Tensor:
         return torch.randn(count, self.hparams.noise_dim, device=self.device)
 
+    @property
+    def sampler(self) -> LatentGenerator:
+        """The generator that makes shapes: the weight average when the task keeps one, else the trained one."""
+        return self.generator if self.generator_ema is None else self.generator_ema
+
     @torch.no_grad()
     def codes_for_seeds(self, seeds: Sequence[int]) -> torch.Tensor:
         """One generated code (len(seeds), Z) per noise seed: the same seed gives the same shape, on any device."""
         noise = [torch.randn(self.hparams.noise_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        return self.generator(torch.stack(noise).to(self.device))
+        return self.sampler(torch.stack(noise).to(self.device))
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """Move the weight average towards the generator: ema += (1 - decay) (generator - ema)."""
+        self.ema_updates += 1
+        n = float(self.ema_updates)
+        decay = min(self.hparams.ema_decay, (1 + n) / (10 + n))
+        for average, current in zip(self.generator_ema.parameters(), self.generator.parameters()):
+            average.lerp_(current, 1 - decay)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint saved without a weight average (gan.ema_decay=0, or before it existed) resumes with one that
+        starts from its generator."""
+        state = checkpoint["state_dict"]
+        if self.generator_ema is not None and "ema_updates" not in state:
+            state.update({f"generator_ema.{k[len('generator.'):]}": v.clone() for k, v in list(state.items())
+                          if k.startswith("generator.")})
+            state["ema_updates"] = torch.zeros((), dtype=torch.long)
 
     # ------------------------------------------------------------------------------------------- training
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
@@ -104,6 +139,8 @@ class LatentGANTask(StageCheckpoint, L.LightningModule):
             opt_g.zero_grad()
             self.manual_backward(generator_loss)
             opt_g.step()
+            if self.generator_ema is not None:
+                self.update_ema()
             self.log("train/generator_loss", generator_loss, prog_bar=True, batch_size=size)
 
     # ------------------------------------------------------------------------------------------- validation

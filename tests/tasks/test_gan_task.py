@@ -37,6 +37,47 @@ def test_gan_trains_both_networks_and_measures_cov_mmd(tiny_shards, trained_auto
     assert sorted((tmp_path / "samples").glob("epoch_*.png"))
     codes = task.generator.sample(3)
     assert codes.shape == (3, 16) and ((codes >= 0) & (codes <= 1)).all()
+    # shapes come from the weight average: one update per generator step (2 epochs x 4 batches / n_critic 2), and
+    # it lies between the first weights and the last
+    assert int(after["ema_updates"]) == 4
+    for name, average in task.generator_ema.state_dict().items():
+        first, last = before[f"generator.{name}"], after[f"generator.{name}"]
+        if not torch.equal(first, last):
+            assert not torch.equal(average, first) and not torch.equal(average, last), name
+    assert torch.equal(task.codes_for_seeds([3]), task.generator_ema(torch.randn(
+        1, 8, generator=torch.Generator().manual_seed(3))))
+
+
+def test_weight_average_update_by_hand(tiny_shards, trained_autoencoder, tmp_path):
+    """ema += (1 - decay)(generator - ema), the decay ramped as min(ema_decay, (1 + n) / (10 + n)); 0 keeps none."""
+    task = _gan_task(_gan_cfg(tiny_shards, trained_autoencoder, tmp_path, "gan.ema_decay=0.5"), tiny_shards)
+    with torch.no_grad():
+        for average, current in zip(task.generator_ema.parameters(), task.generator.parameters()):
+            average.fill_(1.0)
+            current.fill_(3.0)
+    task.update_ema()  # n = 1: ramp 2/11 < 0.5
+    assert all(torch.allclose(p, torch.full_like(p, 1 + 2 * 9 / 11)) for p in task.generator_ema.parameters())
+    task.ema_updates.fill_(99)
+    task.update_ema()  # n = 100: ramp 101/110 > 0.5, so 0.5
+    start = 1 + 2 * 9 / 11
+    assert all(torch.allclose(p, torch.full_like(p, start + 0.5 * (3 - start))) for p in task.generator_ema.parameters())
+    assert task.sampler is task.generator_ema and not any(p.requires_grad for p in task.generator_ema.parameters())
+    plain = _gan_task(_gan_cfg(tiny_shards, trained_autoencoder, tmp_path, "gan.ema_decay=0"), tiny_shards)
+    assert plain.generator_ema is None and plain.sampler is plain.generator
+    assert not any(k.startswith("generator_ema") or k == "ema_updates" for k in plain.state_dict())
+
+
+def test_a_checkpoint_without_weight_average_resumes_with_one(tiny_shards, trained_autoencoder, tmp_path):
+    """A run saved with gan.ema_decay=0 (or before the average existed) goes on with one that starts from its
+    generator, and an old checkpoint still loads as it was (no average in its hyperparameters)."""
+    old = run(_gan_cfg(tiny_shards, trained_autoencoder, tmp_path, "gan.ema_decay=0"), enable_wandb=False,
+              enable_progress_bar=False).last_checkpoint
+    task = LatentGANTask.load_from_checkpoint(old, map_location="cpu", weights_only=True)
+    assert task.generator_ema is None
+    resumed = run(_gan_cfg(tiny_shards, trained_autoencoder, tmp_path, "gan.epochs=3"), enable_wandb=False,
+                  enable_progress_bar=False)
+    task = LatentGANTask.load_from_checkpoint(resumed.last_checkpoint, map_location="cpu", weights_only=True)
+    assert resumed.epoch == 3 and int(task.ema_updates) == 2  # one epoch more: 4 batches / n_critic 2
 
 
 def test_gan_config_rules_name_the_fix(tiny_shards, trained_autoencoder, tmp_path):
@@ -136,9 +177,9 @@ def test_set_metrics_against_known_shapes(tiny_shards, trained_autoencoder, tmp_
         return r * v / np.linalg.norm(v, axis=1, keepdims=True)
 
     task._references = np.stack([ball(0.25), ball(0.4)])
-    with torch.no_grad():  # the generator emits z[0] = 0.5 (radius 0.25) for any noise
-        task.generator.net[-1].weight.zero_()
-        task.generator.net[-1].bias.zero_()
+    with torch.no_grad():  # the generator that makes shapes emits z[0] = 0.5 (radius 0.25) for any noise
+        task.sampler.net[-1].weight.zero_()
+        task.sampler.net[-1].bias.zero_()
     scores = task.set_metrics()
     assert scores["empty_samples"] == 0
     assert scores["cov"] == pytest.approx(0.5)  # every sample matches the 0.25 ball, none the 0.4 one
