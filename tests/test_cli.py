@@ -14,7 +14,7 @@ from tests.conftest import REPO, TINY, shared_path
 DEMO_TINY = ["loader.points_per_sample=0", "loader.train_samples_per_epoch=8", "loader.holdout_views=1",
              "svr.epochs=1", "svr.base_width=4", "gan.noise_dim=8", "gan.generator_widths=[32]",
              "gan.critic_widths=[32]", "gan.epochs=1", "gan.samples_per_epoch=16", "gan.eval_samples=4",
-             "gan.eval_points=64", "demo.eval_resolution=16", "demo.sheet_shapes=2", "demo.interpolation_steps=3",
+             "gan.eval_points=64", "demo.eval_resolution=16", "demo.gan_eval_draws=2", "demo.sheet_shapes=2", "demo.interpolation_steps=3",
              "shards.split=[0.5,0.25,0.25]", "train.phase_fractions=[1,1]",
              "render.image_size=64", "loader.crop_size=48", "loader.volume_depth=8", "vrn.width=4",
              "vrn.hourglass_levels=2", "vrn.epochs=1", "stereo.widths=[4,8]", "stereo.disparity_levels=9",
@@ -49,7 +49,7 @@ def test_demo_end_to_end_then_resume(tiny_demo, capsys):
     report = (out / "report.html").read_text()
     assert (out / "evaluation" / "eval_gan_test.json").is_file()  # the GAN's COV / MMD on the test split
     for part in ("Timings", "budget (s)", "Data", "Autoencoder", "Single-view", "Latent GAN", "split, per category",
-                 "cov@1x", "train shapes (ceiling)",
+                 "cov@1x", "cov min", "train shapes (ceiling)",
                  "<svg", "Configuration", "mae_shift", "vrn sheet", "stereo sheet"):
         assert part in report, part
     before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*.ckpt")}

@@ -129,7 +129,7 @@ def _eval(args, expect: str = "") -> int:
     extra = {"resolution": args.resolution} if args.resolution else {}
     inference = row.inference_module()
     summary = inference.evaluate(args.ckpt, args.shards, split=args.split, device=args.device, out_dir=out,
-                                 iou_resolution=args.iou_resolution, real=args.real, **extra)
+                                 iou_resolution=args.iou_resolution, real=args.real, draws=args.draws, **extra)
     real = summary.pop("real pair", None)
     if summary:
         log_eval(args.ckpt, eval_name(row.name, args.split), summary)
@@ -153,6 +153,8 @@ def _configure_eval(parser) -> None:
                         help="extraction grid (autoencoder: 128, svr: 32 when 0); gan: not used")
     parser.add_argument("--iou-resolution", type=int, default=0, help="autoencoder: grid of the voxel metrics "
                         "(0: stored)")
+    parser.add_argument("--draws", type=int, default=1, help="gan: disjoint sets of samples (5 per reference shape "
+                        "each); COV is their mean, with the lowest and highest (default 1)")
     parser.add_argument("--real", action="store_true", help="stereo: also run on scikit-image's real rectified pair "
                         "with ground-truth disparity")
 

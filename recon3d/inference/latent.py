@@ -12,17 +12,19 @@ import torch
 
 from recon3d.data import schema
 from recon3d.data.datamodule import iter_split
-from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
+from recon3d.inference.autoencoder import extract_mesh, inference_dtype, load_autoencoder
 from recon3d.inference.outputs import save_mesh
 from recon3d.tasks.checkpoints import load_checkpoint, read_checkpoint, stage_of
 
 SAMPLES_PER_SHAPE = 5  # generated shapes per reference shape in evaluate(): COV grows with this ratio
-TABLE_COLUMNS = ("shapes", "cov", "cov@1x", "mmd", "empty")
+TABLE_COLUMNS = ("shapes", "cov", "cov min", "cov max", "cov@1x", "mmd", "empty")
 TABLE_NOTE = ("COV / MMD (Chamfer-L2 x1000) of generated shapes against the split's shapes, per category of the "
               "reference shapes; 'mean over shapes' is the whole reference set's COV/MMD. cov: with "
-              f"{SAMPLES_PER_SHAPE} samples per reference shape; cov@1x: with as many samples as reference shapes; "
-              "empty: samples with no surface. 'train shapes (ceiling)': training shapes through the autoencoder "
-              "in place of samples, the same counts (what a GAN that reproduced its training set would score)")
+              f"{SAMPLES_PER_SHAPE} samples per reference shape, the mean over the disjoint draws of that many "
+              "(cov min / max: their lowest and highest); cov@1x: with as many samples as reference shapes; "
+              "empty: samples with no surface, over all draws. 'train shapes (ceiling)': training shapes through "
+              "the autoencoder in place of samples, the same counts (what a GAN that reproduced its training set "
+              "would score)")
 GAN_SAMPLE = re.compile(r"^gan:(\d+)$")
 
 
@@ -206,54 +208,88 @@ def _set_scores(clouds: List[Optional[np.ndarray]], references: List[np.ndarray]
     return summary, distances, everyone
 
 
+def _drawn_scores(clouds: List[Optional[np.ndarray]], references: List[np.ndarray], categories: np.ndarray,
+                  per_shape: int, draws: int) -> Tuple[Dict[str, dict], np.ndarray, np.ndarray]:
+    """_set_scores of each of `draws` disjoint blocks of the samples, averaged: every row's cov, cov@1x and mmd
+    are means over the draws, cov min / cov max the extremes of its cov. Also per reference shape: the mean over the
+    draws of its distance to the nearest sample, and the share of draws in which some sample matched it."""
+    size = len(clouds) // draws
+    tables, nearest, matched = [], [], []
+    for first in range(0, size * draws, size):
+        summary, distances, found = _set_scores(clouds[first:first + size], references, categories, per_shape)
+        tables.append(summary)
+        nearest.append(distances.min(axis=0))
+        matched.append(np.isin(np.arange(len(references)), list(found)))
+    merged = {}
+    for name, row in tables[0].items():
+        covs = [t[name]["cov"] for t in tables]
+        merged[name] = {"shapes": row["shapes"], "cov": float(np.mean(covs)), "cov min": float(min(covs)),
+                        "cov max": float(max(covs)),
+                        **{m: float(np.mean([t[name][m] for t in tables])) for m in ("cov@1x", "mmd")}}
+    return merged, np.mean(nearest, axis=0), np.mean(matched, axis=0)
+
+
 @torch.no_grad()
 def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", samples: int = 0,
-             per_shape: int = SAMPLES_PER_SHAPE, ceiling: bool = True, device: str = "cpu",
+             per_shape: int = SAMPLES_PER_SHAPE, draws: int = 1, ceiling: bool = True, device: str = "cpu",
              out_dir: Optional[str | Path] = None, **_) -> Dict[str, dict]:
     """COV and MMD of a latent GAN against the shapes of a split, per category of the reference shapes.
 
-    `samples` generated shapes (0: `per_shape` per reference shape; seeds 0..samples-1), decoded at the GAN's eval
-    resolution, are compared with every reference shape by Chamfer-L2 x1000 on eval_points points; an empty one
-    matches none. Per category c: mmd_c is the mean over c's shapes of the distance to their nearest sample, cov_c
-    the share of c's shapes that are the nearest reference of some sample; the mean rows are the whole reference
-    set's COV/MMD; cov@1x is COV with as many samples as reference shapes. With `ceiling`, the row "train shapes
-    (ceiling)" scores as many training shapes, encoded and decoded by the autoencoder, in place of samples: what a
-    GAN that reproduced its training set exactly would score under the same counts.
+    `draws` disjoint sets of `samples` generated shapes each (0: `per_shape` per reference shape; seeds 0 up),
+    decoded at the GAN's eval resolution, are compared with every reference shape by Chamfer-L2 x1000 on
+    eval_points points; an empty one matches none. Per set and category c: mmd_c is the mean over c's shapes of the
+    distance to their nearest sample, cov_c the share of c's shapes that are the nearest reference of some sample;
+    the mean rows are the whole reference set's COV/MMD; cov@1x is COV with as many samples as reference shapes.
+    The table holds the means over the sets, with the lowest and highest cov (cov min, cov max): on a test split of
+    a few dozen shapes one set's COV moves by several hundredths with the draw alone. With `ceiling`, the row
+    "train shapes (ceiling)" scores as many training shapes (one set), encoded and decoded by the autoencoder, in
+    place of samples: what a GAN that reproduced its training set exactly would score under the same counts.
     """
     from recon3d.inference.tables import eval_name, write_eval
     from recon3d.tasks.shape_eval import decoded_surfaces
 
+    if draws < 1:
+        raise ValueError(f"draws={draws}: evaluate at least one set of samples")
     autoencoder, gan = load_any(ckpt, device)
     if gan is None:
         raise ValueError(f"{ckpt} is an autoencoder checkpoint: this evaluates a latent GAN's (train.stage=gan)")
     hp, rng = gan.hparams, np.random.default_rng(0)
-    keys, references = [], []
-    for batch in iter_split(shard_dir, split, 8, surface=True):
-        for key, surface in zip(batch["key"], batch["surface_points"].numpy()):
-            keys.append(key)
-            references.append(surface[rng.choice(len(surface), hp.eval_points, replace=len(surface) < hp.eval_points)])
-    if not keys:
-        raise ValueError(f"{shard_dir} split {split!r}: no shapes to compare the GAN's samples with")
+    keys, references = _reference_surfaces(shard_dir, split, hp.eval_points, rng)
     count = samples or per_shape * len(keys)
     categories = np.array([key.split("/")[0] for key in keys])
-    decoder = autoencoder.model.decoder
-    _, clouds = decoded_surfaces(decoder, gan.codes_for_seeds(range(count)), hp.eval_resolution, hp.eval_points, rng)
-    summary, distances, matched = _set_scores(clouds, references, categories, per_shape)
+    decoder, dtype = autoencoder.model.decoder, inference_dtype(device)  # bf16 (fp32 near 0.5) where native
+    clouds = []
+    for first in range(0, count * draws, count):  # a set at a time: its grids are count x eval_resolution^3
+        clouds += decoded_surfaces(decoder, gan.codes_for_seeds(range(first, first + count)), hp.eval_resolution,
+                                   hp.eval_points, rng, dtype)[1]
+    summary, nearest, matched = _drawn_scores(clouds, references, categories, per_shape, draws)
     summary["mean over shapes"]["empty"] = float(sum(c is None for c in clouds))
     if ceiling and split != "train":
-        codes = _train_codes(autoencoder, shard_dir, count, rng)
+        ceiling_rng = np.random.default_rng(1)  # the same training shapes and points whatever the draws
+        codes = _train_codes(autoencoder, shard_dir, count, ceiling_rng)
         if len(codes):
-            _, bound_clouds = decoded_surfaces(decoder, codes, hp.eval_resolution, hp.eval_points, rng)
-            bound, _, _ = _set_scores(bound_clouds, references, categories, per_shape)
+            _, bound_clouds = decoded_surfaces(decoder, codes, hp.eval_resolution, hp.eval_points, ceiling_rng, dtype)
+            bound, _, _ = _drawn_scores(bound_clouds, references, categories, per_shape, 1)
             summary["train shapes (ceiling)"] = dict(bound["mean over shapes"], shapes=len(codes))
     for row in summary.values():  # every row holds every column (the CSV's)
         row.setdefault("empty", float("nan"))
     if out_dir:
-        nearest = distances.min(axis=0)
-        rows = [{"key": key, "category": str(c), "matched": float(i in matched), "mmd": float(d)}
-                for i, (key, c, d) in enumerate(zip(keys, categories, nearest))]
+        rows = [{"key": key, "category": str(c), "matched": float(m), "mmd": float(d)}
+                for key, c, m, d in zip(keys, categories, matched, nearest)]
         write_eval(Path(out_dir), eval_name("gan", split), rows, summary)
     return summary
+
+
+def _reference_surfaces(shard_dir: str | Path, split: str, points: int, rng) -> Tuple[List[str], List[np.ndarray]]:
+    """The keys of a split's shapes and `points` of each one's stored surface samples."""
+    keys, references = [], []
+    for batch in iter_split(shard_dir, split, 8, surface=True):
+        for key, surface in zip(batch["key"], batch["surface_points"].numpy()):
+            keys.append(key)
+            references.append(surface[rng.choice(len(surface), points, replace=len(surface) < points)])
+    if not keys:
+        raise ValueError(f"{shard_dir} split {split!r}: no shapes to compare the GAN's samples with")
+    return keys, references
 
 
 def _train_codes(autoencoder, shard_dir: str | Path, count: int, rng) -> torch.Tensor:

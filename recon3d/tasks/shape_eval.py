@@ -22,13 +22,29 @@ def cell_centres(resolution: int, device=None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_occupancy(decoder, z: torch.Tensor, resolution: int, chunk: int = 0) -> torch.Tensor:
+def decode_occupancy(decoder, z: torch.Tensor, resolution: int, chunk: int = 0, dtype: torch.dtype | None = None,
+                     margin: float = 0.01) -> torch.Tensor:
     """Occupancy (B, R, R, R) of codes z (B, Z) at the cell centres of a resolution^3 grid.
 
     Each decoder call takes at most `chunk` points over all codes (0: 8192 on a CPU, 2^19 on a GPU): on 2 CPU cores
     55 codes at 32^3 decoded in 16.4 s as one call per 32768 points of every code, 2.2 s in calls of 8192 points
     (the decoder's per-point activations stay in cache instead of paging through a GB).
+
+    dtype bfloat16 decodes under bf16 autocast and evaluates again in fp32 the points within `margin` of 0.5 (as
+    extraction does, inference.autoencoder.decoder_field): 150 GAN codes at 32^3 took 2.2 s instead of 6.6 s on an
+    avx512_bf16 CPU. None: the precision of the caller's context.
     """
+    if dtype == torch.bfloat16:
+        with torch.autocast(z.device.type, dtype=torch.bfloat16):
+            values = decode_occupancy(decoder, z, resolution, chunk).float()
+        points = cell_centres(resolution, z.device)
+        flat = values.reshape(len(z), -1)
+        with torch.autocast(z.device.type, enabled=False):
+            for b in range(len(z)):  # the few points near the surface, one code at a time
+                near = ((flat[b] - 0.5).abs() < margin).nonzero()[:, 0]
+                if len(near):
+                    flat[b, near] = decoder(points[near][None], z[b:b + 1].float())[0, :, 0].float()
+        return values
     chunk = chunk or (8192 if z.device.type == "cpu" else 1 << 19)
     points = cell_centres(resolution, z.device).to(z.dtype)  # bf16 codes under DeepSpeed's bf16
     per_call = min(len(points), chunk)
@@ -41,10 +57,12 @@ def decode_occupancy(decoder, z: torch.Tensor, resolution: int, chunk: int = 0) 
     return torch.cat(out).reshape(z.shape[0], resolution, resolution, resolution)
 
 
-def decoded_surfaces(decoder, z: torch.Tensor, resolution: int, points: int, rng) -> Tuple[list, list]:
-    """Each code's shape decoded on a resolution^3 grid: its (vertices, faces) by marching cubes at 0.5, and `points`
-    samples of its surface (None for an empty shape). What the GAN's validation and its test evaluation compare."""
-    grids = decode_occupancy(decoder, z, resolution).float().cpu().numpy()
+def decoded_surfaces(decoder, z: torch.Tensor, resolution: int, points: int, rng,
+                     dtype: torch.dtype | None = None) -> Tuple[list, list]:
+    """Each code's shape decoded on a resolution^3 grid (in `dtype`, see decode_occupancy): its (vertices, faces) by
+    marching cubes at 0.5, and `points` samples of its surface (None for an empty shape). What the GAN's validation
+    and its test evaluation compare."""
+    grids = decode_occupancy(decoder, z, resolution, dtype=dtype).float().cpu().numpy()
     meshes = [grid_to_mesh(grid, 0.5, corners=False) for grid in grids]
     return meshes, [sample_surface(v, f, points, rng)[0] if len(f) else None for v, f in meshes]
 

@@ -158,7 +158,7 @@ def _evaluate(cfg: Config, run_dir: Path, chosen: Dict[str, str]) -> dict:
     for name, inference in (("vrn", vrn_inference), ("stereo", stereo_inference)):
         inference.evaluate(ckpt[name], shards, split=split, out_dir=out)
         inference.write_view_sheet(ckpt[name], shards, split, out / f"{name}_sheet.png", demo.sheet_shapes)
-    latent_inference.evaluate(ckpt["gan"], shards, split=split, out_dir=out)
+    latent_inference.evaluate(ckpt["gan"], shards, split=split, draws=demo.gan_eval_draws, out_dir=out)
     autoencoder, gan = load_any(ckpt["gan"])
     seeds = list(range(8))
     samples = codes_to_meshes(autoencoder, gan_codes(gan, seeds), out / "gan", [f"gan_{s}" for s in seeds],

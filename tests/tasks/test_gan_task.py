@@ -145,13 +145,41 @@ def test_gan_test_scores_by_hand():
     assert whole["mmd"] == pytest.approx(distances.min(axis=0).mean()) and whole["mmd"] < 1000 * 0.15 ** 2 / 2
 
 
+def test_scores_over_disjoint_draws_by_hand():
+    """Each draw scored on its own, then averaged: COV's mean, lowest and highest; per reference shape the share of
+    draws that matched it and its mean distance to the nearest sample."""
+    from recon3d.inference.latent import _drawn_scores, _set_scores
+
+    rng = np.random.default_rng(0)
+
+    def ball(r):
+        v = rng.normal(size=(64, 3))
+        return r * v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    references = [ball(0.25), ball(0.4)]
+    categories = np.array(["a", "b"])
+    first, second = [ball(0.25), None], [ball(0.25), ball(0.4)]  # draw 1 covers reference 0, draw 2 both
+    summary, nearest, matched = _drawn_scores(first + second, references, categories, 1, draws=2)
+    whole = summary["mean over shapes"]
+    assert whole["cov"] == pytest.approx(0.75) and (whole["cov min"], whole["cov max"]) == (0.5, 1.0)
+    assert summary["b"]["cov"] == pytest.approx(0.5) and summary["a"]["cov min"] == 1.0
+    assert matched.tolist() == [1.0, 0.5]
+    alone = [_set_scores(part, references, categories, 1) for part in (first, second)]
+    assert nearest == pytest.approx(np.mean([d.min(axis=0) for _, d, _ in alone], axis=0))
+    assert whole["mmd"] == pytest.approx(np.mean([s["mean over shapes"]["mmd"] for s, _, _ in alone]))
+    one, _, _ = _drawn_scores(second, references, categories, 1, draws=1)  # one draw: min = max = cov
+    assert one["mean over shapes"]["cov min"] == one["mean over shapes"]["cov max"] == 1.0
+
+
 def test_gan_evaluation_table_with_its_training_set_ceiling(tiny_shards, trained_gan, tmp_path):
     from recon3d.inference.latent import TABLE_COLUMNS, evaluate
     from recon3d.inference.tables import format_table
 
-    summary = evaluate(trained_gan, tiny_shards, split="val", per_shape=2, out_dir=tmp_path)
+    summary = evaluate(trained_gan, tiny_shards, split="val", per_shape=2, draws=2, out_dir=tmp_path)
     references = summary["mean over shapes"]["shapes"]
-    assert summary["mean over shapes"]["empty"] <= 2 * references
+    assert summary["mean over shapes"]["empty"] <= 2 * 2 * references  # over both draws
+    whole = summary["mean over shapes"]
+    assert whole["cov min"] <= whole["cov"] <= whole["cov max"]
     ceiling = summary["train shapes (ceiling)"]
     assert 1 <= ceiling["shapes"] <= 2 * references and 0 <= ceiling["cov"] <= 1
     assert (tmp_path / "eval_gan_val.csv").read_text().count("\n") == len(summary) + 1

@@ -93,6 +93,21 @@ def test_decode_occupancy_in_bounded_calls_matches_one_call_per_code():
             assert torch.allclose(decode_occupancy(decoder, z, 8, chunk=chunk), whole, atol=1e-6), chunk
 
 
+def test_decode_occupancy_in_bf16_evaluates_the_points_near_the_threshold_again_in_fp32():
+    from recon3d.models.implicit_decoder import ImplicitDecoder
+    from recon3d.tasks.shape_eval import decode_occupancy
+
+    torch.manual_seed(0)
+    decoder = ImplicitDecoder(latent_dim=8, decoder_widths=[64, 32])
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        exact = decode_occupancy(decoder, z, 8)
+        rough = decode_occupancy(decoder, z, 8, dtype=torch.bfloat16, margin=0.0)  # bf16 alone
+        assert not torch.allclose(rough, exact, atol=1e-6) and torch.allclose(rough, exact, atol=0.05)
+        # a margin that takes in every point: all of them again in fp32
+        assert torch.allclose(decode_occupancy(decoder, z, 8, dtype=torch.bfloat16, margin=2.0), exact, atol=1e-6)
+
+
 def test_latents_of_another_autoencoder_are_refused(tiny_shards, trained_autoencoder, tmp_path):
     """A retrained autoencoder in a run folder of the same name finds the old run's codes by default."""
     other = tmp_path / trained_autoencoder.parent.parent.name / "checkpoints" / "last.ckpt"
