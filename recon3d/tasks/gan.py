@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
-
 import copy
+from typing import List, Optional, Sequence
 
 import lightning as L
 import numpy as np
@@ -103,10 +102,10 @@ class LatentGANTask(StageCheckpoint, L.LightningModule):
     def update_ema(self) -> None:
         """Move the weight average towards the generator: ema += (1 - decay) (generator - ema)."""
         self.ema_updates += 1
-        n = float(self.ema_updates)
-        decay = min(self.hparams.ema_decay, (1 + n) / (10 + n))
+        n = self.ema_updates.float()  # on the device: no host sync per step
+        decay = ((1 + n) / (10 + n)).clamp(max=self.hparams.ema_decay)
         for average, current in zip(self.generator_ema.parameters(), self.generator.parameters()):
-            average.lerp_(current, 1 - decay)
+            average.lerp_(current, (1 - decay).to(average.dtype))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint saved without a weight average (gan.ema_decay=0, or before it existed) resumes with one that
