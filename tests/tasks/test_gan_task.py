@@ -123,15 +123,20 @@ def test_coverage_and_mmd_by_hand():
     assert nearest_references(d, rows=[0, 1]) == {0}
 
 
+def _spheres(rng):
+    """ball(r): 64 random points on a sphere of radius r, drawn from `rng`."""
+    def ball(r):
+        v = rng.normal(size=(64, 3))
+        return r * v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    return ball
+
+
 def test_gan_test_scores_by_hand():
     """COV with every sample, COV@1x over disjoint draws of as many samples as references, empty samples match none."""
     from recon3d.inference.latent import _set_scores
 
-    rng = np.random.default_rng(0)
-
-    def ball(r):
-        v = rng.normal(size=(64, 3))
-        return r * v / np.linalg.norm(v, axis=1, keepdims=True)
+    ball = _spheres(np.random.default_rng(0))
 
     references = [ball(0.25), ball(0.4)]
     # draw 1: a 0.25 ball and an empty sample -> covers reference 0; draw 2: both balls -> covers both
@@ -150,11 +155,7 @@ def test_scores_over_disjoint_draws_by_hand():
     draws that matched it and its mean distance to the nearest sample."""
     from recon3d.inference.latent import _drawn_scores, _set_scores
 
-    rng = np.random.default_rng(0)
-
-    def ball(r):
-        v = rng.normal(size=(64, 3))
-        return r * v / np.linalg.norm(v, axis=1, keepdims=True)
+    ball = _spheres(np.random.default_rng(0))
 
     references = [ball(0.25), ball(0.4)]
     categories = np.array(["a", "b"])
@@ -198,11 +199,7 @@ def test_set_metrics_against_known_shapes(tiny_shards, trained_autoencoder, tmp_
     task = _gan_task(_gan_cfg(tiny_shards, trained_autoencoder, tmp_path, "gan.reference_split=train",
                               "train.val_resolution=16"), tiny_shards)
     task._frozen.append(_BallDecoder())
-    rng = np.random.default_rng(0)
-
-    def ball(r):  # points on a sphere of radius r
-        v = rng.normal(size=(64, 3))
-        return r * v / np.linalg.norm(v, axis=1, keepdims=True)
+    ball = _spheres(np.random.default_rng(0))
 
     task._references = np.stack([ball(0.25), ball(0.4)])
     with torch.no_grad():  # the generator that makes shapes emits z[0] = 0.5 (radius 0.25) for any noise
