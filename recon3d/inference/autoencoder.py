@@ -17,6 +17,7 @@ from recon3d.inference.outputs import save_mesh
 from recon3d.inference.tables import eval_name, finish_eval, shape_row
 from recon3d.io import native_bf16, run_name
 from recon3d.tasks.checkpoints import load_checkpoint
+from recon3d.tasks.shape_eval import refine_in_fp32
 
 TABLE_COLUMNS = ("shapes", "iou", "f1", "chamfer_l2_x1000", "chamfer_l1", "normal_consistency", "fscore@1%",
                  "fscore@2%")
@@ -91,10 +92,7 @@ def decoder_field(task, z: torch.Tensor, dtype: Optional[torch.dtype] = None, *,
     def field(points: torch.Tensor) -> torch.Tensor:
         with torch.autocast(z.device.type, dtype=torch.bfloat16):
             values = run(points)
-        near = ((values - threshold).abs() < margin).nonzero()[:, 0]
-        if len(near):
-            values[near] = run(points[near])
-        return values
+        return refine_in_fp32(values, points, run, threshold, margin)
 
     return field
 

@@ -21,6 +21,17 @@ def cell_centres(resolution: int, device=None) -> torch.Tensor:
     return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
+def refine_in_fp32(values: torch.Tensor, points: torch.Tensor, run, threshold: float = 0.5,
+                   margin: float = 0.01) -> torch.Tensor:
+    """values (P,) of a bf16 pass over points (P, 3), with those within `margin` of `threshold` replaced in place by
+    run(their points), an fp32 evaluation: bf16 moves a decoder's values by a few hundredths, enough to flip cells
+    near the surface and nowhere else."""
+    near = ((values - threshold).abs() < margin).nonzero()[:, 0]
+    if len(near):
+        values[near] = run(points[near])
+    return values
+
+
 @torch.no_grad()
 def decode_occupancy(decoder, z: torch.Tensor, resolution: int, chunk: int = 0, dtype: torch.dtype | None = None,
                      margin: float = 0.01) -> torch.Tensor:
@@ -41,9 +52,8 @@ def decode_occupancy(decoder, z: torch.Tensor, resolution: int, chunk: int = 0, 
         flat = values.reshape(len(z), -1)
         with torch.autocast(z.device.type, enabled=False):
             for b in range(len(z)):  # the few points near the surface, one code at a time
-                near = ((flat[b] - 0.5).abs() < margin).nonzero()[:, 0]
-                if len(near):
-                    flat[b, near] = decoder(points[near][None], z[b:b + 1].float())[0, :, 0].float()
+                refine_in_fp32(flat[b], points, lambda p: decoder(p[None], z[b:b + 1].float())[0, :, 0].float(),
+                               margin=margin)
         return values
     chunk = chunk or (8192 if z.device.type == "cpu" else 1 << 19)
     points = cell_centres(resolution, z.device).to(z.dtype)  # bf16 codes under DeepSpeed's bf16
