@@ -147,7 +147,7 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", re
         voxels = batch["voxels"].to(device)
         z = task.model.encoder(voxels)
         grid = iou_resolution or voxels.shape[-1]
-        occupancy = task.decode_grid(z, grid).cpu().numpy()
+        occupancy = task.decode_grid(z, grid, inference_dtype(device)).cpu().numpy()
         target = (torch.nn.functional.avg_pool3d(voxels, voxels.shape[-1] // grid)[:, 0] > 0.5).float().cpu().numpy()
         for i, key in enumerate(batch["key"]):
             row = shape_row(key, **voxel_metrics(occupancy[i], target[i]))

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from recon3d.data.datamodule import iter_split
-from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
+from recon3d.inference.autoencoder import extract_mesh, inference_dtype, load_autoencoder
 from recon3d.inference.splits import model_input, view_options
 from recon3d.inference.tables import eval_name, finish_eval, shape_row
 from recon3d.tasks.checkpoints import load_checkpoint
@@ -39,7 +39,7 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", re
     for batch in iter_split(shard_dir, split, 8, surface=True, **view_options(svr)):
         z = svr.encoder(batch["image"].to(device))
         target = autoencoder.model.encoder(batch["voxels"].to(device))
-        pred = decode_occupancy(autoencoder.model.decoder, z, resolution)
+        pred = decode_occupancy(autoencoder.model.decoder, z, resolution, dtype=inference_dtype(device))
         iou = voxel_iou(pred, batch["voxels"].to(device)).cpu().numpy()
         chamfers, fscores = surface_scores(pred.float().cpu().numpy(), batch["surface_points"].numpy())
         mse = ((z - target) ** 2).mean(1).cpu().numpy()

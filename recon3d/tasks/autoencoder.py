@@ -153,9 +153,10 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
             self.log("train/points_per_s", points / elapsed, batch_size=batch["points"].shape[0])
 
     # ------------------------------------------------------------------------------------------- validation
-    def decode_grid(self, z: torch.Tensor, resolution: int) -> torch.Tensor:
-        """Occupancy (B, R, R, R) of latent codes z (B, Z) at the centres of a resolution^3 grid."""
-        return decode_occupancy(self.model.decoder, z, resolution)
+    def decode_grid(self, z: torch.Tensor, resolution: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Occupancy (B, R, R, R) of latent codes z (B, Z) at the centres of a resolution^3 grid (in `dtype`: see
+        shape_eval.decode_occupancy)."""
+        return decode_occupancy(self.model.decoder, z, resolution, dtype=dtype)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         voxels = batch["voxels"]

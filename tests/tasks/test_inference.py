@@ -56,6 +56,41 @@ def test_eval_table_has_categories_and_means(tiny_ckpt, tiny_shards, tmp_path, c
     assert any("eval/train/mean over shapes/iou" in p.read_text() for p in logged)
 
 
+@pytest.mark.parametrize("stage", ["autoencoder", "svr"])
+def test_evaluations_decode_their_iou_grids_in_the_inference_dtype(stage, trained_svr, tiny_ckpt, tiny_shards,
+                                                                     monkeypatch):
+    """bf16 where the hardware has it (RECON3D_INFERENCE_DTYPE forces either), as extraction; decode_occupancy then
+    evaluates the cells near 0.5 again in fp32 (its own test is in test_svr_task.py)."""
+    import torch
+
+    from recon3d.inference import autoencoder as ae_inference
+    from recon3d.inference import svr as svr_inference
+    from recon3d.tasks import autoencoder as ae_task
+    from recon3d.tasks import shape_eval
+
+    seen, decode, depth = [], shape_eval.decode_occupancy, []
+
+    def spy(decoder, z, resolution, chunk=0, dtype=None, margin=0.01):
+        if not depth:  # not bf16 decoding's own inner call
+            seen.append(dtype)
+        depth.append(1)
+        try:
+            return decode(decoder, z, resolution, chunk, dtype, margin)
+        finally:
+            depth.pop()
+
+    monkeypatch.setattr(ae_task, "decode_occupancy", spy)
+    monkeypatch.setattr(shape_eval, "decode_occupancy", spy if stage == "svr" else shape_eval.decode_occupancy)
+    for forced, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        monkeypatch.setenv("RECON3D_INFERENCE_DTYPE", forced)
+        seen.clear()
+        if stage == "autoencoder":
+            rows = ae_inference.evaluate(tiny_ckpt, tiny_shards, split="train", resolution=16, iou_resolution=8)
+        else:
+            rows = svr_inference.evaluate(trained_svr, tiny_shards, split="train", resolution=8)
+        assert seen and set(seen) == {dtype} and 0 <= rows["mean over shapes"]["iou"] <= 1
+
+
 def test_summary_means_per_category_and_over_shapes():
     rows = [{"key": "a/1", "category": "a", "iou": 1.0}, {"key": "a/2", "category": "a", "iou": 0.0},
             {"key": "b/1", "category": "b", "iou": 1.0}]
