@@ -195,7 +195,14 @@ class _BallDecoder(torch.nn.Module):
         return (points.norm(dim=-1, keepdim=True) < radius).float()
 
 
-def test_set_metrics_against_known_shapes(tiny_shards, trained_autoencoder, tmp_path):
+@pytest.mark.parametrize("forced", ["fp32", "bf16"])
+def test_set_metrics_against_known_shapes(forced, tiny_shards, trained_autoencoder, tmp_path, monkeypatch):
+    """In either decoding dtype (the inference dtype, as the test evaluation: this hook runs outside autocast)."""
+    import recon3d.tasks.gan as gan_module
+
+    monkeypatch.setenv("RECON3D_INFERENCE_DTYPE", forced)
+    dtypes, decode = [], gan_module.decoded_surfaces
+    monkeypatch.setattr(gan_module, "decoded_surfaces", lambda *a: dtypes.append(a[-1]) or decode(*a))
     task = _gan_task(_gan_cfg(tiny_shards, trained_autoencoder, tmp_path, "gan.reference_split=train",
                               "train.val_resolution=16"), tiny_shards)
     task._frozen.append(_BallDecoder())
@@ -210,6 +217,7 @@ def test_set_metrics_against_known_shapes(tiny_shards, trained_autoencoder, tmp_
     assert scores["cov"] == pytest.approx(0.5)  # every sample matches the 0.25 ball, none the 0.4 one
     # MMD: mean over references of the Chamfer-L2 (x1000) to the nearest sample; the 0.4 ball is 0.15 away
     assert 1000 * 0.15 ** 2 * 0.5 < scores["mmd"] < 1000 * 0.15 ** 2
+    assert dtypes == [torch.bfloat16 if forced == "bf16" else torch.float32]
 
 
 def test_gan_runs_under_two_process_ddp(tiny_shards, trained_autoencoder, tmp_path):
