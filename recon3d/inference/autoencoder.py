@@ -15,9 +15,9 @@ from recon3d.geometry.extract import coarse_to_fine_grid, grid_to_mesh
 from recon3d.geometry.metrics import FSCORE_THRESHOLDS, sample_surface, surface_metrics, voxel_metrics
 from recon3d.inference.outputs import save_mesh
 from recon3d.inference.tables import eval_name, finish_eval, shape_row
-from recon3d.io import native_bf16, run_name
+from recon3d.io import run_name
 from recon3d.tasks.checkpoints import load_checkpoint
-from recon3d.tasks.shape_eval import refine_in_fp32
+from recon3d.tasks.shape_eval import inference_dtype, refine_in_fp32
 
 TABLE_COLUMNS = ("shapes", "iou", "f1", "chamfer_l2_x1000", "chamfer_l1", "normal_consistency", "fscore@1%",
                  "fscore@2%")
@@ -52,18 +52,6 @@ def export_latents(ckpt: str | Path, shard_dir: str | Path, name: str = "", batc
     weights = checkpoint_file(ckpt)  # the file itself, or a DeepSpeed folder's consolidated file
     write_latents(out, found, {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_sha256": file_sha256(weights)})
     return out
-
-
-def inference_dtype(device) -> torch.dtype:
-    """The decoder's precision for extraction on `device`: bf16 autocast where the hardware runs bf16 natively (a
-    CUDA device that supports it; a CPU with avx512_bf16/AMX/Arm bf16), else fp32. RECON3D_INFERENCE_DTYPE=fp32 or
-    bf16 overrides."""
-    import os
-
-    forced = os.environ.get("RECON3D_INFERENCE_DTYPE", "").lower()
-    if forced in ("fp32", "float32", "bf16", "bfloat16"):
-        return torch.bfloat16 if forced.startswith("bf") else torch.float32
-    return torch.bfloat16 if native_bf16(torch.device(device).type) else torch.float32
 
 
 def decoder_field(task, z: torch.Tensor, dtype: Optional[torch.dtype] = None, *, threshold: float = 0.5,

@@ -12,9 +12,10 @@ import torch
 
 from recon3d.data import schema
 from recon3d.data.datamodule import iter_split
-from recon3d.inference.autoencoder import extract_mesh, inference_dtype, load_autoencoder
+from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
 from recon3d.inference.outputs import save_mesh
 from recon3d.tasks.checkpoints import load_checkpoint, read_checkpoint, stage_of
+from recon3d.tasks.shape_eval import inference_dtype
 
 SAMPLES_PER_SHAPE = 5  # generated shapes per reference shape in evaluate(): COV grows with this ratio
 TABLE_COLUMNS = ("shapes", "cov", "cov min", "cov max", "cov@1x", "mmd", "empty")

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from recon3d.data.datamodule import iter_split
-from recon3d.inference.autoencoder import extract_mesh, inference_dtype, load_autoencoder
+from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
 from recon3d.inference.splits import model_input, view_options
 from recon3d.inference.tables import eval_name, finish_eval, shape_row
 from recon3d.tasks.checkpoints import load_checkpoint
+from recon3d.tasks.shape_eval import inference_dtype
 
 TABLE_COLUMNS = ("shapes", "iou", "chamfer_l2_x1000", "fscore@1%", "latent_mse")
 TABLE_NOTE = "one view per shape (a held-out one when the encoder was trained with loader.holdout_views)"

@@ -14,7 +14,7 @@ from recon3d.geometry.metrics import coverage_and_mmd, pairwise_chamfer_l2
 from recon3d.models.latent_gan import LatentCritic, LatentGenerator, gradient_penalty
 from recon3d.tasks.autoencoder import check_finite
 from recon3d.tasks.checkpoints import StageCheckpoint, load_checkpoint
-from recon3d.tasks.shape_eval import decoded_surfaces, publish_image
+from recon3d.tasks.shape_eval import decoded_surfaces, inference_dtype, publish_image
 
 
 class LatentGANTask(StageCheckpoint, L.LightningModule):
@@ -189,8 +189,6 @@ class LatentGANTask(StageCheckpoint, L.LightningModule):
         against the reference shapes; empty meshes cannot match a reference and are counted in val/empty_samples.
         Decoded as the test evaluation decodes (bf16 where native, values near 0.5 again in fp32): this hook runs
         outside Lightning's autocast, and in fp32 the decoding took 40 s of the demo's 108 s GAN stage."""
-        from recon3d.inference.autoencoder import inference_dtype
-
         z = self.codes_for_seeds(range(self.hparams.eval_samples))
         meshes, clouds = decoded_surfaces(self.decoder, z, self.hparams.eval_resolution, self.hparams.eval_points,
                                           np.random.default_rng(0), inference_dtype(self.device))

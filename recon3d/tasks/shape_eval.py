@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from recon3d.geometry.extract import grid_to_mesh
 from recon3d.geometry.metrics import batch_iou, sample_surface, surface_metrics
-from recon3d.io import atomic_path
+from recon3d.io import atomic_path, native_bf16
 from recon3d.stages import STAGES
 
 
@@ -19,6 +19,18 @@ def cell_centres(resolution: int, device=None) -> torch.Tensor:
     """(R^3, 3) centres (i + 0.5) / R - 0.5 of a resolution^3 grid, x-major like the stored voxels."""
     axis = (torch.arange(resolution, device=device, dtype=torch.float32) + 0.5) / resolution - 0.5
     return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
+def inference_dtype(device) -> torch.dtype:
+    """The decoder's precision for extraction and evaluation on `device`: bf16 autocast where the hardware runs bf16 natively (a
+    CUDA device that supports it; a CPU with avx512_bf16/AMX/Arm bf16), else fp32. RECON3D_INFERENCE_DTYPE=fp32 or
+    bf16 overrides."""
+    import os
+
+    forced = os.environ.get("RECON3D_INFERENCE_DTYPE", "").lower()
+    if forced in ("fp32", "float32", "bf16", "bfloat16"):
+        return torch.bfloat16 if forced.startswith("bf") else torch.float32
+    return torch.bfloat16 if native_bf16(torch.device(device).type) else torch.float32
 
 
 def refine_in_fp32(values: torch.Tensor, points: torch.Tensor, run, threshold: float = 0.5,

@@ -96,7 +96,8 @@ def measure_extraction(ckpt: str, shard_dir: str, shapes: int, resolution: int, 
     both algorithms at a full-size decoder's cost (z 256, 1024-1024-1024-512-256-128; see _Shadowed)."""
     from recon3d.geometry.extract import coarse_to_fine_grid, dense_grid
     from recon3d.geometry.voxelize import iou
-    from recon3d.inference.autoencoder import decoder_field, inference_dtype, load_autoencoder
+    from recon3d.inference.autoencoder import decoder_field, load_autoencoder
+    from recon3d.tasks.shape_eval import inference_dtype
 
     task = load_autoencoder(ckpt, device)
     dtype = dtype or inference_dtype(device)

@@ -70,7 +70,7 @@ def environment(tiny: bool, peak_override: float) -> dict:
 
     import torch
 
-    from recon3d.inference.autoencoder import inference_dtype
+    from recon3d.tasks.shape_eval import inference_dtype
 
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
             "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}

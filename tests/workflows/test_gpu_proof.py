@@ -49,7 +49,7 @@ def test_imnet_reference_matches_a_dense_grid_of_centres():
 
 
 def test_inference_dtype_follows_the_override(monkeypatch):
-    from recon3d.inference.autoencoder import inference_dtype
+    from recon3d.tasks.shape_eval import inference_dtype
 
     monkeypatch.setenv("RECON3D_INFERENCE_DTYPE", "fp32")
     assert inference_dtype("cpu") == torch.float32
