@@ -220,8 +220,8 @@ class TrainConfig:
 
 # the demo's stages in order, each with its default share of demo.minutes (from a 2-core run's stage times: the
 # training stages train until their share is spent; the others take what they need and the rest moves on)
-DEMO_SHARES = {"meshes": 0.005, "shards": 0.05, "autoencoder": 0.52, "latents": 0.005, "svr": 0.15, "gan": 0.1,
-               "vrn": 0.06, "stereo": 0.05, "evaluate": 0.055, "report": 0.005}
+DEMO_SHARES = {"meshes": 0.005, "shards": 0.05, "autoencoder": 0.535, "latents": 0.005, "svr": 0.15, "gan": 0.1,
+               "vrn": 0.06, "stereo": 0.05, "evaluate": 0.04, "report": 0.005}
 
 
 @dataclass
