@@ -122,8 +122,8 @@ def pairwise_chamfer_l2(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.
 
     Each point set is (P, 3); sets within `a` (and within `b`) must have equal sizes so they stack. Squared distances
     come from one product per pair, [x, |x|^2, 1] . [-2y, 1, |y|^2] = |x - y|^2, whose (P, Q) block stays in cache:
-    150 x 30 sets of 512 points took 0.8 s on 2 cores, against 2.8 s for torch.cdist of one set against all (then
-    squared), the same values to 2e-7.
+    150 x 30 sets of 512 points took 0.47 s on 2 cores, against 2.5 s for torch.cdist of one set against all (then
+    squared; 4 runs each in one process), the same values to 2e-7.
     """
     import torch
 
