@@ -77,14 +77,30 @@ def is_run_folder(path: str | Path) -> bool:
 
 def run_checkpoint(run_dir: str | Path) -> Path:
     """What a finished run hands on: its best checkpoint by the stage's validation metric (the newest best-*),
-    else its last.ckpt; so `--ckpt runs/ae` and `svr.autoencoder_ckpt=runs/ae` name a run, not a file."""
+    else its last.ckpt; last.ckpt first for a stage that hands on its last (the stage table's `hands_on`, the stage
+    read from the run's config.json). So `--ckpt runs/ae` and `svr.autoencoder_ckpt=runs/ae` name a run, not a file."""
     folder = Path(run_dir) / "checkpoints"
     best = [p for p in folder.glob("best-*.ckpt") if not p.name.endswith(".fp32.ckpt")]
+    if (folder / "last.ckpt").exists() and _hands_on(Path(run_dir)) == "last":
+        return folder / "last.ckpt"
     if best:
         return max(best, key=lambda p: p.stat().st_mtime_ns)
     if (folder / "last.ckpt").exists():
         return folder / "last.ckpt"
     raise FileNotFoundError(f"{run_dir}: a run folder without a checkpoint (nothing in {folder})")
+
+
+def _hands_on(run_dir: Path) -> str:
+    """The stage table's `hands_on` for the stage a run folder trained ("best" when its config cannot tell)."""
+    import json
+
+    from recon3d.stages import STAGES
+
+    try:
+        stage = json.loads((run_dir / "config.json").read_text())["train"]["stage"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "best"
+    return STAGES[stage].hands_on if stage in STAGES else "best"
 
 
 def run_name(ckpt: str | Path) -> str:

@@ -41,7 +41,8 @@ def test_demo_end_to_end_then_resume(tiny_demo, capsys):
     for name in ("autoencoder", "svr", "gan", "vrn", "stereo"):
         assert (out / name / "checkpoints" / "last.ckpt").is_file()
         assert Path(stages[name]["checkpoint"]).is_file()  # handed on: the best by the stage's metric
-    assert stages["gan"]["selected_by"] == "val/mmd" and stages["svr"]["selected_by"] == "val/iou"
+    assert stages["gan"]["selected_by"] == "last" and stages["svr"]["selected_by"] == "val/iou"
+    assert stages["gan"]["checkpoint"] == stages["gan"]["last_checkpoint"] != stages["svr"]["last_checkpoint"]
     for picture in ("autoencoder_sheet.png", "svr_sheet.png", "gan_samples.png", "gan_interpolation.png",
                     "vrn_sheet.png", "stereo_sheet.png"):
         with Image.open(out / "evaluation" / picture) as image:

@@ -30,6 +30,7 @@ def _train(args) -> int:
         print(f"  {name} = {result.metrics[name]:.4f}")
     print(f"last checkpoint: {result.last_checkpoint}")
     print(f"best checkpoint ({result.monitor}): {result.best_checkpoint}")
+    print(f"handed on (to later stages and the evaluation): {result.handed_on}")
     wandb_dir = result.run_dir / "wandb"
     if wandb_dir.is_dir():
         print(f"W&B ran offline; to upload: wandb sync {wandb_dir}/offline-run-*")

@@ -23,6 +23,15 @@ class RunResult:
     epoch: int
     monitor: str = ""  # the metric that picks the best checkpoint
     is_global_zero: bool = True  # False on the other ranks of a multi-process run
+    hands_on: str = "best"  # the stage table's choice of what the run hands on: best (else last) | last
+
+    @property
+    def handed_on(self) -> Optional[Path]:
+        """The checkpoint later stages and the evaluation use: the best, else the last; the last where the stage
+        hands on its last (the GAN)."""
+        if self.hands_on == "last":
+            return self.last_checkpoint or self.best_checkpoint
+        return self.best_checkpoint or self.last_checkpoint
 
 
 def resolve_resume(cfg: Config) -> Optional[str]:
@@ -178,15 +187,16 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     except Preempted:
         _finish_wandb(trainer, preempted=True)
         raise
-    monitor = STAGES[cfg.train.stage].best_by
+    row = STAGES[cfg.train.stage]
     last = _single_file(Path(cfg.train.run_dir) / "checkpoints" / "last.ckpt", trainer.is_global_zero)
-    best_path = best_checkpoint(trainer.checkpoint_callbacks, monitor)
+    best_path = best_checkpoint(trainer.checkpoint_callbacks, row.best_by)
     best = _single_file(Path(best_path), trainer.is_global_zero) if best_path else None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    _record_lineage(cfg, trainer, best or last, metrics)
+    result = RunResult(run_dir, last, best, metrics, trainer.global_step, trainer.current_epoch, row.best_by,
+                       trainer.is_global_zero, row.hands_on)
+    _record_lineage(cfg, trainer, result.handed_on, metrics)
     _finish_wandb(trainer)
-    return RunResult(run_dir, last, best, metrics, trainer.global_step, trainer.current_epoch, monitor,
-                     trainer.is_global_zero)
+    return result
 
 
 def _single_file(path: Path, is_global_zero: bool) -> Optional[Path]:

@@ -1,5 +1,8 @@
 """Checkpoints say their stage; one loader returns the right task; checkpoints from before the stage key load."""
 
+import json
+import shutil
+
 import pytest
 import torch
 
@@ -78,3 +81,12 @@ def test_a_run_folder_hands_on_its_best_checkpoint_else_its_last(tmp_path):
     (folder / "best-003-40.fp32.ckpt").write_bytes(b"x")
     assert run_checkpoint(tmp_path / "ae") == folder / "best-003-40.ckpt"
     assert run_name(tmp_path / "ae") == "ae" == run_name(folder / "last.ckpt")
+    # a GAN run hands on its last checkpoint though it keeps a best one (the stage table's hands_on)
+    (tmp_path / "ae" / "config.json").write_text(json.dumps({"train": {"stage": "autoencoder"}}))
+    assert run_checkpoint(tmp_path / "ae") == folder / "best-003-40.ckpt"
+    gan = tmp_path / "gan"
+    shutil.copytree(tmp_path / "ae", gan)
+    (gan / "config.json").write_text(json.dumps({"train": {"stage": "gan"}}))
+    assert run_checkpoint(gan) == gan / "checkpoints" / "last.ckpt"
+    (gan / "checkpoints" / "last.ckpt").unlink()
+    assert run_checkpoint(gan) == gan / "checkpoints" / "best-003-40.ckpt"

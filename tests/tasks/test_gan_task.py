@@ -29,6 +29,8 @@ def test_gan_trains_both_networks_and_measures_cov_mmd(tiny_shards, trained_auto
         assert key in result.metrics and np.isfinite(result.metrics[key]), key
     # the tiny autoencoder decodes little yet: empty samples are counted, and MMD is NaN only when all are empty
     assert 0 <= result.metrics["val/empty_samples"] <= 1 and "val/mmd" in result.metrics
+    # it keeps its best checkpoint by val/mmd but hands on its last (the weight average's latest state)
+    assert result.best_checkpoint.name.startswith("best-") and result.handed_on == result.last_checkpoint
     task = LatentGANTask.load_from_checkpoint(result.last_checkpoint, map_location="cpu", weights_only=True)
     after = task.state_dict()
     for prefix in ("generator.", "critic."):  # both optimisers stepped
