@@ -8,7 +8,7 @@ import os
 import socket
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 
 @contextmanager
@@ -75,19 +75,24 @@ def is_run_folder(path: str | Path) -> bool:
     return (Path(path) / "checkpoints").is_dir()
 
 
+def pick_handed_on(hands_on: str, best: Optional[Path], last: Optional[Path]) -> Optional[Path]:
+    """The checkpoint a run hands on, from its best and last (None where absent): the best, else the last; the last,
+    else the best, for a stage that hands on its last (the stage table's `hands_on`)."""
+    return (last or best) if hands_on == "last" else (best or last)
+
+
 def run_checkpoint(run_dir: str | Path) -> Path:
-    """What a finished run hands on: its best checkpoint by the stage's validation metric (the newest best-*),
-    else its last.ckpt; last.ckpt first for a stage that hands on its last (the stage table's `hands_on`, the stage
-    read from the run's config.json). So `--ckpt runs/ae` and `svr.autoencoder_ckpt=runs/ae` name a run, not a file."""
+    """What a finished run hands on (pick_handed_on): its best checkpoint by the stage's validation metric (the newest
+    best-*) or its last.ckpt, as its stage's `hands_on` says (the stage read from the run's config.json). So
+    `--ckpt runs/ae` and `svr.autoencoder_ckpt=runs/ae` name a run, not a file."""
     folder = Path(run_dir) / "checkpoints"
-    best = [p for p in folder.glob("best-*.ckpt") if not p.name.endswith(".fp32.ckpt")]
-    if (folder / "last.ckpt").exists() and _hands_on(Path(run_dir)) == "last":
-        return folder / "last.ckpt"
-    if best:
-        return max(best, key=lambda p: p.stat().st_mtime_ns)
-    if (folder / "last.ckpt").exists():
-        return folder / "last.ckpt"
-    raise FileNotFoundError(f"{run_dir}: a run folder without a checkpoint (nothing in {folder})")
+    best = max((p for p in folder.glob("best-*.ckpt") if not p.name.endswith(".fp32.ckpt")),
+               key=lambda p: p.stat().st_mtime_ns, default=None)
+    last = folder / "last.ckpt" if (folder / "last.ckpt").exists() else None
+    chosen = pick_handed_on(_hands_on(Path(run_dir)) if best and last else "best", best, last)
+    if chosen is None:
+        raise FileNotFoundError(f"{run_dir}: a run folder without a checkpoint (nothing in {folder})")
+    return chosen
 
 
 def _hands_on(run_dir: Path) -> str:

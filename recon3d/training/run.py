@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 from recon3d.config import Config, to_dict
 from recon3d.data.shards import load_manifest
-from recon3d.io import atomic_write
+from recon3d.io import atomic_write, pick_handed_on
 from recon3d.stages import STAGES
 
 
@@ -27,11 +27,8 @@ class RunResult:
 
     @property
     def handed_on(self) -> Optional[Path]:
-        """The checkpoint later stages and the evaluation use: the best, else the last; the last where the stage
-        hands on its last (the GAN)."""
-        if self.hands_on == "last":
-            return self.last_checkpoint or self.best_checkpoint
-        return self.best_checkpoint or self.last_checkpoint
+        """The checkpoint later stages and the evaluation use (recon3d.io.pick_handed_on: the best, the GAN's last)."""
+        return pick_handed_on(self.hands_on, self.best_checkpoint, self.last_checkpoint)
 
 
 def resolve_resume(cfg: Config) -> Optional[str]:
