@@ -63,11 +63,13 @@ class ModelConfig:
     encoder_channels: int = 32  # first 3D-conv width of the voxel encoder (doubles per level)
     decoder_widths: List[int] = field(default_factory=lambda: [1024, 1024, 1024, 512, 256, 128])  # implicit MLP
     decoder_output: str = "leaky_clip"  # leaky_clip (IM-NET's; keeps gradients where a sigmoid saturates) | sigmoid
+    point_octaves: int = 0  # sin/cos of each coordinate at 2^k pi, k < K, beside it (0: IM-NET's raw coordinates)
 
     def __post_init__(self) -> None:
         _check(self.latent_dim >= 1 and self.encoder_channels >= 1, "model.latent_dim/encoder_channels must be >= 1")
         _check(len(self.decoder_widths) >= 1 and min(self.decoder_widths) >= 1, "model.decoder_widths: >= 1 layer")
         _check(self.decoder_output in ("sigmoid", "leaky_clip"), "model.decoder_output: sigmoid or leaky_clip")
+        _check(0 <= self.point_octaves <= 16, "model.point_octaves must be in 0..16")
 
 
 @dataclass

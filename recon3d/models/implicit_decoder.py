@@ -24,16 +24,25 @@ class ImplicitDecoder(nn.Module):
         decoder_output: IM-NET's "leaky_clip" (identity in [0, 1] with slope 0.01 outside), or "sigmoid". With a
             sigmoid, a decoder pushed toward "empty" early (most points are outside) saturates near 0 and stops
             learning; the leaky clip keeps a gradient there.
+        point_octaves: K > 0 feeds the first layer sin(2^k pi x) and cos(2^k pi x), k < K, of each coordinate beside
+            the coordinates (NeRF's positional encoding); 0 is IM-NET's decoder on raw coordinates. A ReLU MLP on raw
+            coordinates learns thin parts late: on the demo's shapes four table legs (5 of 64 voxels wide) appeared
+            after ~2,500 steps on one table alone and never within the demo's time on 110 shapes; with K = 4 they
+            appear within minutes (see point_features).
     """
 
     def __init__(self, *, latent_dim: int = 256, decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128),
-                 decoder_output: str = "leaky_clip") -> None:
+                 decoder_output: str = "leaky_clip", point_octaves: int = 0) -> None:
         super().__init__()
         if decoder_output not in OUTPUTS:
             raise ValueError(f"decoder_output must be one of {OUTPUTS}, got {decoder_output!r}")
+        if not 0 <= point_octaves <= 16:
+            raise ValueError(f"point_octaves must be in 0..16, got {point_octaves}")
         self.latent_dim = latent_dim
         self.output = decoder_output
-        widths = [3 + latent_dim, *decoder_widths]
+        self.point_octaves = point_octaves
+        self.point_dim = 3 * (1 + 2 * point_octaves)
+        widths = [self.point_dim + latent_dim, *decoder_widths]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.last = nn.Linear(widths[-1], 1)
         # Variance-preserving init instead of IM-NET's N(0, 0.02): with 0.02 each layer scales activations by about
@@ -44,6 +53,18 @@ class ImplicitDecoder(nn.Module):
             nn.init.zeros_(layer.bias)
         nn.init.normal_(self.last.weight, 1e-5, 0.02)
         nn.init.zeros_(self.last.bias)
+
+    def point_features(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, P, 3) -> (B, P, point_dim): the coordinates, then sin and cos of 2^k pi x for k < point_octaves.
+
+        The finest octave has a period of 2^(1-K) of the cube (K = 4: 1/8, 8 cells of 64^3), so a leg a few cells
+        wide is a few features away instead of a few hundred ReLU kinks; computed in fp32 (in bf16 the phase of the
+        finest octave would be off by up to 2^K / 512 of a period)."""
+        if not self.point_octaves:
+            return points
+        scales = torch.pi * 2.0 ** torch.arange(self.point_octaves, device=points.device, dtype=points.dtype)
+        phase = (points[..., None] * scales).flatten(-2)  # (B, P, 3K): x at each octave, then y, then z
+        return torch.cat([points, torch.sin(phase), torch.cos(phase)], dim=-1)
 
     def forward(self, points: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """points (B, P, 3) in [-0.5, 0.5], z (B, Z) -> occupancy (B, P, 1) in [0, 1] (leaky_clip: about)."""
@@ -59,8 +80,10 @@ class ImplicitDecoder(nn.Module):
         first, kind = self.hidden[0], points.device.type
         with torch.autocast(kind, enabled=False):
             weight = first.weight.float()
-            per_shape = torch.addmm(first.bias.float(), z.float(), weight[:, 3:].t())  # (B, H)
-            x = torch.baddbmm(per_shape[:, None, :], points.float(), weight[:, :3].t().expand(points.shape[0], -1, -1))
+            d = self.point_dim
+            per_shape = torch.addmm(first.bias.float(), z.float(), weight[:, d:].t())  # (B, H)
+            x = torch.baddbmm(per_shape[:, None, :], self.point_features(points.float()),
+                              weight[:, :d].t().expand(points.shape[0], -1, -1))
         x = x.to(torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else first.weight.dtype)
         x = nn.functional.leaky_relu_(x, 0.02)
         for layer in self.hidden[1:]:
@@ -77,13 +100,13 @@ class Autoencoder(nn.Module):
 
     def __init__(self, *, latent_dim: int = 256, encoder_channels: int = 32, resolution: int = 64,
                  decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128),
-                 decoder_output: str = "leaky_clip") -> None:
+                 decoder_output: str = "leaky_clip", point_octaves: int = 0) -> None:
         super().__init__()
         from recon3d.models.voxel_encoder import VoxelEncoder
 
         self.encoder = VoxelEncoder(latent_dim=latent_dim, encoder_channels=encoder_channels, resolution=resolution)
         self.decoder = ImplicitDecoder(latent_dim=latent_dim, decoder_widths=decoder_widths,
-                                       decoder_output=decoder_output)
+                                       decoder_output=decoder_output, point_octaves=point_octaves)
 
     def forward(self, voxels: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         return self.decoder(points, self.encoder(voxels))

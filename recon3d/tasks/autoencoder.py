@@ -45,7 +45,7 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
 
     def __init__(self, *, latent_dim: int = 256, encoder_channels: int = 32, voxel_resolution: int = 64,
                  decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128), decoder_output: str = "leaky_clip",
-                 lr: float = 5e-5, beta1: float = 0.5, beta2: float = 0.999, lr_schedule: str = "constant",
+                 point_octaves: int = 0, lr: float = 5e-5, beta1: float = 0.5, beta2: float = 0.999, lr_schedule: str = "constant",
                  lr_final: float = 0.05, point_resolutions: Sequence[int] = (16, 32, 64),
                  phase_epochs: Sequence[int] = (20, 20, 40),
                  phase_fractions: Sequence[float] = (), max_minutes: float = 0.0, val_resolution: int = 32,
@@ -58,7 +58,7 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
         self.save_hyperparameters()
         self.model = Autoencoder(latent_dim=latent_dim, encoder_channels=encoder_channels,
                                  resolution=voxel_resolution, decoder_widths=list(decoder_widths),
-                                 decoder_output=decoder_output)
+                                 decoder_output=decoder_output, point_octaves=point_octaves)
         self._step_started = 0.0
         self._rendered_epoch = -1
         self._phase_starts = [0]  # the epoch each phase began (timed phases; the schedule by epochs is fixed)

@@ -54,3 +54,53 @@ def test_autoencoder_end_to_end_gradients():
     out = model(torch.rand(2, 1, 16, 16, 16), torch.rand(2, 30, 3) - 0.5)
     out.mean().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_point_features_are_the_coordinates_then_sines_and_cosines_per_octave():
+    dec = ImplicitDecoder(latent_dim=2, decoder_widths=[4], point_octaves=3)
+    p = torch.tensor([[[0.25, -0.5, 0.1]]])
+    f = dec.point_features(p)
+    assert f.shape == (1, 1, 21) and dec.point_dim == 21 and dec.hidden[0].in_features == 21 + 2
+    phase = torch.tensor([torch.pi * s * c for c in (0.25, -0.5, 0.1) for s in (1, 2, 4)])
+    assert torch.allclose(f[0, 0], torch.cat([p[0, 0], torch.sin(phase), torch.cos(phase)]), atol=1e-6)
+    assert ImplicitDecoder(latent_dim=2, decoder_widths=[4]).point_features(p) is p  # IM-NET: raw coordinates
+
+
+@pytest.mark.parametrize("octaves", [0, 4])
+def test_decoder_equals_the_plain_mlp_on_features_and_code(octaves):
+    """The first layer's split (point part per point, code part per shape) computes Linear([features, z])."""
+    torch.manual_seed(0)
+    dec = ImplicitDecoder(latent_dim=5, decoder_widths=[16, 8], point_octaves=octaves)
+    torch.nn.init.normal_(dec.last.weight)
+    points, z = torch.rand(2, 40, 3) - 0.5, torch.rand(2, 5)
+    x = torch.cat([dec.point_features(points), z[:, None].expand(-1, 40, -1)], dim=-1)
+    for layer in dec.hidden:
+        x = torch.nn.functional.leaky_relu(layer(x), 0.02)
+    assert torch.allclose(dec(points, z), leaky_clip(dec.last(x)), atol=1e-5)
+
+
+def test_point_octaves_fit_thin_columns_that_raw_coordinates_miss():
+    """Nine vertical columns 1/16 of the cube wide (a table leg's scale at 64^3) on a 3 x 3 grid: 200 Adam steps of
+    the same small decoder fit them with 4 octaves and miss them on raw coordinates (the demo's legs, in small; on
+    seeds 0-4: IoU 0.95-1.0 against 0.0-0.06)."""
+    torch.manual_seed(0)
+    points = torch.rand(1, 4096, 3) - 0.5
+
+    def near(c):
+        return ((c.abs() - 0.3).abs() < 1 / 32) | (c.abs() < 1 / 32)
+
+    inside = (near(points[..., 0]) & near(points[..., 2])).float()[..., None]
+    scores = {}
+    for octaves in (0, 4):
+        torch.manual_seed(0)
+        dec = ImplicitDecoder(latent_dim=1, decoder_widths=[32, 32], point_octaves=octaves)
+        opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
+        z = torch.zeros(1, 1)
+        for _ in range(200):
+            loss = torch.nn.functional.mse_loss(dec(points, z), inside)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        pred, truth = dec(points, z).detach() > 0.5, inside > 0
+        scores[octaves] = float((pred & truth).sum() / (pred | truth).sum().clamp(min=1))
+    assert scores[4] > 0.8 and scores[0] < 0.3, scores
