@@ -130,6 +130,11 @@ def _trainable(spec_dict: dict, sweep_dir: str):
 
         from recon3d.training.run import run
 
+        # Tune starts each trial in a folder of its own: back to where the sweep was started (where it exists, as on
+        # a shared file system), so that relative paths in the overrides (`loader.shards=runs/demo/shards`) mean
+        # what they mean to `recon3d train`; they failed with "no manifest.json" before.
+        if Path(spec_dict["cwd"]).is_dir():
+            os.chdir(spec_dict["cwd"])
         trial_id = tune.get_context().get_trial_id()
         run_dir = Path(sweep_dir) / "trials" / trial_id
         cfg = load_config(spec_dict["base"], [*spec_dict["overrides"], *trial_overrides(params),
@@ -220,7 +225,7 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     base_cfg = load_config(spec.base, spec.overrides)
     max_t = max(1, STAGES[base_cfg.train.stage].epochs(base_cfg))
     spec_dict = {"base": [str(Path(b).resolve()) for b in spec.base], "overrides": spec.overrides,
-                 "metric": spec.metric, "name": spec.name}
+                 "metric": spec.metric, "name": spec.name, "cwd": os.getcwd()}
     trainable = tune.with_resources(_trainable(spec_dict, str(sweep_dir)),
                                     {k: float(v) for k, v in spec.resources.items() if float(v) > 0})
     experiment = sweep_dir / "tune"
