@@ -45,8 +45,8 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
 
     def __init__(self, *, latent_dim: int = 256, encoder_channels: int = 32, voxel_resolution: int = 64,
                  decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128), decoder_output: str = "leaky_clip",
-                 point_octaves: int = 0, lr: float = 5e-5, beta1: float = 0.5, beta2: float = 0.999, lr_schedule: str = "constant",
-                 lr_final: float = 0.05, point_resolutions: Sequence[int] = (16, 32, 64),
+                 point_octaves: int = 0, lr: float = 5e-5, beta1: float = 0.5, beta2: float = 0.999,
+                 lr_schedule: str = "constant", lr_final: float = 0.05, point_resolutions: Sequence[int] = (16, 32, 64),
                  phase_epochs: Sequence[int] = (20, 20, 40),
                  phase_fractions: Sequence[float] = (), max_minutes: float = 0.0, val_resolution: int = 32,
                  reconstructions_to_log: int = 4, run_dir: str = "") -> None:
