@@ -238,7 +238,8 @@ class DemoConfig:
     eval_resolution: int = 64  # extraction grid of the evaluation's surface metrics
     gan_eval_draws: int = 4  # disjoint sets of 5 GAN samples per test shape: COV's mean, lowest and highest over
     # them (on 30 test shapes one set's COV moves by about 0.07 with the draw alone)
-    sheet_shapes: int = 6  # test shapes shown beside their reconstructions in the report
+    sheet_shapes: int = 10  # test shapes shown beside their reconstructions in the report, taken in turn from each
+    # category (10: two of each of the five default categories)
     interpolation_steps: int = 8  # shapes on the report's interpolation strip
 
     def __post_init__(self) -> None:

@@ -1,17 +1,18 @@
 """What a trained model is shown at use time: a split's samples in the model's own input conventions (its crop,
-channels and held-out views, read from its hyperparameters), photos centre-cropped the same way, and the stored
-first view of chosen shapes."""
+channels and held-out views, read from its hyperparameters), photos centre-cropped the same way, the stored
+first view of chosen shapes, and which shapes a report's sheets show."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
 
 from recon3d.data import schema
-from recon3d.data.shards import load_manifest, read_tar
+from recon3d.data.index import load_index
+from recon3d.data.shards import load_manifest, read_tar, shard_infos
 
 
 def view_options(task, stage: str = "image") -> dict:
@@ -52,3 +53,55 @@ def input_views(shard_dir: str | Path, keys: Sequence[str]) -> Dict[str, np.ndar
         if len(found) == len(wanted):
             break
     return found
+
+
+def split_keys(shard_dir: str | Path, split: str) -> List[str]:
+    """A split's keys in manifest order, from the shards' indexes (the tar's headers for a shard without one); a
+    missing or damaged shard is left out with a warning, as the loaders leave it out."""
+    keys: List[str] = []
+    for shard in shard_infos(shard_dir, split):
+        index = load_index(shard.path)
+        keys += [key for key, _ in index["samples"]] if index is not None else list(read_tar(shard.path))
+    return keys
+
+
+def sheet_keys(shard_dir: str | Path, split: str, count: int) -> List[str]:
+    """`count` keys of a split for a report's sheets, spread over its categories (see take_in_turn)."""
+    return take_in_turn(split_keys(shard_dir, split), count)
+
+
+def take_in_turn(keys: Sequence[str], count: int) -> List[str]:
+    """`count` of `keys` taken in turn from each category (a key is <category>/<shape_id>; each category's first
+    keys first), returned in their given order: a split whose shards run category by category would otherwise show
+    only its first category."""
+    by_category: Dict[str, List[str]] = {}
+    for key in keys:
+        by_category.setdefault(key.split("/")[0], []).append(key)
+    chosen: set = set()
+    for rank in range(max(map(len, by_category.values()), default=0)):
+        for members in by_category.values():
+            if rank < len(members) and len(chosen) < count:
+                chosen.add(members[rank])
+    return [key for key in keys if key in chosen]
+
+
+def pick_batch(shard_dir: str | Path, split: str, keys: Sequence[str], **loader) -> dict:
+    """The samples of `keys` from a split as one expanded batch, in the order of `keys`; `loader` keywords as for
+    iter_split (see view_options).
+
+    Raises:
+        KeyError: a key is not in the split (naming the first such).
+    """
+    from recon3d.data.datamodule import iter_split
+
+    found: Dict[str, dict] = {}
+    for batch in iter_split(shard_dir, split, 16, **loader):
+        for i, key in enumerate(batch["key"]):
+            if key in keys and key not in found:  # an image split may list a shape once per view
+                found[key] = {name: value[i] for name, value in batch.items()}
+    missing = [key for key in keys if key not in found]
+    if missing:
+        raise KeyError(f"{shard_dir}: no {missing[0]!r} in the {split} split")
+    names = found[keys[0]].keys() if keys else ()
+    return {name: torch.stack([found[k][name] for k in keys]) if isinstance(found[keys[0]][name], torch.Tensor)
+            else [found[k][name] for k in keys] for name in names}

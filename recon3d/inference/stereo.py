@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List
+from typing import List, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from recon3d.io import atomic_write
 
 from recon3d.data.datamodule import iter_split
 from recon3d.inference.outputs import save_png
-from recon3d.inference.splits import view_options
+from recon3d.inference.splits import pick_batch, view_options
 from recon3d.inference.tables import eval_name, finish_eval, shape_row
 from recon3d.tasks.checkpoints import load_checkpoint
 
@@ -92,11 +92,11 @@ def disparity_image(disparity: np.ndarray, high: float) -> np.ndarray:
 
 
 @torch.no_grad()
-def write_view_sheet(ckpt: str | Path, shard_dir: str | Path, split: str, path: Path, count: int) -> Path:
-    """The evaluation pairs of a split's first `count` shapes: left | predicted right | true right | the red-cyan
-    anaglyph of left and predicted right, one shape per line."""
+def write_view_sheet(ckpt: str | Path, shard_dir: str | Path, split: str, path: Path, keys: Sequence[str]) -> Path:
+    """The evaluation pairs of a split's shapes `keys`: left | predicted right | true right | the red-cyan anaglyph
+    of left and predicted right, one shape per line."""
     task = load_checkpoint(ckpt, "cpu", expect="stereo")
-    batch = next(iter_split(shard_dir, split, count, **view_options(task, "stereo")))
+    batch = pick_batch(shard_dir, split, keys, **view_options(task, "stereo"))
     predicted = task.model(batch["left"])["right"]
 
     def rgb(image: torch.Tensor) -> np.ndarray:

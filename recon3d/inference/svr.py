@@ -4,14 +4,14 @@ show held-out views beside the shapes predicted from them."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from recon3d.data.datamodule import iter_split
 from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
-from recon3d.inference.splits import model_input, view_options
+from recon3d.inference.splits import model_input, pick_batch, view_options
 from recon3d.inference.tables import eval_name, finish_eval, shape_row
 from recon3d.tasks.checkpoints import load_checkpoint
 from recon3d.tasks.shape_eval import inference_dtype
@@ -61,12 +61,12 @@ def mesh_maker(ckpt: str | Path, resolution: int, device: str) -> Tuple[int, Cal
 
 
 @torch.no_grad()
-def write_view_sheet(ckpt: Path, shards: Path, split: str, path: Path, count: int, resolution: int) -> Path:
-    """Held-out views of a split's first `count` shapes beside the image encoder's reconstructions."""
+def write_view_sheet(ckpt: Path, shards: Path, split: str, path: Path, keys: Sequence[str], resolution: int) -> Path:
+    """Held-out views of a split's shapes `keys` beside the image encoder's reconstructions."""
     from recon3d.inference.outputs import write_pairs
 
     svr, autoencoder = load_svr(ckpt)
-    batch = next(iter_split(shards, split, count, **view_options(svr)))
+    batch = pick_batch(shards, split, keys, **view_options(svr))
     rows, lefts = [], {}
     for key, image, z in zip(batch["key"], batch["image"], svr.encoder(batch["image"])):
         lefts[key] = (image.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)

@@ -4,13 +4,13 @@ frame."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from recon3d.data.datamodule import iter_split
-from recon3d.inference.splits import model_input, view_options
+from recon3d.inference.splits import model_input, pick_batch, view_options
 from recon3d.inference.tables import eval_name, finish_eval, shape_row
 from recon3d.tasks.checkpoints import load_checkpoint
 
@@ -61,14 +61,14 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", ou
 
 
 @torch.no_grad()
-def write_view_sheet(ckpt: str | Path, shard_dir: str | Path, split: str, path: Path, count: int) -> Path:
-    """The evaluation views of a split's first `count` shapes: input | true depth | predicted depth (the nearest
-    occupied slice of the view-aligned volume; brighter is nearer), one shape per line."""
+def write_view_sheet(ckpt: str | Path, shard_dir: str | Path, split: str, path: Path, keys: Sequence[str]) -> Path:
+    """The evaluation views of a split's shapes `keys`: input | true depth | predicted depth (the nearest occupied
+    slice of the view-aligned volume; brighter is nearer), one shape per line."""
     from recon3d.inference.outputs import save_png
     from recon3d.tasks.vrn import volume_sheet
 
     task = load_checkpoint(ckpt, "cpu", expect="vrn")
-    batch = next(iter_split(shard_dir, split, count, **view_options(task, "volume")))
+    batch = pick_batch(shard_dir, split, keys, **view_options(task, "volume"))
     logits = task.model(batch["image"])[-1]
     rows = [(batch["image"][i].mean(0).numpy(), batch["volume"][i].numpy() > 0.5, logits[i].numpy() > 0)
             for i in range(len(batch["key"]))]

@@ -143,6 +143,7 @@ def _evaluate(cfg: Config, run_dir: Path, chosen: Dict[str, str]) -> dict:
     from recon3d.inference.autoencoder import evaluate, extract_meshes
     from recon3d.inference.latent import codes_to_meshes, gan_codes, interpolate_codes, load_any
     from recon3d.inference.outputs import write_sheet, write_strip
+    from recon3d.inference.splits import sheet_keys
 
     shards, out = run_dir / "shards", run_dir / "evaluation"
     ckpt = {name: Path(chosen[name]) for name in TRAINED}
@@ -150,14 +151,14 @@ def _evaluate(cfg: Config, run_dir: Path, chosen: Dict[str, str]) -> dict:
     split = first_split(shards)
     evaluate(ckpt["autoencoder"], shards, split=split, resolution=demo.eval_resolution, out_dir=out)
     svr_inference.evaluate(ckpt["svr"], shards, split=split, resolution=cfg.train.val_resolution, out_dir=out)
-    rows = extract_meshes(ckpt["autoencoder"], shards, out / "meshes", split=split, count=demo.sheet_shapes,
+    keys = sheet_keys(shards, split, demo.sheet_shapes)  # the same shapes on every sheet, from every category
+    rows = extract_meshes(ckpt["autoencoder"], shards, out / "meshes", split=split, keys=keys,
                           resolution=demo.eval_resolution)
     write_sheet(out / "autoencoder_sheet.png", shards, rows)
-    svr_inference.write_view_sheet(ckpt["svr"], shards, split, out / "svr_sheet.png", demo.sheet_shapes,
-                                   demo.eval_resolution)
+    svr_inference.write_view_sheet(ckpt["svr"], shards, split, out / "svr_sheet.png", keys, demo.eval_resolution)
     for name, inference in (("vrn", vrn_inference), ("stereo", stereo_inference)):
         inference.evaluate(ckpt[name], shards, split=split, out_dir=out)
-        inference.write_view_sheet(ckpt[name], shards, split, out / f"{name}_sheet.png", demo.sheet_shapes)
+        inference.write_view_sheet(ckpt[name], shards, split, out / f"{name}_sheet.png", keys)
     latent_inference.evaluate(ckpt["gan"], shards, split=split, draws=demo.gan_eval_draws, out_dir=out)
     autoencoder, gan = load_any(ckpt["gan"])
     seeds = list(range(8))
