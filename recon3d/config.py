@@ -82,10 +82,14 @@ class SVRConfig:
     lr: float = 1e-4  # Adam learning rate
     beta1: float = 0.5  # Adam beta1
     beta2: float = 0.999  # Adam beta2
+    lr_schedule: str = "constant"  # constant (IM-NET) | cosine: down to lr_final x lr along the run, as train.lr_schedule
+    lr_final: float = 0.05  # cosine: the learning rate at the run's end, as a share of lr
 
     def __post_init__(self) -> None:
         _check(self.architecture in ("resnet18", "resnet34"), "svr.architecture: resnet18 or resnet34")
         _check(self.epochs >= 1 and self.base_width >= 1 and self.lr > 0, "svr.epochs/base_width/lr must be > 0")
+        _check(self.lr_schedule in LR_SCHEDULES, f"svr.lr_schedule={self.lr_schedule!r}: {' | '.join(LR_SCHEDULES)}")
+        _check(0 <= self.lr_final <= 1, "svr.lr_final is a share of svr.lr, in [0, 1]")
 
 
 @dataclass

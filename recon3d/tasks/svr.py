@@ -13,6 +13,7 @@ from recon3d.config import Config, ConfigError
 from recon3d.models.image_encoder import ImageEncoder
 from recon3d.tasks.autoencoder import check_finite
 from recon3d.tasks.checkpoints import StageCheckpoint, load_checkpoint, read_checkpoint
+from recon3d.tasks.schedule import lr_scheduler
 from recon3d.tasks.shape_eval import CategoryScores, decode_occupancy, surface_scores, voxel_iou
 
 
@@ -28,6 +29,7 @@ class SVRTask(StageCheckpoint, L.LightningModule):
 
     def __init__(self, *, latent_dim: int = 256, image_channels: int = 1, architecture: str = "resnet18",
                  base_width: int = 64, lr: float = 1e-4, beta1: float = 0.5, beta2: float = 0.999,
+                 lr_schedule: str = "constant", lr_final: float = 0.05, max_minutes: float = 0.0,
                  autoencoder_ckpt: str = "", latents: str = "", val_resolution: int = 32,
                  categories: Sequence[str] = (), image_size: int = 137, crop_size: int = 128,
                  holdout_views: int = 0) -> None:
@@ -55,7 +57,9 @@ class SVRTask(StageCheckpoint, L.LightningModule):
         svr = cfg.svr
         return cls(latent_dim=int(read_checkpoint(ckpt)["hyper_parameters"]["latent_dim"]),
                    image_channels=1 if cfg.loader.grayscale else 3, architecture=svr.architecture,
-                   base_width=svr.base_width, lr=svr.lr, beta1=svr.beta1, beta2=svr.beta2, autoencoder_ckpt=str(ckpt),
+                   base_width=svr.base_width, lr=svr.lr, beta1=svr.beta1, beta2=svr.beta2,
+                   lr_schedule=svr.lr_schedule, lr_final=svr.lr_final, max_minutes=cfg.train.max_minutes,
+                   autoencoder_ckpt=str(ckpt),
                    latents=default_latents(cfg.loader.shards, svr.autoencoder_ckpt, svr.latents),
                    val_resolution=cfg.train.val_resolution, image_size=int(manifest["config"]["render"]["image_size"]),
                    crop_size=cfg.loader.crop_size, holdout_views=cfg.loader.holdout_views)
@@ -88,8 +92,10 @@ class SVRTask(StageCheckpoint, L.LightningModule):
 
     # --------------------------------------------------------------------------------------------- steps
     def configure_optimizers(self):
-        return torch.optim.Adam(self.encoder.parameters(), lr=self.hparams.lr,
-                                betas=(self.hparams.beta1, self.hparams.beta2))
+        hp = self.hparams
+        optimizer = torch.optim.Adam(self.encoder.parameters(), lr=hp.lr, betas=(hp.beta1, hp.beta2))
+        scheduler = lr_scheduler(optimizer, self, hp.lr_schedule, hp.lr_final, hp.max_minutes)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # losses in fp32: under DeepSpeed bf16 the prediction and the target can differ in dtype, which CUDA's

@@ -119,3 +119,19 @@ def test_latents_of_another_autoencoder_are_refused(tiny_shards, trained_autoenc
     with pytest.raises(ConfigError, match="these latents were exported from .* not from svr.autoencoder_ckpt="):
         run(tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={tmp_path / 'svr'}", "train.stage=svr",
                         f"svr.autoencoder_ckpt={other}", "train.accelerator=cpu"), enable_wandb=False)
+
+
+def test_svr_cosine_schedule_decays_to_lr_final(tiny_shards, trained_autoencoder, tmp_path):
+    """svr.lr_schedule=cosine: the image encoder's learning rate falls along the run to lr_final x lr (by steps
+    here; by the clock when the run trains by time, as in the demo)."""
+    import math
+
+    from tests.tasks.test_autoencoder_task import _logged_lr
+
+    run(_svr_cfg(tiny_shards, trained_autoencoder, tmp_path, "svr.lr_schedule=cosine", "svr.lr_final=0.1",
+                 "train.log_every_steps=1"), enable_wandb=False, enable_progress_bar=False)
+    lrs = _logged_lr(tmp_path)
+    assert sorted(lrs) == list(range(8))
+    assert lrs == pytest.approx({s: 0.001 * (0.1 + 0.45 * (1 + math.cos(math.pi * s / 8))) for s in lrs})
+    with pytest.raises(ConfigError, match="svr.lr_schedule"):
+        tiny_config("svr.lr_schedule=step")
