@@ -32,7 +32,7 @@ import math
 import re
 import struct
 import zlib
-from typing import Dict
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -145,6 +145,21 @@ def safe_name(name: str) -> str:
 
 def make_key(category: str, shape_id: str) -> str:
     return f"{safe_name(category)}/{safe_name(shape_id)}"
+
+
+def take_in_turn(keys: Sequence[str], count: int) -> List[str]:
+    """`count` of `keys` taken in turn from each category (a key is <category>/<shape_id>; each category's first
+    keys first), returned in their given order: a split whose shards run category by category would otherwise show
+    only its first category."""
+    by_category: Dict[str, List[str]] = {}
+    for key in keys:
+        by_category.setdefault(key.split("/")[0], []).append(key)
+    chosen: set = set()
+    for rank in range(max(map(len, by_category.values()), default=0)):
+        for members in by_category.values():
+            if rank < len(members) and len(chosen) < count:
+                chosen.add(members[rank])
+    return [key for key in keys if key in chosen]
 
 
 def key_hash(key: str) -> float:

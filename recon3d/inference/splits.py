@@ -66,23 +66,8 @@ def split_keys(shard_dir: str | Path, split: str) -> List[str]:
 
 
 def sheet_keys(shard_dir: str | Path, split: str, count: int) -> List[str]:
-    """`count` keys of a split for a report's sheets, spread over its categories (see take_in_turn)."""
-    return take_in_turn(split_keys(shard_dir, split), count)
-
-
-def take_in_turn(keys: Sequence[str], count: int) -> List[str]:
-    """`count` of `keys` taken in turn from each category (a key is <category>/<shape_id>; each category's first
-    keys first), returned in their given order: a split whose shards run category by category would otherwise show
-    only its first category."""
-    by_category: Dict[str, List[str]] = {}
-    for key in keys:
-        by_category.setdefault(key.split("/")[0], []).append(key)
-    chosen: set = set()
-    for rank in range(max(map(len, by_category.values()), default=0)):
-        for members in by_category.values():
-            if rank < len(members) and len(chosen) < count:
-                chosen.add(members[rank])
-    return [key for key in keys if key in chosen]
+    """`count` keys of a split for a report's sheets, spread over its categories (see schema.take_in_turn)."""
+    return schema.take_in_turn(split_keys(shard_dir, split), count)
 
 
 def pick_batch(shard_dir: str | Path, split: str, keys: Sequence[str], **loader) -> dict:

@@ -176,19 +176,23 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
             self.log("val/fscore@1%", float(np.mean(fscores)), batch_size=batch_size, sync_dist=True)
             self.log("val/empty_meshes", 1 - len(found) / batch_size, batch_size=batch_size, sync_dist=True)
         if batch_idx == 0 and self.global_rank == 0:
-            self._log_reconstructions(voxels, pred)
+            self._log_reconstructions(voxels, pred, list(batch.get("key", ())))
 
-    def _log_reconstructions(self, voxels: torch.Tensor, pred: torch.Tensor) -> None:
-        """Input voxels beside the reconstruction, rendered with our renderer: a PNG per epoch, and to W&B."""
+    def _log_reconstructions(self, voxels: torch.Tensor, pred: torch.Tensor, keys: Sequence[str] = ()) -> None:
+        """Input voxels beside the reconstruction, rendered with our renderer: a PNG per epoch, and to W&B; the
+        shapes are taken in turn from each category of the batch (its first shapes are often all of one)."""
         count = min(self.hparams.reconstructions_to_log, voxels.shape[0])
         if count == 0 or self._rendered_epoch == self.current_epoch or self.trainer.sanity_checking:
             return
         self._rendered_epoch = self.current_epoch
+        from recon3d.data.schema import take_in_turn
         from recon3d.geometry.render import render_preview
 
+        picks = [list(keys).index(key) for key in take_in_turn(keys, count)] if len(keys) == voxels.shape[0] \
+            else range(count)
         rows = []
         meshes = []
-        for i in range(count):
+        for i in picks:
             target = voxels[i, 0].float().cpu().numpy()
             recon = pred[i].float().cpu().numpy()
             pair = [grid_to_mesh(target, 0.5, corners=False), grid_to_mesh(recon, 0.5, corners=False)]

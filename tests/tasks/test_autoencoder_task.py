@@ -155,3 +155,24 @@ def test_cosine_schedule_follows_the_clock_when_training_by_time(tiny_shards, tm
     values = [lrs[s] for s in sorted(lrs)]
     assert values[0] == pytest.approx(0.001) and all(a >= b for a, b in zip(values, values[1:]))
     assert values[-1] < 0.0003  # the clock ran out, not the epochs: the schedule reached (near) its end
+
+
+def test_logged_reconstructions_take_each_category_in_turn(monkeypatch):
+    """The picture logged at validation shows shapes of several categories though the batch starts with one."""
+    from types import SimpleNamespace
+
+    import recon3d.tasks.autoencoder as module
+
+    task = AutoencoderTask(latent_dim=8, encoder_channels=2, decoder_widths=[8], reconstructions_to_log=3)
+    task._trainer = SimpleNamespace(sanity_checking=False, current_epoch=0)
+    monkeypatch.setattr(type(task), "current_epoch", property(lambda self: 0))
+    drawn, published = [], []
+    monkeypatch.setattr(module, "grid_to_mesh", lambda grid, *a, **k: drawn.append(int(grid.sum())) or (
+        torch.zeros(3, 3).numpy(), torch.zeros(1, 3, dtype=torch.int64).numpy()))
+    monkeypatch.setattr(module, "publish_image", lambda task, image, meshes: published.append(len(meshes)))
+    keys = ["airplane/a0", "airplane/a1", "airplane/a2", "car/c0", "chair/h0", "chair/h1"]
+    voxels = torch.zeros(6, 1, 4, 4, 4)
+    for i in range(6):  # sample i has i + 1 occupied cells, so a drawn grid names its sample
+        voxels[i].view(-1)[:i + 1] = 1
+    task._log_reconstructions(voxels, voxels[:, 0], keys)
+    assert drawn[::2] == [1, 4, 5] and published == [3]  # airplane/a0, car/c0, chair/h0 (targets; every other)
