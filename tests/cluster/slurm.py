@@ -5,8 +5,10 @@ own UTS + mount namespace, so the jobs it starts see its hostname and an /etc/ho
 and node2 to 127.0.0.1 (no address outside 127.0.0.0/8 is used). TaskPlugin=task/affinity binds tasks to CPUs
 without cgroups: every node declares all of the machine's CPUs and reserves the other nodes' share with CpuSpecList,
 so node1's tasks run on the first half of the CPUs and node2's on the second (on a 2-CPU machine: CPU 0 and CPU 1).
-munged and the daemons are started here and stopped by their pids. Needs Debian's slurmctld, slurmd, slurm-client
-and munge (`.ci/run` installs them when it can), root and util-linux's unshare/setpriv."""
+munged and the daemons are started here and stopped by their pids; the daemons also get SIGTERM when the process that
+started them dies (a killed or timed-out pytest runs no teardown, and its daemons would keep their ports). Needs
+Debian's slurmctld, slurmd, slurm-client and munge (`.ci/run` installs them when it can), root and util-linux's
+unshare/setpriv."""
 
 from __future__ import annotations
 
@@ -19,6 +21,13 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from tests.conftest import free_port
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG; kept across exec)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
 
 CONF = """ClusterName=recon3d-test
 SlurmctldHost=localhost(127.0.0.1)
@@ -123,13 +132,13 @@ class LocalSlurm:
         self.env["SLURM_CONF"] = str(self.conf)
         log = open(self.state / "log" / "daemons.out", "ab")
         self.procs.append(subprocess.Popen(["slurmctld", "-D", "-i", "-f", str(self.conf)], env=self.env,
-                                           stdout=log, stderr=log))
+                                           stdout=log, stderr=log, preexec_fn=_die_with_parent))
         time.sleep(0.5)
         for name in self.names:  # exec: the Popen pid is slurmd's own
             inner = (f"mount --bind {self.state / 'hosts'} /etc/hosts && hostname {name} && "
                      f"exec slurmd -D -N {name} -f {self.conf}")
             self.procs.append(subprocess.Popen(["unshare", "--uts", "--mount", "bash", "-c", inner], env=self.env,
-                                               stdout=log, stderr=log))
+                                               stdout=log, stderr=log, preexec_fn=_die_with_parent))
         deadline = time.time() + 60
         while time.time() < deadline:
             out = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], env=self.env, capture_output=True, text=True)
