@@ -82,7 +82,7 @@ class SVRConfig:
     lr: float = 1e-4  # Adam learning rate
     beta1: float = 0.5  # Adam beta1
     beta2: float = 0.999  # Adam beta2
-    lr_schedule: str = "constant"  # constant (IM-NET) | cosine: down to lr_final x lr along the run, as train.lr_schedule
+    lr_schedule: str = "constant"  # constant (IM-NET) | cosine: down to lr_final x lr along the run (as train.*)
     lr_final: float = 0.05  # cosine: the learning rate at the run's end, as a share of lr
 
     def __post_init__(self) -> None:
