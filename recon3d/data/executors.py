@@ -100,22 +100,33 @@ def ordered_map(jobs: List[tuple], workers: int) -> Iterator[tuple]:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+RAY_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode (see init_ray)
+
+
 def init_ray(address: str = "", num_cpus: Optional[int] = None) -> None:
-    """Connect to a running cluster (`address`, or RAY_ADDRESS) or start a local one; idempotent."""
+    """Connect to a running cluster (`address`, or RAY_ADDRESS) or start a local one on loopback; idempotent."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DISABLE_IMPORT_WARNING", "1")
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    if not address:
+        # Ray turns a node address of 127.0.0.1 into the machine's routed one, and then binds its servers to all
+        # interfaces, unless its single-machine mode is on (the default on Windows and macOS, named for them): on,
+        # every Ray process talks and listens on 127.0.0.1 only. Its workers read it from this environment.
+        os.environ.setdefault(RAY_LOCAL_ONLY, "0")
     try:
         import ray
     except ImportError:
         raise ImportError("Ray is not installed: pip install 'recon3d[ray]' (or 'ray[tune]')") from None
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        # "local": always a fresh local instance, never a cluster some other job left in /tmp/ray; on loopback, so
-        # that a single-machine run opens no port on the machine's network address
+        from ray._private import ray_constants
+
+        if os.environ[RAY_LOCAL_ONLY] == "0":  # read when ray was imported, maybe before this call (by ray.tune)
+            ray_constants.ENABLE_RAY_CLUSTER = False
+        # "local": always a fresh local instance, never a cluster some other job left in /tmp/ray
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  _node_ip_address="127.0.0.1")
 

@@ -95,3 +95,22 @@ def test_every_shipped_sweep_file_loads(name):
 
     spec = load_sweep(REPO / "configs" / "sweep" / name)
     assert spec.search_space and spec.metric and spec.mode in ("min", "max")
+
+
+def test_local_ray_talks_and_listens_on_loopback_only():
+    """The local Ray that sweeps and Ray shard writing start: its node address is 127.0.0.1 and none of its
+    processes listens on any other address (Ray left alone takes the machine's routed address and binds to all)."""
+    import ipaddress
+    import psutil
+
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+    assert ray.get(ray.remote(lambda: ray.util.get_node_ip_address()).remote()) == "127.0.0.1"  # in a worker too
+    session = ray._private.worker.global_worker.node.get_session_dir_path()
+    ray_pids = {p.pid for p in psutil.process_iter(["cmdline"]) if session in " ".join(p.info["cmdline"] or ())}
+    ray_pids |= {child.pid for pid in ray_pids for child in psutil.Process(pid).children(recursive=True)}
+    listening = [c.laddr for c in psutil.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in ray_pids]
+    assert listening, "found no Ray process listening"
+    addresses = {ipaddress.ip_address(address.ip) for address in listening}
+    assert all(a.is_loopback or getattr(a, "ipv4_mapped", None) and a.ipv4_mapped.is_loopback for a in addresses), \
+        addresses
