@@ -66,14 +66,14 @@ class StereoTask(ViewTask):
         out = self.model(batch["left"])
         self.scores.add(batch["key"], **pair_errors(out["right"], batch["left"], batch["right"],
                                                     batch["mean_disparity"]))
-        for i in range(self.room_for_pictures(batch)):
+        for i in self.picture_rows(batch):
             views = (batch["left"], out["right"], batch["right"])  # float: bf16 under bf16-mixed, numpy has none
-            self.pictures.append([t[i].float().mean(0).cpu().numpy() for t in views]
-                                 + [out["disparity"][i].float().cpu().numpy()])
+            self.pictures.append((batch["key"][i], [t[i].float().mean(0).cpu().numpy() for t in views]
+                                  + [out["disparity"][i].float().cpu().numpy()]))
 
-    def picture_sheet(self) -> np.ndarray:
+    def picture_sheet(self, pictures: list) -> np.ndarray:
         lines = []
-        for left, predicted, right, disparity in self.pictures:
+        for left, predicted, right, disparity in pictures:
             cells = [np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8) for x in (left, predicted, right)]
             cells.append(disparity_picture(disparity, self.hparams.disparity_min, self.hparams.disparity_max))
             lines.append(np.concatenate(cells, axis=1))

@@ -97,10 +97,10 @@ class VRNTask(ViewTask):
         outputs = self.model(batch["image"])
         self.log("val/loss", self.loss(outputs, batch["volume"]), batch_size=len(batch["key"]), sync_dist=True)
         self.scores.add(batch["key"], iou=volume_iou(outputs[-1], batch["volume"]))
-        for i in range(self.room_for_pictures(batch)):
-            self.pictures.append((batch["image"][i].float().mean(0).cpu().numpy(),
-                                  batch["volume"][i].float().cpu().numpy() > 0.5,
-                                  outputs[-1][i].float().cpu().numpy() > 0))  # bf16 under bf16-mixed: numpy has none
+        for i in self.picture_rows(batch):
+            self.pictures.append((batch["key"][i], (batch["image"][i].float().mean(0).cpu().numpy(),
+                                                    batch["volume"][i].float().cpu().numpy() > 0.5,
+                                                    outputs[-1][i].float().cpu().numpy() > 0)))  # bf16: numpy has none
 
-    def picture_sheet(self) -> np.ndarray:
-        return volume_sheet(self.pictures)
+    def picture_sheet(self, pictures: list) -> np.ndarray:
+        return volume_sheet(pictures)

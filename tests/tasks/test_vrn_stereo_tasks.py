@@ -41,3 +41,22 @@ def test_stage_and_loader_must_agree(stereo_shards, tmp_path):
         _run(stereo_shards, tmp_path, *VRN_TINY, "loader.stage=image")
     with pytest.raises(ConfigError, match="multiple of 4 x 2"):
         _run(stereo_shards, tmp_path, *VRN_TINY, "loader.crop_size=40")
+
+
+def test_validation_sheet_takes_each_category_in_turn():
+    """Validation batches read shard by shard run category by category; the sheet still shows every category."""
+    from recon3d.tasks.stereo import StereoTask
+
+    task = StereoTask(widths=[8, 8, 8, 8], disparity_levels=5, crop_size=16, images_to_log=4).eval()
+    task.on_validation_epoch_start()
+    for category in ("airplane", "car", "chair"):  # two batches of four views each, one category after another
+        for batch_idx in range(2):
+            keys = [f"{category}/s{batch_idx}{n}" for n in range(4)]
+            batch = {"key": keys, "left": torch.rand(4, 1, 16, 16), "right": torch.rand(4, 1, 16, 16),
+                     "mean_disparity": torch.full((4,), 2.0)}
+            with torch.no_grad():
+                task.validation_step(batch, batch_idx)
+    assert len(task.pictures) == 12  # at most images_to_log per category are kept, not the first four views
+    shown = [key for key, picture in task.pictures if any(picture is p for p in task.sheet_pictures())]
+    assert shown == ["airplane/s00", "airplane/s01", "car/s00", "chair/s00"]
+    assert task.picture_sheet(task.sheet_pictures()).shape == (4 * 16, 4 * 16, 3)
