@@ -252,7 +252,8 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
         if result.metrics:
             rows.append({"trial": result.metrics.get("trial_id"), "params": result.config,
                          spec.metric: _best_reported(result, spec), "last": result.metrics.get(spec.metric),
-                         "epoch": result.metrics.get("epoch"), "host": result.metrics.get("host")})
+                         "epoch": result.metrics.get("epoch"), "host": result.metrics.get("host"),
+                         "node_ip": result.metrics.get("node_ip")})
     atomic_write(sweep_dir / "trials.json", json.dumps(rows, indent=1, default=str).encode())
     return {"best": best.config, "metric": _best_reported(best, spec), "trials": len(results),
             "folder": str(sweep_dir), "rows": rows}

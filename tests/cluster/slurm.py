@@ -1,14 +1,15 @@
 """A throw-away two-node SLURM cluster on this one machine, for tests of the sbatch templates.
 
-slurmctld plus one slurmd per node (node1, node2), all on 127.0.0.1 with ports of their own; each slurmd runs in its
-own UTS + mount namespace, so the jobs it starts see its hostname and an /etc/hosts of the cluster's that maps node1
-and node2 to 127.0.0.1 (no address outside 127.0.0.0/8 is used). TaskPlugin=task/affinity binds tasks to CPUs
-without cgroups: every node declares all of the machine's CPUs and reserves the other nodes' share with CpuSpecList,
-so node1's tasks run on the first half of the CPUs and node2's on the second (on a 2-CPU machine: CPU 0 and CPU 1).
-munged and the daemons are started here and stopped by their pids; the daemons also get SIGTERM when the process that
-started them dies (a killed or timed-out pytest runs no teardown, and its daemons would keep their ports). Needs
-Debian's slurmctld, slurmd, slurm-client and munge (`.ci/run` installs them when it can), root and util-linux's
-unshare/setpriv."""
+slurmctld on 127.0.0.1 plus one slurmd per node (node1, node2), each with a loopback address (127.0.0.2, 127.0.0.3)
+and a port of its own; each slurmd runs in its own UTS + mount namespace, so the jobs it starts see its hostname and
+an /etc/hosts of the cluster's that maps node1 and node2 to their addresses (no address outside 127.0.0.0/8 is used:
+an address other than 127.0.0.1 also keeps Ray from swapping it for the machine's routed one).
+TaskPlugin=task/affinity binds tasks to CPUs without cgroups: every node declares all of the machine's CPUs and
+reserves the other nodes' share with CpuSpecList, so node1's tasks run on the first half of the CPUs and node2's on
+the second (on a 2-CPU machine: CPU 0 and CPU 1). munged and the daemons are started here and stopped by their pids;
+the daemons also get SIGTERM when the process that started them dies (a killed or timed-out pytest runs no teardown,
+and its daemons would keep their ports). Needs Debian's slurmctld, slurmd, slurm-client and munge (`.ci/run` installs
+them when it can), root and util-linux's unshare/setpriv."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ MinJobAge=600
 {nodes}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
-NODE = ("NodeName={name} NodeAddr=127.0.0.1 NodeHostname={name} Port={port} CPUs={cpus} {spec}"
+NODE = ("NodeName={name} NodeAddr={address} NodeHostname={name} Port={port} CPUs={cpus} {spec}"
         "RealMemory={memory} State=UNKNOWN")
 BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged", "munge", "unshare", "setpriv")
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL")
@@ -89,6 +90,7 @@ class LocalSlurm:
         self.state = state
         self.conf = state / "slurm.conf"
         self.names = [f"node{i + 1}" for i in range(nodes)]
+        self.addresses = [f"127.0.0.{i + 2}" for i in range(nodes)]
         self.cpus = node_cpus(nodes, os.cpu_count() or 1)
         self.memory_mb = memory_mb
         self.procs: List[subprocess.Popen] = []
@@ -115,12 +117,13 @@ class LocalSlurm:
     def _write_conf(self) -> None:
         total = os.cpu_count() or 1
         lines = []
-        for name, cpus in zip(self.names, self.cpus):
+        for name, cpus, address in zip(self.names, self.cpus, self.addresses):
             reserved = sorted(set(range(total)) - set(cpus))
             spec = f"CpuSpecList={','.join(map(str, reserved))} " if reserved else ""
-            lines.append(NODE.format(name=name, port=free_port(), cpus=total if reserved else len(cpus), spec=spec,
+            lines.append(NODE.format(name=name, address=address, port=free_port(), cpus=total if reserved else len(cpus), spec=spec,
                                      memory=self.memory_mb))
-        (self.state / "hosts").write_text("127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {n}\n" for n in self.names))
+        (self.state / "hosts").write_text("127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for a, n in
+                                                                          zip(self.addresses, self.names)))
         self.conf.write_text(CONF.format(state=self.state, ctld_port=free_port(), nodes="\n".join(lines)))
 
     def start(self) -> "LocalSlurm":

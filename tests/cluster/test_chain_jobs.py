@@ -1,6 +1,7 @@
 """The other templates on the two-node test bed: a shards array spread over both nodes, a Ray Tune sweep with its
 head on node1 and a worker on node2, and the whole method as a chain of dependent jobs."""
 
+import ipaddress
 import json
 import shutil
 import subprocess
@@ -49,6 +50,7 @@ def test_sweep_over_two_nodes_places_trials_on_both(cluster, tiny_shards, tmp_pa
     trials = json.loads((folder / "trials.json").read_text())
     assert len(trials) == 2 and all(t["val/iou"] is not None for t in trials)
     assert {t["host"] for t in trials} == {"node1", "node2"}, trials  # one 1-CPU trial per 1-CPU node
+    assert all(ipaddress.ip_address(t["node_ip"]).is_loopback for t in trials), trials  # Ray talked on loopback
     assert (folder / "best.yaml").is_file()
 
 
