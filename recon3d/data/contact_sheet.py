@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import tarfile
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from recon3d.data import schema
+from recon3d.data.index import load_index
 from recon3d.data.shards import load_manifest, read_tar
 from recon3d.geometry.render import on_white
 from recon3d.io import atomic_path
@@ -65,36 +66,51 @@ def sample_row(key: str, members: dict, views: int, size: int) -> np.ndarray:
     return np.concatenate([np.asarray(label), row], axis=0)
 
 
-def contact_sheet(shard_dir: str | Path, out: str | Path, *, count: int = 8, views: int = 4, size: int = 96,
-                  split: str = "") -> Path:
-    """Write a PNG with `count` samples (spread over categories where possible) and return its path. A shard that
-    cannot be read or a sample that cannot be drawn is skipped with a line naming it."""
+def sheet_samples(shard_dir: Path, count: int, split: str = "") -> List[tuple]:
+    """(key, members) of `count` samples taken in turn from each category of the shards (or of one split), in shard
+    order. They are chosen from the shards' indexes (a shard without one is read whole), so a shard set written
+    category by category still shows every category, and only the shards holding them are read; a shard that cannot
+    be read is skipped with a line naming it."""
     import sys
 
-    shard_dir, out = Path(shard_dir), Path(out)
     manifest = load_manifest(shard_dir)
-    by_category: dict = {}
+    keys_of: Dict[Path, List[str]] = {}
+    read: Dict[Path, dict] = {}
     for shard in manifest["shards"]:
         if split and shard["split"] != split:
             continue
         path = shard_dir / f"{shard['name']}.tar"
         try:
-            samples = read_tar(path)
+            index = load_index(path)
+            if index is None:
+                read[path] = read_tar(path)
+            keys_of[path] = [key for key, _ in index["samples"]] if index is not None else list(read[path])
+        except (OSError, EOFError, ValueError, tarfile.TarError) as err:
+            print(f"recon3d: {path}: unreadable ({err}); skipped", file=sys.stderr)
+    chosen = set(schema.take_in_turn([key for keys in keys_of.values() for key in keys], count))
+    picked: List[tuple] = []
+    for path, keys in keys_of.items():
+        wanted = [key for key in keys if key in chosen]
+        if not wanted:
+            continue
+        try:
+            samples = read[path] if path in read else read_tar(path)
         except (OSError, EOFError, tarfile.TarError) as err:
             print(f"recon3d: {path}: unreadable ({err}); skipped", file=sys.stderr)
             continue
-        for key, members in samples.items():
-            by_category.setdefault(key.split("/")[0], []).append((key, members))
-        if sum(len(v) for v in by_category.values()) >= 4 * count:
-            break
-    picked: List[tuple] = []
-    queues = [list(v) for _, v in sorted(by_category.items())]
-    while len(picked) < count and any(queues):  # round-robin over categories
-        for queue in queues:
-            if queue and len(picked) < count:
-                picked.append(queue.pop(0))
+        picked += [(key, samples[key]) for key in wanted if key in samples]
+    return picked
+
+
+def contact_sheet(shard_dir: str | Path, out: str | Path, *, count: int = 8, views: int = 4, size: int = 96,
+                  split: str = "") -> Path:
+    """Write a PNG of `count` samples taken in turn from each category (see sheet_samples) and return its path. A
+    shard that cannot be read or a sample that cannot be drawn is skipped with a line naming it."""
+    import sys
+
+    shard_dir, out = Path(shard_dir), Path(out)
     rows = []
-    for key, members in picked:
+    for key, members in sheet_samples(shard_dir, count, split):
         try:
             rows.append(sample_row(key, members, views, size))
         except Exception as err:  # a damaged member: show the others

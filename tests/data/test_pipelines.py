@@ -248,3 +248,23 @@ def test_an_inflated_manifest_count_is_caught_by_the_shards_own_record(tiny_shar
     assert first["name"] not in " ".join(i.path for i in infos)
     assert any(f"the manifest says {first['samples']} samples, the shard's own record" in r.getMessage()
                for r in caplog.records)
+
+
+def test_contact_sheet_shows_every_category_of_shards_written_category_by_category(tmp_path):
+    """Shards hold a split's shapes in key order, so its first samples are of one or two categories; the sheet picks
+    its samples from the indexes of all shards (here the only table comes 14th, after 7 cars and 6 chairs)."""
+    from recon3d.data.contact_sheet import contact_sheet, sheet_samples
+    from recon3d.data.writer import build_shards
+    from recon3d.workflows.demo import write_procedural_meshes
+    from tests.conftest import tiny_config
+
+    for category, count in (("car", 7), ("chair", 6), ("table", 1)):
+        write_procedural_meshes(tmp_path / "meshes", [category], count)
+    out = tmp_path / "shards"
+    build_shards(tiny_config(f"source.root={tmp_path / 'meshes'}", f"shards.out_dir={out}",
+                             "shards.samples_per_shard=2", "shards.split=[1.0,0.0,0.0]"), progress=False)
+    picked = [key for key, _ in sheet_samples(out, 3, "train")]
+    assert [key.split("/")[0] for key in picked] == ["car", "chair", "table"], picked
+    assert [key for key, _ in sheet_samples(out, 4)] == ["car/car_000", "car/car_001", "chair/chair_000",
+                                                          "table/table_000"]
+    assert contact_sheet(out, tmp_path / "sheet.png", count=3).is_file()
