@@ -14,8 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from recon3d.data import schema
-from recon3d.data.index import load_index
-from recon3d.data.shards import load_manifest, read_tar
+from recon3d.data.shards import load_manifest, read_tar, shard_keys
 from recon3d.geometry.render import on_white
 from recon3d.io import atomic_path
 
@@ -68,23 +67,19 @@ def sample_row(key: str, members: dict, views: int, size: int) -> np.ndarray:
 
 def sheet_samples(shard_dir: Path, count: int, split: str = "") -> List[tuple]:
     """(key, members) of `count` samples taken in turn from each category of the shards (or of one split), in shard
-    order. They are chosen from the shards' indexes (a shard without one is read whole), so a shard set written
-    category by category still shows every category, and only the shards holding them are read; a shard that cannot
-    be read is skipped with a line naming it."""
+    order. They are chosen from the shards' keys (shard_keys: their indexes), so a shard set written category by
+    category still shows every category, and only the shards holding them are read whole; a shard that cannot be
+    read is skipped with a line naming it."""
     import sys
 
     manifest = load_manifest(shard_dir)
     keys_of: Dict[Path, List[str]] = {}
-    read: Dict[Path, dict] = {}
     for shard in manifest["shards"]:
         if split and shard["split"] != split:
             continue
         path = shard_dir / f"{shard['name']}.tar"
         try:
-            index = load_index(path)
-            if index is None:
-                read[path] = read_tar(path)
-            keys_of[path] = [key for key, _ in index["samples"]] if index is not None else list(read[path])
+            keys_of[path] = shard_keys(path)
         except (OSError, EOFError, ValueError, tarfile.TarError) as err:
             print(f"recon3d: {path}: unreadable ({err}); skipped", file=sys.stderr)
     chosen = set(schema.take_in_turn([key for keys in keys_of.values() for key in keys], count))
@@ -94,7 +89,7 @@ def sheet_samples(shard_dir: Path, count: int, split: str = "") -> List[tuple]:
         if not wanted:
             continue
         try:
-            samples = read[path] if path in read else read_tar(path)
+            samples = read_tar(path)
         except (OSError, EOFError, tarfile.TarError) as err:
             print(f"recon3d: {path}: unreadable ({err}); skipped", file=sys.stderr)
             continue

@@ -136,3 +136,12 @@ def read_tar(path: str | Path) -> dict:
             key = f"{base[0]}/{stem}" if len(base) == 2 else stem
             samples.setdefault(key, {})[suffix] = tar.extractfile(info).read()
     return samples
+
+
+def shard_keys(path: str | Path) -> List[str]:
+    """The sample keys of one shard in file order, from its index (the tar itself for a shard without one; raises for
+    a damaged file)."""
+    from recon3d.data.index import load_index
+
+    index = load_index(path)
+    return [key for key, _ in index["samples"]] if index is not None else list(read_tar(path))

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 
 from recon3d.data import schema
-from recon3d.data.index import load_index
-from recon3d.data.shards import load_manifest, read_tar, shard_infos
+from recon3d.data.shards import load_manifest, read_tar, shard_infos, shard_keys
 
 
 def view_options(task, stage: str = "image") -> dict:
@@ -60,8 +59,7 @@ def split_keys(shard_dir: str | Path, split: str) -> List[str]:
     missing or damaged shard is left out with a warning, as the loaders leave it out."""
     keys: List[str] = []
     for shard in shard_infos(shard_dir, split):
-        index = load_index(shard.path)
-        keys += [key for key, _ in index["samples"]] if index is not None else list(read_tar(shard.path))
+        keys += shard_keys(shard.path)
     return keys
 
 

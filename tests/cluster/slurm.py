@@ -120,8 +120,8 @@ class LocalSlurm:
         for name, cpus, address in zip(self.names, self.cpus, self.addresses):
             reserved = sorted(set(range(total)) - set(cpus))
             spec = f"CpuSpecList={','.join(map(str, reserved))} " if reserved else ""
-            lines.append(NODE.format(name=name, address=address, port=free_port(), cpus=total if reserved else len(cpus), spec=spec,
-                                     memory=self.memory_mb))
+            lines.append(NODE.format(name=name, address=address, port=free_port(),
+                                     cpus=total if reserved else len(cpus), spec=spec, memory=self.memory_mb))
         (self.state / "hosts").write_text("127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for a, n in
                                                                           zip(self.addresses, self.names)))
         self.conf.write_text(CONF.format(state=self.state, ctld_port=free_port(), nodes="\n".join(lines)))
