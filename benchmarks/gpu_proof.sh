@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU proof: recon3d measured on one GPU in one run (recon3d/workflows/gpu_proof.py says what and how).
+# The GPU proof: recon3d measured on one GPU in one run (benchmarks/gpu_proof.py says what and how).
 #
 #   benchmarks/gpu_proof.sh fetch [DIR]      here, where pip reaches the package registries: the wheels the GPU
 #                                            machine lacks, into DIR (default .whl/, ignored by git)
@@ -8,7 +8,7 @@
 #                                            OUT/gpu_proof.json and OUT/gpu_proof.log (OUT default runs/gpu-proof)
 #   benchmarks/gpu_proof.sh tiny [OUT] [...] the CPU dry run at toy sizes, in this environment (no wheels)
 #
-# Extra arguments go to `python -m recon3d.workflows.gpu_proof run` (e.g. --budget-s 420 --peak-tflops 989).
+# Extra arguments go to `python -m benchmarks.gpu_proof run` (e.g. --budget-s 420 --peak-tflops 989).
 # Environment: PYTHON (default python3; tiny: .venv/bin/python when present), WHEELS (default .whl),
 # PROOF_PYTHON_VERSION (fetch: the GPU machine's Python, default 3.12).
 set -euo pipefail
@@ -74,7 +74,7 @@ print("recon3d gpu proof: torch", torch.__version__, "cuda", torch.version.cuda,
       "deepspeed", deepspeed.__version__, "gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")' \
         2>&1 | tee "$out/gpu_proof.log"
     set -o pipefail
-    "$py" -m recon3d.workflows.gpu_proof run --out "$out" "$@" 2>&1 | tee -a "$out/gpu_proof.log"
+    "$py" -m benchmarks.gpu_proof run --out "$out" "$@" 2>&1 | tee -a "$out/gpu_proof.log"
 }
 
 case "$mode" in

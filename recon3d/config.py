@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from recon3d.config_data import (  # noqa: F401 - re-exported: the schema is one namespace
-    ConfigError, GeometryConfig, RenderConfig, RunError, ShardConfig, SourceConfig, _check)
+    GeometryConfig, RenderConfig, ShardConfig, SourceConfig, _check)
+from recon3d.errors import ConfigError
 from recon3d.stages import STAGES
 
 LOADER_PIPELINES = ("autoencoder", "image", "volume", "stereo")  # what loader.stage can name (data/datamodule.py)

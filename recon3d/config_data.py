@@ -7,26 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List
 
+from recon3d.errors import ConfigError
+
 AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
 VOXEL_RULES = ("binvox", "fill")  # recon3d/geometry/voxelize.py RULES
 SOURCE_KINDS = ("auto", "folder", "shapenet", "modelnet", "binvox", "imnet_hdf5")
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the key."""
-
-
-class RunError(RuntimeError):
-    """A run stopped for a reason the user can act on (e.g. a NaN loss): the CLI prints the message, exits 1."""
-
-
-class Stopped(Exception):
-    """Work stopped on a signal with what it had done saved, so that the same command resumes it: the CLI prints
-    the message and exits 128 + the signal's number, as a signalled process would (schedulers see it was stopped)."""
-
-    def __init__(self, signum: int, message: str) -> None:
-        self.signum = signum
-        super().__init__(message)
 
 
 def _check(condition: bool, message: str) -> None:

@@ -50,7 +50,7 @@ def tiny_sweep_file(path: Path, shards: Path, *overrides: str, **spec) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_meshes(tmp_path_factory) -> Path:
-    from recon3d.workflows.demo import write_procedural_meshes
+    from recon3d.geometry.procedural import write_procedural_meshes
 
     root = tmp_path_factory.mktemp("meshes")
     write_procedural_meshes(root, ["chair", "table", "car"], 4)
@@ -60,7 +60,7 @@ def tiny_meshes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_shards(tiny_meshes, tmp_path_factory) -> Path:
     """12 procedural shapes in shards of 2 samples (several shards per split)."""
-    from recon3d.data.writer import build_shards
+    from recon3d.data.writing.writer import build_shards
 
     out = tmp_path_factory.mktemp("shards")
     cfg = tiny_config(f"source.root={tiny_meshes}", f"shards.out_dir={out}", "shards.samples_per_shard=2",
@@ -115,7 +115,7 @@ def trained_svr(tiny_shards, trained_autoencoder, tmp_path_factory) -> Path:
 def stereo_shards(tiny_meshes, tmp_path_factory) -> Path:
     """tiny_shards' shapes with right-eye views (baseline 0.1) at 64 px and 32^3 voxels, for the VRN and stereo
     stages."""
-    from recon3d.data.writer import build_shards
+    from recon3d.data.writing.writer import build_shards
 
     out = tmp_path_factory.mktemp("stereo_shards")
     cfg = tiny_config(f"source.root={tiny_meshes}", f"shards.out_dir={out}", "shards.samples_per_shard=3",

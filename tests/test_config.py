@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from recon3d.config import Config, ConfigError, load_config, to_dict
+from recon3d.config import Config, load_config, to_dict
+from recon3d.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,7 +122,7 @@ def test_to_dict_is_json_ready():
     ("svr", "recon3d.tasks.svr:SVRTask", {"latents", "epochs"}),
     ("vrn", "recon3d.tasks.vrn:VRNTask", {"epochs"}),
     ("stereo", "recon3d.tasks.stereo:StereoTask", {"epochs"}),
-    ("loader", "recon3d.data.datamodule:ShardDataModule", set()),
+    ("loader", "recon3d.data.loading.datamodule:ShardDataModule", set()),
 ])
 def test_config_fields_match_constructor_keywords(section, cls, skip):
     """The builder passes these sections straight through: a renamed keyword must fail here, not at run time."""
@@ -155,7 +156,7 @@ def test_every_field_of_every_section_is_read_somewhere():
 
 
 def test_loader_stage_follows_train_stage_unless_set():
-    from recon3d.data.datamodule import loader_pipeline
+    from recon3d.data.loading.datamodule import loader_pipeline
     from recon3d.stages import STAGES
 
     for stage, row in STAGES.items():

@@ -6,7 +6,8 @@ import tomllib
 
 import pytest
 
-from recon3d.config import SHIPPED, ConfigError, config_file, load_config
+from recon3d.config import SHIPPED, config_file, load_config
+from recon3d.errors import ConfigError
 from tests.conftest import REPO
 
 

@@ -10,14 +10,14 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "recon3d"
 # Lower floors never import higher ones; a module may import its own floor (without loops) and any floor below.
 FLOORS = [
-    ["recon3d", "recon3d.io", "recon3d.stages"],
+    ["recon3d", "recon3d.errors", "recon3d.files", "recon3d.hardware", "recon3d.stages", "recon3d.runs"],
     ["recon3d.config"],
     ["recon3d.geometry"],
     ["recon3d.models", "recon3d.data"],
     ["recon3d.tasks"],
     ["recon3d.training"],
     ["recon3d.inference"],
-    ["recon3d.workflows"],
+    ["recon3d.workflows", "recon3d.bench", "recon3d.cluster"],
     ["recon3d.cli", "recon3d.__main__"],
 ]
 

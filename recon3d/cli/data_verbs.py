@@ -1,5 +1,5 @@
-"""The verbs that make and inspect data, and the whole job: shards (build, verify, show, summary), demo, report,
-bench, config."""
+"""The verbs that make and inspect data, and the whole job: shards (build, verify, upgrade, show, summary), demo,
+report, config."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import os
 
 from recon3d.cli import options
 from recon3d.cli.options import Verb
-from recon3d.config import ConfigError, load_config
+from recon3d.errors import ConfigError
+from recon3d.config import load_config
 
 
 def _config(args: argparse.Namespace, extra=None):
@@ -16,8 +17,8 @@ def _config(args: argparse.Namespace, extra=None):
 
 
 def _shards_build(args) -> int:
-    from recon3d.data.verify import summarise
-    from recon3d.data.writer import build_shards
+    from recon3d.data.tools.verify import summarise
+    from recon3d.data.writing.writer import build_shards
 
     extra = []
     if args.root:
@@ -48,7 +49,7 @@ def _shards_build(args) -> int:
 
 
 def _shards_verify(args) -> int:
-    from recon3d.data.verify import verify_shards
+    from recon3d.data.tools.verify import verify_shards
 
     report = verify_shards(args.dir, decode=not args.quick)
     for problem in report.problems:
@@ -59,7 +60,7 @@ def _shards_verify(args) -> int:
 
 
 def _shards_upgrade(args) -> int:
-    from recon3d.data.writer import upgrade_shards
+    from recon3d.data.writing.writer import upgrade_shards
 
     lines = upgrade_shards(args.dir)
     print("\n".join(lines))
@@ -67,7 +68,7 @@ def _shards_upgrade(args) -> int:
 
 
 def _shards_show(args) -> int:
-    from recon3d.data.contact_sheet import contact_sheet
+    from recon3d.data.tools.contact_sheet import contact_sheet
 
     out = args.output or os.path.join(args.dir, "contact_sheet.png")
     print(contact_sheet(args.dir, out, count=args.count, views=args.views, split=args.split))
@@ -75,7 +76,7 @@ def _shards_show(args) -> int:
 
 
 def _shards_summary(args) -> int:
-    from recon3d.data.verify import summarise
+    from recon3d.data.tools.verify import summarise
 
     print(summarise(args.dir))
     return 0
@@ -98,55 +99,6 @@ def _report(args) -> int:
     return 0
 
 
-def _bench(args) -> int:
-    from recon3d.workflows import bench
-
-    if args.what == "train-step" and (args.strategy or args.rank_stats):
-        from recon3d.workflows import bench_strategies
-
-        strategies = args.strategy.split(",")
-        if args.rank_stats:  # one rank of one strategy, started by the run below
-            bench_strategies.rank_stats(_config(args), strategies[0], args.devices, args.batch_size, args.points,
-                                        args.batches, args.warmup, args.device, args.rank_stats)
-        else:
-            print(bench_strategies.bench_strategies(_config(args), strategies, args.devices, args.batch_size,
-                                                    args.points, args.batches, args.warmup, args.device))
-        return 0
-    if args.what == "train-step":
-        print(bench.bench_train_step(_config(args), args.batch_size, args.points, args.batches, args.warmup,
-                                     args.device))
-        return 0
-    if args.what == "lfd":
-        cfg = _config(args, [f"source.root={args.target}"] if args.target else [])
-        print(bench.bench_lfd(cfg, args.limit))
-        return 0
-    if args.what == "extract":
-        if not args.ckpt:
-            raise ConfigError("bench extract needs --ckpt (and a shard folder as target)")
-        import torch
-
-        from recon3d.workflows.bench_extract import bench_extract
-
-        dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
-        print(bench_extract(args.ckpt, args.target, args.shapes, args.extract_resolution, args.device, dtype,
-                            args.full_size))
-        return 0
-    workers = [int(w) for w in (args.workers or ("1,2" if args.what == "prep" else "0,1,2")).split(",")]
-    if args.what == "prep":
-        extra = [f"source.root={args.target}"] if args.target else []
-        cfg = _config(args, extra)
-        print(bench.bench_prep(cfg, args.limit or 12, workers))
-    else:
-        if args.what in ("loader", "data"):
-            from recon3d.workflows.bench_loader import bench_loader
-
-            print(bench_loader(args.target, args.stage, workers, args.batches, args.batch_size, args.resolution,
-                               args.repeats))
-        if args.what in ("shards", "data"):
-            print(bench.bench_shards(args.target))
-    return 0
-
-
 def _show_config(args) -> int:
     import json
 
@@ -154,8 +106,6 @@ def _show_config(args) -> int:
 
     print(json.dumps(to_dict(_config(args)), indent=2))
     return 0
-
-
 
 
 def _configure_build(build) -> None:
@@ -208,33 +158,6 @@ def _configure_report(parser) -> None:
     parser.add_argument("run_dir")
 
 
-def _configure_bench(bench) -> None:
-    bench.add_argument("what", choices=["prep", "loader", "shards", "data", "train-step", "extract", "lfd"])
-    bench.add_argument("target", nargs="?", default="", help="prep, lfd: input folder; loader/shards: shard folder")
-    options.config(bench)
-    bench.add_argument("--workers", default="", help="comma-separated worker counts (prep: 1,2; loader: 0,1,2)")
-    bench.add_argument("--limit", type=int, default=0, help="inputs to use (prep: 12 when 0; lfd: all)")
-    bench.add_argument("--stage", default="autoencoder", choices=["autoencoder", "image"])
-    bench.add_argument("--batches", type=int, default=30)
-    bench.add_argument("--repeats", type=int, default=3, help="loader: runs per setting (the median is printed)")
-    bench.add_argument("--batch-size", type=int, default=16)
-    bench.add_argument("--resolution", type=int, default=64, help="loader: point set to read")
-    bench.add_argument("--points", type=int, default=8192, help="train-step: points per shape")
-    bench.add_argument("--warmup", type=int, default=3, help="train-step: untimed steps")
-    bench.add_argument("--strategy", default="", help="train-step: comma-separated strategies to compare, e.g. "
-                       "ddp,deepspeed_stage_2,deepspeed_stage_3 (each in its own process group of --devices ranks)")
-    bench.add_argument("--devices", type=int, default=1, help="train-step --strategy: ranks per strategy")
-    bench.add_argument("--rank-stats", default="", help=argparse.SUPPRESS)  # internal: one rank's figures
-    options.device(bench)
-    options.ckpt(bench, "extract: autoencoder checkpoint", required=False)
-    bench.add_argument("--shapes", type=int, default=3, help="extract: shapes to time")
-    bench.add_argument("--extract-resolution", type=int, default=256, help="extract: grid cells per edge")
-    bench.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                       help="extract: coarse-to-fine's decoder precision (auto: bf16 where the device runs it natively)")
-    bench.add_argument("--full-size", action="store_true",
-                       help="extract: also time both algorithms at a full-size decoder's cost (IM-NET's widths)")
-
-
 SHARD_VERBS = [
     Verb("build", "meshes/binvox/IM-NET hdf5 -> shards (resumable)", _configure_build, _shards_build),
     Verb("verify", "check every checksum, count and member against the manifest", _configure_verify, _shards_verify),
@@ -249,6 +172,5 @@ VERBS = [
     Verb("report", "(re)write report.html for a run folder (demo or single training run of any stage)",
          _configure_report, _report),
     Verb("shards", "build, verify and inspect WebDataset shards", _configure_shards),
-    Verb("bench", "print speed and size figures (prep, loader, shards; data = both)", _configure_bench, _bench),
     Verb("config", "print the resolved configuration as JSON", options.config, _show_config),
 ]

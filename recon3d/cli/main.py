@@ -16,8 +16,8 @@ import sys
 from typing import List, Optional
 
 from recon3d import __version__
-from recon3d.config import ConfigError, RunError
-from recon3d.config_data import Stopped
+from recon3d.errors import ConfigError, RunError
+from recon3d.errors import Stopped
 
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # full disk, quota, read-only file system
@@ -25,9 +25,9 @@ DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # full disk, quota, rea
 
 def verbs() -> list:
     """The table of verbs, in the order `recon3d --help` lists them."""
-    from recon3d.cli import data_verbs, shapes, slurm_verbs, train_verbs
+    from recon3d.cli import bench_verbs, data_verbs, shapes, slurm_verbs, train_verbs
 
-    return [*data_verbs.VERBS, *train_verbs.VERBS, *shapes.VERBS, *slurm_verbs.VERBS]
+    return [*data_verbs.VERBS, *train_verbs.VERBS, *shapes.VERBS, *bench_verbs.VERBS, *slurm_verbs.VERBS]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,14 +35,14 @@ def _configure(parser) -> None:
 
 
 def _template(args) -> int:
-    from recon3d.workflows.slurm import template
+    from recon3d.cluster.slurm import template
 
     print(template(args.name))
     return 0
 
 
 def _submit(args) -> int:
-    from recon3d.workflows.slurm import sbatch, template
+    from recon3d.cluster.slurm import sbatch, template
 
     rest = list(args.rest)
     cut = rest.index("--") if "--" in rest else len(rest)
@@ -53,7 +53,7 @@ def _submit(args) -> int:
 def _pipeline(args) -> int:
     import shlex
 
-    from recon3d.workflows.slurm import submit_pipeline
+    from recon3d.cluster.slurm import submit_pipeline
 
     stages = dict(item.split("=", 1) for item in args.stage_config if "=" in item)
     jobs = submit_pipeline(shards=args.shards, out=args.out, configs=args.config, stage_configs=stages,

@@ -6,11 +6,14 @@ many real meshes. The same (category, seed) always gives the same mesh.
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from pathlib import Path
+from typing import Callable, Dict, Sequence
 
 import numpy as np
 import trimesh
 from trimesh.creation import box, capsule, cone, cylinder, icosphere
+
+from recon3d.files import atomic_path
 
 
 def _at(mesh: trimesh.Trimesh, x: float = 0.0, y: float = 0.0, z: float = 0.0) -> trimesh.Trimesh:
@@ -126,3 +129,19 @@ def make_shape(category: str, seed: int) -> trimesh.Trimesh:
         raise ValueError(f"unknown procedural category {category!r}; choose from {sorted(CATEGORIES)}")
     rng = np.random.default_rng([seed, sorted(CATEGORIES).index(category)])
     return trimesh.util.concatenate(CATEGORIES[category](rng))
+
+
+def write_procedural_meshes(out: Path, categories: Sequence[str], per_category: int) -> int:
+    """Write `per_category` procedural meshes per category as OBJ under out/<category>/; returns files written."""
+    written = 0
+    for category in categories:
+        folder = out / category
+        folder.mkdir(parents=True, exist_ok=True)
+        for seed in range(per_category):
+            path = folder / f"{category}_{seed:03d}.obj"
+            if path.exists():
+                continue
+            with atomic_path(path) as tmp:
+                make_shape(category, seed).export(tmp, file_type="obj")
+            written += 1
+    return written

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from recon3d.data import schema
-from recon3d.data.datamodule import iter_split
+from recon3d.data.loading.datamodule import iter_split
 from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
 from recon3d.inference.outputs import save_mesh
 from recon3d.tasks.checkpoints import load_checkpoint, read_checkpoint, stage_of
-from recon3d.tasks.shape_eval import inference_dtype
+from recon3d.tasks.decoding import inference_dtype
 
 SAMPLES_PER_SHAPE = 5  # generated shapes per reference shape in evaluate(): COV grows with this ratio
 TABLE_COLUMNS = ("shapes", "cov", "cov min", "cov max", "cov@1x", "mmd", "empty")
@@ -115,8 +115,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 def mesh_code(autoencoder, path: str | Path, manifest: dict) -> Tuple[torch.Tensor, tuple]:
     """(z, (vertices, faces)) of a mesh file, voxelised exactly as the shards were (their geometry settings)."""
     from recon3d.config import GeometryConfig
-    from recon3d.data.formats import load_mesh
-    from recon3d.data.prepare import normalise_for, solid_for
+    from recon3d.data.writing.formats import load_mesh
+    from recon3d.data.writing.prepare import normalise_for, solid_for
 
     geo = GeometryConfig(**manifest["config"]["geometry"])
     mesh = load_mesh(path)
@@ -135,8 +135,8 @@ def search(query: str, ckpt: str | Path, shard_dir: str | Path, *, k: int = 5, s
 
     Returns {"query": ..., "results": [{"key", "latent_distance", ["lfd"]}], "query_mesh": (verts, faces) or None}.
     """
-    from recon3d.data.latents import default_latents, read_all_latents
-    from recon3d.data.shards import load_manifest
+    from recon3d.data.loading.latents import default_latents, read_all_latents
+    from recon3d.data.loading.shards import load_manifest
 
     autoencoder, _ = load_any(ckpt, device)
     manifest = load_manifest(shard_dir)
@@ -146,7 +146,7 @@ def search(query: str, ckpt: str | Path, shard_dir: str | Path, *, k: int = 5, s
     if path.suffix.lower() in IMAGE_SUFFIXES:
         if not svr_ckpt:
             raise ValueError(f"{query} is an image: give --svr CKPT (an image encoder) to turn it into a code")
-        from recon3d.data.photo import prepare_photo
+        from recon3d.inference.photo import prepare_photo
         from recon3d.inference.splits import model_input
 
         svr = load_checkpoint(svr_ckpt, device, expect="svr")
@@ -247,7 +247,7 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", sa
     place of samples: what a GAN that reproduced its training set exactly would score under the same counts.
     """
     from recon3d.inference.tables import eval_name, write_eval
-    from recon3d.tasks.shape_eval import decoded_surfaces
+    from recon3d.tasks.decoding import decoded_surfaces
 
     if draws < 1:
         raise ValueError(f"draws={draws}: evaluate at least one set of samples")
@@ -296,7 +296,7 @@ def _reference_surfaces(shard_dir: str | Path, split: str, points: int, rng) -> 
 def _train_codes(autoencoder, shard_dir: str | Path, count: int, rng) -> torch.Tensor:
     """The autoencoder's codes of `count` training shapes drawn at random, in random order (all of them when there
     are fewer)."""
-    from recon3d.data.shards import load_manifest
+    from recon3d.data.loading.shards import load_manifest
 
     total = load_manifest(shard_dir)["splits"].get("train", {}).get("samples", 0)
     wanted = set(rng.choice(total, min(count, total), replace=False).tolist()) if total else set()

@@ -8,7 +8,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from recon3d.io import atomic_path
+from recon3d.files import atomic_path
 
 
 def save_mesh(path: Path, vertices: np.ndarray, faces: np.ndarray) -> Path:

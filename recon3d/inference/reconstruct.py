@@ -9,7 +9,7 @@ from typing import List, Sequence
 
 import torch
 
-from recon3d.data.photo import FILL, prepare_photo
+from recon3d.inference.photo import FILL, prepare_photo
 from recon3d.inference.outputs import save_mesh, save_png, write_pairs
 from recon3d.tasks.checkpoints import read_checkpoint, stage_of
 

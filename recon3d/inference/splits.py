@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from recon3d.data import schema
-from recon3d.data.shards import load_manifest, read_tar, shard_infos, shard_keys
+from recon3d.data.loading.shards import load_manifest, read_tar, shard_infos, shard_keys
 
 
 def view_options(task, stage: str = "image") -> dict:
@@ -28,7 +28,7 @@ def view_options(task, stage: str = "image") -> dict:
 def model_input(view: np.ndarray, task) -> torch.Tensor:
     """(1, C, crop, crop) float tensor of an (S, S, 3) uint8 view on white for an image model, centre-cropped as in
     evaluation (C and crop from the model's hyperparameters), on the model's device."""
-    from recon3d.data.pipelines import to_float_image
+    from recon3d.data.loading.pipelines import to_float_image
 
     hp = task.hparams
     crop = int(hp.get("crop_size", 128))
@@ -75,7 +75,7 @@ def pick_batch(shard_dir: str | Path, split: str, keys: Sequence[str], **loader)
     Raises:
         KeyError: a key is not in the split (naming the first such).
     """
-    from recon3d.data.datamodule import iter_split
+    from recon3d.data.loading.datamodule import iter_split
 
     found: Dict[str, dict] = {}
     for batch in iter_split(shard_dir, split, 16, **loader):

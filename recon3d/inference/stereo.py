@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recon3d.io import atomic_write
+from recon3d.files import atomic_write
 
-from recon3d.data.datamodule import iter_split
+from recon3d.data.loading.datamodule import iter_split
 from recon3d.inference.outputs import save_png
 from recon3d.inference.splits import pick_batch, view_options
 from recon3d.inference.tables import eval_name, finish_eval, shape_row

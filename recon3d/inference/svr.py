@@ -9,12 +9,12 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from recon3d.data.datamodule import iter_split
+from recon3d.data.loading.datamodule import iter_split
 from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
 from recon3d.inference.splits import model_input, pick_batch, view_options
 from recon3d.inference.tables import eval_name, finish_eval, shape_row
 from recon3d.tasks.checkpoints import load_checkpoint
-from recon3d.tasks.shape_eval import inference_dtype
+from recon3d.tasks.decoding import inference_dtype
 
 TABLE_COLUMNS = ("shapes", "iou", "chamfer_l2_x1000", "fscore@1%", "latent_mse")
 TABLE_NOTE = "one view per shape (a held-out one when the encoder was trained with loader.holdout_views)"
@@ -33,7 +33,8 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", re
     (a held-out one when the encoder was trained with loader.holdout_views), its predicted code decoded at
     resolution^3. Voxel IoU against the stored voxels pooled to that grid; Chamfer-L2 x1000 (IM-NET) and F-score@1 %
     against the stored surface samples; latent MSE against the autoencoder's own code of the shape."""
-    from recon3d.tasks.shape_eval import decode_occupancy, surface_scores, voxel_iou
+    from recon3d.tasks.decoding import decode_occupancy
+    from recon3d.tasks.scores import surface_scores, voxel_iou
 
     svr, autoencoder = load_svr(ckpt, device)
     rows = []

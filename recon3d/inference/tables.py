@@ -11,8 +11,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from recon3d.io import atomic_write
-from recon3d.tasks.shape_eval import category_means, nan_mean
+from recon3d.files import atomic_write
+from recon3d.tasks.scores import category_means, nan_mean
 
 ROW_LABELS = ("key", "category", "view")  # the columns of a per-shape row that are not scores
 

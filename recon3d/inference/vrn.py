@@ -9,7 +9,7 @@ from typing import Callable, Sequence, Tuple
 import numpy as np
 import torch
 
-from recon3d.data.datamodule import iter_split
+from recon3d.data.loading.datamodule import iter_split
 from recon3d.inference.splits import model_input, pick_batch, view_options
 from recon3d.inference.tables import eval_name, finish_eval, shape_row
 from recon3d.tasks.checkpoints import load_checkpoint

@@ -11,12 +11,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recon3d.config import Config, ConfigError, RunError, to_dict
+from recon3d.config import Config, to_dict
+from recon3d.errors import ConfigError, RunError
 from recon3d.geometry.extract import grid_to_mesh
 from recon3d.models.implicit_decoder import Autoencoder
 from recon3d.tasks.checkpoints import StageCheckpoint
 from recon3d.tasks.schedule import lr_scheduler, train_seconds
-from recon3d.tasks.shape_eval import decode_occupancy, publish_image, surface_scores, voxel_iou
+from recon3d.tasks.decoding import decode_occupancy
+from recon3d.tasks.pictures import publish_image
+from recon3d.tasks.scores import surface_scores, voxel_iou
 
 
 class NonFiniteLossError(RunError):
@@ -155,7 +158,7 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
     # ------------------------------------------------------------------------------------------- validation
     def decode_grid(self, z: torch.Tensor, resolution: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Occupancy (B, R, R, R) of latent codes z (B, Z) at the centres of a resolution^3 grid (in `dtype`: see
-        shape_eval.decode_occupancy)."""
+        decoding.decode_occupancy)."""
         return decode_occupancy(self.model.decoder, z, resolution, dtype=dtype)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

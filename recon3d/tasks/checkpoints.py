@@ -16,7 +16,8 @@ from typing import Any, Dict
 import torch
 
 from recon3d.config import SAFE_GLOBALS
-from recon3d.io import atomic_path, is_run_folder, run_checkpoint
+from recon3d.files import atomic_path
+from recon3d.runs import is_run_folder, run_checkpoint
 from recon3d.stages import STAGES, Stage
 
 CONSOLIDATED = "fp32.ckpt"  # suffix of the single-file checkpoint written beside a ZeRO folder

@@ -9,12 +9,14 @@ import lightning as L
 import numpy as np
 import torch
 
-from recon3d.config import Config, ConfigError
+from recon3d.config import Config
+from recon3d.errors import ConfigError
 from recon3d.geometry.metrics import coverage_and_mmd, pairwise_chamfer_l2
 from recon3d.models.latent_gan import LatentCritic, LatentGenerator, gradient_penalty
 from recon3d.tasks.autoencoder import check_finite
 from recon3d.tasks.checkpoints import StageCheckpoint, load_checkpoint
-from recon3d.tasks.shape_eval import decoded_surfaces, inference_dtype, publish_image
+from recon3d.tasks.decoding import decoded_surfaces, inference_dtype
+from recon3d.tasks.pictures import publish_image
 
 
 class LatentGANTask(StageCheckpoint, L.LightningModule):
@@ -167,7 +169,7 @@ class LatentGANTask(StageCheckpoint, L.LightningModule):
     def references(self) -> np.ndarray:
         """(R, eval_points, 3) stored surface samples of the reference split's shapes (read once)."""
         if self._references is None:
-            from recon3d.data.datamodule import iter_split
+            from recon3d.data.loading.datamodule import iter_split
 
             rng = np.random.default_rng(0)
             found: List[np.ndarray] = []

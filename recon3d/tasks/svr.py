@@ -9,12 +9,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from recon3d.config import Config, ConfigError
+from recon3d.config import Config
+from recon3d.errors import ConfigError
 from recon3d.models.image_encoder import ImageEncoder
 from recon3d.tasks.autoencoder import check_finite
 from recon3d.tasks.checkpoints import StageCheckpoint, load_checkpoint, read_checkpoint
 from recon3d.tasks.schedule import lr_scheduler
-from recon3d.tasks.shape_eval import CategoryScores, decode_occupancy, surface_scores, voxel_iou
+from recon3d.tasks.scores import CategoryScores, surface_scores, voxel_iou
+from recon3d.tasks.decoding import decode_occupancy
 
 
 class SVRTask(StageCheckpoint, L.LightningModule):
@@ -47,7 +49,7 @@ class SVRTask(StageCheckpoint, L.LightningModule):
     @classmethod
     def from_config(cls, cfg: Config, manifest: dict) -> "SVRTask":
         """The image encoder of cfg.svr, sized to its autoencoder's z, for shards rendered as `manifest` says."""
-        from recon3d.data.latents import default_latents
+        from recon3d.data.loading.latents import default_latents
 
         if not cfg.svr.autoencoder_ckpt:
             raise ConfigError("train.stage=svr needs svr.autoencoder_ckpt (the trained autoencoder)")
@@ -66,7 +68,7 @@ class SVRTask(StageCheckpoint, L.LightningModule):
 
     # --------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        from recon3d.data.latents import read_all_latents
+        from recon3d.data.loading.latents import read_all_latents
 
         keys, codes = read_all_latents(self.hparams.latents)
         if codes.shape[1] != self.hparams.latent_dim:

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recon3d.config import Config, ConfigError
+from recon3d.config import Config
+from recon3d.errors import ConfigError
 from recon3d.geometry.metrics import batch_iou
 from recon3d.models.hourglass import HourglassVolumeRegressor
 from recon3d.tasks.view_task import ViewTask

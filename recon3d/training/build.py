@@ -7,17 +7,18 @@ import os
 from pathlib import Path
 from typing import List
 
-from recon3d.config import Config, ConfigError, to_dict
+from recon3d.config import Config, to_dict
+from recon3d.errors import ConfigError
 from recon3d.stages import STAGES
 
 
 def build_datamodule(cfg: Config):
     """The DataModule of cfg.train.stage: exported latents for the GAN, the shards' loader for the rest."""
     if cfg.train.stage == "gan":
-        from recon3d.data.latents import LatentDataModule
+        from recon3d.data.loading.latents import LatentDataModule
 
         return LatentDataModule.from_config(cfg)
-    from recon3d.data.datamodule import ShardDataModule
+    from recon3d.data.loading.datamodule import ShardDataModule
 
     return ShardDataModule.from_config(cfg)
 
@@ -147,7 +148,7 @@ def resolve_precision(train) -> str:
         return train.precision
     import torch
 
-    from recon3d.io import native_bf16
+    from recon3d.hardware import native_bf16
 
     gpu = train.accelerator in ("gpu", "cuda") or (train.accelerator == "auto" and torch.cuda.is_available())
     return "bf16-mixed" if native_bf16("cuda" if gpu else "cpu") else "32-true"

@@ -20,8 +20,8 @@ from typing import Any, Iterator, List, Optional
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from recon3d.config_data import Stopped
-from recon3d.io import atomic_path
+from recon3d.errors import Stopped
+from recon3d.files import atomic_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -16,7 +16,8 @@ import argparse
 import json
 from typing import Any, Dict
 
-from recon3d.config import Config, ConfigError, config_file
+from recon3d.config import Config, config_file
+from recon3d.errors import ConfigError
 
 # keys the JSON must not set, and the recon3d setting that decides each
 DECIDED_ELSEWHERE = {

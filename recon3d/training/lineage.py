@@ -47,7 +47,7 @@ def _run_label(run_dir: Path, stage: str) -> str:
 def shards_artifact(shards: str | Path):
     """The shard set as a dataset artifact: its manifest (names, counts, sizes and sha256 of every shard) by
     reference to its content, not the tars themselves."""
-    from recon3d.data.shards import load_manifest
+    from recon3d.data.loading.shards import load_manifest
 
     manifest_path = Path(shards) / "manifest.json"
     digest = hashlib.sha256(manifest_path.read_bytes()).hexdigest()[:12]
@@ -92,7 +92,7 @@ def link(run: Any, inputs: Sequence, outputs: Sequence) -> List[str]:
 
 def training_inputs(cfg: Config) -> list:
     """What a training stage reads: the shards, and for svr and gan the autoencoder and its exported latents."""
-    from recon3d.data.latents import default_latents
+    from recon3d.data.loading.latents import default_latents
 
     if "://" in str(cfg.loader.shards) or str(cfg.loader.shards).startswith("pipe:"):
         return []  # a remote shard set: its manifest is not a local file to hash

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from recon3d.config import Config, to_dict
-from recon3d.data.shards import load_manifest
-from recon3d.io import atomic_write, pick_handed_on
+from recon3d.data.loading.shards import load_manifest
+from recon3d.files import atomic_write
+from recon3d.runs import pick_handed_on
 from recon3d.stages import STAGES
 
 
@@ -27,7 +28,7 @@ class RunResult:
 
     @property
     def handed_on(self) -> Optional[Path]:
-        """The checkpoint later stages and the evaluation use (recon3d.io.pick_handed_on: the best, the GAN's last)."""
+        """The checkpoint later stages and the evaluation use (recon3d.runs.pick_handed_on: the best, the GAN's last)."""
         return pick_handed_on(self.hands_on, self.best_checkpoint, self.last_checkpoint)
 
 
@@ -52,7 +53,7 @@ def check_slurm(cfg: Config, environ=None) -> None:
     one process per task); say so before any work instead of failing inside Lightning."""
     import os
 
-    from recon3d.config import ConfigError
+    from recon3d.errors import ConfigError
 
     env = os.environ if environ is None else environ
     if "SLURM_JOB_ID" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
@@ -70,9 +71,9 @@ def check_slurm(cfg: Config, environ=None) -> None:
 def check_latents(cfg: Config) -> None:
     """The image encoder and the latent GAN learn the codes exported from an autoencoder and decode with that
     autoencoder: codes exported from another checkpoint (a retrained one, a different run) are refused, naming both."""
-    from recon3d.config import ConfigError
-    from recon3d.data.latents import INDEX, default_latents
-    from recon3d.io import file_sha256
+    from recon3d.errors import ConfigError
+    from recon3d.data.loading.latents import INDEX, default_latents
+    from recon3d.files import file_sha256
     from recon3d.tasks.checkpoints import checkpoint_file
 
     section = getattr(cfg, cfg.train.stage, None) if cfg.train.stage in ("svr", "gan") else None
@@ -96,7 +97,7 @@ def check_resumed_config(cfg: Config, run_dir: Path, resume: Optional[str]) -> N
 
     from lightning.pytorch.utilities import rank_zero_only
 
-    from recon3d.config import ConfigError
+    from recon3d.errors import ConfigError
 
     saved = run_dir / "config.json"
     if resume is None or not saved.is_file():
@@ -123,7 +124,7 @@ def check_resumed_shards(manifest: dict, run_dir: Path, resume: Optional[str]) -
     settings (resolutions, views, voxel rule) it is refused; with other files only, it goes on with a warning."""
     import sys
 
-    from recon3d.config import ConfigError
+    from recon3d.errors import ConfigError
 
     saved = run_dir / "shards.json"
     if resume is None or not saved.is_file():

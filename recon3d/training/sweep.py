@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
-from recon3d.config import ConfigError, config_file, load_config, to_dict
-from recon3d.config_data import Stopped
-from recon3d.io import atomic_write
+from recon3d.errors import ConfigError
+from recon3d.config import config_file, load_config, to_dict
+from recon3d.errors import Stopped
+from recon3d.files import atomic_write
 from recon3d.stages import STAGES
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid")
@@ -214,7 +215,7 @@ def stop_on_signals():
 
 def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     """Run (or resume) the sweep; returns the best trial's parameters, metric and folder."""
-    from recon3d.data.executors import init_ray
+    from recon3d.data.writing.executors import init_ray
 
     init_ray(address)  # first: it sets Ray's environment (no usage statistics) before anything imports ray
     from ray import tune

@@ -18,30 +18,13 @@ from pathlib import Path
 from typing import Callable, Dict
 
 from recon3d.config import DEMO_SHARES, Config, to_dict
-from recon3d.io import atomic_path, atomic_write
+from recon3d.files import atomic_write
+from recon3d.geometry.procedural import write_procedural_meshes
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # the demo's embedded configuration
 STEPS = list(DEMO_SHARES)  # the demo's steps, in order
 JOBS = "wandb-jobs"  # folder of the W&B runs of the steps that do not train (exporting latents, evaluating)
 TRAINED = ("autoencoder", "svr", "gan", "vrn", "stereo")  # the steps that train (for their share of the budget)
-
-
-def write_procedural_meshes(out: Path, categories, per_category: int) -> int:
-    """Write `per_category` procedural meshes per category as OBJ under out/<category>/; returns files written."""
-    from recon3d.geometry.procedural import make_shape
-
-    written = 0
-    for category in categories:
-        folder = out / category
-        folder.mkdir(parents=True, exist_ok=True)
-        for seed in range(per_category):
-            path = folder / f"{category}_{seed:03d}.obj"
-            if path.exists():
-                continue
-            with atomic_path(path) as tmp:
-                make_shape(category, seed).export(tmp, file_type="obj")
-            written += 1
-    return written
 
 
 class StageLog:
@@ -69,7 +52,7 @@ def _say(message: str) -> None:
 
 def first_split(shard_dir: Path, order=("test", "val", "train")) -> str:
     """The first split of `order` that holds samples (small user folders may leave test or val empty)."""
-    from recon3d.data.shards import load_manifest
+    from recon3d.data.loading.shards import load_manifest
 
     splits = load_manifest(shard_dir)["splits"]
     return next(s for s in order if splits.get(s, {}).get("samples", 0))
@@ -197,9 +180,9 @@ def _evaluated(cfg: Config, run_dir: Path, chosen: Dict[str, str]) -> dict:
 
 def _shards_stage(cfg: Config, run_dir: Path, progress: bool) -> dict:
     """Build (or finish) the shards, verify every member, write the contact sheet."""
-    from recon3d.data.contact_sheet import contact_sheet
-    from recon3d.data.verify import summarise, verify_shards
-    from recon3d.data.writer import build_shards
+    from recon3d.data.tools.contact_sheet import contact_sheet
+    from recon3d.data.tools.verify import summarise, verify_shards
+    from recon3d.data.writing.writer import build_shards
 
     result = build_shards(cfg, progress=progress)
     splits = result.manifest.get("splits", {})

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from recon3d.io import atomic_write
+from recon3d.files import atomic_write
 from recon3d.stages import STAGES
 from recon3d.workflows.viewer import library_tag, mesh_files, viewer_grid
 
@@ -196,7 +196,7 @@ def write_report(run_dir: str | Path) -> Path:
         parts.append(_timings(stages, (config or {}).get("demo", {}).get("minutes")))
     manifest = _json(run_dir / "shards" / "manifest.json")
     if manifest:
-        from recon3d.data.verify import summarise
+        from recon3d.data.tools.verify import summarise
 
         parts.append(f"<h2>Data</h2><pre>{html.escape(summarise(run_dir / 'shards'))}</pre>")
         parts.append(png_tag(run_dir / "contact_sheet.png", "shards: views and voxel projections"))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from recon3d.data.writer import build_shards
+from recon3d.data.writing.writer import build_shards
 from tests.cluster.conftest import job_env, job_log
 from tests.conftest import GAN_TINY, REPO, TINY, free_port, tiny_config, tiny_sweep_file
 

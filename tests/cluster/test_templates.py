@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recon3d.workflows.slurm import NAMES, output_folder, template
+from recon3d.cluster.slurm import NAMES, output_folder, template
 from tests.conftest import REPO
 
 

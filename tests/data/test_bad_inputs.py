@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import trimesh
 
-from recon3d.data.sources import Item
-from recon3d.data.executors import prepare_job
-from recon3d.data.writer import build_shards
+from recon3d.data.writing.sources import Item
+from recon3d.data.writing.executors import prepare_job
+from recon3d.data.writing.writer import build_shards
 from tests.conftest import tiny_config
 
 BOX_OBJ = trimesh.exchange.obj.export_obj(trimesh.creation.box((1, 2, 1)), include_normals=False)
@@ -234,7 +234,7 @@ def test_each_bad_input_gets_a_reason_or_a_sample(tmp_path, maker, reason):
 
 
 def test_gltf_scene_keeps_every_node_with_its_transform(tmp_path):
-    from recon3d.data.formats import load_mesh
+    from recon3d.data.writing.formats import load_mesh
 
     mesh = load_mesh(make_gltf_scene(tmp_path))
     assert mesh.vertices[:, 0].min() < -3.4 and mesh.vertices[:, 0].max() > 3.4

@@ -5,7 +5,7 @@ import json
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from recon3d.data.datamodule import ShardDataModule
+from recon3d.data.loading.datamodule import ShardDataModule
 from tests.conftest import free_port
 
 

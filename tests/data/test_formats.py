@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from recon3d.data.formats import RejectError, read_binvox, read_off, voxel_boundary_mesh
+from recon3d.data.writing.formats import RejectError, read_binvox, read_off, voxel_boundary_mesh
 from tests.conftest import shared_path
 
 
@@ -39,7 +39,7 @@ def test_a_binvox_bomb_is_rejected_before_its_voxels_are_decoded(tmp_path):
     the file size and the boundary mesh's face count are held to the mesh limits too."""
     import time
 
-    from recon3d.data.formats import RejectError, voxel_boundary_mesh
+    from recon3d.data.writing.formats import RejectError, voxel_boundary_mesh
 
     dim = 1024
     runs = bytes([1, 255, 0, 255]) * (dim ** 3 // 510) + bytes([1, dim ** 3 % 510 or 1])

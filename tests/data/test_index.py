@@ -8,11 +8,11 @@ import shutil
 import pytest
 import torch
 
-from recon3d.data.datamodule import ShardDataModule
-from recon3d.data.index import IndexedShard, index_path, load_index, scan_tar
-from recon3d.data.shards import load_manifest, read_tar
-from recon3d.data.verify import verify_shards
-from recon3d.data.writer import upgrade_shards
+from recon3d.data.loading.datamodule import ShardDataModule
+from recon3d.data.loading.index import IndexedShard, index_path, load_index, scan_tar
+from recon3d.data.loading.shards import load_manifest, read_tar
+from recon3d.data.tools.verify import verify_shards
+from recon3d.data.writing.writer import upgrade_shards
 
 
 def _copy(tiny_shards, tmp_path, ignore=None):
@@ -118,7 +118,7 @@ def _as_format_1(src, out):
     import tarfile
 
     from recon3d.data import schema
-    from recon3d.io import file_sha256
+    from recon3d.files import file_sha256
 
     out.mkdir()
     manifest = load_manifest(src)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recon3d.data.photo import FILL, prepare_photo
+from recon3d.inference.photo import FILL, prepare_photo
 
 
 def _bbox(view):

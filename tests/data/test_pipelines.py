@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recon3d.data import schema
-from recon3d.data.datamodule import ShardDataModule
+from recon3d.data.loading.datamodule import ShardDataModule
 
 
 def _dm(shards, rank=None, world=None, **kwargs):
@@ -23,7 +23,7 @@ def _dm(shards, rank=None, world=None, **kwargs):
 
 def _split_keys(shards, split):
     manifest = json.loads((shards / "manifest.json").read_text())
-    from recon3d.data.shards import read_tar
+    from recon3d.data.loading.shards import read_tar
 
     return sorted(k for s in manifest["shards"] if s["split"] == split
                   for k in read_tar(shards / f"{s['name']}.tar"))
@@ -112,7 +112,7 @@ def test_eval_sees_every_sample_once(tiny_shards, workers, world):
 
 def test_eval_with_more_slots_than_shards_and_fewer(tiny_meshes, tmp_path):
     """Shard-level split when shards >= slots, sample-level modulo otherwise: both see every sample once."""
-    from recon3d.data.writer import build_shards
+    from recon3d.data.writing.writer import build_shards
     from tests.conftest import tiny_config
 
     for per_shard in (1, 12):
@@ -170,14 +170,14 @@ def test_truncated_shard_is_skipped_and_the_rest_goes_on(tiny_shards, tmp_path, 
     later = [k for k in _split_keys(tiny_shards, "val") if k not in set(_split_keys_of(tiny_shards, val[0]["name"]))]
     assert set(later) <= set(seen)  # the following shards were read
     assert any("skipping" in r.getMessage() for r in caplog.records)
-    from recon3d.data.verify import verify_shards
+    from recon3d.data.tools.verify import verify_shards
 
     report = verify_shards(shards)
     assert not report.ok and any(val[0]["name"] in p for p in report.problems)
 
 
 def _split_keys_of(shards, name):
-    from recon3d.data.shards import read_tar
+    from recon3d.data.loading.shards import read_tar
 
     return list(read_tar(shards / f"{name}.tar"))
 
@@ -185,7 +185,7 @@ def _split_keys_of(shards, name):
 def test_contact_sheet_projections_keep_objects_upright():
     import numpy as np
 
-    from recon3d.data.contact_sheet import voxel_projection
+    from recon3d.data.tools.contact_sheet import voxel_projection
 
     tall = np.zeros((8, 8, 8), bool)
     tall[3:5, 0:8, 3:5] = True  # a pole along Y
@@ -203,7 +203,7 @@ def test_persistent_workers_reshuffle_every_epoch(tiny_shards):
 
 
 def test_a_truncated_or_missing_shard_is_skipped_with_a_warning_and_not_counted(tiny_shards, tmp_path, caplog):
-    from recon3d.data.shards import shard_infos
+    from recon3d.data.loading.shards import shard_infos
 
     shards = tmp_path / "shards"
     shutil.copytree(tiny_shards, shards, ignore=shutil.ignore_patterns("latents"))
@@ -253,9 +253,9 @@ def test_an_inflated_manifest_count_is_caught_by_the_shards_own_record(tiny_shar
 def test_contact_sheet_shows_every_category_of_shards_written_category_by_category(tmp_path):
     """Shards hold a split's shapes in key order, so its first samples are of one or two categories; the sheet picks
     its samples from the indexes of all shards (here the only table comes 14th, after 7 cars and 6 chairs)."""
-    from recon3d.data.contact_sheet import contact_sheet, sheet_samples
-    from recon3d.data.writer import build_shards
-    from recon3d.workflows.demo import write_procedural_meshes
+    from recon3d.data.tools.contact_sheet import contact_sheet, sheet_samples
+    from recon3d.data.writing.writer import build_shards
+    from recon3d.geometry.procedural import write_procedural_meshes
     from tests.conftest import tiny_config
 
     for category, count in (("car", 7), ("chair", 6), ("table", 1)):

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from recon3d.data.datamodule import ShardDataModule
-from recon3d.data.remote import cache_folder
-from recon3d.data.shards import load_manifest, read_tar
+from recon3d.data.loading.datamodule import ShardDataModule
+from recon3d.data.loading.remote import cache_folder
+from recon3d.data.loading.shards import load_manifest, read_tar
 
 
 def _dm(location, **kw):

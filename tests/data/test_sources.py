@@ -5,9 +5,9 @@ import trimesh
 
 from recon3d.config import load_config
 from recon3d.data import schema
-from recon3d.data.sources import assign_split, detect_kind, discover
-from recon3d.data.shards import read_tar
-from recon3d.data.writer import build_shards
+from recon3d.data.writing.sources import assign_split, detect_kind, discover
+from recon3d.data.loading.shards import read_tar
+from recon3d.data.writing.writer import build_shards
 from tests.conftest import tiny_config
 
 BOX = trimesh.creation.box((1, 2, 1))
@@ -118,7 +118,7 @@ def test_binvox_folder_becomes_samples(tmp_path):
 
 def test_front_axis_is_recorded_with_where_it_came_from(tmp_path):
     """The assumed front, a global front_axis and a per-category override each show in the metadata and summary."""
-    from recon3d.data.verify import summarise
+    from recon3d.data.tools.verify import summarise
 
     for rel in ("chair/a.obj", "sofa/b.obj", "table/c.obj"):
         (tmp_path / "in" / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +145,7 @@ def test_summary_of_old_shards_and_flagged_coverage(tmp_path, tiny_shards):
     import json
     import shutil
 
-    from recon3d.data.verify import summarise
+    from recon3d.data.tools.verify import summarise
 
     copy = tmp_path / "old"
     shutil.copytree(tiny_shards, copy)
@@ -162,7 +162,7 @@ def test_summary_of_old_shards_and_flagged_coverage(tmp_path, tiny_shards):
 
 
 def test_front_by_category_rejects_a_bad_axis():
-    from recon3d.config import ConfigError
+    from recon3d.errors import ConfigError
 
     with pytest.raises(ConfigError, match="front_by_category.chair"):
         _source("x", "source.front_by_category={chair: front}")
@@ -171,7 +171,7 @@ def test_front_by_category_rejects_a_bad_axis():
 
 
 def test_split_by_category_cuts_every_category_in_proportion():
-    from recon3d.data.sources import Item, assign_splits
+    from recon3d.data.writing.sources import Item, assign_splits
 
     items = [Item(f"{c}/{c}_{i:03d}", f"{c}/{i}.obj", "mesh") for c in ("chair", "lamp") for i in range(32)]
     items.append(Item("lamp/lamp_900", "x.off", "mesh", split="test"))  # a source's own split stays
@@ -193,7 +193,7 @@ def test_split_by_category_cuts_every_category_in_proportion():
 
 
 def test_split_counts_round_cumulative_shares_and_keep_every_split_when_they_can():
-    from recon3d.data.sources import split_counts
+    from recon3d.data.writing.sources import split_counts
 
     assert split_counts(32, (0.7, 0.1, 0.2)) == [22, 4, 6]
     assert split_counts(40, (0.7, 0.1, 0.2)) == [28, 4, 8]

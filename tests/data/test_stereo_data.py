@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from recon3d.data import schema
-from recon3d.data.datamodule import ShardDataModule
-from recon3d.data.pipelines import decode_stereo, decode_volume
-from recon3d.data.streams import SkipCounter, iter_raw
-from recon3d.data.verify import verify_shards
+from recon3d.data.loading.datamodule import ShardDataModule
+from recon3d.data.loading.pipelines import decode_stereo, decode_volume
+from recon3d.data.loading.streams import SkipCounter, iter_raw
+from recon3d.data.tools.verify import verify_shards
 from recon3d.tasks.stereo import pair_errors
 
 
@@ -28,7 +28,7 @@ def test_stereo_shards_hold_right_views_and_verify(stereo_shards):
 
 
 def test_missing_or_short_right_views_are_reported(stereo_shards):
-    from recon3d.data.verify import _check_sample
+    from recon3d.data.tools.verify import _check_sample
 
     raw = raw_samples(stereo_shards)[0]
     members = {k: v for k, v in raw.items() if not k.startswith("__") and k != schema.RIGHT_VIEWS}

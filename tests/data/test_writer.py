@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from recon3d.data import schema
-from recon3d.data.shards import read_tar
-from recon3d.data.verify import verify_shards
-from recon3d.data.writer import build_shards
-from recon3d.io import file_sha256
+from recon3d.data.loading.shards import read_tar
+from recon3d.data.tools.verify import verify_shards
+from recon3d.data.writing.writer import build_shards
+from recon3d.files import file_sha256
 from tests.conftest import REPO, TINY, tiny_config
 
 
@@ -129,7 +129,7 @@ def test_kill_dash_nine_then_rerun_gives_the_same_manifest(tiny_meshes, tmp_path
 
 def test_a_worker_killed_mid_item_rejects_that_item_and_the_build_goes_on(tiny_meshes, tmp_path, monkeypatch):
     """Simulates the OOM killer: preparing one input kills its worker process outright."""
-    import recon3d.data.executors as executors
+    import recon3d.data.writing.executors as executors
 
     real_prepare = executors.prepare
 
@@ -167,7 +167,7 @@ def test_parts_build_disjoint_shards_and_the_last_writes_the_manifest(tiny_meshe
 def test_parts_are_balanced_disjoint_and_cover_the_plan():
     from types import SimpleNamespace
 
-    from recon3d.data.writer import part_of
+    from recon3d.data.writing.writer import part_of
 
     plans = [SimpleNamespace(name=f"s{i}", items=[0] * n) for i, n in enumerate([16, 16, 16, 4, 4, 3])]
     parts = [part_of(plans, i, 3) for i in range(3)]
@@ -182,7 +182,7 @@ def test_manifest_shard_names_outside_the_folder_are_refused_by_every_reader(tin
     import shutil
 
     from recon3d.cli.main import main
-    from recon3d.data.shards import load_manifest
+    from recon3d.data.loading.shards import load_manifest
 
     shards = tmp_path / "shards"
     shutil.copytree(tiny_shards, shards, ignore=shutil.ignore_patterns("latents"))
@@ -281,7 +281,7 @@ def test_a_dead_writers_temp_file_goes_at_once_a_live_ones_stays(tmp_path):
     still runs (it may be a concurrent build writing) waits for the age rule."""
     import socket
 
-    from recon3d.data.writer import _clean_stale
+    from recon3d.data.writing.writer import _clean_stale
 
     host = socket.gethostname().split(".")[0]
     done = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -55,7 +55,7 @@ def test_right_eye_sees_a_point_f_b_over_z_pixels_to_the_left():
 @pytest.mark.parametrize("category", ["chair", "car", "airplane"])
 def test_view_aligned_occupancy_lines_up_with_the_rendered_silhouette(category):
     from recon3d.config import load_config
-    from recon3d.data.prepare import normalise_for, solid_for
+    from recon3d.data.writing.prepare import normalise_for, solid_for
     from recon3d.geometry.camera import sample_views, view_aligned_occupancy
     from recon3d.geometry.procedural import make_shape
     from recon3d.geometry.render import render_view

@@ -5,9 +5,9 @@ import pytest
 import trimesh
 
 from recon3d.data import schema
-from recon3d.data.formats import load_mesh
-from recon3d.data.prepare import prepare
-from recon3d.data.sources import Item
+from recon3d.data.writing.formats import load_mesh
+from recon3d.data.writing.prepare import prepare
+from recon3d.data.writing.sources import Item
 from recon3d.geometry.camera import make_views
 from recon3d.geometry.render import render_view
 from tests.conftest import shared_path, tiny_config

@@ -3,7 +3,7 @@ import pytest
 import trimesh
 from scipy import ndimage
 
-from recon3d.data.formats import load_mesh, read_binvox
+from recon3d.data.writing.formats import load_mesh, read_binvox
 from recon3d.geometry.transform import normalise
 from recon3d.geometry.voxelize import (RULES, carved_solid, fill_outside, iou, pool, solid_voxels, surface_coverage,
                                       surface_voxels)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from recon3d.data.datamodule import iter_split
+from recon3d.data.loading.datamodule import iter_split
 from recon3d.inference.splits import pick_batch, sheet_keys, split_keys
 
 

@@ -140,7 +140,7 @@ def test_cosine_schedule_ends_at_lr_final_and_survives_a_resume(tiny_shards, tmp
 
 
 def test_unknown_lr_schedule_is_refused():
-    from recon3d.config import ConfigError
+    from recon3d.errors import ConfigError
 
     with pytest.raises(ConfigError, match="lr_schedule"):
         tiny_config("train.lr_schedule=step")

@@ -69,7 +69,7 @@ def test_eval_alias_refuses_another_stage(checkpoints, tiny_shards, capsys):
 
 
 def test_a_run_folder_hands_on_its_best_checkpoint_else_its_last(tmp_path):
-    from recon3d.io import run_checkpoint, run_name
+    from recon3d.runs import run_checkpoint, run_name
 
     folder = tmp_path / "ae" / "checkpoints"
     folder.mkdir(parents=True)

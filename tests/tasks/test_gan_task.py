@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from recon3d.config import ConfigError
+from recon3d.errors import ConfigError
 from recon3d.training.run import run
 from recon3d.geometry.metrics import coverage_and_mmd, nearest_references, pairwise_chamfer_l2
 from recon3d.models.latent_gan import LatentCritic, gradient_penalty
@@ -17,7 +17,7 @@ def _gan_cfg(shards, ckpt, run_dir, *extra):
 
 
 def _gan_task(cfg, shards):
-    from recon3d.data.shards import load_manifest
+    from recon3d.data.loading.shards import load_manifest
 
     return LatentGANTask.from_config(cfg, load_manifest(shards))
 

@@ -5,7 +5,7 @@ import pytest
 import trimesh
 
 from recon3d.cli.main import main
-from recon3d.data.latents import read_latents
+from recon3d.data.loading.latents import read_latents
 from recon3d.inference.tables import summarise_rows
 
 
@@ -66,7 +66,7 @@ def test_evaluations_decode_their_iou_grids_in_the_inference_dtype(stage, traine
     from recon3d.inference import autoencoder as ae_inference
     from recon3d.inference import svr as svr_inference
     from recon3d.tasks import autoencoder as ae_task
-    from recon3d.tasks import shape_eval
+    from recon3d.tasks import decoding as shape_eval
 
     seen, decode, depth = [], shape_eval.decode_occupancy, []
 

@@ -30,7 +30,7 @@ def test_generate_writes_meshes_and_a_sheet(trained_gan, tmp_path, capsys):
 
 def test_interpolate_between_keys_and_generated_samples(trained_autoencoder, trained_gan, tiny_shards, tmp_path,
                                                         capsys):
-    from recon3d.data.latents import read_latents
+    from recon3d.data.loading.latents import read_latents
 
     keys, _ = read_latents(tiny_shards / "latents" / trained_autoencoder.parent.parent.name, "train")
     out = tmp_path / "keys"
@@ -55,7 +55,7 @@ def test_latent_commands_explain_bad_input(trained_autoencoder, tiny_shards, tmp
 def test_search_by_key_and_by_mesh(trained_autoencoder, tiny_shards, tiny_meshes, tmp_path, capsys):
     import json
 
-    from recon3d.data.latents import read_latents
+    from recon3d.data.loading.latents import read_latents
 
     keys, _ = read_latents(tiny_shards / "latents" / trained_autoencoder.parent.parent.name, "train")
     out = tmp_path / "found.json"

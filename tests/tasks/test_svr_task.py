@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from recon3d.config import ConfigError
+from recon3d.errors import ConfigError
 from recon3d.training.run import run
 from recon3d.tasks.svr import SVRTask
 from tests.conftest import tiny_config
@@ -26,10 +26,10 @@ def test_svr_trains_and_measures_in_shape_space(tiny_shards, trained_autoencoder
 
 def test_svr_regresses_the_exported_codes(tiny_shards, trained_autoencoder, tmp_path):
     """The targets are the autoencoder's own codes of the pictured shapes, found by key."""
-    from recon3d.data.latents import read_latents
+    from recon3d.data.loading.latents import read_latents
 
     cfg = _svr_cfg(tiny_shards, trained_autoencoder, tmp_path)
-    from recon3d.data.shards import load_manifest
+    from recon3d.data.loading.shards import load_manifest
     from recon3d.tasks.svr import SVRTask
 
     task = SVRTask.from_config(cfg, load_manifest(tiny_shards))
@@ -67,7 +67,7 @@ def test_eval_svr_reports_per_category_on_held_out_views(tiny_shards, trained_au
 def test_voxel_iou_pools_whichever_grid_is_finer():
     import torch
 
-    from recon3d.tasks.shape_eval import voxel_iou
+    from recon3d.tasks.scores import voxel_iou
 
     voxels = torch.zeros(1, 1, 16, 16, 16)
     voxels[..., :8] = 1  # half the cube
@@ -82,7 +82,7 @@ def test_voxel_iou_pools_whichever_grid_is_finer():
 def test_decode_occupancy_in_bounded_calls_matches_one_call_per_code():
     """Grouping codes and splitting grids into calls of `chunk` points must not mix codes or points up."""
     from recon3d.models.implicit_decoder import ImplicitDecoder
-    from recon3d.tasks.shape_eval import cell_centres, decode_occupancy
+    from recon3d.tasks.decoding import cell_centres, decode_occupancy
 
     torch.manual_seed(0)
     decoder = ImplicitDecoder(latent_dim=8, decoder_widths=[16, 8])
@@ -95,7 +95,7 @@ def test_decode_occupancy_in_bounded_calls_matches_one_call_per_code():
 
 def test_decode_occupancy_in_bf16_evaluates_the_points_near_the_threshold_again_in_fp32():
     from recon3d.models.implicit_decoder import ImplicitDecoder
-    from recon3d.tasks.shape_eval import decode_occupancy
+    from recon3d.tasks.decoding import decode_occupancy
 
     torch.manual_seed(0)
     decoder = ImplicitDecoder(latent_dim=8, decoder_widths=[64, 32])

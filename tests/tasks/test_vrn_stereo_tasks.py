@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from recon3d.config import ConfigError
+from recon3d.errors import ConfigError
 from recon3d.training.run import run
 from tests.conftest import STEREO_TINY, VRN_TINY, tiny_config
 

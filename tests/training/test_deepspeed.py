@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from recon3d.config import ConfigError
+from recon3d.errors import ConfigError
 from tests.conftest import REPO, TINY, tiny_config
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install -e '.[deepspeed]')")

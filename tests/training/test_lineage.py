@@ -76,7 +76,7 @@ def test_online_inputs_are_used_and_outputs_logged():
 
 
 def test_record_job_links_a_step_that_does_not_train(tiny_shards, trained_autoencoder, tmp_path, monkeypatch):
-    from recon3d.data.latents import default_latents
+    from recon3d.data.loading.latents import default_latents
     from recon3d.training.lineage import latents_artifact, model_artifact, record_job
 
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -96,7 +96,7 @@ def test_validation_meshes_become_glb_files_w_and_b_reads(tmp_path):
     import trimesh
     import wandb
 
-    from recon3d.tasks.shape_eval import _mesh_files
+    from recon3d.tasks.pictures import _mesh_files
 
     box = trimesh.creation.box()
     files = _mesh_files(tmp_path, 3, [(box.vertices, box.faces), (np.zeros((0, 3)), np.zeros((0, 3), int))])

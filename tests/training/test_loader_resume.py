@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from recon3d.data.datamodule import ShardDataModule
+from recon3d.data.loading.datamodule import ShardDataModule
 from recon3d.training.run import run
 from tests.conftest import tiny_config
 

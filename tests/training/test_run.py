@@ -15,7 +15,7 @@ def test_best_checkpoint_is_found_by_its_monitor_not_its_place():
 
 def test_a_resumed_training_stream_draws_the_order_of_its_epoch(tiny_shards):
     """A stream made at epoch 2 (a resumed run) must give epoch 2's order, not replay epoch 0's."""
-    from recon3d.data.datamodule import ShardDataModule
+    from recon3d.data.loading.datamodule import ShardDataModule
 
     def keys(epoch_made_at: int, epochs: int) -> list:
         dm = ShardDataModule(shards=str(tiny_shards), batch_size=2, num_workers=0, shuffle_buffer=2,
@@ -76,7 +76,7 @@ def test_a_resume_with_a_changed_setting_refuses_optimiser_ones_and_says_which_o
                                                                                             capsys):
     import pytest
 
-    from recon3d.config import ConfigError
+    from recon3d.errors import ConfigError
     from recon3d.training.run import run
     from tests.conftest import tiny_config
 
@@ -93,7 +93,7 @@ def test_a_resume_with_a_changed_setting_refuses_optimiser_ones_and_says_which_o
 def test_a_batch_larger_than_the_training_set_is_refused_before_training(tiny_shards, tmp_path):
     import pytest
 
-    from recon3d.config import ConfigError
+    from recon3d.errors import ConfigError
     from recon3d.training.run import run
     from tests.conftest import tiny_config
 
@@ -105,8 +105,8 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_training(tiny_sh
 def test_a_resume_on_shards_rebuilt_with_other_settings_is_refused(tiny_meshes, tmp_path):
     import pytest
 
-    from recon3d.config import ConfigError
-    from recon3d.data.writer import build_shards
+    from recon3d.errors import ConfigError
+    from recon3d.data.writing.writer import build_shards
     from recon3d.training.run import run
     from tests.conftest import tiny_config
 
@@ -129,12 +129,12 @@ def test_training_order_is_a_function_of_seed_and_epoch_and_covers_the_set(tiny_
     import subprocess
     import sys
 
-    from recon3d.data.shards import load_manifest
+    from recon3d.data.loading.shards import load_manifest
 
     script = f"""
 import json, sys
 from types import SimpleNamespace
-from recon3d.data.datamodule import ShardDataModule
+from recon3d.data.loading.datamodule import ShardDataModule
 orders = []
 for epoch in range(4):
     dm = ShardDataModule(shards={str(tiny_shards)!r}, batch_size=2, num_workers=0, shuffle_buffer=2, rank=0,
@@ -156,7 +156,7 @@ print(json.dumps(orders))
 def test_auto_precision_is_bf16_mixed_only_where_the_hardware_has_bf16(monkeypatch):
     import torch
 
-    from recon3d import io
+    from recon3d import hardware as io
     from recon3d.training.build import resolve_precision
 
     cpu = SimpleNamespace(precision="auto", accelerator="cpu")

@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray", reason="Ray is installed with the dev extra: pi
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    from recon3d.data.executors import init_ray
+    from recon3d.data.writing.executors import init_ray
 
     init_ray(num_cpus=2)
     yield
@@ -23,7 +23,7 @@ def local_ray():
 
 
 def test_shards_built_with_ray_match_the_process_pool_byte_for_byte(tiny_meshes, tmp_path):
-    from recon3d.data.writer import build_shards
+    from recon3d.data.writing.writer import build_shards
 
     pool = build_shards(tiny_config(f"source.root={tiny_meshes}", f"shards.out_dir={tmp_path / 'pool'}",
                                     "shards.workers=2"), progress=False)
@@ -57,7 +57,7 @@ def test_four_trial_sweep_writes_the_best_config_and_resumes(tiny_shards, tmp_pa
 
 
 def test_sweep_file_errors_name_the_key(tmp_path):
-    from recon3d.config import ConfigError
+    from recon3d.errors import ConfigError
     from recon3d.training.sweep import load_sweep
 
     bad = tmp_path / "bad.yaml"

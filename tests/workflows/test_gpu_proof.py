@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from recon3d.models.implicit_decoder import Autoencoder
-from recon3d.workflows.bench_extract import imnet_reference_grid
-from recon3d.workflows.gpu_parts import TINY_MODEL, autoencoder_flops, step_flops
+from recon3d.bench.extract import imnet_reference_grid
+from benchmarks.gpu_parts import TINY_MODEL, autoencoder_flops, step_flops
 
 ROOT = Path(__file__).parents[2]
 
@@ -49,7 +49,7 @@ def test_imnet_reference_matches_a_dense_grid_of_centres():
 
 
 def test_inference_dtype_follows_the_override(monkeypatch):
-    from recon3d.tasks.shape_eval import inference_dtype
+    from recon3d.tasks.decoding import inference_dtype
 
     monkeypatch.setenv("RECON3D_INFERENCE_DTYPE", "fp32")
     assert inference_dtype("cpu") == torch.float32

@@ -32,12 +32,12 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from recon3d.config import Config, to_dict
 from recon3d.data import schema
-from recon3d.data.executors import ordered_map, ray_ordered_map
-from recon3d.data.index import index_path, load_index, write_index
-from recon3d.data.prepare import Prepared
-from recon3d.data.shards import MANIFEST, load_manifest, sidecar_path
-from recon3d.data.sources import Item, assign_splits, discover
-from recon3d.io import atomic_write, file_sha256, temp_writer_gone
+from recon3d.data.writing.executors import ordered_map, ray_ordered_map
+from recon3d.data.loading.index import index_path, load_index, write_index
+from recon3d.data.writing.prepare import Prepared
+from recon3d.data.loading.shards import MANIFEST, load_manifest, sidecar_path
+from recon3d.data.writing.sources import Item, assign_splits, discover
+from recon3d.files import atomic_write, file_sha256, temp_writer_gone
 REJECTS = "rejects.jsonl"
 BUILD_LOG = "build_log.json"
 _SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}$")

@@ -22,7 +22,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from recon3d.config import SourceConfig
-from recon3d.data.formats import MESH_EXTENSIONS
+from recon3d.data.writing.formats import MESH_EXTENSIONS
 from recon3d.data.schema import SPLITS, key_hash, make_key, split_by_hash
 
 # ShapeNetCore synset ids (WordNet offsets) and their category names.

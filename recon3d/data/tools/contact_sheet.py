@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from recon3d.data import schema
-from recon3d.data.shards import load_manifest, read_tar, shard_keys
+from recon3d.data.loading.shards import load_manifest, read_tar, shard_keys
 from recon3d.geometry.render import on_white
-from recon3d.io import atomic_path
+from recon3d.files import atomic_path
 
 _LABEL_H = 14
 

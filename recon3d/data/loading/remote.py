@@ -117,8 +117,8 @@ def _locked(path: Path):
 def cached_shard(location: str | Path, cache: Path, shard: dict) -> Optional[Path]:
     """The local copy of a shard (tar and index), copied on first use; None (with a warning) when it cannot be read
     or its bytes do not match the manifest."""
-    from recon3d.data.index import index_path
-    from recon3d.io import atomic_path, atomic_write
+    from recon3d.data.loading.index import index_path
+    from recon3d.files import atomic_path, atomic_write
 
     cache.mkdir(parents=True, exist_ok=True)
     name = f"{shard['name']}.tar"

@@ -24,14 +24,14 @@ class ShardInfo:
 
 
 def load_manifest(shard_dir: str | Path) -> dict:
-    """Read manifest.json of a shard folder (or of a remote location: recon3d.data.remote).
+    """Read manifest.json of a shard folder (or of a remote location: recon3d.data.loading.remote).
 
     Raises:
         FileNotFoundError: the folder has no manifest (the message says how to build one).
         ValueError: the manifest is not valid JSON, or a shard entry is malformed or names a file outside the
             folder (an edited or hostile manifest: `../x`, an absolute path), naming the entry.
     """
-    from recon3d.data.remote import file_url, is_remote, read_file
+    from recon3d.data.loading.remote import file_url, is_remote, read_file
 
     path = file_url(shard_dir, MANIFEST)
     if is_remote(shard_dir):
@@ -71,11 +71,11 @@ def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None,
     collects the shards that passed (`recon3d shards verify` checks contents as well).
 
     A remote location is streamed from where it is (no checks); with `cache_dir` any location is first copied into
-    the node-local cache, shard by shard, and read from there (recon3d.data.remote). `only` (a shard list given
+    the node-local cache, shard by shard, and read from there (recon3d.data.loading.remote). `only` (a shard list given
     as `split-{000000..000009}.tar`) keeps the listed shards of each split it names; other splits keep all theirs."""
     import logging
 
-    from recon3d.data import remote
+    from recon3d.data.loading import remote
 
     manifest = manifest or load_manifest(shard_dir)
     wanted = [shard for shard in manifest["shards"] if shard["split"] == split]
@@ -111,7 +111,7 @@ def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None,
 
 def _content_problem(shard_dir: Path, shard: dict, path: Path, checksum: bool) -> str:
     """Why a shard of the right size does not match its manifest entry ("" when it does)."""
-    from recon3d.io import file_sha256
+    from recon3d.files import file_sha256
 
     try:
         recorded = int(json.loads(sidecar_path(shard_dir, shard["name"]).read_text())["samples"])
@@ -141,7 +141,7 @@ def read_tar(path: str | Path) -> dict:
 def shard_keys(path: str | Path) -> List[str]:
     """The sample keys of one shard in file order, from its index (the tar itself for a shard without one; raises for
     a damaged file)."""
-    from recon3d.data.index import load_index
+    from recon3d.data.loading.index import load_index
 
     index = load_index(path)
     return [key for key, _ in index["samples"]] if index is not None else list(read_tar(path))

@@ -2,7 +2,7 @@
 
 
 Training (`TrainStream`): an epoch of N samples is ceil(N / (world_size x batch_size)) batches per rank, split
-over the workers so that their counts differ by at most one. Indexed shards (recon3d.data.index) are read sample by
+over the workers so that their counts differ by at most one. Indexed shards (recon3d.data.loading.index) are read sample by
 sample in a per-epoch permutation of the whole training split (a pure function of seed and epoch); shards without
 an index are streamed, drawn at random (weighted by their sample counts, with replacement) into a shuffle buffer per
 worker. Randomness comes from (seed, epoch, rank, batch or worker), so ranks never replay each other, and a resumed
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from recon3d.data.shards import ShardInfo
-from recon3d.data.transfer import SlotWriter, collate
+from recon3d.data.loading.shards import ShardInfo
+from recon3d.data.loading.transfer import SlotWriter, collate
 
 SLOTS = 4  # shared buffers per worker: DataLoader's prefetch_factor (2) in flight, one held back, one being written
 
@@ -77,7 +77,7 @@ def iter_raw(paths: Sequence[str], skips: SkipCounter,
         skips.skip(f"rest of {url}", err)
         return True
 
-    from recon3d.data.remote import is_remote
+    from recon3d.data.loading.remote import is_remote
 
     for path in paths:
         if not is_remote(path) and not Path(path).is_file():
@@ -102,7 +102,7 @@ class _Stream(IterableDataset):
         self.epoch = 0  # the trainer's epoch when this stream was made (set_epoch); see TrainStream.__iter__
         self._calls = 0  # iterations started in this process since then
         self.readers = _indexed(self.shards)  # one IndexedShard per shard when all have an index, else None
-        self.slot_writer = None  # made in each DataLoader worker (recon3d.data.transfer)
+        self.slot_writer = None  # made in each DataLoader worker (recon3d.data.loading.transfer)
 
     def _start(self) -> None:
         """Called as each iteration starts: a worker gets its shared buffers, and a new mark for them."""
@@ -136,8 +136,8 @@ class _Stream(IterableDataset):
 def _indexed(shards: Sequence[ShardInfo]):
     """Readers for every shard when each has a usable index (random access), else None (the streaming reader; a
     shard with a bad index is named in a warning)."""
-    from recon3d.data.index import open_indexed
-    from recon3d.data.remote import is_remote
+    from recon3d.data.loading.index import open_indexed
+    from recon3d.data.loading.remote import is_remote
 
     readers = []
     for shard in shards:

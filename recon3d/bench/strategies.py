@@ -61,7 +61,8 @@ def rank_stats(cfg: Config, strategy: str, devices: int, batch_size: int, points
     import torch
 
     from recon3d.training.build import build_strategy, resolve_precision
-    from recon3d.workflows.bench import bench_task, random_batch, repeat_loader, step_timer
+    from recon3d.bench.step import bench_task, random_batch
+    from recon3d.bench.timing import repeat_loader, step_timer
 
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, strategy=strategy, devices=devices,

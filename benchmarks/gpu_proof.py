@@ -1,6 +1,6 @@
 """The GPU proof (benchmarks/gpu_proof.sh): recon3d measured on one GPU, section by section, into one JSON.
 
-`python -m recon3d.workflows.gpu_proof run --out DIR` builds a small shard set from procedural shapes, then measures
+`python -m benchmarks.gpu_proof run --out DIR` builds a small shard set from procedural shapes, then measures
 the full-size autoencoder's training step (fp32; bf16-mixed alone, under DDP and under DeepSpeed ZeRO-2, each in its
 own process so that peak memory is its own), torch.compile on and off, a short real training run (its checkpoint
 gives the extraction a decoder with surfaces), the loader with several worker counts beside the step's appetite,
@@ -28,9 +28,8 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
-from recon3d.io import atomic_write
-from recon3d.workflows.gpu_parts import (PARTS, STEP_MODES, autoencoder_flops, child, log, peak_tflops, proof_config,
-                                         sizes)
+from recon3d.files import atomic_write
+from benchmarks.gpu_parts import PARTS, STEP_MODES, autoencoder_flops, child, log, peak_tflops, proof_config, sizes
 
 class Proof:
     """The results under construction: sections, each timed, failures recorded, JSON rewritten after each."""
@@ -70,7 +69,7 @@ def environment(tiny: bool, peak_override: float) -> dict:
 
     import torch
 
-    from recon3d.tasks.shape_eval import inference_dtype
+    from recon3d.tasks.decoding import inference_dtype
 
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
             "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
@@ -93,7 +92,7 @@ def environment(tiny: bool, peak_override: float) -> dict:
 def build_shards(root: Path, tiny: bool, workers: int) -> dict:
     """Procedural meshes -> a shard set under root (the full geometry, few views), through the CLI."""
     from recon3d.geometry.procedural import CATEGORIES
-    from recon3d.workflows.demo import write_procedural_meshes
+    from recon3d.geometry.procedural import write_procedural_meshes
 
     size = sizes(tiny)
     categories = sorted(CATEGORIES)[:size["categories"]]
@@ -104,7 +103,7 @@ def build_shards(root: Path, tiny: bool, workers: int) -> dict:
         cmd[5:5] = ["-c", str(Path(__file__).parents[1] / "configs" / "tiny.yaml")]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    from recon3d.data.shards import load_manifest
+    from recon3d.data.loading.shards import load_manifest
 
     manifest = load_manifest(root / "shards")
     return {"meshes": meshes, "samples": sum(s["samples"] for s in manifest["shards"]), "workers": workers,
@@ -144,8 +143,8 @@ def fit_section(root: Path, tiny: bool) -> dict:
 
 def loader_section(root: Path, tiny: bool, workers, step_samples_per_s) -> dict:
     """Autoencoder-stage samples/s from the local shards per worker count (the loader alone), beside the step."""
-    from recon3d.data.datamodule import ShardDataModule
-    from recon3d.workflows.bench_loader import _rate
+    from recon3d.data.loading.datamodule import ShardDataModule
+    from recon3d.bench.timing import loader_rate
 
     size = sizes(tiny)
     batches = size["loader_batches"]
@@ -157,7 +156,7 @@ def loader_section(root: Path, tiny: bool, workers, step_samples_per_s) -> dict:
         dm.setup()
         return lambda: iter(dm.train_dataloader())
 
-    rates = {str(count): round(_rate(make(count), batches, size["batch"], 0.0), 1) for count in workers}
+    rates = {str(count): round(loader_rate(make(count), batches, size["batch"], 0.0), 1) for count in workers}
     result = {"batch": size["batch"], "points": size["points"], "samples_per_s": rates,
               "step_consumes_samples_per_s": step_samples_per_s}
     if step_samples_per_s:
@@ -192,7 +191,7 @@ def run_sections(proof, workers, args) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recon3d.workflows.gpu_proof")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_proof")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="the whole proof into --out")
     run.add_argument("--out", required=True)

@@ -189,7 +189,7 @@ def open_indexed(path: str) -> Tuple[Optional[IndexedShard], str]:
 
 def write_index(tar_path: str | Path, dest: str | Path | None = None) -> str:
     """Index a finished tar, atomically, into `dest` (default: beside it); returns the index's sha256."""
-    from recon3d.io import atomic_write
+    from recon3d.files import atomic_write
 
     data = index_bytes(scan_tar(tar_path))
     atomic_write(dest or index_path(tar_path), data)

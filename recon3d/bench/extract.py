@@ -76,7 +76,7 @@ def _timed(fn):
 
 
 def _codes(task, shard_dir: str, shapes: int, device: str) -> List[torch.Tensor]:
-    from recon3d.data.datamodule import iter_split
+    from recon3d.data.loading.datamodule import iter_split
 
     codes: List[torch.Tensor] = []
     for split in ("test", "val", "train"):
@@ -97,7 +97,7 @@ def measure_extraction(ckpt: str, shard_dir: str, shapes: int, resolution: int, 
     from recon3d.geometry.extract import coarse_to_fine_grid, dense_grid
     from recon3d.geometry.voxelize import iou
     from recon3d.inference.autoencoder import decoder_field, load_autoencoder
-    from recon3d.tasks.shape_eval import inference_dtype
+    from recon3d.tasks.decoding import inference_dtype
 
     task = load_autoencoder(ckpt, device)
     dtype = dtype or inference_dtype(device)

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "slurm"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 NAMES = ("train", "shards", "sweep")
 
 
@@ -73,7 +73,7 @@ def submit_pipeline(*, shards: str, out: str, configs: Sequence[str] = (), stage
                     sbatch_args: Sequence[str] = ()) -> Dict[str, int]:
     """Submit the chain; {job name: job id} in submission order. Each training job is slurm/train.sbatch with
     --run-dir <out>/<stage>; later stages name the autoencoder by its run folder, which hands on its best checkpoint
-    (recon3d.io.run_checkpoint). The latent GAN trains with DDP (two optimisers; DeepSpeed cannot)."""
+    (recon3d.runs.run_checkpoint). The latent GAN trains with DDP (two optimisers; DeepSpeed cannot)."""
     root = Path(out).resolve()
     stage_configs = stage_configs or {}
     q = shlex.quote

@@ -1,4 +1,4 @@
-"""The GPU proof's measurements (recon3d.workflows.gpu_proof): each heavy one runs in a fresh process (`part`), so
+"""The GPU proof's measurements (benchmarks.gpu_proof): each heavy one runs in a fresh process (`part`), so
 that its peak memory, process group and compiled graphs are its own."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Dict, Sequence
+
+from recon3d.bench.timing import median_ms, timed
 
 FULL_MODEL = {"latent_dim": 256, "encoder_channels": 32, "decoder_widths": [1024, 1024, 1024, 512, 256, 128]}
 TINY_MODEL = {"latent_dim": 16, "encoder_channels": 4, "decoder_widths": [32, 16]}
@@ -64,10 +66,6 @@ def log(line: str) -> None:
     print(line, flush=True)
 
 
-def median_ms(times: Sequence[float]) -> float:
-    return round(statistics.median(times) * 1000, 3)
-
-
 # mode -> (Lightning strategy, precision); each one GPU (or one CPU process with --tiny)
 STEP_MODES = {"fp32": ("auto", "32-true"), "bf16": ("auto", "bf16-mixed"), "bf16_ddp": ("ddp", "bf16-mixed"),
               "zero2_bf16": ("deepspeed_stage_2", "bf16-mixed")}
@@ -101,7 +99,7 @@ def _peak_mib(device: str) -> float:
 
 def _compact_batch(shards: str, tiny: bool) -> dict:
     """One real training batch as the loader delivers it (bit-packed voxels and values, point indices)."""
-    from recon3d.data.datamodule import ShardDataModule
+    from recon3d.data.loading.datamodule import ShardDataModule
 
     size = sizes(tiny)
     dm = ShardDataModule(shards=shards, batch_size=size["batch"], num_workers=0, point_resolution=size[
@@ -116,17 +114,17 @@ def step_part(mode: str, shards: str, tiny: bool) -> dict:
     import lightning as L
     import torch
 
-    from recon3d.data.pipelines import expand_batch
+    from recon3d.data.loading.pipelines import expand_batch
     from recon3d.tasks.autoencoder import AutoencoderTask
     from recon3d.training.build import build_strategy
-    from recon3d.workflows.bench import repeat_loader, step_timer
+    from recon3d.bench.timing import repeat_loader, step_timer
 
     strategy, precision = STEP_MODES[mode]
     size, device = sizes(tiny), _device(tiny)
     cfg = proof_config(tiny, shards, f"train.strategy={strategy}", f"train.precision={precision}",
                   f"train.point_resolutions=[{size['point_resolution']}]", "train.phase_epochs=[1]")
     batch = {k: v for k, v in _compact_batch(shards, tiny).items() if isinstance(v, torch.Tensor)}
-    from recon3d.data.shards import load_manifest
+    from recon3d.data.loading.shards import load_manifest
 
     torch.manual_seed(0)
     from recon3d.training.build import set_matmul_precision
@@ -161,29 +159,13 @@ def _with_mfu(result: dict, flops_per_s: float) -> dict:
     return result
 
 
-def _timed(fn, steps: int, warmup: int, cuda: bool) -> list:
-    import torch
-
-    times = []
-    for i in range(warmup + steps):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
-
-
 def _plain_training(shards: str, tiny: bool):
     """(model, step(net), cuda): the autoencoder of the proof's size, Adam and one real batch expanded on the
     device, for plain loops; step(net) is one bf16 (CPU: fp32) training step of `net` (the model or a compiled
     one) on that batch, which it keeps as step.batch."""
     import torch
 
-    from recon3d.data.pipelines import expand_batch
+    from recon3d.data.loading.pipelines import expand_batch
     from recon3d.models.implicit_decoder import Autoencoder
 
     size, device = sizes(tiny), _device(tiny)
@@ -225,13 +207,13 @@ def compile_part(_, shards: str, tiny: bool) -> dict:
             with torch.no_grad(), autocast:
                 net.decoder(points, z)
 
-        first = _timed(step, 1, 0, cuda)[0]
-        result[f"step_{label}_ms"] = median_ms(_timed(step, size["steps"], size["warmup"], cuda))
+        first = timed(step, 1, 0, cuda)[0]
+        result[f"step_{label}_ms"] = median_ms(timed(step, size["steps"], size["warmup"], cuda))
         result[f"step_{label}_first_call_s"] = round(first, 2)
         if label == "compiled":
             net.decoder = torch.compile(model.decoder)
-        first = _timed(decode, 1, 0, cuda)[0]
-        result[f"decoder_{label}_ms"] = median_ms(_timed(decode, size["steps"], size["warmup"], cuda))
+        first = timed(decode, 1, 0, cuda)[0]
+        result[f"decoder_{label}_ms"] = median_ms(timed(decode, size["steps"], size["warmup"], cuda))
         result[f"decoder_{label}_first_call_s"] = round(first, 2)
     result["decoder_points"] = size["decoder_points"]
     result["step_speedup"] = round(result["step_eager_ms"] / result["step_compiled_ms"], 3)
@@ -252,21 +234,21 @@ def profile_part(_, shards: str, tiny: bool) -> dict:
         train_step(model)
 
     steps = 5
-    wall = median_ms(_timed(step, steps, size["warmup"], cuda))
+    wall = median_ms(timed(step, steps, size["warmup"], cuda))
     # cuDNN's algorithm search, then also channels-last 3D tensors for the encoder's convolutions
     variants = {}
     torch.backends.cudnn.benchmark = True
-    variants["cudnn_benchmark"] = median_ms(_timed(step, size["steps"], size["warmup"], cuda))
+    variants["cudnn_benchmark"] = median_ms(timed(step, size["steps"], size["warmup"], cuda))
     model.encoder.to(memory_format=torch.channels_last_3d)
     batch = train_step.batch
     voxels = batch["voxels"]
     batch["voxels"] = voxels.contiguous(memory_format=torch.channels_last_3d)
-    variants["cudnn_benchmark_channels_last_3d"] = median_ms(_timed(step, size["steps"], size["warmup"], cuda))
+    variants["cudnn_benchmark_channels_last_3d"] = median_ms(timed(step, size["steps"], size["warmup"], cuda))
     model.encoder.to(memory_format=torch.contiguous_format)
     batch["voxels"] = voxels
     torch.backends.cudnn.benchmark = False
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
-        _timed(step, steps, 0, cuda)
+        timed(step, steps, 0, cuda)
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in rows) or 1.0
@@ -309,15 +291,15 @@ def image_part(what: str, shards: str, tiny: bool) -> dict:
         loss.backward()
         opt.step()
 
-    times = _timed(step, size["steps"], size["warmup"], cuda)
+    times = timed(step, size["steps"], size["warmup"], cuda)
     return {"batch": f"{batch} x 1 x {side} x {side}", "precision": "bf16 autocast" if cuda else "fp32",
             "step_ms": median_ms(times), "images_per_s": round(batch / statistics.median(times), 1),
             "peak_mib": _peak_mib(device), "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def extract_part(_, shards: str, tiny: bool) -> dict:
-    """Extraction with the fitted autoencoder (see run_sections): recon3d.workflows.bench_extract's measurements."""
-    from recon3d.workflows.bench_extract import measure_extraction
+    """Extraction with the fitted autoencoder (see run_sections): recon3d.bench.extract's measurements."""
+    from recon3d.bench.extract import measure_extraction
 
     size = sizes(tiny)
     ckpt = Path(shards).parent / "fit" / "checkpoints" / "last.ckpt"
@@ -345,7 +327,7 @@ PARTS = {**{f"step_{mode}": (lambda s, t, mode=mode: step_part(mode, s, t)) for 
 
 def child(what: str, root: Path, tiny: bool, timeout: float) -> dict:
     out = root / "parts" / f"{what}.json"
-    cmd = [sys.executable, "-m", "recon3d.workflows.gpu_proof", "part", what, "--shards", str(root / "shards"),
+    cmd = [sys.executable, "-m", "benchmarks.gpu_proof", "part", what, "--shards", str(root / "shards"),
            "--out", str(out)] + (["--tiny"] if tiny else [])
     subprocess.run(cmd, check=True, timeout=max(timeout, 1))
     return json.loads(out.read_text())

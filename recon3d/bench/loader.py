@@ -25,6 +25,7 @@ from typing import Callable, Dict, Iterator, List, Sequence
 import numpy as np
 import torch
 
+from recon3d.bench.timing import loader_rate
 from recon3d.data import schema
 
 
@@ -32,13 +33,13 @@ def write_baseline_hdf5(shard_dir: str, out: Path, resolution: int, limit: int =
     """IM-NET-layout hdf5 of (up to `limit`) training shapes of a shard folder; returns the shapes written."""
     import h5py
 
-    from recon3d.data.datamodule import ShardDataModule
+    from recon3d.data.loading.datamodule import ShardDataModule
 
     dm = ShardDataModule(shards=shard_dir, num_workers=0, rank=0, world_size=1)
     dm.setup()
     raws = []
     for info in dm.shard_infos("train"):
-        from recon3d.data.shards import read_tar
+        from recon3d.data.loading.shards import read_tar
 
         raws.extend(read_tar(info.path).values())
         if len(raws) >= limit:
@@ -66,7 +67,7 @@ def write_baseline_hdf5(shard_dir: str, out: Path, resolution: int, limit: int =
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
-    from recon3d.data.pipelines import to_float_image
+    from recon3d.data.loading.pipelines import to_float_image
 
     return np.rint(to_float_image(image, True)[0] * 255).astype(np.uint8)
 
@@ -96,7 +97,7 @@ def baseline_batches(path: Path, stage: str, resolution: int, batch_size: int, c
 
 def _loader_batches(shard_dir: str, stage: str, workers: int, batches: int, batch_size: int,
                     resolution: int, crop: int) -> Iterator[dict]:
-    from recon3d.data.datamodule import ShardDataModule
+    from recon3d.data.loading.datamodule import ShardDataModule
 
     dm = ShardDataModule(shards=shard_dir, stage=stage, batch_size=batch_size, num_workers=workers, crop_size=crop,
                          point_resolution=resolution, train_samples_per_epoch=(batches + 2 + workers) * batch_size)
@@ -104,31 +105,11 @@ def _loader_batches(shard_dir: str, stage: str, workers: int, batches: int, batc
     return iter(dm.train_dataloader())
 
 
-def _rate(batches_of: Callable[[], Iterator[dict]], batches: int, batch_size: int, busy_s: float) -> float:
-    """Samples/s over `batches` batches after one warm-up batch; with busy_s the main process computes that long
-    per batch (one thread) before taking the next."""
-    iterator = batches_of()
-    next(iterator)  # warm-up: worker start, first reads
-    a, b = torch.randn(192, 192), torch.randn(192, 192)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        start = time.perf_counter()
-        for _ in range(batches):
-            next(iterator)
-            until = time.perf_counter() + busy_s
-            while time.perf_counter() < until:
-                a @ b
-        return batches * batch_size / (time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def bench_loader(shard_dir: str, stage: str, workers: Sequence[int], batches: int, batch_size: int,
                  resolution: int, repeats: int = 3, crop: int = 128) -> str:
     """Medians of interleaved runs: the h5py baseline and the loader with each worker count, alone and training
     (the image stage crops min(crop, view size), as training does)."""
-    from recon3d.data.shards import load_manifest
+    from recon3d.data.loading.shards import load_manifest
 
     manifest = load_manifest(shard_dir)
     crop = min(crop, int(manifest["config"]["render"]["image_size"]))
@@ -142,12 +123,12 @@ def bench_loader(shard_dir: str, stage: str, workers: Sequence[int], batches: in
         settings[f"recon3d num_workers={count}"] = (
             lambda count=count: _loader_batches(shard_dir, stage, count, batches, batch_size, resolution, crop))
     first = f"recon3d num_workers={workers[0]}"
-    busy = batch_size / statistics.median(_rate(settings[first], batches, batch_size, 0.0) for _ in range(2))
+    busy = batch_size / statistics.median(loader_rate(settings[first], batches, batch_size, 0.0) for _ in range(2))
     rates: Dict[tuple, List[float]] = defaultdict(list)
     for _ in range(repeats):  # interleaved, so that machine noise hits every setting alike
         for regime, busy_s in (("alone", 0.0), ("training", busy)):
             for name, make in settings.items():
-                rates[name, regime].append(_rate(make, batches, batch_size, busy_s))
+                rates[name, regime].append(loader_rate(make, batches, batch_size, busy_s))
     unit = "samples/s" if stage == "autoencoder" else "views/s"
     lines = [f"loader benchmark: {shard_dir}, stage={stage}, batch={batch_size}, {batches} batches after warm-up, "
              f"median of {repeats} interleaved runs; 'training': the main process busy {busy * 1e3:.1f} ms per batch"]

@@ -10,8 +10,8 @@ from typing import Dict, List
 import numpy as np
 
 from recon3d.data import schema
-from recon3d.data.shards import load_manifest, read_tar
-from recon3d.io import file_sha256
+from recon3d.data.loading.shards import load_manifest, read_tar
+from recon3d.files import file_sha256
 
 
 @dataclass
@@ -127,7 +127,7 @@ def _index_problems(path: Path, shard: dict) -> List[str]:
     index made afresh from the tar's headers (a shard set from before indexes has none: `recon3d shards upgrade`)."""
     import hashlib
 
-    from recon3d.data.index import index_bytes, index_path, scan_tar
+    from recon3d.data.loading.index import index_bytes, index_path, scan_tar
 
     idx = index_path(path)
     if not idx.is_file():

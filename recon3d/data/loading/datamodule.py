@@ -10,14 +10,14 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from recon3d.config import Config, LoaderConfig
-from recon3d.data.pipelines import (AutoencoderDecoder, ImageDecoder, StereoDecoder, VolumeDecoder,
-                                    autoencoder_members, expand_batch, image_eval_members, image_members,
-                                    image_train_members, stereo_members)
-from recon3d.data.streams import EvalStream, TrainStream, dist_context
-from recon3d.data.transfer import SlotLoader, keep_batch
-from recon3d.data.remote import is_remote, split_shard_list
+from recon3d.data.loading.pipelines import (AutoencoderDecoder, ImageDecoder, StereoDecoder, VolumeDecoder,
+                                            autoencoder_members, expand_batch, image_eval_members, image_members,
+                                            image_train_members, stereo_members)
+from recon3d.data.loading.streams import EvalStream, TrainStream, dist_context
+from recon3d.data.loading.transfer import SlotLoader, keep_batch
+from recon3d.data.loading.remote import is_remote, split_shard_list
 from recon3d.data.schema import point_grid
-from recon3d.data.shards import ShardInfo, load_manifest, shard_infos
+from recon3d.data.loading.shards import ShardInfo, load_manifest, shard_infos
 from recon3d.stages import STAGES
 
 
@@ -69,7 +69,7 @@ class ShardDataModule(L.LightningDataModule):
                  rank: Optional[int] = None,
                  world_size: Optional[int] = None) -> None:
         super().__init__()
-        location, self.listed = split_shard_list(str(shards))  # a folder, a URL or a shard list: recon3d.data.remote
+        location, self.listed = split_shard_list(str(shards))  # a folder, a URL or a shard list: recon3d.data.loading.remote
         self.shard_dir = location if is_remote(location) else Path(location)
         self.cache_dir = cache_dir
         self.stage = stage

@@ -18,8 +18,8 @@ import numpy as np
 
 from recon3d.config import Config, GeometryConfig
 from recon3d.data import schema
-from recon3d.data.formats import RejectError, load_mesh, read_binvox, voxel_boundary_mesh
-from recon3d.data.sources import Item
+from recon3d.data.writing.formats import RejectError, load_mesh, read_binvox, voxel_boundary_mesh
+from recon3d.data.writing.sources import Item
 from recon3d.geometry.camera import right_eye, sample_views
 from recon3d.geometry.metrics import sample_surface
 from recon3d.geometry.render import render_views

@@ -10,8 +10,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator, List, Optional
 
-from recon3d.data.formats import RejectError
-from recon3d.data.prepare import prepare
+from recon3d.data.writing.formats import RejectError
+from recon3d.data.writing.prepare import prepare
 
 
 def prepare_job(job) -> tuple:

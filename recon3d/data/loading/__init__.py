@@ -1,0 +1,1 @@
+"""Loading shards: the manifest and shard files (local, remote, cached), indexes, per-rank/worker streams, decoding pipelines, the DataModule, exported latents."""

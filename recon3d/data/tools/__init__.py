@@ -1,0 +1,1 @@
+"""Tools over a shard set: verify it, draw a contact sheet."""

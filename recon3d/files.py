@@ -1,0 +1,70 @@
+"""Files: writing so that a reader never sees half of one (a temp name in the same folder, then a rename), and
+checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, keep_suffix: bool = False) -> Iterator[Path]:
+    """A temp path beside `path` to write to; renamed onto `path` when the block ends without an error, removed when
+    it raises. The temp name is `<name>.<host>.<pid>.tmp` (cleanup code looks for the .tmp ending), or with
+    keep_suffix `<stem>.<host>.<pid>.tmp<suffix>` for writers that choose a format by the suffix (trimesh, PIL,
+    ffmpeg); host and process id keep two processes (ranks on two nodes of a shared file system too) writing the
+    same file from sharing a temp file.
+
+    Example: `with atomic_path(out / "mesh.obj", keep_suffix=True) as tmp: mesh.export(tmp)`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{_host()}.{os.getpid()}"
+    tmp = path.with_name(f"{path.stem}.{me}.tmp{path.suffix}" if keep_suffix else f"{path.name}.{me}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _host() -> str:
+    return socket.gethostname().split(".")[0]
+
+
+def temp_writer_gone(path: str | Path) -> bool:
+    """Whether the process that named the temp file `<name>.<host>.<pid>.tmp` (atomic_path) ran on this host and has
+    ended: its file can go at once. Another host's, or a pid that is running (perhaps reused), is not known gone."""
+    parts = Path(path).name.split(".")
+    if len(parts) < 4 or parts[-1] != "tmp" or not parts[-2].isdigit() or parts[-3] != _host():
+        return False
+    try:
+        os.kill(int(parts[-2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        pass
+    return False
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write bytes to `path` atomically (see atomic_path), flushed to disk before the rename."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
