@@ -44,7 +44,13 @@ def _hands_on(run_dir: Path) -> str:
     return STAGES[stage].hands_on if stage in STAGES else "best"
 
 
+def run_folder(ckpt: str | Path) -> Path:
+    """The run folder a checkpoint (or run folder) belongs to: <run>/checkpoints/x.ckpt -> <run>; a run folder is its
+    own."""
+    path = Path(ckpt).resolve()
+    return path if is_run_folder(path) else path.parent.parent
+
+
 def run_name(ckpt: str | Path) -> str:
     """The name of the run a checkpoint (or run folder) belongs to: <run>/checkpoints/x.ckpt -> <run>."""
-    path = Path(ckpt).resolve()
-    return path.name if is_run_folder(path) else path.parent.parent.name
+    return run_folder(ckpt).name

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from recon3d.cli import options
 from recon3d.cli.options import Verb
+from recon3d.stages import STAGES
 
 
 def _print_meshes(rows: list, sheet: Path) -> None:
@@ -89,7 +90,7 @@ def _configure_reconstruct(parser) -> None:
     parser.add_argument("images", nargs="+", help="PNG/JPG files of any size: alpha is used when present, "
                         "otherwise the background is estimated from the border")
     options.ckpt(parser, "image-encoder (train.stage=svr) or VRN checkpoint: the checkpoint says which")
-    parser.add_argument("--model", default="", choices=["", "svr", "vrn"],
+    parser.add_argument("--model", default="", choices=["", *STAGES],
                         help="insist on this kind of checkpoint (default: whatever --ckpt is)")
     parser.add_argument("--fill", type=float, default=0.7,
                         help="the object's longer side as a fraction of the frame (0.7: as the training renders)")

@@ -18,12 +18,14 @@ def _configure(parser) -> None:
     submit.add_argument("name", help="train | shards | sweep, or a path to an sbatch script")
     submit.add_argument("rest", nargs=argparse.REMAINDER, help="sbatch options, then -- and the job's arguments")
     submit.set_defaults(func=_submit)
-    chain = sub.add_parser("pipeline", help="autoencoder -> export-latents -> svr and gan -> eval as dependent "
-                           "jobs; prints their ids")
+    chain = sub.add_parser("pipeline", help="the stage table as dependent jobs (autoencoder, vrn, stereo -> "
+                           "export-latents -> svr, gan -> eval); prints their ids")
     chain.add_argument("-c", "--config", action="append", default=[], metavar="YAML", help="config for every stage")
     chain.add_argument("--stage-config", action="append", default=[], metavar="STAGE=YAML",
                        help="config for one stage, e.g. svr=configs/train/svr-cpu-small.yaml")
     chain.add_argument("--shards", required=True, help="shard folder")
+    chain.add_argument("--stages", default="", help="comma-separated stages to chain (default: every stage the "
+                       "shards can feed)")
     chain.add_argument("--out", required=True, help="folder of the runs (<out>/<stage>), logs and eval tables")
     chain.add_argument("--nodes", type=int, default=1)
     chain.add_argument("--ntasks-per-node", type=int, default=1, help="one per device")
@@ -55,14 +57,15 @@ def _pipeline(args) -> int:
 
     from recon3d.cluster.slurm import submit_pipeline
 
-    stages = dict(item.split("=", 1) for item in args.stage_config if "=" in item)
-    jobs = submit_pipeline(shards=args.shards, out=args.out, configs=args.config, stage_configs=stages,
+    per_stage = dict(item.split("=", 1) for item in args.stage_config if "=" in item)
+    jobs = submit_pipeline(shards=args.shards, out=args.out, configs=args.config, stage_configs=per_stage,
                            overrides=args.overrides, nodes=args.nodes, tasks_per_node=args.ntasks_per_node,
-                           cpus_per_task=args.cpus_per_task, sbatch_args=shlex.split(args.sbatch))
+                           cpus_per_task=args.cpus_per_task, sbatch_args=shlex.split(args.sbatch),
+                           stages=[s for s in args.stages.split(",") if s])
     for name, job in jobs.items():
         print(f"{name} {job}")
     return 0
 
 
 VERBS = [Verb("slurm", "SLURM: template NAME | submit NAME [sbatch options] -- [job arguments] | pipeline "
-              "(the whole method as dependent jobs)", _configure)]
+              "(every stage as dependent jobs)", _configure)]

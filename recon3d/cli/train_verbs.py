@@ -116,46 +116,49 @@ def _configure_extract(parser) -> None:
     parser.add_argument("--sheet", default="", help="also write a PNG: input view beside each reconstruction")
 
 
+EVAL_OPTIONS = ("resolution", "iou_resolution", "draws", "real")  # stage options `recon3d eval` offers
+
+
 def _eval(args, expect: str = "") -> int:
+    from recon3d.inference.protocol import check_options
     from recon3d.inference.tables import eval_name, format_table, log_eval
+    from recon3d.runs import run_folder
     from recon3d.tasks.checkpoints import read_checkpoint, stage_of
 
     row = stage_of(read_checkpoint(args.ckpt), args.ckpt)
     if expect and row.name != expect:
         raise ValueError(f"{args.ckpt} is a {row.name} checkpoint; eval-{expect} needs a {expect} checkpoint "
                          f"(`recon3d eval --ckpt` takes any)")
-    if not args.shards and not (row.name == "stereo" and args.real):
-        raise ValueError(f"evaluating a {row.name} checkpoint needs --shards DIR")
-    out = args.output or str(Path(args.ckpt).resolve().parent.parent / "eval")
-    extra = {"resolution": args.resolution} if args.resolution else {}
     inference = row.inference_module()
+    options = {name: getattr(args, name) for name in EVAL_OPTIONS if getattr(args, name) not in (None, False)}
+    check_options(inference.evaluate, row.name, options)  # an option this stage does not take is an error
+    out = args.output or str(run_folder(args.ckpt) / "eval")
     summary = inference.evaluate(args.ckpt, args.shards, split=args.split, device=args.device, out_dir=out,
-                                 iou_resolution=args.iou_resolution, real=args.real, draws=args.draws, **extra)
-    real = summary.pop("real pair", None)
+                                 **options)
+    extras = {name: summary.pop(name) for name in [n for n, v in summary.items() if "shapes" not in v]}
     if summary:
-        log_eval(args.ckpt, eval_name(row.name, args.split), summary)
+        name = eval_name(row.name, args.split)
+        log_eval(args.ckpt, name, summary)
         print(format_table(summary, inference.TABLE_COLUMNS))
         print(inference.TABLE_NOTE)
-        name = eval_name(row.name, args.split)
         print(f"tables: {out}/eval_{name}.csv, .json and per-shape eval_{name}_shapes.csv")
-    if real:
-        print(json.dumps(real, indent=1))
-        print(f"pictures: {out}/real_pair.png (left | synthesised right / our disparity | true disparity)")
+    for name, extra in extras.items():  # results that are not a per-category table (stereo: the real pair)
+        print(f"{name}: {json.dumps(extra, indent=1)}")
     return 0
 
 
 def _configure_eval(parser) -> None:
     options.ckpt(parser)
-    options.shards(parser, required=False, what="shard folder (needed except for a stereo model with --real)")
+    options.shards(parser, required=False, what="shard folder (a stereo model with --real can do without)")
     options.split(parser)
     options.device(parser)
     options.output(parser, "table folder (default: <run>/eval)", required=False)
-    parser.add_argument("--resolution", type=int, default=0,
-                        help="extraction grid (autoencoder: 128, svr: 32 when 0); gan: not used")
-    parser.add_argument("--iou-resolution", type=int, default=0, help="autoencoder: grid of the voxel metrics "
-                        "(0: stored)")
-    parser.add_argument("--draws", type=int, default=1, help="gan: disjoint sets of samples (5 per reference shape "
-                        "each); COV is their mean, with the lowest and highest (default 1)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="autoencoder, svr: the extraction grid of the surface metrics (default 128, svr 32)")
+    parser.add_argument("--iou-resolution", type=int, default=None, help="autoencoder: grid of the voxel metrics "
+                        "(default: the stored voxels')")
+    parser.add_argument("--draws", type=int, default=None, help="gan: disjoint sets of samples (5 per reference "
+                        "shape each); COV is their mean, with the lowest and highest (default 1)")
     parser.add_argument("--real", action="store_true", help="stereo: also run on scikit-image's real rectified pair "
                         "with ground-truth disparity")
 
@@ -189,7 +192,7 @@ VERBS = [
     Verb("extract", "meshes from the autoencoder (coarse-to-fine + marching cubes)", _configure_extract, _extract),
     Verb("eval", "per-category metrics of any checkpoint on a split (CSV/JSON tables); the checkpoint says its stage",
          _configure_eval, _eval),
-    *[_alias(stage) for stage in ("svr", "vrn", "stereo")],
+    *[_alias(stage) for stage in STAGES],
     Verb("checkpoint", "consolidate DIR: a DeepSpeed checkpoint folder -> one fp32 file beside it (atomic)",
          _configure_checkpoint, _checkpoint),
 ]

@@ -1,6 +1,7 @@
-"""The SLURM side of recon3d: the sbatch templates installed with the package, a submit that creates the log folder
-first (SLURM does not, and a job whose --output folder is missing fails without a log), and the whole method as a
-chain of dependent jobs: autoencoder -> export-latents -> image encoder and latent GAN -> evaluation."""
+"""The SLURM side of recon3d: the sbatch templates installed with the package (templates/), a submit that creates the
+log folder first (SLURM does not, and a job whose --output folder is missing fails without a log), and the stage
+table as a chain of dependent jobs: the stages that train on the shards, the export of latents, the stages that learn
+from them, the evaluation."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import re
 import shlex
 import subprocess
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence
+
+from recon3d.data.loading.datamodule import unmet_needs
+from recon3d.data.loading.shards import load_manifest
+from recon3d.stages import STAGES, Stage, latents_exporter, stage
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 NAMES = ("train", "shards", "sweep")
@@ -68,33 +73,65 @@ def _step(out: Path, name: str, command: str, cpus: int, extra: Sequence[str], a
     return sbatch(args, wrap=f"exec bash -c {shlex.quote(script)}")  # --wrap runs /bin/sh
 
 
+def chain_stages(shards: str, stages: Sequence[str] = ()) -> List[str]:
+    """The stages a chain trains: `stages` (checked against the table), else every stage of the table whose input
+    the shards hold when their manifest can be read now (right-eye views for stereo, say), else every stage."""
+    for name in stages:
+        stage(name)  # ValueError naming the stages for an unknown one
+    if stages:
+        return list(stages)
+    if "://" in shards or shards.startswith("pipe:"):  # remote: not read at submit time; the user chooses
+        return list(STAGES)
+    try:
+        manifest = load_manifest(shards)
+    except (OSError, ValueError):  # not built yet (a shards array may still be running)
+        return list(STAGES)
+    return [name for name, row in STAGES.items() if not (row.loader and unmet_needs(manifest, row.loader))]
+
+
 def submit_pipeline(*, shards: str, out: str, configs: Sequence[str] = (), stage_configs: Dict[str, str] = None,
                     overrides: Sequence[str] = (), nodes: int = 1, tasks_per_node: int = 1, cpus_per_task: int = 8,
-                    sbatch_args: Sequence[str] = ()) -> Dict[str, int]:
-    """Submit the chain; {job name: job id} in submission order. Each training job is slurm/train.sbatch with
-    --run-dir <out>/<stage>; later stages name the autoencoder by its run folder, which hands on its best checkpoint
-    (recon3d.runs.run_checkpoint). The latent GAN trains with DDP (two optimisers; DeepSpeed cannot)."""
-    root = Path(out).resolve()
-    stage_configs = stage_configs or {}
-    q = shlex.quote
-    train_sbatch = [f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}", f"--cpus-per-task={cpus_per_task}",
-                    f"--output={root / 'logs'}/%x-%j.out", *sbatch_args]
+                    sbatch_args: Sequence[str] = (), stages: Sequence[str] = ()) -> Dict[str, int]:
+    """Submit the chain of the stage table; {job name: job id} in submission order. Each training job is the train
+    template with --run-dir <out>/<stage>: the stages that train on the shards alone start at once; the export of
+    latents waits for the stage that exports them, and the stages that learn from those latents wait for it, naming
+    the exporter by its run folder (which hands on its best checkpoint, recon3d.runs.run_checkpoint); a stage that
+    DeepSpeed cannot train (two optimisers) trains with DDP. The eval job waits for every training job.
 
-    def train(stage: str, after: Sequence[int], *extra: str) -> int:
-        files = [*configs, *([stage_configs[stage]] if stage in stage_configs else [])]
+    Raises:
+        ValueError: an unknown stage, or a stage that learns from latents without the stage that exports them.
+    """
+    root = Path(out).resolve()
+    chosen = [STAGES[name] for name in chain_stages(shards, stages)]
+    exporter = next((row.name for row in chosen if row.exports_latents), "")
+    learners = [row for row in chosen if row.learns_from]
+    if learners and not exporter:
+        raise ValueError(f"{learners[0].name} learns from exported latents: chain it with {latents_exporter()}")
+    train = _trainer(root, shards, configs, stage_configs or {}, overrides,
+                     [f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}", f"--cpus-per-task={cpus_per_task}",
+                      f"--output={root / 'logs'}/%x-%j.out", *sbatch_args], multi=nodes * tasks_per_node > 1)
+    jobs = {row.name: train(row, []) for row in chosen if not row.learns_from}
+    if learners:
+        jobs["latents"] = _step(root, "latents", f"recon3d export-latents --ckpt {shlex.quote(str(root / exporter))} "
+                                f"--shards {shlex.quote(shards)}", cpus_per_task, sbatch_args, [jobs[exporter]])
+        for row in learners:
+            jobs[row.name] = train(row, [jobs["latents"]], f"{row.learns_from}.autoencoder_ckpt={root / exporter}")
+    evals = "; ".join(f"recon3d eval --ckpt {shlex.quote(str(root / row.name))} --shards {shlex.quote(shards)} "
+                      f"-o {shlex.quote(str(root / 'eval' / row.name))}" for row in chosen)
+    jobs["eval"] = _step(root, "eval", evals, cpus_per_task, sbatch_args, [jobs[row.name] for row in chosen])
+    return jobs
+
+
+def _trainer(root: Path, shards: str, configs: Sequence[str], stage_configs: Dict[str, str], overrides: Sequence[str],
+             sbatch_args: List[str], multi: bool) -> Callable[..., int]:
+    """A function submitting one stage's training job (the train template) after the jobs `after`."""
+    def train(row: Stage, after: Sequence[int], *extra: str) -> int:
+        files = [*configs, *([stage_configs[row.name]] if row.name in stage_configs else [])]
         args = [a for f in files for a in ("-c", str(Path(f).resolve()) if Path(f).exists() else f)]
-        args += ["--shards", shards, "--run-dir", str(root / stage), *overrides, f"train.stage={stage}", *extra]
-        return sbatch([f"--job-name=recon3d-{stage}", *train_sbatch, *(_after(*after) if after else [])],
+        args += ["--shards", shards, "--run-dir", str(root / row.name), *overrides, f"train.stage={row.name}", *extra]
+        if not row.deepspeed:  # Lightning's DeepSpeed strategy takes one optimiser
+            args += ["train.strategy=ddp" if multi else "train.strategy=auto", 'train.deepspeed_config=""']
+        return sbatch([f"--job-name=recon3d-{row.name}", *sbatch_args, *(_after(*after) if after else [])],
                       template("train"), args)
 
-    jobs = {"autoencoder": train("autoencoder", [])}
-    jobs["latents"] = _step(root, "latents", f"recon3d export-latents --ckpt {q(str(root / 'autoencoder'))} "
-                            f"--shards {q(shards)}", cpus_per_task, sbatch_args, [jobs["autoencoder"]])
-    ae = f"{root / 'autoencoder'}"
-    jobs["svr"] = train("svr", [jobs["latents"]], f"svr.autoencoder_ckpt={ae}")
-    ddp = ["train.strategy=ddp" if nodes * tasks_per_node > 1 else "train.strategy=auto", 'train.deepspeed_config=""']
-    jobs["gan"] = train("gan", [jobs["latents"]], f"gan.autoencoder_ckpt={ae}", *ddp)
-    evals = "; ".join(f"recon3d eval --ckpt {q(str(root / s))} --shards {q(shards)} -o {q(str(root / 'eval' / s))}"
-                      for s in ("autoencoder", "svr", "gan"))
-    jobs["eval"] = _step(root, "eval", evals, cpus_per_task, sbatch_args, [jobs["svr"], jobs["gan"]])
-    return jobs
+    return train

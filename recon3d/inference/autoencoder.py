@@ -14,7 +14,9 @@ from recon3d.data.loading.datamodule import iter_split
 from recon3d.geometry.extract import coarse_to_fine_grid, grid_to_mesh
 from recon3d.geometry.metrics import FSCORE_THRESHOLDS, sample_surface, surface_metrics, voxel_metrics
 from recon3d.inference.outputs import save_mesh
-from recon3d.inference.tables import eval_name, finish_eval, shape_row
+from recon3d.inference.outputs import write_sheet
+from recon3d.inference.tables import eval_name, finish_eval, need_shards, shape_row
+from recon3d.stages import STAGES
 from recon3d.runs import run_name
 from recon3d.tasks.checkpoints import load_checkpoint
 from recon3d.tasks.decoding import inference_dtype, refine_in_fp32
@@ -117,9 +119,9 @@ def extract_meshes(ckpt: str | Path, shard_dir: str | Path, out_dir: str | Path,
 
 
 @torch.no_grad()
-def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", resolution: int = 128,
-             iou_resolution: int = 0, imnet_points: int = 4096, occnet_points: int = 100_000, device: str = "cpu",
-             out_dir: Optional[str | Path] = None, **_) -> Dict[str, dict]:
+def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", device: str = "cpu",
+             out_dir: Optional[str | Path] = None, resolution: int = 128, iou_resolution: int = 0,
+             imnet_points: int = 4096, occnet_points: int = 100_000) -> Dict[str, dict]:
     """Per-shape metrics on a split, summarised per category, over categories and over shapes.
 
     Voxel metrics compare the decoder at the cell centres of an iou_resolution^3 grid (0: the stored grid) with the
@@ -128,6 +130,7 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", re
     on `imnet_points` points per side; Chamfer-L1, normal consistency and F-scores with `occnet_points` points on the
     prediction against all stored ground-truth samples.
     """
+    need_shards(shard_dir, "autoencoder")
     task = load_autoencoder(ckpt, device)
     rng = np.random.default_rng(0)
     rows = []
@@ -153,3 +156,13 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", re
             row["chamfer_l2_x1000"] = 1000.0 * row.pop("chamfer_l2")
             rows.append(row)
     return finish_eval(rows, eval_name("autoencoder", split), out_dir, f"{shard_dir} split {split!r}")
+
+
+def write_sheets(ckpt: str | Path, shard_dir: str | Path, *, split: str, keys: Sequence[str], out_dir: str | Path,
+                 device: str = "cpu", resolution: int = 128) -> List[Path]:
+    """The shapes `keys` of `split` reconstructed at resolution^3: their meshes in the row's mesh folder and
+    autoencoder_sheet.png, each shape's first stored view beside a render of its mesh."""
+    out = Path(out_dir)
+    folder = out / STAGES["autoencoder"].mesh_folder("Test shapes, reconstructed")
+    rows = extract_meshes(ckpt, shard_dir, folder, split=split, keys=keys, resolution=resolution, device=device)
+    return [write_sheet(out / "autoencoder_sheet.png", shard_dir, rows)]

@@ -15,6 +15,9 @@ from recon3d.data.loading.datamodule import iter_split
 from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
 from recon3d.inference.outputs import save_mesh
 from recon3d.tasks.checkpoints import load_checkpoint, read_checkpoint, stage_of
+from recon3d.inference.outputs import write_strip
+from recon3d.inference.tables import eval_name, need_shards, write_eval
+from recon3d.stages import STAGES
 from recon3d.tasks.decoding import inference_dtype
 
 SAMPLES_PER_SHAPE = 5  # generated shapes per reference shape in evaluate(): COV grows with this ratio
@@ -231,9 +234,9 @@ def _drawn_scores(clouds: List[Optional[np.ndarray]], references: List[np.ndarra
 
 
 @torch.no_grad()
-def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", samples: int = 0,
-             per_shape: int = SAMPLES_PER_SHAPE, draws: int = 1, ceiling: bool = True, device: str = "cpu",
-             out_dir: Optional[str | Path] = None, **_) -> Dict[str, dict]:
+def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", device: str = "cpu",
+             out_dir: Optional[str | Path] = None, samples: int = 0, per_shape: int = SAMPLES_PER_SHAPE,
+             draws: int = 1, ceiling: bool = True) -> Dict[str, dict]:
     """COV and MMD of a latent GAN against the shapes of a split, per category of the reference shapes.
 
     `draws` disjoint sets of `samples` generated shapes each (0: `per_shape` per reference shape; seeds 0 up),
@@ -246,11 +249,11 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", sa
     "train shapes (ceiling)" scores as many training shapes (one set), encoded and decoded by the autoencoder, in
     place of samples: what a GAN that reproduced its training set exactly would score under the same counts.
     """
-    from recon3d.inference.tables import eval_name, write_eval
     from recon3d.tasks.decoding import decoded_surfaces
 
     if draws < 1:
         raise ValueError(f"draws={draws}: evaluate at least one set of samples")
+    need_shards(shard_dir, "gan")
     autoencoder, gan = load_any(ckpt, device)
     if gan is None:
         raise ValueError(f"{ckpt} is an autoencoder checkpoint: this evaluates a latent GAN's (train.stage=gan)")
@@ -310,3 +313,23 @@ def _train_codes(autoencoder, shard_dir: str | Path, count: int, rng) -> torch.T
         return torch.zeros(0)
     codes = torch.cat(codes)  # in key order, so grouped by category: shuffled, as samples would come
     return codes[torch.as_tensor(rng.permutation(len(codes)), device=codes.device)]
+
+
+@torch.no_grad()
+def write_sheets(ckpt: str | Path, shard_dir: str | Path, *, split: str, keys: Sequence[str], out_dir: str | Path,
+                 device: str = "cpu", resolution: int = 128, samples: int = 8, steps: int = 8) -> List[Path]:
+    """gan_samples.png: `samples` generated shapes (noise seeds 0 up) and gan_interpolation.png: `steps` shapes on
+    the line between the first two, extracted at resolution^3, their meshes in the row's mesh folders. A generator
+    makes its own shapes: the split's `keys` are not shown."""
+    autoencoder, gan = load_any(ckpt, device)
+    if gan is None:
+        raise ValueError(f"{ckpt} is an autoencoder checkpoint: the GAN's sheets need a latent GAN's")
+    out, row = Path(out_dir), STAGES["gan"]
+    seeds = list(range(samples))
+    shapes = codes_to_meshes(autoencoder, gan_codes(gan, seeds), out / row.mesh_folder("GAN samples"),
+                             [f"gan_{s}" for s in seeds], resolution=resolution)
+    line = interpolate_codes(*gan_codes(gan, [0, 1]), steps)
+    strip = codes_to_meshes(autoencoder, line, out / row.mesh_folder("Interpolation"),
+                            [f"step_{i}" for i in range(steps)], resolution=resolution)
+    return [write_strip(out / "gan_samples.png", shapes), write_strip(out / "gan_interpolation.png", strip,
+                                                                       per_line=len(strip))]

@@ -11,6 +11,8 @@ import torch
 
 from recon3d.inference.photo import FILL, prepare_photo
 from recon3d.inference.outputs import save_mesh, save_png, write_pairs
+from recon3d.inference.protocol import MeshMaker
+from recon3d.stages import STAGES
 from recon3d.tasks.checkpoints import read_checkpoint, stage_of
 
 
@@ -38,11 +40,12 @@ def reconstruct_images(ckpt: str | Path, images: Sequence[str | Path], out_dir: 
     row = stage_of(read_checkpoint(ckpt), str(ckpt))
     if model and model != row.name:
         raise ValueError(f"{ckpt}: the {row.name} stage's checkpoint, not {model}'s")
-    maker = getattr(row.inference_module(), "mesh_maker", None)
-    if maker is None:
-        raise ValueError(f"{ckpt}: not an image-encoder checkpoint nor a VRN's (it is the {row.name} "
-                         f"stage's); reconstruct needs train.stage=svr or vrn")
-    size, make_mesh = maker(ckpt, resolution, device)
+    inference = row.inference_module()
+    if not isinstance(inference, MeshMaker):
+        makers = [name for name, other in STAGES.items() if isinstance(other.inference_module(), MeshMaker)]
+        raise ValueError(f"{ckpt}: the {row.name} stage's checkpoint makes no mesh from an image; reconstruct "
+                         f"needs a checkpoint of {' or '.join(makers)}")
+    size, make_mesh = inference.mesh_maker(ckpt, resolution, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in images]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from recon3d.data.loading.datamodule import iter_split
 from recon3d.inference.outputs import save_png
 from recon3d.inference.splits import pick_batch, view_options
 from recon3d.inference.tables import eval_name, finish_eval, shape_row
+from recon3d.runs import run_folder
 from recon3d.tasks.checkpoints import load_checkpoint
 
 TABLE_COLUMNS = ("shapes", "mae", "mae_copy", "mae_shift")
@@ -26,8 +27,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 @torch.no_grad()
-def evaluate(ckpt: str | Path, shard_dir: str | Path = "", *, split: str = "test", out_dir: str | Path = "",
-             device: str = "cpu", batch_size: int = 16, real: bool = False, **_) -> dict:
+def evaluate(ckpt: str | Path, shard_dir: str | Path = "", *, split: str = "test", device: str = "cpu",
+             out_dir: Optional[str | Path] = None, batch_size: int = 16, real: bool = False) -> Dict[str, dict]:
     """Per-category MAE (0-255) of the synthesised right view and of the two baselines (copy the left view; shift
     it by the object's disparity) on a split's evaluation pairs; writes eval_stereo_<split>.json/.csv. With `real`,
     also the real-pair check (real_pair_check), its result under the key "real pair" of the summary.
@@ -38,7 +39,7 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path = "", *, split: str = "test
     from recon3d.tasks.stereo import pair_errors
 
     if not shard_dir and not real:
-        raise ValueError("a stereo evaluation needs shards, the real pair, or both")
+        raise ValueError("evaluating a stereo checkpoint needs --shards DIR, --real (the real pair) or both")
     summary: dict = {}
     if shard_dir:
         task = load_checkpoint(ckpt, device, expect="stereo")
@@ -50,8 +51,7 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path = "", *, split: str = "test
                      for i, key in enumerate(batch["key"])]
         summary = finish_eval(rows, eval_name("stereo", split), out_dir, f"{shard_dir} split {split!r}")
     if real:
-        summary["real pair"] = real_pair_check(ckpt, out_dir or Path(ckpt).resolve().parent.parent / "eval",
-                                               device=device)
+        summary["real pair"] = real_pair_check(ckpt, out_dir or run_folder(ckpt) / "eval", device=device)
     return summary
 
 
@@ -92,12 +92,13 @@ def disparity_image(disparity: np.ndarray, high: float) -> np.ndarray:
 
 
 @torch.no_grad()
-def write_view_sheet(ckpt: str | Path, shard_dir: str | Path, split: str, path: Path, keys: Sequence[str]) -> Path:
-    """The evaluation pairs of a split's shapes `keys`: left | predicted right | true right | the red-cyan anaglyph
-    of left and predicted right, one shape per line."""
-    task = load_checkpoint(ckpt, "cpu", expect="stereo")
+def write_sheets(ckpt: str | Path, shard_dir: str | Path, *, split: str, keys: Sequence[str], out_dir: str | Path,
+                 device: str = "cpu") -> List[Path]:
+    """stereo_sheet.png: the evaluation pairs of a split's shapes `keys`, left | predicted right | true right | the
+    red-cyan anaglyph of left and predicted right, one shape per line."""
+    task = load_checkpoint(ckpt, device, expect="stereo")
     batch = pick_batch(shard_dir, split, keys, **view_options(task, "stereo"))
-    predicted = task.model(batch["left"])["right"]
+    predicted = task.model(batch["left"].to(device))["right"].cpu()
 
     def rgb(image: torch.Tensor) -> np.ndarray:
         image = image.expand(3, -1, -1).permute(1, 2, 0).clamp(0, 1).numpy()
@@ -107,7 +108,7 @@ def write_view_sheet(ckpt: str | Path, shard_dir: str | Path, split: str, path: 
     for i in range(len(batch["key"])):
         left, guess, right = rgb(batch["left"][i]), rgb(predicted[i]), rgb(batch["right"][i])
         lines.append(np.concatenate([left, guess, right, anaglyph(left, guess)], axis=1))
-    return save_png(path, np.concatenate(lines, axis=0))
+    return [save_png(Path(out_dir) / "stereo_sheet.png", np.concatenate(lines, axis=0))]
 
 
 @torch.no_grad()
@@ -138,7 +139,8 @@ def real_pair_check(ckpt: str | Path, out_dir: str | Path, scale: int = 4, devic
               "mae_copy": mae(left), "mae_shift": mae(shifted), "mean_true_disparity_px": mean_disparity,
               "disparity_mae_px": float(np.abs(disparity - truth)[known].mean()),
               "disparity_mae_constant_px": float(np.abs(mean_disparity - truth)[known].mean()),
-              "model_disparity_range_px": [float(task.hparams.disparity_min), float(task.hparams.disparity_max)]}
+              "model_disparity_range_px": [float(task.hparams.disparity_min), float(task.hparams.disparity_max)],
+              "picture": str(Path(out_dir) / "real_pair.png")}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     high = max(float(truth.max()), float(task.hparams.disparity_max))

@@ -12,7 +12,7 @@ import torch
 from recon3d.data.loading.datamodule import iter_split
 from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
 from recon3d.inference.splits import model_input, pick_batch, view_options
-from recon3d.inference.tables import eval_name, finish_eval, shape_row
+from recon3d.inference.tables import eval_name, finish_eval, need_shards, shape_row
 from recon3d.tasks.checkpoints import load_checkpoint
 from recon3d.tasks.decoding import inference_dtype
 
@@ -27,8 +27,8 @@ def load_svr(ckpt: str | Path, device: str = "cpu"):
 
 
 @torch.no_grad()
-def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", resolution: int = 32,
-             device: str = "cpu", out_dir: Optional[str | Path] = None, **_) -> Dict[str, dict]:
+def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", device: str = "cpu",
+             out_dir: Optional[str | Path] = None, resolution: int = 32) -> Dict[str, dict]:
     """Single-view reconstruction measured in shape space, per category: each shape of `split` seen through one view
     (a held-out one when the encoder was trained with loader.holdout_views), its predicted code decoded at
     resolution^3. Voxel IoU against the stored voxels pooled to that grid; Chamfer-L2 x1000 (IM-NET) and F-score@1 %
@@ -36,6 +36,7 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", re
     from recon3d.tasks.decoding import decode_occupancy
     from recon3d.tasks.scores import surface_scores, voxel_iou
 
+    need_shards(shard_dir, "svr")
     svr, autoencoder = load_svr(ckpt, device)
     rows = []
     for batch in iter_split(shard_dir, split, 8, surface=True, **view_options(svr)):
@@ -62,14 +63,16 @@ def mesh_maker(ckpt: str | Path, resolution: int, device: str) -> Tuple[int, Cal
 
 
 @torch.no_grad()
-def write_view_sheet(ckpt: Path, shards: Path, split: str, path: Path, keys: Sequence[str], resolution: int) -> Path:
-    """Held-out views of a split's shapes `keys` beside the image encoder's reconstructions."""
+def write_sheets(ckpt: str | Path, shard_dir: str | Path, *, split: str, keys: Sequence[str], out_dir: str | Path,
+                 device: str = "cpu", resolution: int = 32) -> List[Path]:
+    """svr_sheet.png: the evaluation views (held-out ones) of a split's shapes `keys` beside the shapes the image
+    encoder predicts from them, extracted at resolution^3."""
     from recon3d.inference.outputs import write_pairs
 
-    svr, autoencoder = load_svr(ckpt)
-    batch = pick_batch(shards, split, keys, **view_options(svr))
+    svr, autoencoder = load_svr(ckpt, device)
+    batch = pick_batch(shard_dir, split, keys, **view_options(svr))
     rows, lefts = [], {}
-    for key, image, z in zip(batch["key"], batch["image"], svr.encoder(batch["image"])):
+    for key, image, z in zip(batch["key"], batch["image"], svr.encoder(batch["image"].to(device))):
         lefts[key] = (image.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
         rows.append({"name": key, "mesh": extract_mesh(autoencoder, z, resolution)[:2]})
-    return write_pairs(path, rows, lefts)
+    return [write_pairs(Path(out_dir) / "svr_sheet.png", rows, lefts)]

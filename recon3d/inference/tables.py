@@ -18,9 +18,14 @@ ROW_LABELS = ("key", "category", "view")  # the columns of a per-shape row that 
 
 
 def eval_name(stage: str, split: str) -> str:
-    """The name of a stage's evaluation tables: eval_<split>.json for the autoencoder (as it always was),
-    eval_<stage>_<split>.json for the others."""
-    return split if stage == "autoencoder" else f"{stage}_{split}"
+    """The name of a stage's evaluation tables: eval_<stage>_<split>.json, .csv and _shapes.csv."""
+    return f"{stage}_{split}"
+
+
+def need_shards(shard_dir, stage: str) -> None:
+    """Raises ValueError when a stage's evaluation is given no shard folder."""
+    if not str(shard_dir or ""):
+        raise ValueError(f"evaluating a {stage} checkpoint needs --shards DIR")
 
 
 def shape_row(key: str, **scores) -> dict:

@@ -4,14 +4,14 @@ frame."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from recon3d.data.loading.datamodule import iter_split
 from recon3d.inference.splits import model_input, pick_batch, view_options
-from recon3d.inference.tables import eval_name, finish_eval, shape_row
+from recon3d.inference.tables import eval_name, finish_eval, need_shards, shape_row
 from recon3d.tasks.checkpoints import load_checkpoint
 
 TABLE_COLUMNS = ("shapes", "iou")
@@ -46,12 +46,13 @@ def vrn_mesh(task, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", out_dir: str | Path = "",
-             device: str = "cpu", batch_size: int = 16, **_) -> dict:
+def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", device: str = "cpu",
+             out_dir: Optional[str | Path] = None, batch_size: int = 16) -> Dict[str, dict]:
     """Per-category IoU of the view-aligned volume on a split's evaluation views (the held-out view when the model
     was trained with holdout_views). Writes eval_vrn_<split>.json/.csv and per-shape rows; returns the summary."""
     from recon3d.tasks.vrn import volume_iou
 
+    need_shards(shard_dir, "vrn")
     task = load_checkpoint(ckpt, device, expect="vrn")
     rows = []
     for batch in iter_split(shard_dir, split, batch_size, **view_options(task, "volume")):
@@ -61,18 +62,19 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", ou
 
 
 @torch.no_grad()
-def write_view_sheet(ckpt: str | Path, shard_dir: str | Path, split: str, path: Path, keys: Sequence[str]) -> Path:
-    """The evaluation views of a split's shapes `keys`: input | true depth | predicted depth (the nearest occupied
-    slice of the view-aligned volume; brighter is nearer), one shape per line."""
+def write_sheets(ckpt: str | Path, shard_dir: str | Path, *, split: str, keys: Sequence[str], out_dir: str | Path,
+                 device: str = "cpu") -> List[Path]:
+    """vrn_sheet.png: the evaluation views of a split's shapes `keys`, input | true depth | predicted depth (the
+    nearest occupied slice of the view-aligned volume; brighter is nearer), one shape per line."""
     from recon3d.inference.outputs import save_png
     from recon3d.tasks.vrn import volume_sheet
 
-    task = load_checkpoint(ckpt, "cpu", expect="vrn")
+    task = load_checkpoint(ckpt, device, expect="vrn")
     batch = pick_batch(shard_dir, split, keys, **view_options(task, "volume"))
-    logits = task.model(batch["image"])[-1]
+    logits = task.model(batch["image"].to(device))[-1].cpu()
     rows = [(batch["image"][i].mean(0).numpy(), batch["volume"][i].numpy() > 0.5, logits[i].numpy() > 0)
             for i in range(len(batch["key"]))]
-    return save_png(path, volume_sheet(rows))
+    return [save_png(Path(out_dir) / "vrn_sheet.png", volume_sheet(rows))]
 
 
 def mesh_maker(ckpt: str | Path, resolution: int, device: str) -> Tuple[int, Callable]:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from recon3d.config import Config
+from recon3d.data.loading.latents import default_latents, latent_size
 from recon3d.errors import ConfigError
 from recon3d.geometry.metrics import coverage_and_mmd, pairwise_chamfer_l2
 from recon3d.models.latent_gan import LatentCritic, LatentGenerator, gradient_penalty
@@ -17,6 +18,15 @@ from recon3d.tasks.autoencoder import check_finite
 from recon3d.tasks.checkpoints import StageCheckpoint, load_checkpoint
 from recon3d.tasks.decoding import decoded_surfaces, inference_dtype
 from recon3d.tasks.pictures import publish_image
+
+
+def reference_split(name: str, manifest: dict) -> str:
+    """gan.reference_split as a split: itself, or for "auto" the first of val, test and train that holds shapes
+    (small shard sets may leave val or test empty)."""
+    if name != "auto":
+        return name
+    splits = manifest["splits"]
+    return next((s for s in ("val", "test", "train") if splits.get(s, {}).get("samples", 0)), "val")
 
 
 class LatentGANTask(StageCheckpoint, L.LightningModule):
@@ -56,18 +66,19 @@ class LatentGANTask(StageCheckpoint, L.LightningModule):
     stage = "gan"
 
     @classmethod
-    def from_config(cls, cfg: Config, manifest: dict, latent_dim: int = 0) -> "LatentGANTask":
-        """The GAN of cfg.gan on codes of size `latent_dim` (the exported latents'; checked against model.latent_dim)
-        with COV/MMD against the reference split of the shards described by `manifest`.
+    def from_config(cls, cfg: Config, manifest: dict) -> "LatentGANTask":
+        """The GAN of cfg.gan on the codes exported from gan.autoencoder_ckpt (their size checked against
+        model.latent_dim), with COV/MMD against the reference split of the shards described by `manifest`.
 
         Raises:
             ConfigError: the latents' size differs from model.latent_dim, the reference split is empty, or the
                 shards have no surface samples.
         """
+        latent_dim = latent_size(default_latents(cfg.loader.shards, cfg.gan.autoencoder_ckpt, cfg.gan.latents))
         if latent_dim and latent_dim != cfg.model.latent_dim:
             raise ConfigError(f"the latents have z of size {latent_dim} but model.latent_dim={cfg.model.latent_dim}: "
                               f"set model.latent_dim={latent_dim} (the autoencoder's) so the generator matches it")
-        split = cfg.gan.reference_split
+        split = reference_split(cfg.gan.reference_split, manifest)
         if manifest["splits"].get(split, {}).get("samples", 0) == 0:
             raise ConfigError(f"gan.reference_split={split}: {cfg.loader.shards} has no {split} shapes for "
                               f"COV/MMD; choose another split")
@@ -76,8 +87,9 @@ class LatentGANTask(StageCheckpoint, L.LightningModule):
                               f"COV/MMD need them; rebuild the shards")
         gan = cfg.gan
         names = ("noise_dim", "generator_widths", "critic_widths", "n_critic", "gp_weight", "lr", "beta1", "beta2",
-                 "autoencoder_ckpt", "reference_split", "reference_shapes", "eval_samples", "eval_points", "ema_decay")
-        return cls(**{k: getattr(gan, k) for k in names}, latent_dim=cfg.model.latent_dim, shards=cfg.loader.shards,
+                 "autoencoder_ckpt", "reference_shapes", "eval_samples", "eval_points", "ema_decay")
+        return cls(**{k: getattr(gan, k) for k in names}, reference_split=split, latent_dim=cfg.model.latent_dim,
+                   shards=cfg.loader.shards,
                    eval_resolution=cfg.train.val_resolution, samples_to_log=cfg.train.reconstructions_to_log,
                    run_dir=cfg.train.run_dir)
 

@@ -13,14 +13,8 @@ from recon3d.stages import STAGES
 
 
 def build_datamodule(cfg: Config):
-    """The DataModule of cfg.train.stage: exported latents for the GAN, the shards' loader for the rest."""
-    if cfg.train.stage == "gan":
-        from recon3d.data.loading.latents import LatentDataModule
-
-        return LatentDataModule.from_config(cfg)
-    from recon3d.data.loading.datamodule import ShardDataModule
-
-    return ShardDataModule.from_config(cfg)
+    """The DataModule of cfg.train.stage (its row's datamodule: the shards' loader, or the exported latents)."""
+    return STAGES[cfg.train.stage].datamodule_class().from_config(cfg)
 
 
 def check_training_config(cfg: Config, manifest: dict) -> None:
@@ -28,21 +22,18 @@ def check_training_config(cfg: Config, manifest: dict) -> None:
     if manifest["samples"] == 0 or manifest["splits"]["train"]["samples"] == 0:
         raise ConfigError(f"{cfg.loader.shards}: no training samples")
     train_samples = manifest["splits"]["train"]["samples"]
-    if cfg.train.stage != "gan" and cfg.loader.batch_size > train_samples:  # a batch would repeat samples, and grow
+    wanted = STAGES[cfg.train.stage].loader
+    if wanted and cfg.loader.batch_size > train_samples:  # a batch would repeat samples, and grow
         raise ConfigError(f"loader.batch_size={cfg.loader.batch_size} is more than the {train_samples} training "
                           f"samples in {cfg.loader.shards}")
-    wanted = STAGES[cfg.train.stage].loader
     if wanted and cfg.loader.stage and cfg.loader.stage != wanted:
         raise ConfigError(f"train.stage={cfg.train.stage} reads the {wanted} pipeline of the loader, but "
                           f"loader.stage={cfg.loader.stage}: leave loader.stage empty (it follows train.stage)")
 
 
-def build_task(cfg: Config, manifest: dict, datamodule=None):
+def build_task(cfg: Config, manifest: dict):
     """The LightningModule of cfg.train.stage, built by its own from_config."""
-    task_class = STAGES[cfg.train.stage].task_class()
-    if cfg.train.stage == "gan":  # the generator's output must match the exported codes
-        return task_class.from_config(cfg, manifest, latent_dim=getattr(datamodule, "latent_dim", 0))
-    return task_class.from_config(cfg, manifest)
+    return STAGES[cfg.train.stage].task_class().from_config(cfg, manifest)
 
 
 def build_callbacks(cfg: Config) -> list:

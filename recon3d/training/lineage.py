@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 from recon3d.config import Config, to_dict
+from recon3d.stages import STAGES, latents_exporter
 
 
 def _name(*parts: str) -> str:
@@ -72,7 +73,7 @@ def latents_artifact(folder: str | Path, autoencoder_ckpt: str | Path):
     folder = Path(folder)
     run_dir = Path(autoencoder_ckpt).resolve().parent.parent
     files = sorted(p for p in folder.iterdir() if p.is_file())
-    return _artifact(_name("latents", _run_label(run_dir, "autoencoder")), "latents", files,
+    return _artifact(_name("latents", _run_label(run_dir, latents_exporter())), "latents", files,
                      {"folder": str(folder), "autoencoder_checkpoint": str(autoencoder_ckpt)})
 
 
@@ -97,9 +98,10 @@ def training_inputs(cfg: Config) -> list:
     if "://" in str(cfg.loader.shards) or str(cfg.loader.shards).startswith("pipe:"):
         return []  # a remote shard set: its manifest is not a local file to hash
     inputs = [shards_artifact(cfg.loader.shards)]
-    section = getattr(cfg, cfg.train.stage, None) if cfg.train.stage in ("svr", "gan") else None
+    learns_from = STAGES[cfg.train.stage].learns_from
+    section = getattr(cfg, learns_from) if learns_from else None
     if section is not None and section.autoencoder_ckpt:
-        inputs.append(model_artifact("autoencoder", section.autoencoder_ckpt))
+        inputs.append(model_artifact(latents_exporter(), section.autoencoder_ckpt))
         folder = Path(default_latents(cfg.loader.shards, section.autoencoder_ckpt, section.latents))
         if folder.is_dir():
             inputs.append(latents_artifact(folder, section.autoencoder_ckpt))

@@ -76,7 +76,8 @@ def check_latents(cfg: Config) -> None:
     from recon3d.files import file_sha256
     from recon3d.tasks.checkpoints import checkpoint_file
 
-    section = getattr(cfg, cfg.train.stage, None) if cfg.train.stage in ("svr", "gan") else None
+    learns_from = STAGES[cfg.train.stage].learns_from
+    section = getattr(cfg, learns_from) if learns_from else None
     if section is None or not section.autoencoder_ckpt or not Path(section.autoencoder_ckpt).exists():
         return  # the stage's own from_config says what is missing
     index = Path(default_latents(cfg.loader.shards, section.autoencoder_ckpt, section.latents)) / INDEX
@@ -85,9 +86,9 @@ def check_latents(cfg: Config) -> None:
     if recorded and file_sha256(checkpoint_file(section.autoencoder_ckpt)) != recorded:
         exported = info.get("checkpoint", "another checkpoint")
         raise ConfigError(f"{index.parent}: these latents were exported from {exported}, not from "
-                          f"{cfg.train.stage}.autoencoder_ckpt={section.autoencoder_ckpt} (its sha256 differs): "
+                          f"{learns_from}.autoencoder_ckpt={section.autoencoder_ckpt} (its sha256 differs): "
                           f"re-export with recon3d export-latents --ckpt {section.autoencoder_ckpt} --shards "
-                          f"{cfg.loader.shards}, or set {cfg.train.stage}.latents")
+                          f"{cfg.loader.shards}, or set {learns_from}.latents")
 
 
 def check_resumed_config(cfg: Config, run_dir: Path, resume: Optional[str]) -> None:
@@ -169,7 +170,7 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     datamodule.setup()
     manifest = getattr(datamodule, "manifest", None) or load_manifest(cfg.loader.shards)
     check_training_config(cfg, manifest)
-    task = build_task(cfg, manifest, datamodule)
+    task = build_task(cfg, manifest)
     resume = resolve_resume(cfg)
     check_resumed_config(cfg, run_dir, resume)
     check_resumed_shards(manifest, run_dir, resume)

@@ -18,10 +18,9 @@ from recon3d.files import atomic_write
 from recon3d.stages import STAGES
 from recon3d.workflows.viewer import library_tag, mesh_files, viewer_grid
 
-# the demo evaluation's mesh folders shown in 3D, per stage
-MESH_FOLDERS = {"autoencoder": [("Test shapes, reconstructed", "meshes")],
-                "gan": [("GAN samples", "gan"), ("Interpolation", "interpolation")]}
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"]
+
+
 def read_metrics(run_dir: Path) -> Dict[str, List[Tuple[float, float]]]:
     """{metric: [(step, value)]} from every CSV log version of a run (a resumed run adds a version)."""
     series: Dict[str, Dict[float, float]] = {}
@@ -150,7 +149,7 @@ def stage_section(name: str, stage_dir: Path, evaluation: Path) -> str:
         parts.append(f"<p class='small'>{html.escape(inference.TABLE_NOTE)}</p>")
     for picture in sorted(evaluation.glob(f"{name}_*.png")):  # sheets an evaluation wrote (the demo's)
         parts.append(png_tag(picture, picture.stem.replace("_", " ")))
-    for title, folder in MESH_FOLDERS.get(name, ()):  # the meshes of those sheets, to turn and zoom
+    for title, folder in row.mesh_folders:  # the meshes of those sheets, to turn and zoom
         parts.append(viewer_grid(title, mesh_files(evaluation / folder)))
     picture = _latest(stage_dir / row.pictures) if row.pictures else None
     if picture is not None:

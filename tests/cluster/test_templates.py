@@ -45,7 +45,8 @@ def test_env_hook_runs_before_anything(tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 def test_templates_are_installed_with_the_package_and_carry_the_site_lines(name):
     text = template(name).read_text()
-    assert template(name).parent == REPO / "recon3d" / "slurm" and (REPO / "slurm" / f"{name}.sbatch").is_file()
+    assert template(name).parent == REPO / "recon3d" / "cluster" / "templates"
+    assert (REPO / "slurm" / f"{name}.sbatch").is_file()  # through the repository's slurm/ link
     assert "##SBATCH --partition=" in text and "##SBATCH --account=" in text
     assert 'eval "${RECON3D_ENV_SETUP:-}"' in text and "SRUN_CPUS_PER_TASK" in text
     assert "WANDB_MODE" not in text  # train.wandb_mode decides

@@ -183,7 +183,7 @@ def test_surface_coverage_counts_points_away_from_the_solid():
 
 
 def test_rules_are_the_configs():
-    from recon3d.config_data import VOXEL_RULES
+    from recon3d.config import VOXEL_RULES
 
     assert RULES == VOXEL_RULES
     with pytest.raises(ValueError, match="unknown voxel rule"):

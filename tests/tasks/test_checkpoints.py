@@ -50,15 +50,30 @@ def test_eval_takes_any_checkpoint_and_gives_that_stages_table(checkpoints, tiny
 
     expected = {"autoencoder": "chamfer_l2_x1000", "svr": "latent_mse", "gan": "mmd", "vrn": "iou",
                 "stereo": "mae_shift"}
+    own = {"autoencoder": ["--resolution", "16"], "svr": ["--resolution", "16"], "gan": ["--draws", "1"]}
     for stage, path in checkpoints.items():
         shards = stereo_shards if stage in ("vrn", "stereo") else tiny_shards
         out = tmp_path / stage
         assert main(["eval", "--ckpt", str(path), "--shards", str(shards), "--split", "val", "-o", str(out),
-                     "--device", "cpu", "--resolution", "16"]) == 0, stage
+                     "--device", "cpu", *own.get(stage, [])]) == 0, stage
         printed = capsys.readouterr().out
         assert expected[stage] in printed and "mean over categories" in printed, (stage, printed)
-        name = "val" if stage == "autoencoder" else f"{stage}_val"
-        assert (out / f"eval_{name}.json").is_file(), stage
+        assert (out / f"eval_{stage}_val.json").is_file(), stage
+
+
+def test_eval_refuses_an_option_the_stage_does_not_take(checkpoints, tiny_shards, tmp_path, capsys):
+    """Each stage's evaluate names its own options; one it does not name is an error, not silently dropped."""
+    from recon3d.cli.main import main
+
+    assert main(["eval", "--ckpt", str(checkpoints["autoencoder"]), "--shards", str(tiny_shards), "--draws", "3",
+                 "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--draws: not an option of an autoencoder checkpoint's evaluate" in err
+    assert "--resolution, --iou-resolution" in err  # the options it does take
+    assert main(["eval", "--ckpt", str(checkpoints["gan"]), "--shards", str(tiny_shards), "--resolution", "16",
+                 "-o", str(tmp_path)]) == 2
+    assert "--resolution: not an option of a gan checkpoint's evaluate" in capsys.readouterr().err
+    assert not list(tmp_path.glob("eval_*")), "refused before any work"
 
 
 def test_eval_alias_refuses_another_stage(checkpoints, tiny_shards, capsys):

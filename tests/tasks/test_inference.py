@@ -46,14 +46,14 @@ def test_extract_writes_meshes_with_counts(tiny_ckpt, tiny_shards, tmp_path, cap
 def test_eval_table_has_categories_and_means(tiny_ckpt, tiny_shards, tmp_path, capsys):
     assert main(["eval", "--ckpt", str(tiny_ckpt), "--shards", str(tiny_shards), "--split", "train",
                  "--resolution", "32", "--iou-resolution", "8", "-o", str(tmp_path)]) == 0
-    summary = json.loads((tmp_path / "eval_train.json").read_text())
+    summary = json.loads((tmp_path / "eval_autoencoder_train.json").read_text())
     assert "mean over categories" in summary and "mean over shapes" in summary
     for values in summary.values():
         assert 0 <= values["iou"] <= 1 and "chamfer_l2_x1000" in values and "fscore@1%" in values
-    assert (tmp_path / "eval_train_shapes.csv").is_file()
+    assert (tmp_path / "eval_autoencoder_train_shapes.csv").is_file()
     assert "IM-NET convention" in capsys.readouterr().out
     logged = list((tiny_ckpt.parent.parent / "logs").glob("version_*/metrics.csv"))
-    assert any("eval/train/mean over shapes/iou" in p.read_text() for p in logged)
+    assert any("eval/autoencoder_train/mean over shapes/iou" in p.read_text() for p in logged)
 
 
 @pytest.mark.parametrize("stage", ["autoencoder", "svr"])

@@ -49,6 +49,23 @@ def loader_pipeline(cfg: Config) -> str:
     return cfg.loader.stage or STAGES[cfg.train.stage].loader
 
 
+def unmet_needs(manifest: dict, pipeline: str, *, holdout_views: int = 0, point_resolution: int = 0) -> str:
+    """Why shards described by `manifest` cannot feed a loader pipeline ("" when they can): stereo pairs need
+    right-eye views, image pipelines views beyond the held-out ones, the autoencoder its point set (0: any)."""
+    stored = manifest["config"]["geometry"]["point_resolutions"]
+    views = int(manifest["config"]["render"]["views"])
+    if pipeline == "stereo" and not manifest["config"]["render"].get("stereo_baseline"):
+        return ("loader.stage=stereo needs right-eye views; these shards were built with render.stereo_baseline=0 "
+                "(rebuild with e.g. render.stereo_baseline=0.1)")
+    if pipeline != "autoencoder" and views <= holdout_views:
+        return (f"loader.holdout_views={holdout_views} but the shards hold {views} views per shape; none would be "
+                f"left to train on")
+    if pipeline == "autoencoder" and manifest["source"]["kind"] != "imnet_hdf5" and point_resolution and \
+            point_resolution not in stored:
+        return f"no point set at {point_resolution}^3 (stored: {stored})"
+    return ""
+
+
 class ShardDataModule(L.LightningDataModule):
     """Train/val/test loaders over `<shards>/manifest.json` for the "autoencoder" or "image" stage.
 
@@ -108,17 +125,10 @@ class ShardDataModule(L.LightningDataModule):
         unknown = sorted(set(self.listed or ()) - {s["name"] for s in self.manifest["shards"]})
         if unknown:
             raise ValueError(f"{self.shard_dir}: the shard list names {', '.join(unknown)}, which its manifest does not")
-        stored = self.manifest["config"]["geometry"]["point_resolutions"]
-        views = int(self.manifest["config"]["render"]["views"])
-        if self.stage == "stereo" and not self.manifest["config"]["render"].get("stereo_baseline"):
-            raise ValueError(f"{self.shard_dir}: loader.stage=stereo needs right-eye views; these shards were built "
-                             f"with render.stereo_baseline=0 (rebuild with e.g. render.stereo_baseline=0.1)")
-        if self.stage != "autoencoder" and views <= self.holdout_views:
-            raise ValueError(f"{self.shard_dir}: loader.holdout_views={self.holdout_views} but the shards hold "
-                             f"{views} views per shape; none would be left to train on")
-        if self.stage == "autoencoder" and self.manifest["source"]["kind"] != "imnet_hdf5" and \
-                self.point_resolution not in stored:
-            raise ValueError(f"{self.shard_dir}: no point set at {self.point_resolution}^3 (stored: {stored})")
+        unmet = unmet_needs(self.manifest, self.stage, holdout_views=self.holdout_views,
+                            point_resolution=self.point_resolution)
+        if unmet:
+            raise ValueError(f"{self.shard_dir}: {unmet}")
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         trainer = getattr(self, "trainer", None)

@@ -69,6 +69,12 @@ def read_latents(out_dir: str | Path, split: str) -> Tuple[List[str], np.ndarray
     return keys, np.load(out_dir / entry["codes"], allow_pickle=False)
 
 
+def latent_size(out_dir: str | Path) -> int:
+    """The size of the codes in a latents folder, from its index (0 when it has none)."""
+    index = Path(out_dir) / INDEX
+    return int(json.loads(index.read_text()).get("latent_dim", 0)) if index.is_file() else 0
+
+
 def read_all_latents(out_dir: str | Path) -> Tuple[List[str], np.ndarray]:
     """Keys and codes of every split of a latents folder, train, val, test in that order (checked as read_latents).
 

@@ -1,21 +1,15 @@
-"""The typed configuration schema (a default and a one-line comment per field) and `load_config`, the only user of
-omegaconf: YAML values merged onto the schema left to right, then `key=value` overrides, in struct mode, so that a
-typo or a wrong type fails before any work starts, naming the key and suggesting the nearest valid one."""
+"""The model and training half of the configuration schema: the loader, the models of every stage, the trainer.
+Each section checks its own fields; recon3d/config/schema.py assembles the whole Config."""
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from dataclasses import dataclass, field
+from typing import List
 
-from recon3d.config_data import (  # noqa: F401 - re-exported: the schema is one namespace
-    GeometryConfig, RenderConfig, ShardConfig, SourceConfig, _check)
-from recon3d.errors import ConfigError
+from recon3d.config.data import _check
 from recon3d.stages import STAGES
 
 LOADER_PIPELINES = ("autoencoder", "image", "volume", "stereo")  # what loader.stage can name (data/datamodule.py)
-SHIPPED = Path(__file__).resolve().parent / "configs"  # the configs installed with recon3d (configs/ in the repository)
 LR_SCHEDULES = ("constant", "cosine")  # train.lr_schedule (recon3d/tasks/schedule.py)
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "auto")
 
@@ -109,7 +103,8 @@ class GANConfig:
     epochs: int = 200  # training epochs
     samples_per_epoch: int = 0  # codes drawn per epoch over all ranks (0: the train split size)
     eval_samples: int = 64  # generated shapes compared with the reference shapes for COV / MMD
-    reference_split: str = "val"  # split whose shapes are the COV / MMD reference set
+    reference_split: str = "val"  # split whose shapes are the COV / MMD reference set (auto: the first of val,
+    # test, train that holds shapes)
     reference_shapes: int = 100  # at most this many reference shapes
     eval_points: int = 1024  # surface points per shape in the COV / MMD Chamfer distances
     ema_decay: float = 0.999  # shapes come from a moving average of the generator's weights (0: the generator's own)
@@ -119,7 +114,7 @@ class GANConfig:
                "gan.noise_dim and the widths must be >= 1")
         _check(self.n_critic >= 1 and self.gp_weight >= 0 and self.lr > 0, "gan.n_critic >= 1, gp_weight >= 0, lr > 0")
         _check(self.batch_size >= 2 and self.epochs >= 1, "gan.batch_size >= 2 and gan.epochs >= 1")
-        _check(self.reference_split in ("train", "val", "test"), "gan.reference_split: train, val or test")
+        _check(self.reference_split in ("train", "val", "test", "auto"), "gan.reference_split: train, val, test or auto")
         _check(self.eval_samples >= 1 and self.eval_points >= 16, "gan.eval_samples >= 1 and gan.eval_points >= 16")
         _check(0 <= self.ema_decay < 1, "gan.ema_decay: 0 (off) or in (0, 1)")
 
@@ -223,155 +218,3 @@ class TrainConfig:
         _check(self.lr_schedule in LR_SCHEDULES,
                f"train.lr_schedule={self.lr_schedule!r}: {' | '.join(LR_SCHEDULES)}")
         _check(0 <= self.lr_final <= 1, "train.lr_final is a share of train.lr, in [0, 1]")
-
-
-# the demo's stages in order, each with its default share of demo.minutes (from a 2-core run's stage times: the
-# training stages train until their share is spent; the others take what they need and the rest moves on)
-DEMO_SHARES = {"meshes": 0.005, "shards": 0.05, "autoencoder": 0.535, "latents": 0.005, "svr": 0.15, "gan": 0.1,
-               "vrn": 0.06, "stereo": 0.05, "evaluate": 0.04, "report": 0.005}
-
-
-@dataclass
-class DemoConfig:
-    out_dir: str = "runs/demo"  # run folder: meshes/, shards/, one folder per trained stage, report.html
-    shapes_per_category: int = 16  # procedural shapes per category
-    categories: List[str] = field(default_factory=lambda: ["chair", "table", "lamp", "airplane", "car"])  # shapes made
-    samples_per_shard: int = 16  # shard size for the demo (small, so that loaders have several shards to spread)
-    minutes: float = 18.0  # the whole demo's time budget, shared among its stages by `shares`
-    shares: Dict[str, float] = field(default_factory=lambda: dict(DEMO_SHARES))  # share of the budget per stage
-    gan_eval_every_epochs: int = 5  # COV/MMD of the GAN every N epochs (each decodes gan.eval_samples shapes)
-    eval_resolution: int = 64  # extraction grid of the evaluation's surface metrics
-    gan_eval_draws: int = 4  # disjoint sets of 5 GAN samples per test shape: COV's mean, lowest and highest over
-    # them (on 30 test shapes one set's COV moves by about 0.07 with the draw alone)
-    sheet_shapes: int = 10  # test shapes shown beside their reconstructions in the report, taken in turn from each
-    # category (10: two of each of the five default categories)
-    interpolation_steps: int = 8  # shapes on the report's interpolation strip
-
-    def __post_init__(self) -> None:
-        _check(self.shapes_per_category >= 1 and self.samples_per_shard >= 1, "demo: counts must be >= 1")
-        _check(self.minutes > 0, "demo.minutes must be > 0")
-        _check(set(self.shares) <= set(DEMO_SHARES), f"demo.shares: stages are {', '.join(DEMO_SHARES)}")
-        _check(min(self.shares.values(), default=0) >= 0 and sum(self.shares.values()) > 0,
-               "demo.shares: shares >= 0 with a positive sum (they are normalised to it)")
-        _check(self.interpolation_steps >= 2, "demo.interpolation_steps must be >= 2")
-        _check(self.gan_eval_draws >= 1, "demo.gan_eval_draws must be >= 1")
-
-
-@dataclass
-class Config:
-    source: SourceConfig = field(default_factory=SourceConfig)
-    geometry: GeometryConfig = field(default_factory=GeometryConfig)
-    render: RenderConfig = field(default_factory=RenderConfig)
-    shards: ShardConfig = field(default_factory=ShardConfig)
-    loader: LoaderConfig = field(default_factory=LoaderConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    svr: SVRConfig = field(default_factory=SVRConfig)
-    gan: GANConfig = field(default_factory=GANConfig)
-    vrn: VRNConfig = field(default_factory=VRNConfig)
-    stereo: StereoConfig = field(default_factory=StereoConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
-
-
-SAFE_GLOBALS = [Config, *(f.default_factory for f in fields(Config))]  # for torch's weights_only checkpoint loads
-
-
-def _suggest(key: str, node: Any) -> str:
-    candidates = [str(k) for k in node.keys()] if hasattr(node, "keys") else []  # not a mapping: nothing to suggest
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(candidates)})"
-
-
-def _merge(base: Any, other: Any, where: str) -> Any:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigKeyError, ValidationError, OmegaConfBaseException
-
-    try:
-        return OmegaConf.merge(base, other)
-    except (ConfigKeyError, ValidationError, OmegaConfBaseException) as err:
-        full_key = getattr(err, "full_key", None) or ""
-        parent_path, _, leaf = str(full_key).rpartition(".")
-        if isinstance(err, ConfigKeyError) or "not in" in str(err):
-            hint = _suggest(leaf, OmegaConf.select(base, parent_path) if parent_path else base)
-            raise ConfigError(f"{where}: unknown key {full_key!r}{hint}") from None
-        raise ConfigError(f"{where}: bad value for {full_key!r}: {str(err).splitlines()[0]}") from None
-
-
-def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Config:
-    """A Config from the schema defaults, YAML `files` merged left to right, then `key=value` `overrides`.
-
-    Raises ConfigError: a file is missing or not a mapping, a key is unknown (with a suggestion), a value has the
-    wrong type, or a cross-field rule fails."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.structured(Config)
-    OmegaConf.set_struct(cfg, True)
-    defaults = Config()
-    for section in fields(Config):  # mappings (e.g. source.front_by_category) take keys the schema cannot name
-        for f in fields(getattr(defaults, section.name)):
-            if isinstance(getattr(getattr(defaults, section.name), f.name), dict):
-                OmegaConf.set_struct(cfg[section.name][f.name], False)
-    for path in files:
-        path = config_file(path)
-        loaded = _read_yaml(path)
-        if not OmegaConf.is_dict(loaded):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        named = OmegaConf.select(loaded, "train.deepspeed_config")
-        if named:  # a file named inside a config file is found from that file's folder too
-            loaded.train.deepspeed_config = str(config_file(named, beside=path))
-        cfg = _merge(cfg, loaded, str(path))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value")
-        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
-    try:
-        return OmegaConf.to_object(cfg)
-    except ConfigError:
-        raise
-    except Exception as err:  # type conversion errors surface here for interpolations
-        raise ConfigError(str(err).splitlines()[0]) from None
-
-
-def _read_yaml(path: Path) -> Any:
-    """A YAML file through OmegaConf; a syntax error, a duplicate key or bytes that are not UTF-8 become one
-    ConfigError line naming the file and where."""
-    import yaml
-    from omegaconf import OmegaConf
-
-    try:
-        return OmegaConf.load(path)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{path}{where}: {err.problem or err.context}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
-
-
-def config_file(path: str | Path, beside: Path | None = None) -> Path:
-    """A config file as given; a relative path that is not there is looked up beside `beside` (the config file
-    that names it) and then among the configs installed with recon3d, with or without a leading configs/ (so that
-    -c configs/train/cpu-small.yaml works from any folder). ConfigError names every place it looked."""
-    path = Path(path)
-    tried = [path]
-    if not path.is_absolute():
-        parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
-        tried += ([(beside.parent / path).resolve()] if beside else []) + [SHIPPED.joinpath(*parts)]
-    for candidate in tried:
-        if candidate.is_file():
-            return candidate
-    looked = f" (looked in: {', '.join(str(c.parent) for c in tried)})" if len(tried) > 1 else ""
-    raise ConfigError(f"config file not found: {path}{looked}")
-
-
-def to_dict(cfg: Any) -> Dict[str, Any]:
-    """A plain, JSON-ready dict of a config dataclass (for manifests and logs)."""
-    if is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
-    if isinstance(cfg, dict):
-        return {str(k): to_dict(v) for k, v in cfg.items()}
-    if isinstance(cfg, (list, tuple)):
-        return [to_dict(v) for v in cfg]
-    return cfg
