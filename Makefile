@@ -1,4 +1,5 @@
-# Two entry points for a fresh machine: `make demo` (set up + the main job) and `make test` (set up + tests).
+# Entry points for a fresh machine: `make demo` (set up + the main job), `make test` (set up + the fast tests, the
+# edit-test loop), `make test-all` (set up + every test: SLURM, ranks, preemption, sweeps, browser, GPU dry run).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,10 +23,10 @@ demo: setup
 	$(BIN)/recon3d demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-all: setup
-	$(BIN)/python -m pytest -q -m ''
+	$(BIN)/python -m pytest -q -m '' $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,17 +1,52 @@
-"""Shared fixtures: a tiny world (procedural shapes, 16^3 voxels, small renders, a few shards) in a temp dir."""
+"""Shared fixtures: a tiny world (procedural shapes, 16^3 voxels, small renders, a few shards) in a temp dir; and the
+two tiers: a test that starts other processes goes through the `launch` fixture (tests/system.py), which marks it
+`system` (make test-all only); any other test that starts one fails at once."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from recon3d.config import load_config
+from tests.system import Launch, system_process
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RECON3D_SHARED", REPO.parent / "shared"))
 TINY = REPO / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def launch() -> Launch:
+    """The door to other processes (tests/system.py): a test that uses it, directly or through another fixture, is a
+    system test and runs in `make test-all` only."""
+    return Launch()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if "launch" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.system)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_system_process(request, monkeypatch):
+    """In a test not marked `system`, starting recon3d, a rank, a daemon, Ray or a browser fails, naming the door."""
+    if request.node.get_closest_marker("system"):
+        return
+    start = subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **kwargs):
+        kind = system_process(args, kwargs.get("shell", False))
+        if kind:
+            pytest.fail(f"{request.node.nodeid} starts {kind} ({str(args)[:160]}) outside tests/system.py: a test "
+                        f"that starts processes asks for the `launch` fixture, which makes it a system test "
+                        f"(make test-all)", pytrace=False)
+        start(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
 
 
 def shared_path(*parts: str) -> Path:

@@ -70,12 +70,12 @@ def _chromium() -> str:
     return found
 
 
-def test_report_renders_in_headless_chromium_with_every_image(tiny_demo, tmp_path):
+def test_report_renders_in_headless_chromium_with_every_image(tiny_demo, tmp_path, launch):
     import re
 
     out, _ = tiny_demo
     assert main(["report", str(out)]) == 0  # rebuilt from the folder alone
-    done = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+    done = launch.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
                            f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", (out / "report.html").as_uri()],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -134,8 +134,8 @@ def test_bench_prints_figures(tiny_shards, tiny_meshes, capsys, tmp_path):
     assert "s/mesh" in capsys.readouterr().out
 
 
-def test_console_script_runs():
-    result = subprocess.run([sys.executable, "-m", "recon3d", "--help"], capture_output=True, text=True, cwd=REPO)
+def test_console_script_runs(launch):
+    result = launch.recon3d("--help")
     assert result.returncode == 0 and "shards" in result.stdout
 
 
@@ -186,12 +186,10 @@ def test_train_command_end_to_end_then_resume(tiny_shards, tmp_path, capsys):
     assert "stopped at epoch 3, step 6" in capsys.readouterr().out
 
 
-def test_version_and_python_dash_m():
-    import subprocess
-
+def test_version_and_python_dash_m(launch):
     from recon3d import __version__
 
-    out = subprocess.run([sys.executable, "-m", "recon3d", "--version"], capture_output=True, text=True, cwd=REPO)
+    out = launch.recon3d("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"recon3d {__version__}"
 
 

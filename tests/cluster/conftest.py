@@ -11,7 +11,7 @@ from tests.conftest import REPO, TINY
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, launch):
     absent = missing()
     if absent:
         pytest.skip(f"no local SLURM here (missing: {', '.join(absent)}); .ci/run installs Debian's slurm-wlm")

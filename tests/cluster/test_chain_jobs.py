@@ -4,7 +4,6 @@ head on node1 and a worker on node2, and the whole method as a chain of dependen
 import ipaddress
 import json
 import shutil
-import subprocess
 import time
 
 import pytest
@@ -54,14 +53,14 @@ def test_sweep_over_two_nodes_places_trials_on_both(cluster, tiny_shards, tmp_pa
     assert (folder / "best.yaml").is_file()
 
 
-def test_pipeline_submits_the_chain_as_dependent_jobs(cluster, tiny_shards, tmp_path):
+def test_pipeline_submits_the_chain_as_dependent_jobs(cluster, tiny_shards, tmp_path, launch):
     shards = tmp_path / "shards"  # the chain exports latents beside the shards: not into the shared fixture
     shutil.copytree(tiny_shards, shards, ignore=shutil.ignore_patterns("latents"))
     out = tmp_path / "chain"
     overrides = ["train.accelerator=cpu", "loader.train_samples_per_epoch=8", "svr.base_width=4", "svr.epochs=1",
                  *GAN_TINY]
-    done = subprocess.run(["recon3d", "slurm", "pipeline", "-c", str(TINY), "--shards", str(shards),
-                           "--out", str(out), "--cpus-per-task=1", *overrides], capture_output=True, text=True,
+    done = launch.run(["recon3d", "slurm", "pipeline", "-c", str(TINY), "--shards", str(shards),
+                           "--out", str(out), "--cpus-per-task=1", "--stages", "autoencoder,svr,gan", *overrides], capture_output=True, text=True,
                           cwd=tmp_path, env={**cluster.env, **job_env()})
     assert done.returncode == 0, done.stderr
     jobs = dict(line.split() for line in done.stdout.splitlines())

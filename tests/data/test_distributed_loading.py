@@ -3,7 +3,6 @@
 import json
 
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from recon3d.data.loading.datamodule import ShardDataModule
 from tests.conftest import free_port
@@ -26,9 +25,9 @@ def _rank_main(rank, world, port, shards, out):
         dist.destroy_process_group()
 
 
-def test_two_gloo_ranks_split_the_epoch(tiny_shards, tmp_path):
-    mp.start_processes(_rank_main, args=(2, free_port(), str(tiny_shards), str(tmp_path)), nprocs=2,
-                       start_method="fork")  # as under srun or Lightning's launcher: workers fork
+def test_two_gloo_ranks_split_the_epoch(tiny_shards, tmp_path, launch):
+    launch.ranks(_rank_main, (2, free_port(), str(tiny_shards), str(tmp_path)), ranks=2,
+                 start_method="fork")  # as under srun or Lightning's launcher: workers fork
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [(r["train_batches"], r["train_len"]) for r in results] == [(3, 3), (3, 3)]  # ceil(10 / (2 x 2))
     seen = results[0]["val"] + results[1]["val"]

@@ -99,15 +99,13 @@ def test_changed_config_rebuilds(tiny_meshes, tmp_path):
     assert _build(tiny_meshes, tmp_path, "shards.seed=7").prepared == 12
 
 
-def test_kill_dash_nine_then_rerun_gives_the_same_manifest(tiny_meshes, tmp_path):
+def test_kill_dash_nine_then_rerun_gives_the_same_manifest(tiny_meshes, tmp_path, launch):
     """kill -9 in the middle of a build, rerun: same manifest and shards as an uninterrupted build."""
     reference = _build(tiny_meshes, tmp_path / "reference", "shards.samples_per_shard=1")
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "recon3d", "shards", "build", "-c", str(TINY), "--root", str(tiny_meshes),
-           "--out", str(out), "--no-progress", "shards.samples_per_shard=1", "geometry.fine_resolution=64",
-           "render.views=12"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    args = ["shards", "build", "-c", str(TINY), "--root", str(tiny_meshes), "--out", str(out), "--no-progress",
+            "shards.samples_per_shard=1", "geometry.fine_resolution=64", "render.views=12"]
+    proc = launch.recon3d_popen(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("*.json"))) < 2:
         time.sleep(0.02)
@@ -115,7 +113,7 @@ def test_kill_dash_nine_then_rerun_gives_the_same_manifest(tiny_meshes, tmp_path
     proc.wait()
     assert not (out / "manifest.json").exists(), "the build finished before the kill: nothing was tested"
     sidecars_before = len(list(out.glob("*-*.json")))
-    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    rerun = launch.recon3d(*args, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert f"prepared {12 - sidecars_before} input(s)" in rerun.stdout  # finished shards were not redone
     fresh = _build(tiny_meshes, tmp_path / "fresh", "shards.samples_per_shard=1", "geometry.fine_resolution=64",
@@ -229,13 +227,12 @@ def _children(pid: int) -> list:
     return found
 
 
-def test_pool_workers_die_with_a_killed_build(tiny_meshes, tmp_path):
+def test_pool_workers_die_with_a_killed_build(tiny_meshes, tmp_path, launch):
     """kill -9 of the build's main process left its pool workers running (200 MB each, alive after 60 s)."""
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "recon3d", "shards", "build", "-c", str(TINY), "--root",
-                             str(tiny_meshes), "--out", str(out), "--no-progress", "--workers", "2",
-                             "geometry.fine_resolution=64", "render.views=12"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = launch.recon3d_popen("shards", "build", "-c", str(TINY), "--root", str(tiny_meshes), "--out", str(out),
+                                "--no-progress", "--workers", "2", "geometry.fine_resolution=64", "render.views=12",
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     workers = []
     while time.time() < deadline and len(workers) < 2:

@@ -222,18 +222,12 @@ def test_set_metrics_against_known_shapes(forced, tiny_shards, trained_autoencod
     assert dtypes == [torch.bfloat16 if forced == "bf16" else torch.float32]
 
 
-def test_gan_runs_under_two_process_ddp(tiny_shards, trained_autoencoder, tmp_path):
+def test_gan_runs_under_two_process_ddp(tiny_shards, trained_autoencoder, tmp_path, launch):
     """`recon3d train` relaunches itself per rank (gloo); the critic's update leaves the generator unused, which
     plain DDP would refuse."""
-    import subprocess
-    import sys
-
     args = ["-c", "configs/tiny.yaml", "--shards", str(tiny_shards), "--run-dir", str(tmp_path), "train.stage=gan",
             f"gan.autoencoder_ckpt={trained_autoencoder}", *GAN_TINY, "train.devices=2", "train.strategy=ddp"]
-    from tests.conftest import REPO
-
-    done = subprocess.run([sys.executable, "-m", "recon3d", "train", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    done = launch.recon3d("train", *args, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run folder:") == 1  # printed by rank 0 only
     assert "stopped at epoch 2, step 6" in done.stdout  # 16 codes / 2 ranks / batch 4 = 2 batches: 2 critic + 1 g

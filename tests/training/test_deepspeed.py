@@ -16,10 +16,9 @@ from tests.conftest import REPO, TINY, tiny_config
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install -e '.[deepspeed]')")
 
 
-def _train(shards, run_dir, *extra, timeout=300):
-    args = [sys.executable, "-m", "recon3d", "train", "-c", str(TINY), "--shards", str(shards), "--run-dir",
-            str(run_dir), "train.accelerator=cpu", "train.devices=2", *extra]
-    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def _train(launch, shards, run_dir, *extra, timeout=300):
+    done = launch.recon3d("train", "-c", str(TINY), "--shards", str(shards), "--run-dir", str(run_dir),
+                          "train.accelerator=cpu", "train.devices=2", *extra, timeout=timeout)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done.stdout
 
@@ -31,12 +30,12 @@ def _figures(out):
 
 
 @pytest.fixture(scope="module")
-def zero_runs(tiny_shards, tmp_path_factory):
+def zero_runs(tiny_shards, tmp_path_factory, launch):
     """The same 2-rank autoencoder run under DDP, ZeRO-2 and ZeRO-3 (fp32)."""
     runs = {}
     for strategy in ("ddp", "deepspeed_stage_2", "deepspeed_stage_3"):
         run_dir = tmp_path_factory.mktemp(strategy)
-        runs[strategy] = (run_dir, _train(tiny_shards, run_dir, f"train.strategy={strategy}", "train.phase_epochs=[2,1]"))
+        runs[strategy] = (run_dir, _train(launch, tiny_shards, run_dir, f"train.strategy={strategy}", "train.phase_epochs=[2,1]"))
     return runs
 
 
@@ -54,7 +53,7 @@ def test_zero_stages_train_like_ddp(zero_runs):
         assert f"last checkpoint: {run_dir / 'checkpoints' / 'last.fp32.ckpt'}" in out
 
 
-def test_zero_checkpoints_load_everywhere(zero_runs, tiny_shards, tmp_path):
+def test_zero_checkpoints_load_everywhere(zero_runs, tiny_shards, tmp_path, launch):
     """The consolidated file reloads with weights_only; a folder works wherever a checkpoint is taken."""
     import torch
 
@@ -71,18 +70,18 @@ def test_zero_checkpoints_load_everywhere(zero_runs, tiny_shards, tmp_path):
     folder = zero_runs["deepspeed_stage_2"][0] / "checkpoints" / "last.ckpt"
     assert main(["export-latents", "--ckpt", str(folder), "--shards", str(tiny_shards), "--device", "cpu"]) == 0
     assert (tiny_shards / "latents" / zero_runs["deepspeed_stage_2"][0].name / "train.npy").is_file()
-    out = _train(tiny_shards, tmp_path / "svr", "train.stage=svr", f"svr.autoencoder_ckpt={folder}",
+    out = _train(launch, tiny_shards, tmp_path / "svr", "train.stage=svr", f"svr.autoencoder_ckpt={folder}",
                  "train.devices=1", "svr.epochs=1", "svr.base_width=4")
     assert "stopped at epoch 1" in out
 
 
-def test_resume_continues_from_the_zero_folder(zero_runs, tiny_shards, tmp_path):
+def test_resume_continues_from_the_zero_folder(zero_runs, tiny_shards, tmp_path, launch):
     import shutil
 
     run_dir = tmp_path / "resumed"
     shutil.copytree(zero_runs["deepspeed_stage_2"][0], run_dir)
     (step_epoch, step), _ = _figures(zero_runs["deepspeed_stage_2"][1])
-    out = _train(tiny_shards, run_dir, "train.strategy=deepspeed_stage_2", "train.phase_epochs=[2,2]")
+    out = _train(launch, tiny_shards, run_dir, "train.strategy=deepspeed_stage_2", "train.phase_epochs=[2,2]")
     assert _figures(out)[0] == (str(int(step_epoch) + 1), str(int(step) + int(step) // int(step_epoch)))
 
 
@@ -135,11 +134,10 @@ def test_a_half_written_zero_folder_is_refused(tmp_path):
         read_checkpoint(tmp_path)
 
 
-def test_bench_compares_strategies_side_by_side():
-    args = [sys.executable, "-m", "recon3d", "bench", "train-step", "-c", str(TINY), "--strategy",
-            "ddp,deepspeed_stage_2", "--devices", "2", "--batch-size", "2", "--points", "256", "--batches", "3",
-            "--warmup", "1", "--device", "cpu"]
-    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_bench_compares_strategies_side_by_side(launch):
+    done = launch.recon3d("bench", "train-step", "-c", str(TINY), "--strategy", "ddp,deepspeed_stage_2", "--devices",
+                          "2", "--batch-size", "2", "--points", "256", "--batches", "3", "--warmup", "1", "--device",
+                          "cpu", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()[2:]}
     assert set(rows) == {"ddp", "deepspeed_stage_2"}, done.stdout
@@ -147,7 +145,7 @@ def test_bench_compares_strategies_side_by_side():
         assert len(figures) == 4 and all(float(f) > 0 for f in figures), (strategy, figures)
 
 
-def test_kill_9_mid_run_then_resume_from_the_zero_folder(tiny_shards, tmp_path):
+def test_kill_9_mid_run_then_resume_from_the_zero_folder(tiny_shards, tmp_path, launch):
     """Both ranks killed at once after a few step checkpoints: the rerun resumes from the folder and ends at the
     schedule's last step (nothing done twice, nothing lost)."""
     import os
@@ -155,10 +153,9 @@ def test_kill_9_mid_run_then_resume_from_the_zero_folder(tiny_shards, tmp_path):
     import time
 
     extra = ["train.strategy=deepspeed_stage_2", "train.phase_epochs=[6,6]", "train.checkpoint_every_steps=2"]
-    args = [sys.executable, "-m", "recon3d", "train", "-c", str(TINY), "--shards", str(tiny_shards), "--run-dir",
-            str(tmp_path), "train.accelerator=cpu", "train.devices=2", *extra]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = launch.recon3d_popen("train", "-c", str(TINY), "--shards", str(tiny_shards), "--run-dir", str(tmp_path),
+                                "train.accelerator=cpu", "train.devices=2", *extra, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
     latest = tmp_path / "checkpoints" / "last.ckpt" / "latest"
     deadline = time.time() + 240
     while not latest.is_file() and proc.poll() is None and time.time() < deadline:
@@ -167,29 +164,29 @@ def test_kill_9_mid_run_then_resume_from_the_zero_folder(tiny_shards, tmp_path):
     assert proc.poll() is None, "the run ended before it could be killed: lengthen the schedule"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    out = _train(tiny_shards, tmp_path, *extra)
+    out = _train(launch, tiny_shards, tmp_path, *extra)
     assert _figures(out)[0] == ("12", "24")
 
 
 @pytest.mark.parametrize("stage", ["vrn", "stereo"])
-def test_view_stages_train_under_zero2(stereo_shards, tmp_path, stage):
+def test_view_stages_train_under_zero2(stereo_shards, tmp_path, stage, launch):
     """The other one-optimiser stages start and checkpoint under ZeRO-2 on 2 ranks; their folder loads as that stage."""
     from recon3d.tasks.checkpoints import load_checkpoint
     from tests.conftest import STEREO_TINY, VRN_TINY
 
     extra = VRN_TINY if stage == "vrn" else STEREO_TINY
-    out = _train(stereo_shards, tmp_path, *extra, "train.strategy=deepspeed_stage_2", "loader.train_samples_per_epoch=8")
+    out = _train(launch, stereo_shards, tmp_path, *extra, "train.strategy=deepspeed_stage_2", "loader.train_samples_per_epoch=8")
     assert "stopped at epoch 1" in out
     assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt", expect=stage).stage == stage
 
 
-def test_bf16_and_gradient_accumulation_reach_deepspeed(tiny_shards, tmp_path):
+def test_bf16_and_gradient_accumulation_reach_deepspeed(tiny_shards, tmp_path, launch):
     """train.precision and train.accumulate_grad_batches end up in the engine's config (recorded in the checkpoint):
     8 batches per rank with 2 accumulated are 4 optimiser steps. (16-mixed needs a GPU: DeepSpeed's CPU accelerator
     refuses fp16.)"""
     from recon3d.tasks.checkpoints import read_checkpoint
 
-    out = _train(tiny_shards, tmp_path, "train.strategy=deepspeed_stage_2", "train.precision=bf16-mixed",
+    out = _train(launch, tiny_shards, tmp_path, "train.strategy=deepspeed_stage_2", "train.precision=bf16-mixed",
                  "train.accumulate_grad_batches=2", "train.phase_epochs=[2,2]")
     assert _figures(out)[0] == ("4", "4")
     ds = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["ds_config"]

@@ -36,15 +36,14 @@ def wandb_records(path: Path):
             yield record
 
 
-def _train_then_signal(shards: Path, run_dir: Path, signum: int, wandb_mode: str, *extra: str):
+def _train_then_signal(launch, shards: Path, run_dir: Path, signum: int, wandb_mode: str, *extra: str):
     """`recon3d train` (62 epochs of 4 steps) in a process of its own, sent `signum` once its CSV log has 40 rows;
     the process, its output and the environment it ran in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "WANDB_"))}
     env.update(WANDB_MODE=wandb_mode, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "recon3d", "train", "-c", str(TINY), "--shards", str(shards),
-                             "--run-dir", str(run_dir), "train.accelerator=cpu", "train.phase_epochs=[2,60]",
-                             "loader.train_samples_per_epoch=8", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = launch.recon3d_popen("train", "-c", str(TINY), "--shards", str(shards), "--run-dir", str(run_dir),
+                                "train.accelerator=cpu", "train.phase_epochs=[2,60]", "loader.train_samples_per_epoch=8",
+                                *extra, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     metrics = run_dir / "logs" / "version_0" / "metrics.csv"
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") > 40):
@@ -53,15 +52,15 @@ def _train_then_signal(shards: Path, run_dir: Path, signum: int, wandb_mode: str
     return proc, proc.communicate(timeout=120)[0], env
 
 
-def test_sigterm_checkpoints_exits_143_and_wandb_offline_keeps_every_step_once(tiny_shards, tmp_path):
+def test_sigterm_checkpoints_exits_143_and_wandb_offline_keeps_every_step_once(tiny_shards, tmp_path, launch):
     run_dir = tmp_path / "run"
-    first, out, env = _train_then_signal(tiny_shards, run_dir, signal.SIGTERM, "offline", "train.logger=wandb")
+    first, out, env = _train_then_signal(launch, tiny_shards, run_dir, signal.SIGTERM, "offline", "train.logger=wandb")
     assert first.returncode == 128 + signal.SIGTERM, out[-3000:]
     [hpc] = hpc_checkpoints(run_dir)
     saved = read_checkpoint(hpc)["global_step"]
     assert f"saved a checkpoint at step {saved} to {hpc}; the same command resumes from it" in out
     assert 0 < saved < 248
-    second = subprocess.run(first.args, capture_output=True, text=True, env=env, timeout=300)
+    second = launch.recon3d(*first.args[3:], env=env, timeout=300)  # the same command again
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 248  # 62 epochs x 4 steps
     segments = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -93,8 +92,8 @@ def test_only_the_newest_preemption_checkpoints_are_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hpc_ckpt_10.ckpt", "hpc_ckpt_3.ckpt"]
 
 
-def test_ctrl_c_checkpoints_and_exits_130(tiny_shards, tmp_path):
-    proc, out, _ = _train_then_signal(tiny_shards, tmp_path / "run", signal.SIGINT, "disabled")
+def test_ctrl_c_checkpoints_and_exits_130(tiny_shards, tmp_path, launch):
+    proc, out, _ = _train_then_signal(launch, tiny_shards, tmp_path / "run", signal.SIGINT, "disabled")
     assert proc.returncode == 130, out[-3000:]
     assert "SIGINT: saved a checkpoint at step" in out and len(hpc_checkpoints(tmp_path / "run")) == 1
 
@@ -132,7 +131,7 @@ def test_the_requeue_signal_outside_training_is_noted_before_and_ignored_after(t
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)
 
 
-def test_a_signal_that_reaches_one_rank_stops_every_rank_at_the_same_step(tiny_shards, tmp_path):
+def test_a_signal_that_reaches_one_rank_stops_every_rank_at_the_same_step(tiny_shards, tmp_path, launch):
     """On a cluster each node signals its own tasks, not at the same instant (CI's two-node job saw one rank note
     SIGTERM): here only rank 1 of two local DDP ranks gets it; rank 0 learns of it at the step's end, both save the
     one checkpoint together and exit 143."""
@@ -141,10 +140,10 @@ def test_a_signal_that_reaches_one_rank_stops_every_rank_at_the_same_step(tiny_s
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "WANDB_"))}
     env.update(OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "recon3d", "train", "-c", str(TINY), "--shards", str(tiny_shards),
-                             "--run-dir", str(run_dir), "train.accelerator=cpu", "train.devices=2",
-                             "train.phase_epochs=[2,60]", "loader.train_samples_per_epoch=8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = launch.recon3d_popen("train", "-c", str(TINY), "--shards", str(tiny_shards), "--run-dir", str(run_dir),
+                                "train.accelerator=cpu", "train.devices=2", "train.phase_epochs=[2,60]",
+                                "loader.train_samples_per_epoch=8", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env)
     metrics = run_dir / "logs" / "version_0" / "metrics.csv"
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") > 20):

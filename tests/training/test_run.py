@@ -122,12 +122,10 @@ def test_a_resume_on_shards_rebuilt_with_other_settings_is_refused(tiny_meshes, 
         run(tiny_config(*base, "train.phase_epochs=[1,2]"), enable_wandb=False)
 
 
-def test_training_order_is_a_function_of_seed_and_epoch_and_covers_the_set(tiny_shards):
+def test_training_order_is_a_function_of_seed_and_epoch_and_covers_the_set(tiny_shards, launch):
     """Loaders remade every epoch with num_workers=0 (the demo's setting): each epoch's order is the same in a new
     process and differs between epochs, and every training shape is seen within a few epochs."""
     import json
-    import subprocess
-    import sys
 
     from recon3d.data.loading.shards import load_manifest
 
@@ -145,8 +143,7 @@ for epoch in range(4):
     orders.append([k for batch in dm.train_dataloader() for k in batch["key"]])
 print(json.dumps(orders))
 """
-    runs = [json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                                      check=True).stdout) for _ in range(2)]
+    runs = [json.loads(launch.python_script(script, check=True).stdout) for _ in range(2)]
     assert runs[0] == runs[1]  # reproducible across processes (hash seeds differ between them)
     assert len({tuple(order) for order in runs[0]}) == 4  # a new order every epoch
     train = load_manifest(tiny_shards)["splits"]["train"]["samples"]

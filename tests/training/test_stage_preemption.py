@@ -4,7 +4,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -24,16 +23,15 @@ STAGES = {  # stage: (shards fixture, overrides, epochs x steps per epoch)
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_sigterm_checkpoints_every_stage_and_the_rerun_finishes_from_there(stage, request, trained_autoencoder,
-                                                                        tmp_path):
+                                                                        tmp_path, launch):
     fixture, overrides, total = STAGES[stage]
     shards = request.getfixturevalue(fixture)
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "WANDB_"))}
     env.update(WANDB_MODE="disabled", OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "recon3d", "train", "-c", str(TINY), "--shards", str(shards), "--run-dir",
-               str(run_dir), *overrides, f"svr.autoencoder_ckpt={trained_autoencoder}",
-               f"gan.autoencoder_ckpt={trained_autoencoder}"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    command = ["train", "-c", str(TINY), "--shards", str(shards), "--run-dir", str(run_dir), *overrides,
+               f"svr.autoencoder_ckpt={trained_autoencoder}", f"gan.autoencoder_ckpt={trained_autoencoder}"]
+    proc = launch.recon3d_popen(*command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     metrics = run_dir / "logs" / "version_0" / "metrics.csv"
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") > 6):
@@ -44,7 +42,7 @@ def test_sigterm_checkpoints_every_stage_and_the_rerun_finishes_from_there(stage
     [hpc] = hpc_checkpoints(run_dir)
     saved = read_checkpoint(hpc)["global_step"]
     assert 0 < saved < total and f"saved a checkpoint at step {saved}" in out, out[-3000:]
-    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    second = launch.recon3d(*command, env=env, timeout=300)
     log = second.stdout + second.stderr
     assert second.returncode == 0 and f"Restoring states from the checkpoint path at {hpc}" in log, log[-3000:]
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == total

@@ -13,8 +13,9 @@ from tests.conftest import REPO, TINY, tiny_config, tiny_sweep_file
 ray = pytest.importorskip("ray", reason="Ray is installed with the dev extra: pip install -e '.[dev]'")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
+@pytest.fixture(scope="module")
+def local_ray(launch):
+    """Ray on this machine for the module's Ray tests (its processes make them system tests)."""
     from recon3d.data.writing.executors import init_ray
 
     init_ray(num_cpus=2)
@@ -22,7 +23,7 @@ def local_ray():
     ray.shutdown()
 
 
-def test_shards_built_with_ray_match_the_process_pool_byte_for_byte(tiny_meshes, tmp_path):
+def test_shards_built_with_ray_match_the_process_pool_byte_for_byte(tiny_meshes, tmp_path, local_ray):
     from recon3d.data.writing.writer import build_shards
 
     pool = build_shards(tiny_config(f"source.root={tiny_meshes}", f"shards.out_dir={tmp_path / 'pool'}",
@@ -34,7 +35,7 @@ def test_shards_built_with_ray_match_the_process_pool_byte_for_byte(tiny_meshes,
         assert (tmp_path / "ray" / tar.name).read_bytes() == tar.read_bytes()
 
 
-def test_four_trial_sweep_writes_the_best_config_and_resumes(tiny_shards, tmp_path, capsys):
+def test_four_trial_sweep_writes_the_best_config_and_resumes(tiny_shards, tmp_path, capsys, local_ray):
     sweep = tiny_sweep_file(tmp_path / "tiny-sweep.yaml", tiny_shards, scheduler="asha", num_samples=4, search_space={
         "train.lr": {"loguniform": [1.0e-4, 1.0e-2]}, "model.latent_dim": {"choice": [8, 16]}})
     assert main(["sweep", "-c", str(sweep)]) == 0
@@ -69,7 +70,7 @@ def test_sweep_file_errors_name_the_key(tmp_path):
         load_sweep(bad)
 
 
-def test_a_vrn_sweep_runs_with_the_stages_own_metric(stereo_shards, tmp_path, capsys, monkeypatch):
+def test_a_vrn_sweep_runs_with_the_stages_own_metric(stereo_shards, tmp_path, capsys, monkeypatch, local_ray):
     """Sweeps look epochs and the default metric up in the stage table (a vrn base raised KeyError('vrn')); the
     shards are named relative to the folder the sweep starts in, as the README's sweeps do (trials run elsewhere)."""
     from tests.conftest import VRN_TINY
@@ -97,7 +98,7 @@ def test_every_shipped_sweep_file_loads(name):
     assert spec.search_space and spec.metric and spec.mode in ("min", "max")
 
 
-def test_local_ray_talks_and_listens_on_loopback_only():
+def test_local_ray_talks_and_listens_on_loopback_only(local_ray):
     """The local Ray that sweeps and Ray shard writing start: its node address is 127.0.0.1 and none of its
     processes listens on any other address (Ray left alone takes the machine's routed address and binds to all)."""
     import ipaddress

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -15,12 +14,13 @@ from tests.conftest import tiny_sweep_file
 pytest.importorskip("ray", reason="Ray is installed with the dev extra: pip install -e '.[dev]'")
 
 
-def test_sigterm_stops_the_sweep_with_its_state_saved_and_the_rerun_resumes_each_trial(tiny_shards, tmp_path):
+def test_sigterm_stops_the_sweep_with_its_state_saved_and_the_rerun_resumes_each_trial(tiny_shards, tmp_path,
+                                                                                         launch):
     sweep = tiny_sweep_file(tmp_path / "stop.yaml", tiny_shards, "train.phase_epochs=[2,40]", scheduler="fifo",
                             num_samples=1, search_space={"train.lr": {"grid": [1.0e-3, 2.0e-3]}})
-    command = [sys.executable, "-m", "recon3d", "sweep", "-c", str(sweep)]
+    command = ["sweep", "-c", str(sweep)]
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = launch.recon3d_popen(*command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     trials = tmp_path / "sweeps" / "stop" / "trials"
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -32,7 +32,7 @@ def test_sigterm_stops_the_sweep_with_its_state_saved_and_the_rerun_resumes_each
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
     assert "SIGTERM: the sweep stopped and saved its state" in out and "SIGTERM received at time" not in out
-    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    second = launch.recon3d(*command, env=env, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     rows = json.loads((tmp_path / "sweeps" / "stop" / "trials.json").read_text())
     assert sorted(r["params"]["train.lr"] for r in rows) == [1.0e-3, 2.0e-3] and {r["epoch"] for r in rows} == {41}

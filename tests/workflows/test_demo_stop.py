@@ -3,19 +3,18 @@ same command resumes and finishes."""
 
 import signal
 import subprocess
-import sys
 import time
 
 from tests.conftest import TINY
 from tests.test_cli import DEMO_TINY
 
 
-def test_sigterm_in_the_demo_saves_and_the_rerun_finishes(tmp_path):
+def test_sigterm_in_the_demo_saves_and_the_rerun_finishes(tmp_path, launch):
     out = tmp_path / "run"
     # the autoencoder trains by time here (far more epochs than its share of the minute allows)
-    cmd = [sys.executable, "-m", "recon3d", "demo", "-c", str(TINY), "--out", str(out), "--workers", "1",
-           "--no-progress", *DEMO_TINY, "train.phase_epochs=[1000,1000]", "demo.minutes=1"]
-    process = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    cmd = ["demo", "-c", str(TINY), "--out", str(out), "--workers", "1", "--no-progress", *DEMO_TINY,
+           "train.phase_epochs=[1000,1000]", "demo.minutes=1"]
+    process = launch.recon3d_popen(*cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     seen = []
     for line in process.stderr:  # a signal during the stage's setup is kept for its first step, so any moment works
         seen.append(line)
@@ -27,7 +26,7 @@ def test_sigterm_in_the_demo_saves_and_the_rerun_finishes(tmp_path):
     assert process.returncode == 143, err[-3000:]
     assert "SIGTERM: saved a checkpoint at step" in err and "Traceback" not in err, err[-3000:]
     assert list((out / "autoencoder").glob("hpc_ckpt_*.ckpt"))
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = launch.recon3d(*cmd, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "autoencoder: done in an earlier run" not in done.stderr  # it resumed the stage and finished it
     assert (out / "report.html").is_file()

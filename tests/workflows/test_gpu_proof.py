@@ -57,10 +57,10 @@ def test_inference_dtype_follows_the_override(monkeypatch):
     assert inference_dtype("cpu") == torch.bfloat16
 
 
-def test_tiny_dry_run_measures_every_section(tmp_path):
+def test_tiny_dry_run_measures_every_section(tmp_path, launch):
     out = tmp_path / "proof"
     env = {**os.environ, "PYTHON": sys.executable}
-    done = subprocess.run([str(ROOT / "benchmarks" / "gpu_proof.sh"), "tiny", str(out), "--workers", "0,1",
+    done = launch.run([str(ROOT / "benchmarks" / "gpu_proof.sh"), "tiny", str(out), "--workers", "0,1",
                            "--budget-s", "900"], env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((out / "gpu_proof.json").read_text())

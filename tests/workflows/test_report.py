@@ -35,12 +35,11 @@ def test_vendored_viewer_is_the_published_file():
     assert "</script" not in LIBRARY.read_text()  # inlined in a <script> element as it is
 
 
-def test_report_meshes_turn_in_a_viewer_that_draws_each_one(tmp_path):
+def test_report_meshes_turn_in_a_viewer_that_draws_each_one(tmp_path, launch):
     """Meshes of the demo's evaluation folders become <model-viewer>s inside report.html (one file, no network);
     headless Chromium opens it with #viewer-check and every viewer draws its mesh (non-white pixels)."""
     import re
     import shutil
-    import subprocess
 
     from recon3d.geometry.procedural import make_shape
     from recon3d.workflows.report import write_report
@@ -62,7 +61,7 @@ def test_report_meshes_turn_in_a_viewer_that_draws_each_one(tmp_path):
     assert page.count('data-name="') == 3 and "gan_1 (empty)" in page
     if not chromium:
         pytest.skip("no chromium here (Debian: apt-get install chromium); .ci/run installs it")
-    done = subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
+    done = launch.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
                            "--enable-unsafe-swiftshader", "--virtual-time-budget=400000",
                            f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
                            (run / "report.html").as_uri() + "#viewer-check"],
