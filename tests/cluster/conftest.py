@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.slurm import LocalSlurm, missing
+from tests.cluster.local_slurm import LocalSlurm, missing
 from tests.conftest import REPO, TINY
 
 

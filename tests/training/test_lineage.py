@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from tests.conftest import tiny_config
-from tests.training.test_preemption import wandb_records
+from tests.training.test_callbacks_preemption import wandb_records
 
 
 def _artifacts(run_dir, wanted: int = 1, wait_s: float = 30.0):

@@ -6,7 +6,7 @@ import subprocess
 import time
 
 from tests.conftest import TINY
-from tests.test_cli import DEMO_TINY
+from tests.workflows.test_demo import DEMO_TINY
 
 
 def test_sigterm_in_the_demo_saves_and_the_rerun_finishes(tmp_path, launch):

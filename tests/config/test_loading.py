@@ -1,13 +1,10 @@
 from dataclasses import fields, is_dataclass
-from pathlib import Path
 
 import pytest
 
 from recon3d.config import Config, load_config, to_dict
 from recon3d.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
-
+from tests.conftest import REPO
 
 CONFIG_FILES = [p for p in sorted((REPO / "configs").rglob("*.yaml")) if p.parent.name != "sweep"]
 

@@ -1,3 +1,5 @@
+"""Writing shards: round trips, determinism, resumable and atomic writes, parts of a job array, locks."""
+
 import json
 import os
 import signal
@@ -5,16 +7,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
 import numpy as np
 import pytest
-
 from recon3d.data import schema
 from recon3d.data.loading.shards import read_tar
 from recon3d.data.tools.verify import verify_shards
 from recon3d.data.writing.writer import build_shards
 from recon3d.files import file_sha256
-from tests.conftest import REPO, TINY, tiny_config
+from tests.conftest import TINY, tiny_config
 
 
 def _build(meshes, out, *extra):
@@ -247,30 +247,6 @@ def test_pool_workers_die_with_a_killed_build(tiny_meshes, tmp_path, launch):
     alive = [w for w in workers if Path(f"/proc/{w}").exists()
              and Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
     assert not alive, f"workers {alive} outlived their build"
-
-
-def test_verify_sees_relabelled_splits_wrong_totals_and_a_shape_in_two_splits(tiny_shards, tmp_path):
-    import shutil
-
-    shards = tmp_path / "shards"
-    shutil.copytree(tiny_shards, shards, ignore=shutil.ignore_patterns("latents"))
-    assert verify_shards(shards).ok
-    manifest = json.loads((shards / "manifest.json").read_text())
-    test = next(s for s in manifest["shards"] if s["split"] == "test")
-    train = next(s for s in manifest["shards"] if s["split"] == "train")
-    test["split"] = "train"  # a test shard trained on
-    manifest["splits"]["val"]["samples"] += 1
-    (shards / "manifest.json").write_text(json.dumps(manifest))
-    problems = "\n".join(verify_shards(shards).problems)
-    assert f"{test['name']}: labelled split 'train'" in problems
-    assert "splits.val.samples says" in problems and "splits.train.shards says" in problems
-    shutil.copy(shards / f"{train['name']}.tar", shards / f"{test['name']}.tar")  # the same shapes in test
-    test.update(split="test", bytes=train["bytes"], sha256=train["sha256"], samples=train["samples"])
-    manifest["splits"]["val"]["samples"] -= 1
-    manifest["splits"]["test"]["samples"] = sum(s["samples"] for s in manifest["shards"] if s["split"] == "test")
-    (shards / "manifest.json").write_text(json.dumps(manifest))
-    problems = verify_shards(shards).problems
-    assert any("(train/test leakage)" in p for p in problems), problems
 
 
 def test_a_dead_writers_temp_file_goes_at_once_a_live_ones_stays(tmp_path):

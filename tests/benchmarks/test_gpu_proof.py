@@ -3,7 +3,6 @@ count against torch's own counter, IM-NET's extraction algorithm against a dense
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 

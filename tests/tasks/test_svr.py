@@ -126,7 +126,7 @@ def test_svr_cosine_schedule_decays_to_lr_final(tiny_shards, trained_autoencoder
     here; by the clock when the run trains by time, as in the demo)."""
     import math
 
-    from tests.tasks.test_autoencoder_task import _logged_lr
+    from tests.tasks.test_autoencoder import _logged_lr
 
     run(_svr_cfg(tiny_shards, trained_autoencoder, tmp_path, "svr.lr_schedule=cosine", "svr.lr_final=0.1",
                  "train.log_every_steps=1"), enable_wandb=False, enable_progress_bar=False)
