@@ -4,14 +4,28 @@ that its peak memory, process group and compiled graphs are its own."""
 from __future__ import annotations
 
 import json
+import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, Sequence
 
-from recon3d.bench.timing import median_ms, timed
+import lightning as L
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from recon3d.bench.extract import measure_extraction
+from recon3d.bench.timing import median_ms, repeat_loader, step_timer, timed
+from recon3d.config import load_config
+from recon3d.data.loading.datamodule import ShardDataModule
+from recon3d.data.loading.pipelines import expand_batch
+from recon3d.data.loading.shards import load_manifest
+from recon3d.models.hourglass import HourglassVolumeRegressor
+from recon3d.models.image_encoder import ImageEncoder
+from recon3d.models.implicit_decoder import Autoencoder
+from recon3d.tasks.autoencoder import AutoencoderTask
+from recon3d.training.build import build_strategy, set_matmul_precision
 
 FULL_MODEL = {"latent_dim": 256, "encoder_channels": 32, "decoder_widths": [1024, 1024, 1024, 512, 256, 128]}
 TINY_MODEL = {"latent_dim": 16, "encoder_channels": 4, "decoder_widths": [32, 16]}
@@ -72,8 +86,6 @@ STEP_MODES = {"fp32": ("auto", "32-true"), "bf16": ("auto", "bf16-mixed"), "bf16
 
 
 def proof_config(tiny: bool, shards: str, *overrides: str):
-    from recon3d.config import load_config
-
     size = sizes(tiny)
     model = size["model"]
     files = [Path(__file__).parents[1] / "configs" / "tiny.yaml"] if tiny else []
@@ -88,10 +100,6 @@ def _device(tiny: bool) -> str:
 
 
 def _peak_mib(device: str) -> float:
-    import resource
-
-    import torch
-
     if device.startswith("cuda"):
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -99,8 +107,6 @@ def _peak_mib(device: str) -> float:
 
 def _compact_batch(shards: str, tiny: bool) -> dict:
     """One real training batch as the loader delivers it (bit-packed voxels and values, point indices)."""
-    from recon3d.data.loading.datamodule import ShardDataModule
-
     size = sizes(tiny)
     dm = ShardDataModule(shards=shards, batch_size=size["batch"], num_workers=0, point_resolution=size[
         "point_resolution"], points_per_sample=size["points"], rank=0, world_size=1)
@@ -111,24 +117,12 @@ def _compact_batch(shards: str, tiny: bool) -> dict:
 def step_part(mode: str, shards: str, tiny: bool) -> dict:
     """The autoencoder's training step under one strategy and precision: Lightning, a fixed real batch that takes
     the loader's compact form to the device (expanded there, as in training), median after warm-up."""
-    import lightning as L
-    import torch
-
-    from recon3d.data.loading.pipelines import expand_batch
-    from recon3d.tasks.autoencoder import AutoencoderTask
-    from recon3d.training.build import build_strategy
-    from recon3d.bench.timing import repeat_loader, step_timer
-
     strategy, precision = STEP_MODES[mode]
     size, device = sizes(tiny), _device(tiny)
     cfg = proof_config(tiny, shards, f"train.strategy={strategy}", f"train.precision={precision}",
                   f"train.point_resolutions=[{size['point_resolution']}]", "train.phase_epochs=[1]")
     batch = {k: v for k, v in _compact_batch(shards, tiny).items() if isinstance(v, torch.Tensor)}
-    from recon3d.data.loading.shards import load_manifest
-
     torch.manual_seed(0)
-    from recon3d.training.build import set_matmul_precision
-
     set_matmul_precision(cfg)
     task = AutoencoderTask.from_config(cfg, load_manifest(shards))
     task.on_after_batch_transfer = lambda b, i: task.trainer.precision_plugin.convert_input(expand_batch(b))
@@ -144,15 +138,14 @@ def step_part(mode: str, shards: str, tiny: bool) -> dict:
     step_s = statistics.median(timer.times)
     flops = step_flops(autoencoder_flops(resolution=size["voxels"], **size["model"]), size["batch"], size["points"])
     result = {"strategy": strategy, "precision": precision, "step_ms": round(step_s * 1000, 3),
-              "step_ms_runs": [round(t * 1000, 2) for t in timer.times], "samples_per_s": round(size["batch"] / step_s, 1),
+              "step_ms_runs": [round(t * 1000, 2) for t in timer.times],
+              "samples_per_s": round(size["batch"] / step_s, 1),
               "points_per_s": round(size["batch"] * size["points"] / step_s), "peak_mib": _peak_mib(device),
               "tflops_per_step": round(flops / 1e12, 4), "achieved_tflops": round(flops / step_s / 1e12, 2)}
     return _with_mfu(result, flops / step_s)
 
 
 def _with_mfu(result: dict, flops_per_s: float) -> dict:
-    import torch
-
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     peak = peak_tflops(name)
     result["mfu"] = round(flops_per_s / (peak * 1e12), 4) if peak else None
@@ -163,11 +156,6 @@ def _plain_training(shards: str, tiny: bool):
     """(model, step(net), cuda): the autoencoder of the proof's size, Adam and one real batch expanded on the
     device, for plain loops; step(net) is one bf16 (CPU: fp32) training step of `net` (the model or a compiled
     one) on that batch, which it keeps as step.batch."""
-    import torch
-
-    from recon3d.data.loading.pipelines import expand_batch
-    from recon3d.models.implicit_decoder import Autoencoder
-
     size, device = sizes(tiny), _device(tiny)
     cuda = device.startswith("cuda")
     batch = expand_batch({k: v.to(device) for k, v in _compact_batch(shards, tiny).items()
@@ -191,8 +179,6 @@ def _plain_training(shards: str, tiny: bool):
 def compile_part(_, shards: str, tiny: bool) -> dict:
     """A plain bf16 (CPU: fp32) loop of the autoencoder step and of a decoder forward, eager then torch.compile'd:
     the first compiled call's seconds (the compilation) and the median after warm-up."""
-    import torch
-
     size, device = sizes(tiny), _device(tiny)
     model, train_step, cuda = _plain_training(shards, tiny)
     autocast = torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda)
@@ -224,9 +210,6 @@ def compile_part(_, shards: str, tiny: bool) -> dict:
 def profile_part(_, shards: str, tiny: bool) -> dict:
     """Where the bf16 (CPU: fp32) autoencoder step spends its device time: torch.profiler over a plain loop (as in
     compile_part, eager), the kernels with the largest self time, each with its share of the step's kernel time."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
     size = sizes(tiny)
     model, train_step, cuda = _plain_training(shards, tiny)
 
@@ -261,11 +244,6 @@ def profile_part(_, shards: str, tiny: bool) -> dict:
 def image_part(what: str, shards: str, tiny: bool) -> dict:
     """One training step of the image encoder (ResNet-18, MSE to z) or of VRN (2 stacked hourglasses, per-stack
     cross-entropy), bf16 autocast (CPU: fp32), a plain loop on random inputs of the training shapes."""
-    import torch
-
-    from recon3d.models.hourglass import HourglassVolumeRegressor
-    from recon3d.models.image_encoder import ImageEncoder
-
     size, device = sizes(tiny), _device(tiny)
     cuda = device.startswith("cuda")
     torch.manual_seed(0)
@@ -299,15 +277,11 @@ def image_part(what: str, shards: str, tiny: bool) -> dict:
 
 def extract_part(_, shards: str, tiny: bool) -> dict:
     """Extraction with the fitted autoencoder (see run_sections): recon3d.bench.extract's measurements."""
-    from recon3d.bench.extract import measure_extraction
-
     size = sizes(tiny)
     ckpt = Path(shards).parent / "fit" / "checkpoints" / "last.ckpt"
     result = measure_extraction(str(ckpt), shards, size["extract_shapes"], size["extract_resolution"],
                                 _device(tiny), reference=True)
     flops = autoencoder_flops(resolution=size["voxels"], **size["model"])["decoder_per_point"]
-    import torch
-
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     peak = peak_tflops(name)
     if peak:

@@ -18,8 +18,10 @@ shape), the encoder per shape (each convolution's output voxels x input channels
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -28,8 +30,17 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
-from recon3d.files import atomic_write
+import torch
+
 from benchmarks.gpu_parts import PARTS, STEP_MODES, autoencoder_flops, child, log, peak_tflops, proof_config, sizes
+from recon3d.bench.timing import loader_rate
+from recon3d.config import to_dict
+from recon3d.data.loading.datamodule import ShardDataModule
+from recon3d.data.loading.shards import load_manifest
+from recon3d.files import atomic_write
+from recon3d.geometry.procedural import CATEGORIES, write_procedural_meshes
+from recon3d.tasks.decoding import inference_dtype
+
 
 class Proof:
     """The results under construction: sections, each timed, failures recorded, JSON rewritten after each."""
@@ -65,12 +76,6 @@ class Proof:
 
 
 def environment(tiny: bool, peak_override: float) -> dict:
-    import platform
-
-    import torch
-
-    from recon3d.tasks.decoding import inference_dtype
-
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
             "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
     for package in ("lightning", "deepspeed", "numpy", "webdataset", "trimesh"):
@@ -91,9 +96,6 @@ def environment(tiny: bool, peak_override: float) -> dict:
 
 def build_shards(root: Path, tiny: bool, workers: int) -> dict:
     """Procedural meshes -> a shard set under root (the full geometry, few views), through the CLI."""
-    from recon3d.geometry.procedural import CATEGORIES
-    from recon3d.geometry.procedural import write_procedural_meshes
-
     size = sizes(tiny)
     categories = sorted(CATEGORIES)[:size["categories"]]
     meshes = write_procedural_meshes(root / "meshes", categories, size["per_category"])
@@ -103,8 +105,6 @@ def build_shards(root: Path, tiny: bool, workers: int) -> dict:
         cmd[5:5] = ["-c", str(Path(__file__).parents[1] / "configs" / "tiny.yaml")]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    from recon3d.data.loading.shards import load_manifest
-
     manifest = load_manifest(root / "shards")
     return {"meshes": meshes, "samples": sum(s["samples"] for s in manifest["shards"]), "workers": workers,
             "seconds": round(time.perf_counter() - start, 2), "shards": len(manifest["shards"])}
@@ -113,8 +113,6 @@ def build_shards(root: Path, tiny: bool, workers: int) -> dict:
 def fit_section(root: Path, tiny: bool) -> dict:
     """A short real training run (the recon3d CLI, the loader with workers, bf16 on the GPU): its checkpoint gives
     the extraction a decoder with surfaces; its per-step points/s is the real loader + step pace."""
-    import csv
-
     size = sizes(tiny)
     run_dir = root / "fit"
     cmd = [sys.executable, "-m", "recon3d", "train", "--shards", str(root / "shards"), "--run-dir", str(run_dir)]
@@ -125,8 +123,6 @@ def fit_section(root: Path, tiny: bool) -> dict:
         overrides += ["train.precision=bf16-mixed", "loader.num_workers=8", "loader.train_samples_per_epoch=2048"]
     cfg_file = root / "fit-config.json"
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
-    from recon3d.config import to_dict
-
     cfg_file.write_text(json.dumps(to_dict(proof_config(tiny, str(root / "shards"), *overrides))))
     start = time.perf_counter()
     subprocess.run(cmd + ["-c", str(cfg_file)], check=True, stdout=subprocess.DEVNULL)
@@ -143,9 +139,6 @@ def fit_section(root: Path, tiny: bool) -> dict:
 
 def loader_section(root: Path, tiny: bool, workers, step_samples_per_s) -> dict:
     """Autoencoder-stage samples/s from the local shards per worker count (the loader alone), beside the step."""
-    from recon3d.data.loading.datamodule import ShardDataModule
-    from recon3d.bench.timing import loader_rate
-
     size = sizes(tiny)
     batches = size["loader_batches"]
 
@@ -169,8 +162,6 @@ def run_sections(proof, workers, args) -> None:
     """Every section in order; the heavy ones in child processes with what is left of the budget as timeout."""
     root, tiny = proof.out / "work", proof.tiny
     proof.section("environment", lambda: environment(tiny, args.peak_tflops))
-    import os
-
     proof.section("shards", lambda: build_shards(root, tiny, args.build_workers or os.cpu_count() or 1))
     proof.results["flops"] = {**autoencoder_flops(resolution=sizes(tiny)["voxels"], **sizes(tiny)["model"]),
                               "step_convention": "3 x forward; 2 FLOPs per multiply-add"}
@@ -218,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_sections(proof, workers, args)
     failed = [n for n, s in proof.results["sections"].items() if s["status"].startswith("failed")]
     log(f"recon3d gpu proof: {len(proof.results['sections']) - len(failed)} of {len(proof.results['sections'])} "
-        f"sections ran; results in {proof.out / 'gpu_proof.json'}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+        f"sections ran; results in {proof.out / 'gpu_proof.json'}"
+        + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

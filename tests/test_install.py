@@ -2,9 +2,9 @@
 versions in constraints.txt, configs and templates installed with the package and found from any folder."""
 
 import re
-import tomllib
 
 import pytest
+import tomllib
 
 from recon3d.config import SHIPPED, config_file, load_config
 from recon3d.errors import ConfigError

@@ -12,10 +12,18 @@ from __future__ import annotations
 
 import statistics
 import time
+from types import SimpleNamespace
 from typing import Callable, List
 
 import numpy as np
 import torch
+
+from recon3d.data.loading.datamodule import iter_split
+from recon3d.geometry.extract import coarse_to_fine_grid, dense_grid
+from recon3d.geometry.voxelize import iou
+from recon3d.inference.autoencoder import decoder_field, load_autoencoder
+from recon3d.models.implicit_decoder import ImplicitDecoder
+from recon3d.tasks.decoding import inference_dtype
 
 Field = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,8 +60,6 @@ class _Shadowed(torch.nn.Module):
 
     def __init__(self, decoder: torch.nn.Module, device: str) -> None:
         super().__init__()
-        from recon3d.models.implicit_decoder import ImplicitDecoder
-
         torch.manual_seed(0)
         self.decoder, self.shadow = decoder, ImplicitDecoder().to(device).eval()
         self.code = torch.full((1, self.shadow.latent_dim), 0.5, device=device)
@@ -64,8 +70,6 @@ class _Shadowed(torch.nn.Module):
 
 
 def _full_size(task, device: str):
-    from types import SimpleNamespace
-
     return SimpleNamespace(model=SimpleNamespace(decoder=_Shadowed(task.model.decoder, device)))
 
 
@@ -76,8 +80,6 @@ def _timed(fn):
 
 
 def _codes(task, shard_dir: str, shapes: int, device: str) -> List[torch.Tensor]:
-    from recon3d.data.loading.datamodule import iter_split
-
     codes: List[torch.Tensor] = []
     for split in ("test", "val", "train"):
         for batch in iter_split(shard_dir, split, 8):
@@ -94,11 +96,6 @@ def measure_extraction(ckpt: str, shard_dir: str, shapes: int, resolution: int, 
     where the device runs it natively), dense in fp32 (the reference grid) and IM-NET's algorithm in fp32 (only at
     resolution 256, its frame 64 x cell 4); the occupancy IoU of coarse-to-fine against dense fp32. full_size: also
     both algorithms at a full-size decoder's cost (z 256, 1024-1024-1024-512-256-128; see _Shadowed)."""
-    from recon3d.geometry.extract import coarse_to_fine_grid, dense_grid
-    from recon3d.geometry.voxelize import iou
-    from recon3d.inference.autoencoder import decoder_field, load_autoencoder
-    from recon3d.tasks.decoding import inference_dtype
-
     task = load_autoencoder(ckpt, device)
     dtype = dtype or inference_dtype(device)
     codes = _codes(task, shard_dir, shapes, device)

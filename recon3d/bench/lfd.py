@@ -19,13 +19,6 @@ from recon3d.geometry.transform import normalise
 def bench_lfd(cfg: Config, limit: int = 0) -> str:
     """Light field descriptors of every mesh under cfg.source.root: seconds per descriptor and leave-one-out
     retrieval precision@1 per category (the nearest other shape by LFD distance has the same category)."""
-    import numpy as np
-
-    from recon3d.data.writing.formats import RejectError, load_mesh
-    from recon3d.data.writing.sources import discover
-    from recon3d.geometry.lfd import lfd_distance, light_field_descriptor, precision_at_1
-    from recon3d.geometry.transform import normalise
-
     items, _, _ = discover(cfg.source)
     items = [i for i in items if i.kind == "mesh"][:limit or None]
     descriptors, categories, seconds = [], [], []

@@ -17,30 +17,27 @@ import hashlib
 import json
 import random
 import statistics
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Sequence
 
+import h5py
 import numpy as np
 import torch
 
 from recon3d.bench.timing import loader_rate
 from recon3d.data import schema
+from recon3d.data.loading.datamodule import ShardDataModule
+from recon3d.data.loading.pipelines import to_float_image
+from recon3d.data.loading.shards import load_manifest, read_tar
 
 
 def write_baseline_hdf5(shard_dir: str, out: Path, resolution: int, limit: int = 256) -> int:
     """IM-NET-layout hdf5 of (up to `limit`) training shapes of a shard folder; returns the shapes written."""
-    import h5py
-
-    from recon3d.data.loading.datamodule import ShardDataModule
-
     dm = ShardDataModule(shards=shard_dir, num_workers=0, rank=0, world_size=1)
     dm.setup()
     raws = []
     for info in dm.shard_infos("train"):
-        from recon3d.data.loading.shards import read_tar
-
         raws.extend(read_tar(info.path).values())
         if len(raws) >= limit:
             break
@@ -67,16 +64,12 @@ def write_baseline_hdf5(shard_dir: str, out: Path, resolution: int, limit: int =
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
-    from recon3d.data.loading.pipelines import to_float_image
-
     return np.rint(to_float_image(image, True)[0] * 255).astype(np.uint8)
 
 
 def baseline_batches(path: Path, stage: str, resolution: int, batch_size: int, crop: int,
                      seed: int = 0) -> Iterator[dict]:
     """Endless batches from the baseline file, one random shape (or view) per sample."""
-    import h5py
-
     rng = random.Random(seed)
     with h5py.File(path, "r") as h5:
         if stage == "autoencoder":
@@ -97,8 +90,6 @@ def baseline_batches(path: Path, stage: str, resolution: int, batch_size: int, c
 
 def _loader_batches(shard_dir: str, stage: str, workers: int, batches: int, batch_size: int,
                     resolution: int, crop: int) -> Iterator[dict]:
-    from recon3d.data.loading.datamodule import ShardDataModule
-
     dm = ShardDataModule(shards=shard_dir, stage=stage, batch_size=batch_size, num_workers=workers, crop_size=crop,
                          point_resolution=resolution, train_samples_per_epoch=(batches + 2 + workers) * batch_size)
     dm.setup()
@@ -109,8 +100,6 @@ def bench_loader(shard_dir: str, stage: str, workers: Sequence[int], batches: in
                  resolution: int, repeats: int = 3, crop: int = 128) -> str:
     """Medians of interleaved runs: the h5py baseline and the loader with each worker count, alone and training
     (the image stage crops min(crop, view size), as training does)."""
-    from recon3d.data.loading.shards import load_manifest
-
     manifest = load_manifest(shard_dir)
     crop = min(crop, int(manifest["config"]["render"]["image_size"]))
     digest = hashlib.sha256(json.dumps(manifest["shards"], sort_keys=True).encode()).hexdigest()[:10]

@@ -16,10 +16,6 @@ from recon3d.data.writing.sources import discover
 
 def bench_prep(cfg: Config, limit: int, workers: Sequence[int]) -> str:
     """Seconds per mesh per stage (one process), then wall seconds per mesh with each worker count."""
-    from recon3d.data.writing.prepare import prepare
-    from recon3d.data.writing.sources import discover
-    from recon3d.data.writing.executors import ordered_map
-
     items, _, kind = discover(cfg.source)
     if not items:
         raise ValueError(f"{cfg.source.root}: no inputs to benchmark")

@@ -17,11 +17,6 @@ from recon3d.tasks.autoencoder import AutoencoderTask
 
 def bench_train_step(cfg: Config, batch_size: int, points: int, steps: int, warmup: int, device: str) -> str:
     """Forward+backward+Adam step of the configured autoencoder: a plain PyTorch loop vs our Lightning task."""
-    import torch
-
-    from recon3d.config import to_dict
-    from recon3d.models.implicit_decoder import Autoencoder
-
     res = cfg.geometry.voxel_resolution
     batch = {k: v.to(device) for k, v in random_batch(res, batch_size, points).items()}
 
@@ -56,8 +51,6 @@ def bench_train_step(cfg: Config, batch_size: int, points: int, steps: int, warm
 
 def random_batch(resolution: int, batch_size: int, points: int) -> dict:
     """A fixed random autoencoder batch on the CPU (seeded): voxels, points in the unit cube, occupancy values."""
-    import torch
-
     gen = torch.Generator().manual_seed(0)
     return {"voxels": (torch.rand(batch_size, 1, resolution, resolution, resolution, generator=gen) > 0.7).float(),
             "points": torch.rand(batch_size, points, 3, generator=gen) - 0.5,
@@ -66,17 +59,12 @@ def random_batch(resolution: int, batch_size: int, points: int) -> dict:
 
 def bench_task(cfg: Config):
     """The configured AutoencoderTask for the bench's own batches (no shards: no stored point sets to check)."""
-    from recon3d.tasks.autoencoder import AutoencoderTask
-
     manifest = {"source": {"kind": "imnet_hdf5"},
                 "config": {"geometry": {"point_resolutions": [], "voxel_resolution": cfg.geometry.voxel_resolution}}}
     return AutoencoderTask.from_config(cfg, manifest)
 
 
 def _lightning_step_time(cfg: Config, batch: dict, steps: int, warmup: int, device: str) -> float:
-    import lightning as L
-    import torch
-
     cuda = device.startswith("cuda")
     timer = step_timer(cuda, warmup)
     torch.manual_seed(0)

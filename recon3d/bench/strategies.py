@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -17,7 +18,13 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+import lightning as L
+import torch
+
+from recon3d.bench.step import bench_task, random_batch
+from recon3d.bench.timing import repeat_loader, step_timer
 from recon3d.config import Config, to_dict
+from recon3d.training.build import build_strategy, resolve_precision
 
 
 def _size(path: Path) -> int:
@@ -55,15 +62,6 @@ def rank_stats(cfg: Config, strategy: str, devices: int, batch_size: int, points
                device: str, out_dir: str) -> None:
     """One rank's part of bench_strategies: train `warmup + steps` steps under `strategy`, save a checkpoint, write
     out_dir/rank<N>.json (step seconds, peak memory, checkpoint bytes)."""
-    import resource
-
-    import lightning as L
-    import torch
-
-    from recon3d.training.build import build_strategy, resolve_precision
-    from recon3d.bench.step import bench_task, random_batch
-    from recon3d.bench.timing import repeat_loader, step_timer
-
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, strategy=strategy, devices=devices,
                                                              accelerator=accelerator))

@@ -55,8 +55,6 @@ def loader_rate(batches_of: Callable[[], Iterator[dict]], batches: int, batch_si
 
 def repeat_loader(batch: dict, count: int):
     """A loader yielding the same CPU batch `count` times (each rank its own copy)."""
-    from torch.utils.data import DataLoader, IterableDataset
-
     class Repeat(IterableDataset):
         def __iter__(self):
             for _ in range(count):
@@ -67,9 +65,6 @@ def repeat_loader(batch: dict, count: int):
 
 def step_timer(cuda: bool, warmup: int):
     """A callback keeping the seconds of every training step after the first `warmup` (synchronised on CUDA)."""
-    import lightning as L
-    import torch
-
     class StepTimer(L.Callback):
         def __init__(self):
             self.times, self.start = [], 0.0

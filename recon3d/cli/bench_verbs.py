@@ -108,10 +108,11 @@ def _configure_bench(bench) -> None:
     bench.add_argument("--shapes", type=int, default=3, help="extract: shapes to time")
     bench.add_argument("--extract-resolution", type=int, default=256, help="extract: grid cells per edge")
     bench.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                       help="extract: coarse-to-fine's decoder precision (auto: bf16 where the device runs it natively)")
+                       help="extract: coarse-to-fine's decoder precision (auto: bf16 where the device computes it "
+                       "natively)")
     bench.add_argument("--full-size", action="store_true",
                        help="extract: also time both algorithms at a full-size decoder's cost (IM-NET's widths)")
 
 
-VERBS = [Verb("bench", "print speed and size figures (prep, loader, shards, data = loader + shards, train-step, extract, "
-              "lfd)", _configure_bench, _bench)]
+VERBS = [Verb("bench", "print speed and size figures (prep, loader, shards, data = loader + shards, train-step, "
+              "extract, lfd)", _configure_bench, _bench)]

@@ -8,8 +8,8 @@ import os
 
 from recon3d.cli import options
 from recon3d.cli.options import Verb
-from recon3d.errors import ConfigError
 from recon3d.config import load_config
+from recon3d.errors import ConfigError
 
 
 def _config(args: argparse.Namespace, extra=None):

@@ -16,8 +16,7 @@ import sys
 from typing import List, Optional
 
 from recon3d import __version__
-from recon3d.errors import ConfigError, RunError
-from recon3d.errors import Stopped
+from recon3d.errors import ConfigError, RunError, Stopped
 
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # full disk, quota, read-only file system

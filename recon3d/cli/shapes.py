@@ -34,8 +34,13 @@ def _generate(args) -> int:
 
 
 def _interpolate(args) -> int:
-    from recon3d.inference.latent import (codes_to_meshes, endpoint_codes, interpolate_codes, interpolation_weights,
-                                          load_any)
+    from recon3d.inference.latent import (
+        codes_to_meshes,
+        endpoint_codes,
+        interpolate_codes,
+        interpolation_weights,
+        load_any,
+    )
     from recon3d.inference.outputs import write_strip
 
     autoencoder, gan = load_any(args.ckpt, args.device)

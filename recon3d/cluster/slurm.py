@@ -11,8 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
-from recon3d.data.loading.datamodule import unmet_needs
-from recon3d.data.loading.shards import load_manifest
+from recon3d.data.loading.shards import load_manifest, unmet_needs
 from recon3d.stages import STAGES, Stage, latents_exporter, stage
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"

@@ -112,7 +112,8 @@ class RenderConfig:
             _check(len(lo_hi) == 2 and lo_hi[0] <= lo_hi[1], f"render.{name} must be [low, high]")
         _check(self.distance_range[0] > 0.9, "render.distance_range must keep the camera outside the unit cube (> 0.9)")
         _check(self.supersample in (1, 2, 3, 4), "render.supersample must be 1..4")
-        _check(len(self.color) == 3 and len(self.light_offset) == 3, "render.color and render.light_offset take 3 values")
+        _check(len(self.color) == 3 and len(self.light_offset) == 3,
+               "render.color and render.light_offset take 3 values")
         _check(self.stereo_baseline >= 0, "render.stereo_baseline must be >= 0")
 
 

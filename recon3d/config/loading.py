@@ -23,7 +23,7 @@ def _suggest(key: str, node: Any) -> str:
 
 def _merge(base: Any, other: Any, where: str) -> Any:
     from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigKeyError, ValidationError, OmegaConfBaseException
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
     try:
         return OmegaConf.merge(base, other)

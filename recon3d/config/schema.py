@@ -7,10 +7,16 @@ from dataclasses import dataclass, field, fields
 from typing import Dict, List
 
 from recon3d.config.data import GeometryConfig, RenderConfig, ShardConfig, SourceConfig, _check
-from recon3d.config.training import GANConfig, LoaderConfig, ModelConfig, StereoConfig, SVRConfig, TrainConfig, \
-    VRNConfig
+from recon3d.config.training import (
+    GANConfig,
+    LoaderConfig,
+    ModelConfig,
+    StereoConfig,
+    SVRConfig,
+    TrainConfig,
+    VRNConfig,
+)
 from recon3d.stages import STAGES, demo_steps
-
 
 # the demo's steps that train nothing, each with its default share of demo.minutes (the training stages' shares are
 # their rows' demo_share in recon3d/stages.py): the training stages train until their share is spent, the others

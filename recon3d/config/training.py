@@ -47,7 +47,8 @@ class LoaderConfig:
         _check(self.stage in ("", *LOADER_PIPELINES),
                f"loader.stage={self.stage!r}: empty (follow train.stage) or one of {LOADER_PIPELINES}")
         _check(self.batch_size >= 1 and self.num_workers >= 0, "loader.batch_size >= 1 and loader.num_workers >= 0")
-        _check(self.point_resolution in (8, 16, 32, 64, 128, 256), "loader.point_resolution must be a power of 2, 8..256")
+        _check(self.point_resolution in (8, 16, 32, 64, 128, 256),
+               "loader.point_resolution must be a power of 2, 8..256")
         _check(self.crop_size >= 8, "loader.crop_size must be >= 8")
         _check(self.volume_depth >= 2, "loader.volume_depth must be >= 2")
 
@@ -114,7 +115,8 @@ class GANConfig:
                "gan.noise_dim and the widths must be >= 1")
         _check(self.n_critic >= 1 and self.gp_weight >= 0 and self.lr > 0, "gan.n_critic >= 1, gp_weight >= 0, lr > 0")
         _check(self.batch_size >= 2 and self.epochs >= 1, "gan.batch_size >= 2 and gan.epochs >= 1")
-        _check(self.reference_split in ("train", "val", "test", "auto"), "gan.reference_split: train, val, test or auto")
+        _check(self.reference_split in ("train", "val", "test", "auto"),
+               "gan.reference_split: train, val, test or auto")
         _check(self.eval_samples >= 1 and self.eval_points >= 16, "gan.eval_samples >= 1 and gan.eval_points >= 16")
         _check(0 <= self.ema_decay < 1, "gan.ema_decay: 0 (off) or in (0, 1)")
 
@@ -173,7 +175,7 @@ class TrainConfig:
     num_nodes: int = 1  # nodes
     strategy: str = "auto"  # auto | ddp | deepspeed_stage_2 | deepspeed_stage_3 (accelerator=cpu: a CPU test variant)
     deepspeed_config: str = ""  # DeepSpeed JSON (ZeRO settings), e.g. configs/deepspeed/zero2.json
-    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | auto (bf16-mixed where the trainer's hardware has bf16)
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | auto (bf16-mixed where the hardware computes bf16)
     float32_matmul_precision: str = "high"  # fp32 matmuls on GPUs: highest | high (TF32 tensor cores) | medium
     accumulate_grad_batches: int = 1  # gradient accumulation
     val_resolution: int = 32  # grid on which val/iou is measured and val/chamfer's mesh is extracted

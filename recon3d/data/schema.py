@@ -35,6 +35,7 @@ import zlib
 from typing import Dict, List, Sequence
 
 import numpy as np
+from PIL import Image
 
 FORMAT = "recon3d-shards/2"  # 2: views packed in one member (views.zlib)
 META = "meta.json"
@@ -259,16 +260,12 @@ def unpack_surface(sample: Dict[str, bytes]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
 
 def load_png(data: bytes) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         return np.asarray(img)

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from skimage.measure import marching_cubes
 
 Field = Callable[[torch.Tensor], torch.Tensor]  # (P, 3) points in [-0.5, 0.5] -> (P,) values
 
@@ -124,9 +125,9 @@ def _evaluate_corners(field: Field, values: torch.Tensor, exact: torch.Tensor, n
 
 def _trace_surface(field: Field, values: torch.Tensor, exact: torch.Tensor, threshold: float,
                    batch_points: int) -> int:
-    """A level past the first: evaluate the corners of the cells that straddle the threshold by the upsampled values, then
-    of every cell whose exact corners straddle it while others are not exact yet, until there is none (the
-    surface followed where the upsampling misplaced it); returns the points evaluated."""
+    """A level past the first: evaluate the corners of the cells that straddle the threshold by the upsampled
+    values, then of every cell whose exact corners straddle it while others are not exact yet, until there is none
+    (the surface followed where the upsampling misplaced it); returns the points evaluated."""
     evaluated = 0
     above = _any_corner(values > threshold)
     cells = above & ~_all_corners(values > threshold)
@@ -183,8 +184,6 @@ def grid_to_mesh(grid: np.ndarray, threshold: float = 0.5, *, corners: bool = Tr
     (N per axis: the grid may be a box).
     Returns empty arrays when the threshold surface does not cross the grid.
     """
-    from skimage.measure import marching_cubes
-
     if not (grid.min() < threshold < grid.max()):
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
     # pad with "outside" so that shapes touching the border still close

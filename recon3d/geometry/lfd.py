@@ -18,9 +18,13 @@ rotations are a fixed, spread-out set picked from seeded random rotations (farth
 from __future__ import annotations
 
 from functools import lru_cache
+from math import factorial
 from typing import Tuple
 
 import numpy as np
+from skimage import measure
+
+from recon3d.geometry.render import render_view
 
 PHI = (1 + 5 ** 0.5) / 2
 ZERNIKE_ORDER = 10
@@ -131,8 +135,6 @@ def _camera(direction: np.ndarray, distance: float, size: int) -> Tuple[np.ndarr
 
 def silhouettes(vertices: np.ndarray, faces: np.ndarray, size: int = SILHOUETTE_PX) -> np.ndarray:
     """(10 light fields, 10 views, size, size) bool silhouettes of a mesh, centred and scaled into the unit sphere."""
-    from recon3d.geometry.render import render_view
-
     vertices = np.asarray(vertices, np.float64)
     centre = (vertices.min(0) + vertices.max(0)) / 2
     vertices = vertices - centre
@@ -154,8 +156,6 @@ def _zernike_terms() -> Tuple[Tuple[int, int], ...]:
 def zernike_magnitudes(mask: np.ndarray) -> np.ndarray:
     """(36,) |Z_nm| for n <= 10 of a silhouette mapped onto the unit disk (centroid, farthest pixel at radius 1),
     divided by the pixel count."""
-    from math import factorial
-
     ys, xs = np.nonzero(mask)
     terms = _zernike_terms()
     if len(xs) == 0:
@@ -178,8 +178,6 @@ def zernike_magnitudes(mask: np.ndarray) -> np.ndarray:
 
 def fourier_magnitudes(mask: np.ndarray, samples: int = 128) -> np.ndarray:
     """(10,) |F_1..F_10| / |F_0| of the centroid-distance signature of the silhouette's longest outer contour."""
-    from skimage import measure
-
     padded = np.pad(mask.astype(np.float32), 1)
     contours = measure.find_contours(padded, 0.5)
     if not contours:

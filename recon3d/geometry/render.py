@@ -10,7 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from recon3d.geometry.camera import Views
+from recon3d.geometry.camera import Views, make_views
 
 
 @numba.njit(cache=True, nogil=True)
@@ -137,8 +137,6 @@ def on_white(image: np.ndarray) -> np.ndarray:
 def render_preview(vertices: np.ndarray, faces: np.ndarray, size: int = 128, azimuth: float = 225.0,
                    elevation: float = 25.0) -> np.ndarray:
     """(size, size, 3) uint8: a mesh in the unit cube seen from a fixed 3/4 view, on white (for logs and sheets)."""
-    from recon3d.geometry.camera import make_views
-
     if len(faces) == 0:
         return np.full((size, size, 3), 255, np.uint8)
     views = make_views([azimuth], [elevation], [1.8], 1.25 * size, size)

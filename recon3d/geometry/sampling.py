@@ -1,11 +1,12 @@
 """IM-NET's point sampling: O(n^2) labelled points per resolution instead of O(n^3), concentrated near the surface.
 
 At resolution r the cube is split into r^3 cells; a cell is occupied when any fine voxel inside it is (IM-NET's max
-pooling: thin parts such as chair legs survive at 16^3, where a majority rule would erase them). A cell is an "edge" cell when the window x window x window cube of cells centred on it
-holds both values. Stage 1 takes every edge cell in walk order and fills up to the count with random other cells; if
-the edge cells alone exceed the count, stage 2 does the same over even-indexed cells only; if that overflows too,
-stage 3 takes random cells. Each chosen cell contributes one point: a random fine voxel inside the cell that carries
-the cell's value, so labels are exact at the fine resolution too.
+pooling: thin parts such as chair legs survive at 16^3, where a majority rule would erase them). A cell is an
+"edge" cell when the window x window x window cube of cells centred on it holds both values. Stage 1 takes every
+edge cell in walk order and fills up to the count with random other cells; if the edge cells alone exceed the count,
+stage 2 does the same over even-indexed cells only; if that overflows too, stage 3 takes random cells. Each chosen
+cell contributes one point: a random fine voxel inside the cell that carries the cell's value, so labels are exact
+at the fine resolution too.
 """
 
 from __future__ import annotations

@@ -11,14 +11,15 @@ import torch
 
 from recon3d.data import schema
 from recon3d.data.loading.datamodule import iter_split
+from recon3d.data.loading.latents import write_latents
+from recon3d.files import file_sha256
 from recon3d.geometry.extract import coarse_to_fine_grid, grid_to_mesh
 from recon3d.geometry.metrics import FSCORE_THRESHOLDS, sample_surface, surface_metrics, voxel_metrics
-from recon3d.inference.outputs import save_mesh
-from recon3d.inference.outputs import write_sheet
+from recon3d.inference.outputs import save_mesh, write_sheet
 from recon3d.inference.tables import eval_name, finish_eval, need_shards, shape_row
-from recon3d.stages import STAGES
 from recon3d.runs import run_name
-from recon3d.tasks.checkpoints import load_checkpoint
+from recon3d.stages import STAGES
+from recon3d.tasks.checkpoints import checkpoint_file, load_checkpoint
 from recon3d.tasks.decoding import inference_dtype, refine_in_fp32
 
 TABLE_COLUMNS = ("shapes", "iou", "f1", "chamfer_l2_x1000", "chamfer_l1", "normal_consistency", "fscore@1%",
@@ -36,10 +37,6 @@ def load_autoencoder(ckpt: str | Path, device: str = "cpu"):
 def export_latents(ckpt: str | Path, shard_dir: str | Path, name: str = "", batch_size: int = 32,
                    device: str = "cpu") -> Path:
     """z for every shape of every split, written next to the shards; returns the latents folder."""
-    from recon3d.data.loading.latents import write_latents
-    from recon3d.files import file_sha256
-    from recon3d.tasks.checkpoints import checkpoint_file
-
     task = load_autoencoder(ckpt, device)
     name = name or run_name(ckpt) or "autoencoder"
     out = Path(shard_dir) / "latents" / name

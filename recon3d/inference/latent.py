@@ -10,15 +10,23 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from recon3d.config import GeometryConfig
 from recon3d.data import schema
 from recon3d.data.loading.datamodule import iter_split
+from recon3d.data.loading.latents import default_latents, read_all_latents
+from recon3d.data.loading.shards import load_manifest
+from recon3d.data.writing.formats import load_mesh
+from recon3d.data.writing.prepare import normalise_for, solid_for
+from recon3d.geometry.lfd import lfd_distance, light_field_descriptor
+from recon3d.geometry.metrics import coverage_and_mmd, nearest_references, pairwise_chamfer_l2
 from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
-from recon3d.inference.outputs import save_mesh
-from recon3d.tasks.checkpoints import load_checkpoint, read_checkpoint, stage_of
-from recon3d.inference.outputs import write_strip
+from recon3d.inference.outputs import save_mesh, write_strip
+from recon3d.inference.photo import prepare_photo
+from recon3d.inference.splits import model_input
 from recon3d.inference.tables import eval_name, need_shards, write_eval
 from recon3d.stages import STAGES
-from recon3d.tasks.decoding import inference_dtype
+from recon3d.tasks.checkpoints import load_checkpoint, read_checkpoint, stage_of
+from recon3d.tasks.decoding import decoded_surfaces, inference_dtype
 
 SAMPLES_PER_SHAPE = 5  # generated shapes per reference shape in evaluate(): COV grows with this ratio
 TABLE_COLUMNS = ("shapes", "cov", "cov min", "cov max", "cov@1x", "mmd", "empty")
@@ -117,10 +125,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 @torch.no_grad()
 def mesh_code(autoencoder, path: str | Path, manifest: dict) -> Tuple[torch.Tensor, tuple]:
     """(z, (vertices, faces)) of a mesh file, voxelised exactly as the shards were (their geometry settings)."""
-    from recon3d.config import GeometryConfig
-    from recon3d.data.writing.formats import load_mesh
-    from recon3d.data.writing.prepare import normalise_for, solid_for
-
     geo = GeometryConfig(**manifest["config"]["geometry"])
     mesh = load_mesh(path)
     verts = normalise_for(mesh.vertices, mesh.faces, geo).apply(mesh.vertices)
@@ -138,9 +142,6 @@ def search(query: str, ckpt: str | Path, shard_dir: str | Path, *, k: int = 5, s
 
     Returns {"query": ..., "results": [{"key", "latent_distance", ["lfd"]}], "query_mesh": (verts, faces) or None}.
     """
-    from recon3d.data.loading.latents import default_latents, read_all_latents
-    from recon3d.data.loading.shards import load_manifest
-
     autoencoder, _ = load_any(ckpt, device)
     manifest = load_manifest(shard_dir)
     keys, codes = read_all_latents(default_latents(str(shard_dir), str(ckpt)))
@@ -149,9 +150,6 @@ def search(query: str, ckpt: str | Path, shard_dir: str | Path, *, k: int = 5, s
     if path.suffix.lower() in IMAGE_SUFFIXES:
         if not svr_ckpt:
             raise ValueError(f"{query} is an image: give --svr CKPT (an image encoder) to turn it into a code")
-        from recon3d.inference.photo import prepare_photo
-        from recon3d.inference.splits import model_input
-
         svr = load_checkpoint(svr_ckpt, device, expect="svr")
         view = prepare_photo(path, int(svr.hparams.get("image_size", 137)))
         z = svr.encoder(model_input(view, svr))[0]
@@ -165,8 +163,6 @@ def search(query: str, ckpt: str | Path, shard_dir: str | Path, *, k: int = 5, s
     order = [i for i in np.argsort(distances, kind="stable") if keys[i] != query]
     results = [{"key": keys[i], "latent_distance": float(distances[i])} for i in order[:max(k, rerank_lfd)]]
     if rerank_lfd:
-        from recon3d.geometry.lfd import lfd_distance, light_field_descriptor
-
         if query_mesh is None:
             verts, faces, _ = extract_mesh(autoencoder, z, resolution)
             query_mesh = (verts, faces)
@@ -187,8 +183,6 @@ def _set_scores(clouds: List[Optional[np.ndarray]], references: List[np.ndarray]
     cov uses every sample; cov@1x is the mean COV of `per_shape` disjoint draws of as many samples as references
     (the ratio most papers' tables leave unsaid); an empty sample matches no reference.
     """
-    from recon3d.geometry.metrics import coverage_and_mmd, nearest_references, pairwise_chamfer_l2
-
     distances = np.full((len(clouds), len(references)), np.inf)
     full = [i for i, c in enumerate(clouds) if c is not None]
     if full:
@@ -249,8 +243,6 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", de
     "train shapes (ceiling)" scores as many training shapes (one set), encoded and decoded by the autoencoder, in
     place of samples: what a GAN that reproduced its training set exactly would score under the same counts.
     """
-    from recon3d.tasks.decoding import decoded_surfaces
-
     if draws < 1:
         raise ValueError(f"draws={draws}: evaluate at least one set of samples")
     need_shards(shard_dir, "gan")
@@ -299,8 +291,6 @@ def _reference_surfaces(shard_dir: str | Path, split: str, points: int, rng) -> 
 def _train_codes(autoencoder, shard_dir: str | Path, count: int, rng) -> torch.Tensor:
     """The autoencoder's codes of `count` training shapes drawn at random, in random order (all of them when there
     are fewer)."""
-    from recon3d.data.loading.shards import load_manifest
-
     total = load_manifest(shard_dir)["splits"].get("train", {}).get("samples", 0)
     wanted = set(rng.choice(total, min(count, total), replace=False).tolist()) if total else set()
     codes, seen = [], 0

@@ -7,14 +7,16 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
+import trimesh
+from PIL import Image, ImageDraw
 
 from recon3d.files import atomic_path
+from recon3d.geometry.render import render_preview
+from recon3d.inference.splits import input_views
 
 
 def save_mesh(path: Path, vertices: np.ndarray, faces: np.ndarray) -> Path:
     """Write a mesh (format from the suffix: obj, ply, glb)."""
-    import trimesh
-
     with atomic_path(path, keep_suffix=True) as tmp:
         trimesh.Trimesh(vertices, faces, process=False).export(tmp)
     return path
@@ -22,22 +24,16 @@ def save_mesh(path: Path, vertices: np.ndarray, faces: np.ndarray) -> Path:
 
 def save_png(path: Path, image: np.ndarray) -> Path:
     """Write an (H, W[, 3]) uint8 image as PNG."""
-    from PIL import Image
-
     with atomic_path(path, keep_suffix=True) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
     return path
 
 
 def _resized(image: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def _labelled(image: np.ndarray, label: str) -> np.ndarray:
-    from PIL import Image, ImageDraw
-
     picture = Image.fromarray(image)
     ImageDraw.Draw(picture).text((2, 2), label, fill="black")
     return np.asarray(picture)
@@ -51,8 +47,6 @@ def write_pairs(path: Path, rows: List[dict], lefts: Dict[str, np.ndarray], size
     Raises:
         ValueError: no row has a mesh.
     """
-    from recon3d.geometry.render import render_preview
-
     lines = []
     for row in rows:
         if "mesh" not in row:
@@ -67,16 +61,12 @@ def write_pairs(path: Path, rows: List[dict], lefts: Dict[str, np.ndarray], size
 
 def write_sheet(path: Path, shard_dir: str | Path, rows: List[dict], size: int = 128) -> Path:
     """One line per mesh: the shape's first stored view beside a render of its mesh (rows have key and mesh)."""
-    from recon3d.inference.splits import input_views
-
     views = input_views(shard_dir, [r["key"] for r in rows])
     return write_pairs(path, [{**r, "name": r["key"]} for r in rows], views, size, label="key")
 
 
 def write_strip(path: Path, rows: List[dict], size: int = 128, per_line: int = 8) -> Path:
     """Renders of the rows' meshes side by side (per_line to a line), each labelled with its name, as one PNG."""
-    from recon3d.geometry.render import render_preview
-
     tiles = [_labelled(render_preview(*row["mesh"], size), row["name"]) for row in rows]
     blank = np.full_like(tiles[0], 255)
     lines = []

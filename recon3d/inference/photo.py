@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Tuple
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
 
 FILL = 0.7
 
 
 def _load_rgba(path: Path) -> Tuple[np.ndarray, bool]:
     """(H, W, 4) float32 in [0, 1] and whether the file carried transparency."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as image:
             image.load()
@@ -34,8 +34,6 @@ def _load_rgba(path: Path) -> Tuple[np.ndarray, bool]:
 
 def border_mask(rgb: np.ndarray) -> np.ndarray:
     """(H, W) bool object mask of an image on a plain background, estimated from a 2-pixel border ring."""
-    from scipy import ndimage
-
     ring = np.concatenate([rgb[:2].reshape(-1, 3), rgb[-2:].reshape(-1, 3), rgb[:, :2].reshape(-1, 3),
                            rgb[:, -2:].reshape(-1, 3)])
     background = np.median(ring, axis=0)
@@ -53,8 +51,6 @@ def border_mask(rgb: np.ndarray) -> np.ndarray:
 def frame_object(rgb: np.ndarray, alpha: np.ndarray, size: int, fill: float = FILL) -> np.ndarray:
     """Centre the object's bounding box, scale its longer side to `fill` x size, composite on white:
     (size, size, 3) uint8."""
-    from PIL import Image
-
     ys, xs = np.nonzero(alpha > 0.5)
     centre_y, centre_x = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
     side = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / fill

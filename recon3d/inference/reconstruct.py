@@ -9,8 +9,8 @@ from typing import List, Sequence
 
 import torch
 
-from recon3d.inference.photo import FILL, prepare_photo
 from recon3d.inference.outputs import save_mesh, save_png, write_pairs
+from recon3d.inference.photo import FILL, prepare_photo
 from recon3d.inference.protocol import MeshMaker
 from recon3d.stages import STAGES
 from recon3d.tasks.checkpoints import read_checkpoint, stage_of

@@ -11,7 +11,10 @@ import numpy as np
 import torch
 
 from recon3d.data import schema
+from recon3d.data.loading.datamodule import iter_split
+from recon3d.data.loading.pipelines import to_float_image
 from recon3d.data.loading.shards import load_manifest, read_tar, shard_infos, shard_keys
+from recon3d.geometry.render import on_white
 
 
 def view_options(task, stage: str = "image") -> dict:
@@ -28,8 +31,6 @@ def view_options(task, stage: str = "image") -> dict:
 def model_input(view: np.ndarray, task) -> torch.Tensor:
     """(1, C, crop, crop) float tensor of an (S, S, 3) uint8 view on white for an image model, centre-cropped as in
     evaluation (C and crop from the model's hyperparameters), on the model's device."""
-    from recon3d.data.loading.pipelines import to_float_image
-
     hp = task.hparams
     crop = int(hp.get("crop_size", 128))
     image = to_float_image(view, grayscale=int(hp.image_channels) == 1)
@@ -41,8 +42,6 @@ def model_input(view: np.ndarray, task) -> torch.Tensor:
 
 def input_views(shard_dir: str | Path, keys: Sequence[str]) -> Dict[str, np.ndarray]:
     """The first stored view of each key, composited on white, (H, W, 3) uint8."""
-    from recon3d.geometry.render import on_white
-
     wanted, found = set(keys), {}
     for shard in load_manifest(shard_dir)["shards"]:
         for key, members in read_tar(Path(shard_dir) / f"{shard['name']}.tar").items():
@@ -75,8 +74,6 @@ def pick_batch(shard_dir: str | Path, split: str, keys: Sequence[str], **loader)
     Raises:
         KeyError: a key is not in the split (naming the first such).
     """
-    from recon3d.data.loading.datamodule import iter_split
-
     found: Dict[str, dict] = {}
     for batch in iter_split(shard_dir, split, 16, **loader):
         for i, key in enumerate(batch["key"]):

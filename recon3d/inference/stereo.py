@@ -10,15 +10,18 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from recon3d.files import atomic_write
+from PIL import Image
+from skimage.data import stereo_motorcycle
 
 from recon3d.data.loading.datamodule import iter_split
+from recon3d.files import atomic_write
 from recon3d.inference.outputs import save_png
 from recon3d.inference.splits import pick_batch, view_options
 from recon3d.inference.tables import eval_name, finish_eval, shape_row
+from recon3d.models.stereo import select_disparity
 from recon3d.runs import run_folder
 from recon3d.tasks.checkpoints import load_checkpoint
+from recon3d.tasks.stereo import pair_errors, shift_by
 
 TABLE_COLUMNS = ("shapes", "mae", "mae_copy", "mae_shift")
 TABLE_NOTE = "MAE of the right view on the 0-255 scale: the model, copying the left view, shifting it by the " \
@@ -36,8 +39,6 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path = "", *, split: str = "test
     Raises:
         ValueError: neither shards nor real.
     """
-    from recon3d.tasks.stereo import pair_errors
-
     if not shard_dir and not real:
         raise ValueError("evaluating a stereo checkpoint needs --shards DIR, --real (the real pair) or both")
     summary: dict = {}
@@ -61,8 +62,6 @@ def synthesise_right(task, left: np.ndarray, work_height: int = 0) -> tuple[np.n
 
     The network runs on the image resized to `work_height` rows (0: the training crop size), as Deep3D did; its
     disparity planes are scaled up and the selection layer renders the right view at full resolution."""
-    from recon3d.models.stereo import select_disparity
-
     device = next(task.parameters()).device
     image = torch.tensor(np.asarray(left), dtype=torch.float32, device=device).permute(2, 0, 1)[None] / 255.0
     height, width = image.shape[-2:]
@@ -111,17 +110,17 @@ def write_sheets(ckpt: str | Path, shard_dir: str | Path, *, split: str, keys: S
     return [save_png(Path(out_dir) / "stereo_sheet.png", np.concatenate(lines, axis=0))]
 
 
+def _mae(image: np.ndarray, truth: np.ndarray) -> float:
+    """Mean absolute error of two images on the 0-255 scale."""
+    return float(np.abs(image.astype(np.float64) - truth.astype(np.float64)).mean())
+
+
 @torch.no_grad()
 def real_pair_check(ckpt: str | Path, out_dir: str | Path, scale: int = 4, device: str = "cpu") -> dict:
     """The model on a real rectified pair with ground truth (scikit-image's Middlebury motorcycle, shipped with
     the package) downscaled by `scale`: MAE (0-255) of the synthesised right view against the real one beside the
     two baselines (copy the left view; shift it by the mean true disparity), and the disparity's mean absolute error
     in pixels where the truth is known. Writes pictures and real_pair.json to out_dir."""
-    from PIL import Image
-    from skimage.data import stereo_motorcycle
-
-    from recon3d.tasks.stereo import shift_by
-
     task = load_checkpoint(ckpt, device, expect="stereo")
     left, right, truth = stereo_motorcycle()
     size = (left.shape[1] // scale, left.shape[0] // scale)
@@ -131,12 +130,12 @@ def real_pair_check(ckpt: str | Path, out_dir: str | Path, scale: int = 4, devic
     truth = truth[::scale, ::scale][:size[1], :size[0]]
     known = known[::scale, ::scale][:size[1], :size[0]]
     predicted, disparity = synthesise_right(task, left, work_height=left.shape[0])
-    as_tensor = (lambda x: torch.as_tensor(x, dtype=torch.float32).permute(2, 0, 1)[None])
     mean_disparity = float(truth[known].mean())
-    shifted = shift_by(as_tensor(left), torch.tensor([mean_disparity]))[0].permute(1, 2, 0).numpy()
-    mae = (lambda image: float(np.abs(image.astype(np.float64) - right.astype(np.float64)).mean()))
-    result = {"image": f"{size[0]}x{size[1]} (1/{scale} of the original)", "mae": mae(predicted),
-              "mae_copy": mae(left), "mae_shift": mae(shifted), "mean_true_disparity_px": mean_disparity,
+    as_tensor = torch.as_tensor(left, dtype=torch.float32).permute(2, 0, 1)[None]
+    shifted = shift_by(as_tensor, torch.tensor([mean_disparity]))[0].permute(1, 2, 0).numpy()
+    result = {"image": f"{size[0]}x{size[1]} (1/{scale} of the original)", "mae": _mae(predicted, right),
+              "mae_copy": _mae(left, right), "mae_shift": _mae(shifted, right),
+              "mean_true_disparity_px": mean_disparity,
               "disparity_mae_px": float(np.abs(disparity - truth)[known].mean()),
               "disparity_mae_constant_px": float(np.abs(mean_disparity - truth)[known].mean()),
               "model_disparity_range_px": [float(task.hparams.disparity_min), float(task.hparams.disparity_max)],
@@ -155,8 +154,6 @@ def stereo_files(ckpt: str | Path, source: str | Path, out_dir: str | Path, *, w
                  device: str = "cpu") -> List[Path]:
     """Side-by-side and anaglyph outputs of an image, a folder of frames (sorted by name) or a video (read and
     written with imageio-ffmpeg's own ffmpeg). Returns the files written."""
-    from PIL import Image
-
     task = load_checkpoint(ckpt, device, expect="stereo")
     source, out = Path(source), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +175,7 @@ def stereo_files(ckpt: str | Path, source: str | Path, out_dir: str | Path, *, w
 
 def _stereo_video(task, source: Path, out: Path, work_height: int) -> List[Path]:
     try:
-        import imageio_ffmpeg
+        import imageio_ffmpeg  # noqa: PLC0415 - the video extra
     except ImportError:
         raise ValueError("video input needs imageio-ffmpeg (it ships its own ffmpeg): pip install "
                          "'recon3d[video]', or pass a folder of frames") from None

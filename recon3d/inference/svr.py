@@ -4,17 +4,19 @@ show held-out views beside the shapes predicted from them."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from recon3d.data.loading.datamodule import iter_split
 from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
+from recon3d.inference.outputs import write_pairs
 from recon3d.inference.splits import model_input, pick_batch, view_options
 from recon3d.inference.tables import eval_name, finish_eval, need_shards, shape_row
 from recon3d.tasks.checkpoints import load_checkpoint
-from recon3d.tasks.decoding import inference_dtype
+from recon3d.tasks.decoding import decode_occupancy, inference_dtype
+from recon3d.tasks.scores import surface_scores, voxel_iou
 
 TABLE_COLUMNS = ("shapes", "iou", "chamfer_l2_x1000", "fscore@1%", "latent_mse")
 TABLE_NOTE = "one view per shape (a held-out one when the encoder was trained with loader.holdout_views)"
@@ -33,9 +35,6 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", de
     (a held-out one when the encoder was trained with loader.holdout_views), its predicted code decoded at
     resolution^3. Voxel IoU against the stored voxels pooled to that grid; Chamfer-L2 x1000 (IM-NET) and F-score@1 %
     against the stored surface samples; latent MSE against the autoencoder's own code of the shape."""
-    from recon3d.tasks.decoding import decode_occupancy
-    from recon3d.tasks.scores import surface_scores, voxel_iou
-
     need_shards(shard_dir, "svr")
     svr, autoencoder = load_svr(ckpt, device)
     rows = []
@@ -67,8 +66,6 @@ def write_sheets(ckpt: str | Path, shard_dir: str | Path, *, split: str, keys: S
                  device: str = "cpu", resolution: int = 32) -> List[Path]:
     """svr_sheet.png: the evaluation views (held-out ones) of a split's shapes `keys` beside the shapes the image
     encoder predicts from them, extracted at resolution^3."""
-    from recon3d.inference.outputs import write_pairs
-
     svr, autoencoder = load_svr(ckpt, device)
     batch = pick_batch(shard_dir, split, keys, **view_options(svr))
     rows, lefts = [], {}

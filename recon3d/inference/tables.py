@@ -11,8 +11,10 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from recon3d.config import load_config
 from recon3d.files import atomic_write
 from recon3d.tasks.scores import category_means, nan_mean
+from recon3d.training.build import build_loggers
 
 ROW_LABELS = ("key", "category", "view")  # the columns of a per-shape row that are not scores
 
@@ -97,9 +99,6 @@ def format_table(summary: Dict[str, dict], columns: Sequence[str] = ("shapes", "
 def log_eval(ckpt: str | Path, name: str, summary: Dict[str, dict]) -> None:
     """Send the summary to the checkpoint's run loggers (CSV always, W&B offline when the run used it) as
     eval/<name>/<category>/<score>; nothing when the checkpoint is not in a run folder."""
-    from recon3d.config import load_config
-    from recon3d.training.build import build_loggers
-
     run_dir = Path(ckpt).resolve().parent.parent
     config_path = run_dir / "config.json"
     if not config_path.is_file():

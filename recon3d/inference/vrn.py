@@ -10,9 +10,13 @@ import numpy as np
 import torch
 
 from recon3d.data.loading.datamodule import iter_split
+from recon3d.geometry.camera import volume_cell_points
+from recon3d.geometry.extract import grid_to_mesh
+from recon3d.inference.outputs import save_png
 from recon3d.inference.splits import model_input, pick_batch, view_options
 from recon3d.inference.tables import eval_name, finish_eval, need_shards, shape_row
 from recon3d.tasks.checkpoints import load_checkpoint
+from recon3d.tasks.vrn import volume_iou, volume_sheet
 
 TABLE_COLUMNS = ("shapes", "iou")
 TABLE_NOTE = "IoU of the view-aligned volume in the camera frame, on each shape's evaluation view"
@@ -22,9 +26,6 @@ def volume_mesh(probabilities: np.ndarray, focal: float, distance: float, crop: 
     """Marching cubes on a view-aligned volume (D, G, G) of probabilities, its cells placed in the camera's frustum
     (focal in pixels of the crop, the volume centred at `distance`); vertices in a Y-up frame centred on the volume
     (x right, y up, z towards the viewer), faces (F, 3). Empty arrays when nothing is occupied."""
-    from recon3d.geometry.camera import volume_cell_points
-    from recon3d.geometry.extract import grid_to_mesh
-
     verts, faces = grid_to_mesh(probabilities, 0.5, corners=False)
     if len(faces) == 0:
         return verts, faces
@@ -50,8 +51,6 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", de
              out_dir: Optional[str | Path] = None, batch_size: int = 16) -> Dict[str, dict]:
     """Per-category IoU of the view-aligned volume on a split's evaluation views (the held-out view when the model
     was trained with holdout_views). Writes eval_vrn_<split>.json/.csv and per-shape rows; returns the summary."""
-    from recon3d.tasks.vrn import volume_iou
-
     need_shards(shard_dir, "vrn")
     task = load_checkpoint(ckpt, device, expect="vrn")
     rows = []
@@ -66,9 +65,6 @@ def write_sheets(ckpt: str | Path, shard_dir: str | Path, *, split: str, keys: S
                  device: str = "cpu") -> List[Path]:
     """vrn_sheet.png: the evaluation views of a split's shapes `keys`, input | true depth | predicted depth (the
     nearest occupied slice of the view-aligned volume; brighter is nearer), one shape per line."""
-    from recon3d.inference.outputs import save_png
-    from recon3d.tasks.vrn import volume_sheet
-
     task = load_checkpoint(ckpt, device, expect="vrn")
     batch = pick_batch(shard_dir, split, keys, **view_options(task, "volume"))
     logits = task.model(batch["image"].to(device))[-1].cpu()

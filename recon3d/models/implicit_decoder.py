@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from recon3d.models.voxel_encoder import VoxelEncoder
+
 OUTPUTS = ("sigmoid", "leaky_clip")
 
 
@@ -102,8 +104,6 @@ class Autoencoder(nn.Module):
                  decoder_widths: Sequence[int] = (1024, 1024, 1024, 512, 256, 128),
                  decoder_output: str = "leaky_clip", point_octaves: int = 0) -> None:
         super().__init__()
-        from recon3d.models.voxel_encoder import VoxelEncoder
-
         self.encoder = VoxelEncoder(latent_dim=latent_dim, encoder_channels=encoder_channels, resolution=resolution)
         self.decoder = ImplicitDecoder(latent_dim=latent_dim, decoder_widths=decoder_widths,
                                        decoder_output=decoder_output, point_octaves=point_octaves)

@@ -12,13 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from recon3d.config import Config, to_dict
+from recon3d.data.schema import take_in_turn
 from recon3d.errors import ConfigError, RunError
 from recon3d.geometry.extract import grid_to_mesh
+from recon3d.geometry.render import render_preview
 from recon3d.models.implicit_decoder import Autoencoder
 from recon3d.tasks.checkpoints import StageCheckpoint
-from recon3d.tasks.schedule import lr_scheduler, train_seconds
 from recon3d.tasks.decoding import decode_occupancy
 from recon3d.tasks.pictures import publish_image
+from recon3d.tasks.schedule import lr_scheduler, train_seconds
 from recon3d.tasks.scores import surface_scores, voxel_iou
 
 
@@ -172,7 +174,8 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
         self.log("val/loss", F.mse_loss(self.model.decoder(batch["points"], z).float(), batch["values"].float()),
                  batch_size=batch_size, sync_dist=True)
         if "surface_points" in batch:
-            chamfers, fscores = surface_scores(pred.float().cpu().numpy(), batch["surface_points"].float().cpu().numpy())
+            surfaces = batch["surface_points"].float().cpu().numpy()
+            chamfers, fscores = surface_scores(pred.float().cpu().numpy(), surfaces)
             found = [c for c in chamfers if not np.isnan(c)]
             if found:  # empty meshes have no Chamfer distance; their share is logged on its own
                 self.log("val/chamfer", float(np.mean(found)), batch_size=len(found), sync_dist=True)
@@ -188,9 +191,6 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
         if count == 0 or self._rendered_epoch == self.current_epoch or self.trainer.sanity_checking:
             return
         self._rendered_epoch = self.current_epoch
-        from recon3d.data.schema import take_in_turn
-        from recon3d.geometry.render import render_preview
-
         picks = [list(keys).index(key) for key in take_in_turn(keys, count)] if len(keys) == voxels.shape[0] \
             else range(count)
         rows = []

@@ -140,7 +140,7 @@ def consolidate(folder: str | Path) -> Path:
     newest = max(p.stat().st_mtime for p in folder.rglob("*") if p.is_file())
     if out.is_file() and out.stat().st_mtime >= newest:
         return out
-    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict  # noqa: PLC0415 - needs the deepspeed extra
 
     try:
         with atomic_path(out, keep_suffix=True) as tmp:

@@ -23,8 +23,6 @@ def inference_dtype(device) -> torch.dtype:
     """The decoder's precision for extraction and evaluation on `device`: bf16 autocast where the hardware runs bf16
     natively (a CUDA device that supports it; a CPU with avx512_bf16/AMX/Arm bf16), else fp32.
     RECON3D_INFERENCE_DTYPE=fp32 or bf16 overrides."""
-    import os
-
     forced = os.environ.get("RECON3D_INFERENCE_DTYPE", "").lower()
     if forced in ("fp32", "float32", "bf16", "bfloat16"):
         return torch.bfloat16 if forced.startswith("bf") else torch.float32

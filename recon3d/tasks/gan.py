@@ -10,9 +10,11 @@ import numpy as np
 import torch
 
 from recon3d.config import Config
+from recon3d.data.loading.datamodule import iter_split
 from recon3d.data.loading.latents import default_latents, latent_size
 from recon3d.errors import ConfigError
 from recon3d.geometry.metrics import coverage_and_mmd, pairwise_chamfer_l2
+from recon3d.geometry.render import render_preview
 from recon3d.models.latent_gan import LatentCritic, LatentGenerator, gradient_penalty
 from recon3d.tasks.autoencoder import check_finite
 from recon3d.tasks.checkpoints import StageCheckpoint, load_checkpoint
@@ -181,8 +183,6 @@ class LatentGANTask(StageCheckpoint, L.LightningModule):
     def references(self) -> np.ndarray:
         """(R, eval_points, 3) stored surface samples of the reference split's shapes (read once)."""
         if self._references is None:
-            from recon3d.data.loading.datamodule import iter_split
-
             rng = np.random.default_rng(0)
             found: List[np.ndarray] = []
             for batch in iter_split(self.hparams.shards, self.hparams.reference_split, 8, surface=True):
@@ -215,8 +215,6 @@ class LatentGANTask(StageCheckpoint, L.LightningModule):
         return {**scores, "empty_samples": empty}
 
     def _publish_samples(self, meshes: list) -> None:
-        from recon3d.geometry.render import render_preview
-
         shown = meshes[:self.hparams.samples_to_log]
         if not shown:
             return

@@ -7,14 +7,13 @@ import math
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from recon3d.config import LR_SCHEDULES
 
 
 def train_seconds(trainer: L.Trainer) -> float:
     """Seconds the run has trained by Lightning's Timer (max_time; restored on resume), 0 without one."""
-    from lightning.pytorch.callbacks import Timer
-
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     return timer.time_elapsed("train") if timer is not None else 0.0
 

@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from recon3d.config import Config
+from recon3d.data.loading.latents import default_latents, read_all_latents
 from recon3d.errors import ConfigError
 from recon3d.models.image_encoder import ImageEncoder
 from recon3d.tasks.autoencoder import check_finite
 from recon3d.tasks.checkpoints import StageCheckpoint, load_checkpoint, read_checkpoint
+from recon3d.tasks.decoding import decode_occupancy
 from recon3d.tasks.schedule import lr_scheduler
 from recon3d.tasks.scores import CategoryScores, surface_scores, voxel_iou
-from recon3d.tasks.decoding import decode_occupancy
 
 
 class SVRTask(StageCheckpoint, L.LightningModule):
@@ -49,8 +50,6 @@ class SVRTask(StageCheckpoint, L.LightningModule):
     @classmethod
     def from_config(cls, cfg: Config, manifest: dict) -> "SVRTask":
         """The image encoder of cfg.svr, sized to its autoencoder's z, for shards rendered as `manifest` says."""
-        from recon3d.data.loading.latents import default_latents
-
         if not cfg.svr.autoencoder_ckpt:
             raise ConfigError("train.stage=svr needs svr.autoencoder_ckpt (the trained autoencoder)")
         ckpt = Path(cfg.svr.autoencoder_ckpt)
@@ -68,8 +67,6 @@ class SVRTask(StageCheckpoint, L.LightningModule):
 
     # --------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        from recon3d.data.loading.latents import read_all_latents
-
         keys, codes = read_all_latents(self.hparams.latents)
         if codes.shape[1] != self.hparams.latent_dim:
             raise ValueError(f"latents have size {codes.shape[1]}, the image encoder predicts "

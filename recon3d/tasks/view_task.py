@@ -12,8 +12,8 @@ import torch
 from recon3d.data.schema import take_in_turn
 from recon3d.tasks.autoencoder import check_finite
 from recon3d.tasks.checkpoints import StageCheckpoint
-from recon3d.tasks.scores import CategoryScores
 from recon3d.tasks.pictures import publish_image
+from recon3d.tasks.scores import CategoryScores
 
 
 class ViewTask(StageCheckpoint, L.LightningModule):

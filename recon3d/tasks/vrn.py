@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from recon3d.config import Config
 from recon3d.errors import ConfigError
+from recon3d.geometry.camera import R2N2_FOCAL_PER_WIDTH, focal_for_padding
 from recon3d.geometry.metrics import batch_iou
 from recon3d.models.hourglass import HourglassVolumeRegressor
 from recon3d.tasks.view_task import ViewTask
@@ -68,8 +69,6 @@ class VRNTask(ViewTask):
         Raises:
             ConfigError: the crop cannot be pooled vrn.hourglass_levels times and restored.
         """
-        from recon3d.geometry.camera import R2N2_FOCAL_PER_WIDTH, focal_for_padding
-
         render, loader, vrn = manifest["config"]["render"], cfg.loader, cfg.vrn
         size, distances = int(render["image_size"]), render["distance_range"]
         if render.get("padding_px", 0) > 0:

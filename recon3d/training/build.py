@@ -4,12 +4,25 @@ strategy and trainer."""
 from __future__ import annotations
 
 import os
+import sys
+import uuid
 from pathlib import Path
 from typing import List
 
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.wandb import _add_prefix
+from lightning.pytorch.utilities import rank_zero_only
+
 from recon3d.config import Config, to_dict
 from recon3d.errors import ConfigError
+from recon3d.hardware import native_bf16
 from recon3d.stages import STAGES
+from recon3d.tasks.checkpoints import register_safe_globals
+from recon3d.training.callbacks import AtomicCheckpointIO, EpochLog, Preemption, RankBanner, rolling_last_checkpoint
+from recon3d.training.deepspeed import build_deepspeed_strategy
 
 
 def build_datamodule(cfg: Config):
@@ -37,10 +50,6 @@ def build_task(cfg: Config, manifest: dict):
 
 
 def build_callbacks(cfg: Config) -> list:
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-
-    from recon3d.training.callbacks import EpochLog, Preemption, RankBanner, rolling_last_checkpoint
-
     ckpt_dir = Path(cfg.train.run_dir) / "checkpoints"
     last = rolling_last_checkpoint(ckpt_dir, cfg.train.checkpoint_every_steps)
     row = STAGES[cfg.train.stage]
@@ -54,14 +63,10 @@ def build_callbacks(cfg: Config) -> list:
 
 def progress_bar(cfg: Config) -> bool:
     """train.progress: a progress bar on a terminal, one line per epoch in a job log (auto decides by stderr)."""
-    import sys
-
     return cfg.train.progress == "bar" or (cfg.train.progress == "auto" and sys.stderr.isatty())
 
 
 def build_loggers(cfg: Config, enable_wandb: bool = True) -> list:
-    from lightning.pytorch.loggers import CSVLogger
-
     run_dir = Path(cfg.train.run_dir)
     # a new version folder per (re)start: a resumed run must not overwrite the history it continues
     loggers: List = [CSVLogger(save_dir=str(run_dir), name="logs")]
@@ -81,10 +86,6 @@ def _stepped_wandb_logger():
     that run. With its own per-segment counter every segment would start again at step 0; with the global step the
     segments' rows follow one another (a restart from a preemption checkpoint logs nothing twice; after a kill -9
     the steps since the last checkpoint are logged again and W&B keeps the first)."""
-    from lightning.pytorch.loggers import WandbLogger
-    from lightning.pytorch.loggers.wandb import _add_prefix
-    from lightning.pytorch.utilities import rank_zero_only
-
     class SteppedWandbLogger(WandbLogger):
         @rank_zero_only
         def log_metrics(self, metrics, step=None) -> None:
@@ -101,8 +102,6 @@ def _wandb_run_id(run_dir: Path) -> str:
     path = run_dir / "wandb_id.txt"
     if path.is_file():
         return path.read_text().strip()
-    import uuid
-
     run_id = uuid.uuid4().hex[:12]
     run_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(run_id)
@@ -116,16 +115,12 @@ def build_strategy(cfg: Config):
         return "ddp_find_unused_parameters_true"  # DDP must not wait for gradients some steps never produce
     if "deepspeed" not in train.strategy:
         return train.strategy
-    from recon3d.training.deepspeed import build_deepspeed_strategy
-
     return build_deepspeed_strategy(cfg)
 
 
 def set_matmul_precision(cfg: Config) -> None:
     """fp32 matmuls and convolutions on TF32 tensor cores (train.float32_matmul_precision=high, the default): on an
     H200 the full-size autoencoder's fp32 step ran at 4 % MFU with the "highest" default torch starts with."""
-    import torch
-
     torch.set_float32_matmul_precision(cfg.train.float32_matmul_precision)
     torch.backends.cudnn.allow_tf32 = cfg.train.float32_matmul_precision != "highest"
 
@@ -137,19 +132,11 @@ def resolve_precision(train) -> str:
     295 ms in fp32; where bf16 is emulated it would be slower, hence the check."""
     if train.precision != "auto":
         return train.precision
-    import torch
-
-    from recon3d.hardware import native_bf16
-
     gpu = train.accelerator in ("gpu", "cuda") or (train.accelerator == "auto" and torch.cuda.is_available())
     return "bf16-mixed" if native_bf16("cuda" if gpu else "cpu") else "32-true"
 
 
 def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(), **overrides):
-    import lightning as L
-
-    from recon3d.tasks.checkpoints import register_safe_globals
-
     register_safe_globals()  # checkpoints reload with weights_only=True
     set_matmul_precision(cfg)
     train, row = cfg.train, STAGES[cfg.train.stage]
@@ -166,8 +153,6 @@ def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(),
     if train.max_minutes > 0:
         kwargs["max_time"] = {"minutes": train.max_minutes}
     if "deepspeed" not in str(train.strategy):  # DeepSpeed writes checkpoint folders through its own engine
-        from recon3d.training.callbacks import AtomicCheckpointIO
-
         kwargs["plugins"] = [AtomicCheckpointIO()]
     kwargs.update(overrides)
     return L.Trainer(**kwargs)

@@ -17,11 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from recon3d.errors import Stopped
 from recon3d.files import atomic_path
+from recon3d.tasks.checkpoints import consolidated_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -70,8 +72,6 @@ def hpc_checkpoints(run_dir: Path) -> List[Path]:
 
 def prune_hpc_checkpoints(run_dir: Path, keep: int) -> None:
     """Keep the newest `keep` preemption checkpoints (with their fp32 files); delete the rest."""
-    from recon3d.tasks.checkpoints import consolidated_path
-
     for old in hpc_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         for path in (old, consolidated_path(old)):
             if path.is_dir():
@@ -111,8 +111,6 @@ class Preemption(Callback):
         self._requeue_signal: Optional[int] = None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        from lightning.fabric.plugins.environments import SLURMEnvironment
-
         self.signum, self._stop, self._at_epoch_end = 0, None, 0
         if threading.current_thread() is not threading.main_thread():
             return  # e.g. a Ray Tune trial runs in a thread; signals reach only the main thread

@@ -16,6 +16,9 @@ import argparse
 import json
 from typing import Any, Dict
 
+from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.strategies.ddp import DDPStrategy
+
 from recon3d.config import Config, config_file
 from recon3d.errors import ConfigError
 
@@ -87,14 +90,14 @@ def deepspeed_config(cfg: Config) -> Dict[str, Any]:
 def build_deepspeed_strategy(cfg: Config):
     """Lightning's DeepSpeedStrategy on this run's config (the CPU variant with train.accelerator=cpu)."""
     try:
-        import deepspeed  # noqa: F401  (Lightning imports it lazily; fail here with the fix)
+        import deepspeed  # noqa: F401, PLC0415 - the deepspeed extra: fail here, naming the fix
     except ImportError:
         raise ConfigError(f"train.strategy={cfg.train.strategy} needs DeepSpeed: pip install -e '.[deepspeed]'") \
             from None
     config = deepspeed_config(cfg)
     if cfg.train.accelerator == "cpu":
         return cpu_strategy_class()(config=config)
-    from lightning.pytorch.strategies import DeepSpeedStrategy
+    from lightning.pytorch.strategies import DeepSpeedStrategy  # noqa: PLC0415 - needs the deepspeed extra
 
     return DeepSpeedStrategy(config=config)
 
@@ -104,10 +107,7 @@ def cpu_strategy_class():
 
     For tests and CPU smoke runs; it proves the Lightning + DeepSpeed path (ZeRO partitioning, engine steps,
     checkpoint folders) without a GPU, not speed."""
-    from lightning.pytorch.strategies import DeepSpeedStrategy
-    from lightning.pytorch.strategies.ddp import DDPStrategy
-    from lightning.fabric.utilities.seed import reset_seed
-
+    from lightning.pytorch.strategies import DeepSpeedStrategy  # noqa: PLC0415 - needs the deepspeed extra
     class CpuDeepSpeedStrategy(DeepSpeedStrategy):
         strategy_name = "deepspeed_cpu"
 
@@ -120,7 +120,7 @@ def cpu_strategy_class():
             self._init_deepspeed_distributed()
 
         def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
-            import deepspeed
+            import deepspeed  # noqa: PLC0415 - the deepspeed extra
 
             engine, ds_optimizer, _, _ = deepspeed.initialize(
                 args=argparse.Namespace(device_rank=self.local_rank),  # a CPU device has no index

@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 from recon3d.config import Config, to_dict
+from recon3d.data.loading.latents import default_latents
+from recon3d.data.loading.shards import load_manifest
 from recon3d.stages import STAGES, latents_exporter
+from recon3d.tasks.checkpoints import checkpoint_file
 
 
 def _name(*parts: str) -> str:
@@ -31,7 +34,7 @@ def _name(*parts: str) -> str:
 
 
 def _artifact(name: str, kind: str, files: Iterable[Path], metadata: Optional[dict] = None):
-    import wandb
+    import wandb  # noqa: PLC0415 - W&B only when used (1 s import)
 
     artifact = wandb.Artifact(name, type=kind, metadata=metadata or {})
     for path in files:
@@ -48,8 +51,6 @@ def _run_label(run_dir: Path, stage: str) -> str:
 def shards_artifact(shards: str | Path):
     """The shard set as a dataset artifact: its manifest (names, counts, sizes and sha256 of every shard) by
     reference to its content, not the tars themselves."""
-    from recon3d.data.loading.shards import load_manifest
-
     manifest_path = Path(shards) / "manifest.json"
     digest = hashlib.sha256(manifest_path.read_bytes()).hexdigest()[:12]
     manifest = load_manifest(shards)
@@ -60,8 +61,6 @@ def shards_artifact(shards: str | Path):
 
 def model_artifact(stage: str, checkpoint: str | Path, metadata: Optional[dict] = None):
     """A checkpoint file (a ZeRO folder's consolidated file) as a model artifact named by stage and run folder."""
-    from recon3d.tasks.checkpoints import checkpoint_file
-
     path = Path(checkpoint_file(checkpoint))
     run_dir = path.parent.parent  # <run>/checkpoints/<file>
     return _artifact(_name(stage, _run_label(run_dir, stage)), "model", [path],
@@ -93,8 +92,6 @@ def link(run: Any, inputs: Sequence, outputs: Sequence) -> List[str]:
 
 def training_inputs(cfg: Config) -> list:
     """What a training stage reads: the shards, and for svr and gan the autoencoder and its exported latents."""
-    from recon3d.data.loading.latents import default_latents
-
     if "://" in str(cfg.loader.shards) or str(cfg.loader.shards).startswith("pipe:"):
         return []  # a remote shard set: its manifest is not a local file to hash
     inputs = [shards_artifact(cfg.loader.shards)]
@@ -125,7 +122,7 @@ def record_job(cfg: Config, job_type: str, name: str, inputs: Callable[[], Seque
     train = cfg.train
     if train.logger != "wandb" or train.wandb_mode == "disabled":
         return
-    import wandb
+    import wandb  # noqa: PLC0415 - W&B only when used (1 s import)
 
     folder.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=train.wandb_project, name=name, job_type=job_type, group=train.wandb_group or None,

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
 from recon3d.config import Config, to_dict
+from recon3d.data.loading.latents import INDEX, default_latents
 from recon3d.data.loading.shards import load_manifest
-from recon3d.files import atomic_write
+from recon3d.errors import ConfigError
+from recon3d.files import atomic_write, file_sha256
 from recon3d.runs import pick_handed_on
 from recon3d.stages import STAGES
+from recon3d.tasks.checkpoints import checkpoint_file, consolidated_path
+from recon3d.training.build import build_datamodule, build_task, build_trainer, check_training_config
+from recon3d.training.callbacks import Preempted, hpc_checkpoints
+from recon3d.training.lineage import record_training
 
 
 @dataclass
@@ -28,7 +40,7 @@ class RunResult:
 
     @property
     def handed_on(self) -> Optional[Path]:
-        """The checkpoint later stages and the evaluation use (recon3d.runs.pick_handed_on: the best, the GAN's last)."""
+        """The checkpoint later stages and the evaluation use (runs.pick_handed_on: the best, or the last)."""
         return pick_handed_on(self.hands_on, self.best_checkpoint, self.last_checkpoint)
 
 
@@ -41,8 +53,6 @@ def resolve_resume(cfg: Config) -> Optional[str]:
         if not Path(cfg.train.resume).exists():
             raise FileNotFoundError(f"train.resume={cfg.train.resume!r} does not exist")
         return cfg.train.resume
-    from recon3d.training.callbacks import hpc_checkpoints
-
     run_dir = Path(cfg.train.run_dir)
     found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *hpc_checkpoints(run_dir)] if p.exists()]
     return str(max(found, key=lambda p: p.stat().st_mtime_ns)) if found else None
@@ -51,10 +61,6 @@ def resolve_resume(cfg: Config) -> Optional[str]:
 def check_slurm(cfg: Config, environ=None) -> None:
     """Inside a SLURM allocation, tasks per node must equal train.devices and nodes train.num_nodes (Lightning starts
     one process per task); say so before any work instead of failing inside Lightning."""
-    import os
-
-    from recon3d.errors import ConfigError
-
     env = os.environ if environ is None else environ
     if "SLURM_JOB_ID" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
         return
@@ -71,11 +77,6 @@ def check_slurm(cfg: Config, environ=None) -> None:
 def check_latents(cfg: Config) -> None:
     """The image encoder and the latent GAN learn the codes exported from an autoencoder and decode with that
     autoencoder: codes exported from another checkpoint (a retrained one, a different run) are refused, naming both."""
-    from recon3d.errors import ConfigError
-    from recon3d.data.loading.latents import INDEX, default_latents
-    from recon3d.files import file_sha256
-    from recon3d.tasks.checkpoints import checkpoint_file
-
     learns_from = STAGES[cfg.train.stage].learns_from
     section = getattr(cfg, learns_from) if learns_from else None
     if section is None or not section.autoencoder_ckpt or not Path(section.autoencoder_ckpt).exists():
@@ -94,12 +95,6 @@ def check_latents(cfg: Config) -> None:
 def check_resumed_config(cfg: Config, run_dir: Path, resume: Optional[str]) -> None:
     """A resumed run against the config its folder last trained with: an optimiser setting (lr, betas) that the
     checkpoint's optimiser state would silently override is refused; any other change applies, with a warning."""
-    import sys
-
-    from lightning.pytorch.utilities import rank_zero_only
-
-    from recon3d.errors import ConfigError
-
     saved = run_dir / "config.json"
     if resume is None or not saved.is_file():
         return
@@ -123,10 +118,6 @@ def _shard_facts(manifest: dict) -> dict:
 def check_resumed_shards(manifest: dict, run_dir: Path, resume: Optional[str]) -> None:
     """A resumed run (a requeued job, say) whose shards were rebuilt underneath it: with other preparation
     settings (resolutions, views, voxel rule) it is refused; with other files only, it goes on with a warning."""
-    import sys
-
-    from recon3d.errors import ConfigError
-
     saved = run_dir / "shards.json"
     if resume is None or not saved.is_file():
         return
@@ -157,10 +148,6 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
 
     extra_callbacks join the configured ones (a sweep reports to Ray Tune through one); trainer_overrides replace
     Trainer arguments (tests use them)."""
-    import lightning as L
-
-    from recon3d.training.build import build_datamodule, build_task, build_trainer, check_training_config
-
     check_slurm(cfg)
     check_latents(cfg)
     run_dir = Path(cfg.train.run_dir)
@@ -179,8 +166,6 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     atomic_write(run_dir / "config.json", json.dumps(to_dict(cfg), indent=1, sort_keys=True).encode())
     atomic_write(run_dir / "shards.json", json.dumps(_shard_facts(manifest), indent=1, sort_keys=True).encode())
     trainer = build_trainer(cfg, enable_wandb=enable_wandb, extra_callbacks=extra_callbacks, **trainer_overrides)
-    from recon3d.training.callbacks import Preempted
-
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
     except Preempted:
@@ -201,8 +186,6 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
 def _single_file(path: Path, is_global_zero: bool) -> Optional[Path]:
     """A checkpoint as one file: itself, or for a ZeRO folder the fp32 file consolidated beside it (by rank 0, once
     every rank has written its shard); None when there is none."""
-    from recon3d.tasks.checkpoints import checkpoint_file, consolidated_path
-
     if not path.exists():
         return None
     return consolidated_path(path) if path.is_dir() and not is_global_zero else checkpoint_file(path)
@@ -219,10 +202,6 @@ def best_checkpoint(callbacks: Sequence, monitor: str) -> str:
 
 def _record_lineage(cfg: Config, trainer, checkpoint: Optional[Path], metrics: dict) -> None:
     """W&B artifacts of what the run read and the checkpoint it hands on (rank 0, when W&B is on)."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    from recon3d.training.lineage import record_training
-
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             record_training(cfg, logger.experiment, checkpoint, metrics)
@@ -231,11 +210,9 @@ def _record_lineage(cfg: Config, trainer, checkpoint: Optional[Path], metrics: d
 def _finish_wandb(trainer, preempted: bool = False) -> None:
     """Close this run's W&B run: a later run in the same process (the demo's next stage, a sweep's next trial)
     would otherwise log into it. A preempted run is marked so (W&B shows it as preempted, not failed)."""
-    from lightning.pytorch.loggers import WandbLogger
-
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
-            import wandb
+            import wandb  # noqa: PLC0415 - W&B only when used (1 s import)
 
             if wandb.run is not None:
                 if preempted:

@@ -33,11 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
-from recon3d.errors import ConfigError
+import yaml
+from lightning.pytorch.callbacks import Callback
+
 from recon3d.config import config_file, load_config, to_dict
-from recon3d.errors import Stopped
+from recon3d.data.writing.executors import init_ray
+from recon3d.errors import ConfigError, Stopped
 from recon3d.files import atomic_write
 from recon3d.stages import STAGES
+from recon3d.training.run import run
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid")
 SCHEDULERS = ("asha", "fifo", "median", "hyperband")
@@ -61,8 +65,6 @@ class SweepSpec:
 
 def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: List[str] = ()) -> SweepSpec:
     """Read and check a sweep file; every searched key is tried against the config schema before Ray starts."""
-    import yaml
-
     path = config_file(path)  # as -c files: also among the installed configs (configs/sweep/...), from any folder
     raw = yaml.safe_load(path.read_text()) or {}
     unknown = set(raw) - set(SweepSpec.__dataclass_fields__)
@@ -126,10 +128,7 @@ def _trainable(spec_dict: dict, sweep_dir: str):
     """The Tune function trainable: build the trial's config and call run(cfg), reporting each validation."""
 
     def trial(params: Dict[str, Any]) -> None:
-        from lightning.pytorch.callbacks import Callback
         from ray import tune
-
-        from recon3d.training.run import run
 
         # Tune starts each trial in a folder of its own: back to where the sweep was started (where it exists, as on
         # a shared file system), so that relative paths in the overrides (`loader.shards=runs/demo/shards`) mean
@@ -215,8 +214,6 @@ def stop_on_signals():
 
 def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     """Run (or resume) the sweep; returns the best trial's parameters, metric and folder."""
-    from recon3d.data.writing.executors import init_ray
-
     init_ray(address)  # first: it sets Ray's environment (no usage statistics) before anything imports ray
     from ray import tune
 
@@ -279,7 +276,5 @@ def _yaml_lines(params: Dict[str, Any]) -> List[str]:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    import yaml
-
     return yaml.safe_dump(tree, sort_keys=True).splitlines()
 

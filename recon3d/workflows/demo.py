@@ -32,8 +32,7 @@ from recon3d.geometry.procedural import write_procedural_meshes
 from recon3d.inference.autoencoder import export_latents
 from recon3d.inference.splits import sheet_keys
 from recon3d.stages import STAGES, demo_steps, latents_exporter
-from recon3d.training.lineage import evaluation_artifact, latents_artifact, model_artifact, record_job, \
-    shards_artifact
+from recon3d.training.lineage import evaluation_artifact, latents_artifact, model_artifact, record_job, shards_artifact
 from recon3d.training.run import run
 from recon3d.workflows.report import write_report
 

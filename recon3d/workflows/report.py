@@ -14,7 +14,9 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from recon3d.data.tools.verify import summarise
 from recon3d.files import atomic_write
+from recon3d.inference.tables import eval_name
 from recon3d.stages import STAGES
 from recon3d.workflows.viewer import library_tag, mesh_files, viewer_grid
 
@@ -106,8 +108,6 @@ def _json(path: Path) -> Optional[dict]:
 
 def _eval_summary(folder: Path, stage: str) -> Tuple[str, Optional[dict]]:
     """(split, summary) of the stage's evaluation table in `folder` (test preferred), or ("", None)."""
-    from recon3d.inference.tables import eval_name
-
     for split in ("test", "val", "train"):
         summary = _json(folder / f"eval_{eval_name(stage, split)}.json")
         if summary:
@@ -195,8 +195,6 @@ def write_report(run_dir: str | Path) -> Path:
         parts.append(_timings(stages, (config or {}).get("demo", {}).get("minutes")))
     manifest = _json(run_dir / "shards" / "manifest.json")
     if manifest:
-        from recon3d.data.tools.verify import summarise
-
         parts.append(f"<h2>Data</h2><pre>{html.escape(summarise(run_dir / 'shards'))}</pre>")
         parts.append(png_tag(run_dir / "contact_sheet.png", "shards: views and voxel projections"))
     named = [(n, run_dir / n) for n in STAGES if (run_dir / n / "config.json").is_file()]

@@ -14,6 +14,8 @@ import html
 from pathlib import Path
 from typing import Sequence, Tuple
 
+import trimesh
+
 VENDOR = Path(__file__).resolve().parent / "vendor"
 LIBRARY = VENDOR / "model-viewer-umd.min.js"
 MESH_SUFFIXES = (".obj", ".ply", ".glb", ".off", ".stl")
@@ -37,8 +39,6 @@ if(!views.length)document.body.setAttribute('data-viewers-drawn','0/0');});</scr
 
 def glb_bytes(path: Path) -> bytes:
     """The mesh file at `path` as binary glTF (GLB) bytes, grey; b"" for a mesh without faces."""
-    import trimesh
-
     loaded = trimesh.load(path)  # an empty reconstruction's file holds no face (trimesh reads it as points)
     parts = list(loaded.geometry.values()) if isinstance(loaded, trimesh.Scene) else [loaded]
     parts = [p for p in parts if isinstance(p, trimesh.Trimesh) and len(p.faces)]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from recon3d.models.implicit_decoder import Autoencoder
-from recon3d.bench.extract import imnet_reference_grid
 from benchmarks.gpu_parts import TINY_MODEL, autoencoder_flops, step_flops
+from recon3d.bench.extract import imnet_reference_grid
+from recon3d.models.implicit_decoder import Autoencoder
 
 ROOT = Path(__file__).parents[2]
 

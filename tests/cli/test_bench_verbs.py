@@ -1,6 +1,7 @@
 """`recon3d bench` prints figures for each benchmark."""
 
 import shutil
+
 from recon3d.cli.main import main
 from tests.conftest import TINY
 

@@ -2,7 +2,9 @@
 
 import json
 import shutil
+
 import pytest
+
 from recon3d.cli.main import main
 from tests.conftest import TINY, shared_path
 

@@ -1,8 +1,11 @@
-"""The command line itself: the console script and python -m, the verb table, and how errors reach the user (one line and an exit code; --debug shows the traceback)."""
+"""The command line itself: the console script and python -m, the verb table, and how errors reach the user (one
+line and an exit code; --debug shows the traceback)."""
 
 import subprocess
 import sys
+
 import pytest
+
 from recon3d.cli.main import main
 
 
@@ -12,7 +15,8 @@ def test_console_script_runs(launch):
 
 
 def test_import_stays_light():
-    code = "import sys, recon3d, recon3d.config; print(any(m in sys.modules for m in ('torch', 'lightning', 'omegaconf')))"
+    code = ("import sys, recon3d, recon3d.config; "
+            "print(any(m in sys.modules for m in ('torch', 'lightning', 'omegaconf')))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 

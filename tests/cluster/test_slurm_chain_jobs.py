@@ -59,9 +59,9 @@ def test_pipeline_submits_the_chain_as_dependent_jobs(cluster, tiny_shards, tmp_
     out = tmp_path / "chain"
     overrides = ["train.accelerator=cpu", "loader.train_samples_per_epoch=8", "svr.base_width=4", "svr.epochs=1",
                  *GAN_TINY]
-    done = launch.run(["recon3d", "slurm", "pipeline", "-c", str(TINY), "--shards", str(shards),
-                           "--out", str(out), "--cpus-per-task=1", "--stages", "autoencoder,svr,gan", *overrides], capture_output=True, text=True,
-                          cwd=tmp_path, env={**cluster.env, **job_env()})
+    done = launch.run(["recon3d", "slurm", "pipeline", "-c", str(TINY), "--shards", str(shards), "--out", str(out),
+                       "--cpus-per-task=1", "--stages", "autoencoder,svr,gan", *overrides], capture_output=True,
+                      text=True, cwd=tmp_path, env={**cluster.env, **job_env()})
     assert done.returncode == 0, done.stderr
     jobs = dict(line.split() for line in done.stdout.splitlines())
     assert list(jobs) == ["autoencoder", "latents", "svr", "gan", "eval"]

@@ -70,7 +70,8 @@ def test_cross_field_rules(override, message):
 def test_strategy_rules_per_stage(accelerator):
     """DeepSpeed serves the one-optimiser stages on GPUs and (the CPU test variant) on CPUs; the GAN is refused."""
     for stage in ("autoencoder", "svr", "vrn", "stereo"):
-        load_config([], ["train.strategy=deepspeed_stage_2", f"train.accelerator={accelerator}", f"train.stage={stage}"])
+        load_config([], ["train.strategy=deepspeed_stage_2", f"train.accelerator={accelerator}",
+                         f"train.stage={stage}"])
     with pytest.raises(ConfigError, match="takes one; use ddp"):
         load_config([], ["train.strategy=deepspeed_stage_2", f"train.accelerator={accelerator}", "train.stage=gan"])
 
@@ -95,7 +96,7 @@ def test_every_field_has_a_comment():
     def check(cls):
         source = inspect.getsource(cls).splitlines()
         for f in fields(cls):
-            line = next(l for l in source if l.strip().startswith(f"{f.name}:"))
+            line = next(text for text in source if text.strip().startswith(f"{f.name}:"))
             if is_dataclass(f.type if not isinstance(f.type, str) else None):
                 continue
             if "default_factory=" in line and f.name in ("source", "geometry", "render", "shards", "loader", "model",

@@ -5,8 +5,16 @@ from scipy import ndimage
 
 from recon3d.data.writing.formats import load_mesh, read_binvox
 from recon3d.geometry.transform import normalise
-from recon3d.geometry.voxelize import (RULES, carved_solid, fill_outside, iou, pool, solid_voxels, surface_coverage,
-                                      surface_voxels)
+from recon3d.geometry.voxelize import (
+    RULES,
+    carved_solid,
+    fill_outside,
+    iou,
+    pool,
+    solid_voxels,
+    surface_coverage,
+    surface_voxels,
+)
 from tests.conftest import shared_path
 
 

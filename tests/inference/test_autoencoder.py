@@ -60,7 +60,7 @@ def test_eval_table_has_categories_and_means(tiny_ckpt, tiny_shards, tmp_path, c
 def test_evaluations_decode_their_iou_grids_in_the_inference_dtype(stage, trained_svr, tiny_ckpt, tiny_shards,
                                                                      monkeypatch):
     """bf16 where the hardware has it (RECON3D_INFERENCE_DTYPE forces either), as extraction; decode_occupancy then
-    evaluates the cells near 0.5 again in fp32 (its own test is in test_svr_task.py)."""
+    evaluates the cells near 0.5 again in fp32 (its own test is in tests/tasks/test_svr.py)."""
     import torch
 
     from recon3d.inference import autoencoder as ae_inference
@@ -79,8 +79,7 @@ def test_evaluations_decode_their_iou_grids_in_the_inference_dtype(stage, traine
         finally:
             depth.pop()
 
-    monkeypatch.setattr(ae_task, "decode_occupancy", spy)
-    monkeypatch.setattr(shape_eval, "decode_occupancy", spy if stage == "svr" else shape_eval.decode_occupancy)
+    monkeypatch.setattr(ae_task if stage == "autoencoder" else svr_inference, "decode_occupancy", spy)
     for forced, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         monkeypatch.setenv("RECON3D_INFERENCE_DTYPE", forced)
         seen.clear()

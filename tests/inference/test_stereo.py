@@ -1,8 +1,11 @@
-"""Deep3D at use time: its table beside the baselines, the stereo command on images, frames and video, and the real rectified pair."""
+"""Deep3D at use time: its table beside the baselines, the stereo command on images, frames and video, and the real
+rectified pair."""
 
 import json
+
 import numpy as np
 from PIL import Image
+
 from recon3d.cli.main import main
 
 

@@ -1,9 +1,11 @@
 """VRN at use time: its per-category table, and a mesh from a photo in the camera's frame."""
 
 import json
+
 import numpy as np
 import pytest
 from PIL import Image
+
 from recon3d.cli.main import main
 
 

@@ -4,8 +4,8 @@ import lightning as L
 import pytest
 import torch
 
-from recon3d.training.run import run
 from recon3d.tasks.autoencoder import AutoencoderTask, NonFiniteLossError
+from recon3d.training.run import run
 from tests.conftest import tiny_config
 
 

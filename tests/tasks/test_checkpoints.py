@@ -1,7 +1,9 @@
-"""Checkpoints say their stage; one loader returns the right task; checkpoints from before the stage key load; `recon3d eval` takes any of them."""
+"""Checkpoints say their stage; one loader returns the right task; checkpoints from before the stage key load;
+`recon3d eval` takes any of them."""
 
 import pytest
 import torch
+
 from recon3d.stages import STAGES
 from recon3d.tasks.checkpoints import STAGE_KEY, load_checkpoint, read_checkpoint, stage_of
 

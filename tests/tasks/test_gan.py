@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from recon3d.errors import ConfigError
-from recon3d.training.run import run
 from recon3d.geometry.metrics import coverage_and_mmd, nearest_references, pairwise_chamfer_l2
 from recon3d.models.latent_gan import LatentCritic, gradient_penalty
 from recon3d.tasks.gan import LatentGANTask
+from recon3d.training.run import run
 from tests.conftest import GAN_TINY, tiny_config
 
 
@@ -62,7 +62,8 @@ def test_weight_average_update_by_hand(tiny_shards, trained_autoencoder, tmp_pat
     task.ema_updates.fill_(99)
     task.update_ema()  # n = 100: ramp 101/110 > 0.5, so 0.5
     start = 1 + 2 * 9 / 11
-    assert all(torch.allclose(p, torch.full_like(p, start + 0.5 * (3 - start))) for p in task.generator_ema.parameters())
+    expected = start + 0.5 * (3 - start)
+    assert all(torch.allclose(p, torch.full_like(p, expected)) for p in task.generator_ema.parameters())
     assert task.sampler is task.generator_ema and not any(p.requires_grad for p in task.generator_ema.parameters())
     plain = _gan_task(_gan_cfg(tiny_shards, trained_autoencoder, tmp_path, "gan.ema_decay=0"), tiny_shards)
     assert plain.generator_ema is None and plain.sampler is plain.generator
@@ -84,7 +85,8 @@ def test_a_checkpoint_without_weight_average_resumes_with_one(tiny_shards, train
 
 def test_gan_config_rules_name_the_fix(tiny_shards, trained_autoencoder, tmp_path):
     with pytest.raises(ConfigError, match="DeepSpeed strategy takes one"):
-        _gan_cfg(tiny_shards, trained_autoencoder, tmp_path, "train.strategy=deepspeed_stage_2", "train.accelerator=gpu")
+        _gan_cfg(tiny_shards, trained_autoencoder, tmp_path, "train.strategy=deepspeed_stage_2",
+                 "train.accelerator=gpu")
     with pytest.raises(ConfigError, match="model.latent_dim=16"):
         run(_gan_cfg(tiny_shards, trained_autoencoder, tmp_path, "model.latent_dim=32"), enable_wandb=False)
     with pytest.raises(ConfigError, match="gan.autoencoder_ckpt"):

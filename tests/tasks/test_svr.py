@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from recon3d.errors import ConfigError
-from recon3d.training.run import run
 from recon3d.tasks.svr import SVRTask
+from recon3d.training.run import run
 from tests.conftest import tiny_config
 
 

@@ -41,8 +41,9 @@ def _train_then_signal(launch, shards: Path, run_dir: Path, signum: int, wandb_m
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "WANDB_"))}
     env.update(WANDB_MODE=wandb_mode, OMP_NUM_THREADS="1")
     proc = launch.recon3d_popen("train", "-c", str(TINY), "--shards", str(shards), "--run-dir", str(run_dir),
-                                "train.accelerator=cpu", "train.phase_epochs=[2,60]", "loader.train_samples_per_epoch=8",
-                                *extra, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                                "train.accelerator=cpu", "train.phase_epochs=[2,60]",
+                                "loader.train_samples_per_epoch=8", *extra, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=env)
     metrics = run_dir / "logs" / "version_0" / "metrics.csv"
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") > 40):

@@ -34,7 +34,8 @@ def zero_runs(tiny_shards, tmp_path_factory, launch):
     runs = {}
     for strategy in ("ddp", "deepspeed_stage_2", "deepspeed_stage_3"):
         run_dir = tmp_path_factory.mktemp(strategy)
-        runs[strategy] = (run_dir, _train(launch, tiny_shards, run_dir, f"train.strategy={strategy}", "train.phase_epochs=[2,1]"))
+        runs[strategy] = (run_dir, _train(launch, tiny_shards, run_dir, f"train.strategy={strategy}",
+                                          "train.phase_epochs=[2,1]"))
     return runs
 
 
@@ -174,7 +175,8 @@ def test_view_stages_train_under_zero2(stereo_shards, tmp_path, stage, launch):
     from tests.conftest import STEREO_TINY, VRN_TINY
 
     extra = VRN_TINY if stage == "vrn" else STEREO_TINY
-    out = _train(launch, stereo_shards, tmp_path, *extra, "train.strategy=deepspeed_stage_2", "loader.train_samples_per_epoch=8")
+    out = _train(launch, stereo_shards, tmp_path, *extra, "train.strategy=deepspeed_stage_2",
+                 "loader.train_samples_per_epoch=8")
     assert "stopped at epoch 1" in out
     assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt", expect=stage).stage == stage
 

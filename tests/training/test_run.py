@@ -105,8 +105,8 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_training(tiny_sh
 def test_a_resume_on_shards_rebuilt_with_other_settings_is_refused(tiny_meshes, tmp_path):
     import pytest
 
-    from recon3d.errors import ConfigError
     from recon3d.data.writing.writer import build_shards
+    from recon3d.errors import ConfigError
     from recon3d.training.run import run
     from tests.conftest import tiny_config
 

@@ -102,6 +102,7 @@ def test_local_ray_talks_and_listens_on_loopback_only(local_ray):
     """The local Ray that sweeps and Ray shard writing start: its node address is 127.0.0.1 and none of its
     processes listens on any other address (Ray left alone takes the machine's routed address and binds to all)."""
     import ipaddress
+
     import psutil
 
     assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}

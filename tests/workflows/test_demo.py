@@ -1,18 +1,21 @@
-"""The main job end to end on a tiny world: every stage, the report (rendered in headless Chromium), a resume that redoes nothing, and a folder of unusable meshes."""
+"""The main job end to end on a tiny world: every stage, the report (rendered in headless Chromium), a resume that
+redoes nothing, and a folder of unusable meshes."""
 
 import json
-from pathlib import Path
 import shutil
+from pathlib import Path
+
 import pytest
 from PIL import Image
+
 from recon3d.cli.main import main
 from tests.conftest import TINY
-
 
 DEMO_TINY = ["loader.points_per_sample=0", "loader.train_samples_per_epoch=8", "loader.holdout_views=1",
              "svr.epochs=1", "svr.base_width=4", "gan.noise_dim=8", "gan.generator_widths=[32]",
              "gan.critic_widths=[32]", "gan.epochs=1", "gan.samples_per_epoch=16", "gan.eval_samples=4",
-             "gan.eval_points=64", "demo.eval_resolution=16", "demo.gan_eval_draws=2", "demo.sheet_shapes=2", "demo.interpolation_steps=3",
+             "gan.eval_points=64", "demo.eval_resolution=16", "demo.gan_eval_draws=2", "demo.sheet_shapes=2",
+             "demo.interpolation_steps=3",
              "shards.split=[0.5,0.25,0.25]", "train.phase_fractions=[1,1]",
              "render.image_size=64", "loader.crop_size=48", "loader.volume_depth=8", "vrn.width=4",
              "vrn.hourglass_levels=2", "vrn.epochs=1", "stereo.widths=[4,8]", "stereo.disparity_levels=9",

@@ -1,1 +1,2 @@
-"""Loading shards: the manifest and shard files (local, remote, cached), indexes, per-rank/worker streams, decoding pipelines, the DataModule, exported latents."""
+"""Loading shards: the manifest and shard files (local, remote, cached), indexes, per-rank and per-worker streams,
+decoding pipelines, the DataModule, exported latents."""

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
 
@@ -10,14 +13,23 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from recon3d.config import Config, LoaderConfig
-from recon3d.data.loading.pipelines import (AutoencoderDecoder, ImageDecoder, StereoDecoder, VolumeDecoder,
-                                            autoencoder_members, expand_batch, image_eval_members, image_members,
-                                            image_train_members, stereo_members)
+from recon3d.data.loading.pipelines import (
+    AutoencoderDecoder,
+    ImageDecoder,
+    StereoDecoder,
+    VolumeDecoder,
+    autoencoder_members,
+    expand_batch,
+    image_eval_members,
+    image_members,
+    image_train_members,
+    stereo_members,
+)
+from recon3d.data.loading.remote import is_remote, split_shard_list
+from recon3d.data.loading.shards import ShardInfo, load_manifest, shard_infos, unmet_needs
 from recon3d.data.loading.streams import EvalStream, TrainStream, dist_context
 from recon3d.data.loading.transfer import SlotLoader, keep_batch
-from recon3d.data.loading.remote import is_remote, split_shard_list
 from recon3d.data.schema import point_grid
-from recon3d.data.loading.shards import ShardInfo, load_manifest, shard_infos
 from recon3d.stages import STAGES
 
 
@@ -49,23 +61,6 @@ def loader_pipeline(cfg: Config) -> str:
     return cfg.loader.stage or STAGES[cfg.train.stage].loader
 
 
-def unmet_needs(manifest: dict, pipeline: str, *, holdout_views: int = 0, point_resolution: int = 0) -> str:
-    """Why shards described by `manifest` cannot feed a loader pipeline ("" when they can): stereo pairs need
-    right-eye views, image pipelines views beyond the held-out ones, the autoencoder its point set (0: any)."""
-    stored = manifest["config"]["geometry"]["point_resolutions"]
-    views = int(manifest["config"]["render"]["views"])
-    if pipeline == "stereo" and not manifest["config"]["render"].get("stereo_baseline"):
-        return ("loader.stage=stereo needs right-eye views; these shards were built with render.stereo_baseline=0 "
-                "(rebuild with e.g. render.stereo_baseline=0.1)")
-    if pipeline != "autoencoder" and views <= holdout_views:
-        return (f"loader.holdout_views={holdout_views} but the shards hold {views} views per shape; none would be "
-                f"left to train on")
-    if pipeline == "autoencoder" and manifest["source"]["kind"] != "imnet_hdf5" and point_resolution and \
-            point_resolution not in stored:
-        return f"no point set at {point_resolution}^3 (stored: {stored})"
-    return ""
-
-
 class ShardDataModule(L.LightningDataModule):
     """Train/val/test loaders over `<shards>/manifest.json` for the "autoencoder" or "image" stage.
 
@@ -80,13 +75,12 @@ class ShardDataModule(L.LightningDataModule):
 
     def __init__(self, *, shards: str, stage: str = "autoencoder", batch_size: int = 16, num_workers: int = 2,
                  point_resolution: int = 16, points_per_sample: int = 0, crop_size: int = 128, flip: bool = True,
-                 grayscale: bool = True, volume_depth: int = 32, holdout_views: int = 0, train_samples_per_epoch: int = 0,
-                 shuffle_buffer: int = 512,
-                 persistent_workers: bool = True, seed: int = 0, verify: str = "size", cache_dir: str = "",
-                 rank: Optional[int] = None,
+                 grayscale: bool = True, volume_depth: int = 32, holdout_views: int = 0,
+                 train_samples_per_epoch: int = 0, shuffle_buffer: int = 512, persistent_workers: bool = True,
+                 seed: int = 0, verify: str = "size", cache_dir: str = "", rank: Optional[int] = None,
                  world_size: Optional[int] = None) -> None:
         super().__init__()
-        location, self.listed = split_shard_list(str(shards))  # a folder, a URL or a shard list: recon3d.data.loading.remote
+        location, self.listed = split_shard_list(str(shards))  # a folder, a URL or a shard list (loading/remote.py)
         self.shard_dir = location if is_remote(location) else Path(location)
         self.cache_dir = cache_dir
         self.stage = stage
@@ -124,7 +118,8 @@ class ShardDataModule(L.LightningDataModule):
         self.manifest = load_manifest(self.shard_dir)
         unknown = sorted(set(self.listed or ()) - {s["name"] for s in self.manifest["shards"]})
         if unknown:
-            raise ValueError(f"{self.shard_dir}: the shard list names {', '.join(unknown)}, which its manifest does not")
+            raise ValueError(f"{self.shard_dir}: the shard list names {', '.join(unknown)}, which its manifest "
+                             f"does not")
         unmet = unmet_needs(self.manifest, self.stage, holdout_views=self.holdout_views,
                             point_resolution=self.point_resolution)
         if unmet:
@@ -142,9 +137,6 @@ class ShardDataModule(L.LightningDataModule):
 
     def _signature(self) -> str:
         """What decides the training epoch's batches (a mid-epoch resume skips batches only when it is unchanged)."""
-        import hashlib
-        import json
-
         _, world = dist_context(self._rank, self._world)
         shards = [(s["name"], s["samples"]) for s in self.manifest.get("shards", []) if s["split"] == "train"]
         fields = [self.stage, self.batch_size, self.seed, self.train_samples_per_epoch, world, shards]
@@ -166,8 +158,6 @@ class ShardDataModule(L.LightningDataModule):
         if not state or state.get("epoch") != epoch or not state.get("batches"):
             return 0
         if state.get("signature") != self._signature():
-            import logging
-
             logging.getLogger("recon3d.data").warning(
                 "resuming in the middle of epoch %d with other loader settings (batch size, seed, shards or ranks): "
                 "the epoch's order starts again", epoch)

@@ -20,9 +20,11 @@ import hashlib
 import json
 import os
 import tarfile
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
+
+from recon3d.files import atomic_write
 
 FORMAT = "recon3d-index/1"
 BLOCK = 512
@@ -67,7 +69,8 @@ def parse_index(data: bytes, where: str, tar_bytes: Optional[int] = None) -> dic
     if tar_bytes is not None and index.get("tar_bytes") != tar_bytes:
         raise ValueError(f"{where}: made for a {index.get('tar_bytes')}-byte tar, the shard has {tar_bytes} bytes")
     for entry in index["samples"]:
-        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], dict)):
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+                and isinstance(entry[1], dict)):
             raise ValueError(f"{where}: malformed sample entry {str(entry)[:80]!r}")
     return index
 
@@ -189,8 +192,6 @@ def open_indexed(path: str) -> Tuple[Optional[IndexedShard], str]:
 
 def write_index(tar_path: str | Path, dest: str | Path | None = None) -> str:
     """Index a finished tar, atomically, into `dest` (default: beside it); returns the index's sha256."""
-    from recon3d.files import atomic_write
-
     data = index_bytes(scan_tar(tar_path))
     atomic_write(dest or index_path(tar_path), data)
     return hashlib.sha256(data).hexdigest()

@@ -16,9 +16,10 @@ import torch
 from torch.utils import data as torch_data
 
 from recon3d.config import Config
-from recon3d.errors import ConfigError
 from recon3d.data.schema import npy_bytes
+from recon3d.errors import ConfigError
 from recon3d.files import atomic_write, file_sha256
+from recon3d.runs import run_name
 
 INDEX = "latents.json"
 
@@ -27,8 +28,6 @@ def default_latents(shards: str | Path, autoencoder_ckpt: str | Path, latents: s
     """`latents`, or where `recon3d export-latents` puts an autoencoder's codes: <shards>/latents/<its run name>."""
     if latents:
         return str(latents)
-    from recon3d.runs import run_name
-
     return str(Path(shards) / "latents" / run_name(autoencoder_ckpt))
 
 

@@ -12,9 +12,10 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 
 from recon3d.data import schema
-
+from recon3d.geometry.camera import view_aligned_occupancy
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,8 +127,6 @@ def crop_view(view: np.ndarray, crop: int, train: bool, grayscale: bool, rng: Op
     """An (H, W, C) uint8 view cropped (random origin in training, centre in evaluation, or the `origin` given) and
     composited over white: ((C', crop, crop) uint8, (y0, x0)). Done by PIL on the crop only (as `to_float_image`
     would give it x 255, within rounding); loaders carry images as uint8 and `expand_batch` divides by 255."""
-    from PIL import Image
-
     height, width, channels = view.shape
     y0, x0 = origin if origin is not None else _crop_origin(height, width, crop, train, rng)
     patch = np.ascontiguousarray(view[y0:y0 + crop, x0:x0 + crop])
@@ -191,8 +190,6 @@ def decode_volume(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, gra
     out = decode_image(raw, crop, train, flip, grayscale, rng, holdout_views)
     if not out["has_camera"]:
         raise ValueError("sample has no cameras: the view-aligned volume needs them")
-    from recon3d.geometry.camera import view_aligned_occupancy
-
     voxels = np.unpackbits(out.pop("voxel_bits"), axis=-1).view(bool)
     out["volume"] = view_aligned_occupancy(voxels, out["camera_k"].astype(np.float64),
                                            out["camera_rt"].astype(np.float64), crop, crop // 4,
@@ -202,9 +199,9 @@ def decode_volume(raw: Dict[str, bytes], crop: int, train: bool, flip: bool, gra
 
 def decode_stereo(raw: Dict[str, bytes], crop: int, train: bool, grayscale: bool, rng: random.Random,
                   holdout_views: int = 0) -> dict:
-    """A rectified pair: left, right (C, crop, crop) uint8 (float in [0, 1] after `expand_batch`), the same crop of both (never flipped: a mirrored
-    pair would be a right/left pair), and mean_disparity (): f * baseline / camera distance in pixels, the
-    disparity of the object's centre (the "shift by the mean disparity" baseline)."""
+    """A rectified pair: left, right (C, crop, crop) uint8 (float in [0, 1] after `expand_batch`), the same crop of
+    both (never flipped: a mirrored pair would be a right/left pair), and mean_disparity (): f * baseline / camera
+    distance in pixels, the disparity of the object's centre (the "shift by the mean disparity" baseline)."""
     meta = schema.decode_meta(raw)
     if not meta.get("stereo_baseline"):
         raise ValueError("sample has no right-eye views (shards built with render.stereo_baseline=0)")

@@ -21,6 +21,12 @@ import re
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from webdataset.gopen import gopen
+from webdataset.shardlists import expand_urls
+
+from recon3d.data.loading.index import index_path
+from recon3d.files import atomic_path, atomic_write
+
 log = logging.getLogger("recon3d.data")
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
@@ -36,8 +42,6 @@ def split_shard_list(location: str) -> Tuple[str, Optional[List[str]]]:
     text = str(location)
     if "{file}" in text or not (text.endswith(".tar") or "::" in text or re.search(r"\.tar[\s'\"]", text)):
         return text, None
-    from webdataset.shardlists import expand_urls
-
     urls = expand_urls(text)
     names, bases = [], set()
     for url in urls:
@@ -81,8 +85,6 @@ def open_url(url: str):
     """A binary stream of a file of a shard set (local file, URL or pipe), as webdataset opens shards."""
     if not is_remote(url):
         return open(url, "rb")
-    from webdataset.gopen import gopen
-
     return gopen(url, "rb")
 
 
@@ -117,9 +119,6 @@ def _locked(path: Path):
 def cached_shard(location: str | Path, cache: Path, shard: dict) -> Optional[Path]:
     """The local copy of a shard (tar and index), copied on first use; None (with a warning) when it cannot be read
     or its bytes do not match the manifest."""
-    from recon3d.data.loading.index import index_path
-    from recon3d.files import atomic_path, atomic_write
-
     cache.mkdir(parents=True, exist_ok=True)
     name = f"{shard['name']}.tar"
     local = cache / name

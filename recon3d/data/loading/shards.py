@@ -7,11 +7,17 @@ preparation chain.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
+
+from recon3d.data.loading import remote
+from recon3d.data.loading.index import load_index
+from recon3d.data.loading.remote import file_url, is_remote, read_file
+from recon3d.files import file_sha256
 
 MANIFEST = "manifest.json"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a file name inside the folder: no /, no .., not absolute
@@ -31,8 +37,6 @@ def load_manifest(shard_dir: str | Path) -> dict:
         ValueError: the manifest is not valid JSON, or a shard entry is malformed or names a file outside the
             folder (an edited or hostile manifest: `../x`, an absolute path), naming the entry.
     """
-    from recon3d.data.loading.remote import file_url, is_remote, read_file
-
     path = file_url(shard_dir, MANIFEST)
     if is_remote(shard_dir):
         text = read_file(shard_dir, MANIFEST)
@@ -73,10 +77,6 @@ def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None,
     A remote location is streamed from where it is (no checks); with `cache_dir` any location is first copied into
     the node-local cache, shard by shard, and read from there (recon3d.data.loading.remote). `only` (a shard list given
     as `split-{000000..000009}.tar`) keeps the listed shards of each split it names; other splits keep all theirs."""
-    import logging
-
-    from recon3d.data.loading import remote
-
     manifest = manifest or load_manifest(shard_dir)
     wanted = [shard for shard in manifest["shards"] if shard["split"] == split]
     if only and any(shard["name"] in only for shard in wanted):
@@ -111,8 +111,6 @@ def shard_infos(shard_dir: str | Path, split: str, manifest: dict | None = None,
 
 def _content_problem(shard_dir: Path, shard: dict, path: Path, checksum: bool) -> str:
     """Why a shard of the right size does not match its manifest entry ("" when it does)."""
-    from recon3d.files import file_sha256
-
     try:
         recorded = int(json.loads(sidecar_path(shard_dir, shard["name"]).read_text())["samples"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -141,7 +139,22 @@ def read_tar(path: str | Path) -> dict:
 def shard_keys(path: str | Path) -> List[str]:
     """The sample keys of one shard in file order, from its index (the tar itself for a shard without one; raises for
     a damaged file)."""
-    from recon3d.data.loading.index import load_index
-
     index = load_index(path)
     return [key for key, _ in index["samples"]] if index is not None else list(read_tar(path))
+
+
+def unmet_needs(manifest: dict, pipeline: str, *, holdout_views: int = 0, point_resolution: int = 0) -> str:
+    """Why shards described by `manifest` cannot feed a loader pipeline ("" when they can): stereo pairs need
+    right-eye views, image pipelines views beyond the held-out ones, the autoencoder its point set (0: any)."""
+    stored = manifest["config"]["geometry"]["point_resolutions"]
+    views = int(manifest["config"]["render"]["views"])
+    if pipeline == "stereo" and not manifest["config"]["render"].get("stereo_baseline"):
+        return ("loader.stage=stereo needs right-eye views; these shards were built with render.stereo_baseline=0 "
+                "(rebuild with e.g. render.stereo_baseline=0.1)")
+    if pipeline != "autoencoder" and views <= holdout_views:
+        return (f"loader.holdout_views={holdout_views} but the shards hold {views} views per shape; none would be "
+                f"left to train on")
+    if pipeline == "autoencoder" and manifest["source"]["kind"] != "imnet_hdf5" and point_resolution and \
+            point_resolution not in stored:
+        return f"no point set at {point_resolution}^3 (stored: {stored})"
+    return ""

@@ -1,8 +1,7 @@
 """Streams of batches over shard files, for training and evaluation: exact per-rank, per-worker arithmetic.
 
-
 Training (`TrainStream`): an epoch of N samples is ceil(N / (world_size x batch_size)) batches per rank, split
-over the workers so that their counts differ by at most one. Indexed shards (recon3d.data.loading.index) are read sample by
+over the workers so that their counts differ by at most one. Indexed shards (loading/index.py) are read sample by
 sample in a per-epoch permutation of the whole training split (a pure function of seed and epoch); shards without
 an index are streamed, drawn at random (weighted by their sample counts, with replacement) into a shuffle buffer per
 worker. Randomness comes from (seed, epoch, rank, batch or worker), so ranks never replay each other, and a resumed
@@ -27,7 +26,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.tariterators import tarfile_samples
 
+from recon3d.data.loading.index import open_indexed
+from recon3d.data.loading.remote import is_remote
 from recon3d.data.loading.shards import ShardInfo
 from recon3d.data.loading.transfer import SlotWriter, collate
 
@@ -68,16 +70,12 @@ def iter_raw(paths: Sequence[str], skips: SkipCounter,
 
     `wanted(suffix)` keeps only the members a stage decodes: the rest are skipped inside the tar reader.
     """
-    from webdataset.tariterators import tarfile_samples
-
     select = None if wanted is None else (lambda name: wanted(name.rsplit("/", 1)[-1].partition(".")[2]))
 
     def handler(err: BaseException) -> bool:
         url = err.args[-1] if err.args and isinstance(err.args[-1], str) else "a shard"
         skips.skip(f"rest of {url}", err)
         return True
-
-    from recon3d.data.loading.remote import is_remote
 
     for path in paths:
         if not is_remote(path) and not Path(path).is_file():
@@ -136,9 +134,6 @@ class _Stream(IterableDataset):
 def _indexed(shards: Sequence[ShardInfo]):
     """Readers for every shard when each has a usable index (random access), else None (the streaming reader; a
     shard with a bad index is named in a warning)."""
-    from recon3d.data.loading.index import open_indexed
-    from recon3d.data.loading.remote import is_remote
-
     readers = []
     for shard in shards:
         if is_remote(shard.path):  # streamed from where it is (loader.cache_dir makes a local, indexed copy)

@@ -6,6 +6,7 @@ shaded projections) and one middle slice, all at the view size.
 
 from __future__ import annotations
 
+import sys
 import tarfile
 from pathlib import Path
 from typing import Dict, List
@@ -15,8 +16,8 @@ from PIL import Image, ImageDraw
 
 from recon3d.data import schema
 from recon3d.data.loading.shards import load_manifest, read_tar, shard_keys
-from recon3d.geometry.render import on_white
 from recon3d.files import atomic_path
+from recon3d.geometry.render import on_white
 
 _LABEL_H = 14
 
@@ -70,8 +71,6 @@ def sheet_samples(shard_dir: Path, count: int, split: str = "") -> List[tuple]:
     order. They are chosen from the shards' keys (shard_keys: their indexes), so a shard set written category by
     category still shows every category, and only the shards holding them are read whole; a shard that cannot be
     read is skipped with a line naming it."""
-    import sys
-
     manifest = load_manifest(shard_dir)
     keys_of: Dict[Path, List[str]] = {}
     for shard in manifest["shards"]:
@@ -101,8 +100,6 @@ def contact_sheet(shard_dir: str | Path, out: str | Path, *, count: int = 8, vie
                   split: str = "") -> Path:
     """Write a PNG of `count` samples taken in turn from each category (see sheet_samples) and return its path. A
     shard that cannot be read or a sample that cannot be drawn is skipped with a line naming it."""
-    import sys
-
     shard_dir, out = Path(shard_dir), Path(out)
     rows = []
     for key, members in sheet_samples(shard_dir, count, split):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +13,7 @@ from typing import Dict, List
 import numpy as np
 
 from recon3d.data import schema
+from recon3d.data.loading.index import index_bytes, index_path, scan_tar
 from recon3d.data.loading.shards import load_manifest, read_tar
 from recon3d.files import file_sha256
 
@@ -125,10 +129,6 @@ def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport
 def _index_problems(path: Path, shard: dict) -> List[str]:
     """The index beside a tar: present when the manifest records one, its sha256 as recorded, and equal to the
     index made afresh from the tar's headers (a shard set from before indexes has none: `recon3d shards upgrade`)."""
-    import hashlib
-
-    from recon3d.data.loading.index import index_bytes, index_path, scan_tar
-
     idx = index_path(path)
     if not idx.is_file():
         return [f"{idx.name}: missing (the manifest records one)"] if "index_sha256" in shard else []
@@ -193,9 +193,6 @@ def _fact_lines(manifest: dict, facts: dict) -> list:
 
 def summarise(shard_dir: str | Path) -> str:
     """A short human summary of a shard folder: splits, categories, rejects by reason, bytes per sample."""
-    import collections
-    import json
-
     shard_dir = Path(shard_dir)
     manifest = load_manifest(shard_dir)
     categories: collections.Counter = collections.Counter()

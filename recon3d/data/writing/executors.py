@@ -5,7 +5,10 @@ worker, or as Ray tasks; and Ray started the way recon3d needs it (no dashboard,
 from __future__ import annotations
 
 import collections
+import ctypes
+import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator, List, Optional
@@ -39,9 +42,6 @@ def die_with_parent(parent: int) -> None:
     """Linux: this process gets SIGKILL when the process that started it dies (kill -9 or SIGTERM of a build left
     its pool workers running, 200 MB each); elsewhere nothing."""
     try:
-        import ctypes
-        import signal
-
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
@@ -63,8 +63,6 @@ def ordered_map(jobs: List[tuple], workers: int) -> Iterator[tuple]:
         for job in jobs:
             yield prepare_job(job)
         return
-    import multiprocessing
-
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
 
     def new_pool() -> ProcessPoolExecutor:
@@ -114,7 +112,7 @@ def init_ray(address: str = "", num_cpus: Optional[int] = None) -> None:
         # every Ray process talks and listens on 127.0.0.1 only. Its workers read it from this environment.
         os.environ.setdefault(RAY_LOCAL_ONLY, "0")
     try:
-        import ray
+        import ray  # noqa: PLC0415 - the ray extra
     except ImportError:
         raise ImportError("Ray is not installed: pip install 'recon3d[ray]' (or 'ray[tune]')") from None
     if ray.is_initialized():
@@ -122,7 +120,7 @@ def init_ray(address: str = "", num_cpus: Optional[int] = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        from ray._private import ray_constants
+        from ray._private import ray_constants  # noqa: PLC0415 - the ray extra
 
         if os.environ[RAY_LOCAL_ONLY] == "0":  # read when ray was imported, maybe before this call (by ray.tune)
             ray_constants.ENABLE_RAY_CLUSTER = False
@@ -135,7 +133,7 @@ def ray_ordered_map(jobs: List[tuple], workers: int) -> Iterator[tuple]:
     """The results of prepare_job in job order, computed as Ray tasks (at most 4 x workers in flight).
     The same unit of work as ordered_map, so the shards come out byte for byte the same; a task whose worker
     dies becomes a reject with the reason, as in the process pool."""
-    import ray
+    import ray  # noqa: PLC0415 - the ray extra
 
     init_ray(num_cpus=None)
     remote = ray.remote(num_cpus=1, max_retries=0)(prepare_job)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import trimesh
 
 MESH_EXTENSIONS = (".obj", ".off", ".ply", ".stl", ".glb", ".gltf")
 
@@ -83,8 +84,6 @@ def read_off(path: Path) -> Mesh:
 
 
 def _load_trimesh(path: Path) -> Mesh:
-    import trimesh
-
     logging.getLogger("trimesh").setLevel(logging.ERROR)  # missing .mtl/textures are normal and not our concern
     try:
         loaded = trimesh.load(str(path), process=False, skip_materials=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict
 
+import h5py
 import numpy as np
 
 from recon3d.config import Config, GeometryConfig
@@ -152,8 +153,6 @@ def _mesh_members(vertices, faces, item: Item, cfg: Config, clock: _Clock) -> Di
 
 
 def _imnet_members(path: Path, item: Item, cfg: Config, clock: _Clock) -> Dict[str, bytes]:
-    import h5py
-
     order = ["xyz".index(axis) for axis in cfg.source.hdf5_axes]
     members, counts = {}, {}
     with h5py.File(path, "r") as h5:

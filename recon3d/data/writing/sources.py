@@ -13,17 +13,17 @@ Layouts:
 from __future__ import annotations
 
 import dataclasses
-
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
+import h5py
 import numpy as np
 
 from recon3d.config import SourceConfig
-from recon3d.data.writing.formats import MESH_EXTENSIONS
 from recon3d.data.schema import SPLITS, key_hash, make_key, split_by_hash
+from recon3d.data.writing.formats import MESH_EXTENSIONS
 
 # ShapeNetCore synset ids (WordNet offsets) and their category names.
 SHAPENET_SYNSETS = {
@@ -163,8 +163,6 @@ def _modelnet(root: Path, cfg: SourceConfig) -> Tuple[List[Item], List[Reject]]:
 
 
 def _imnet(root: Path, cfg: SourceConfig) -> Tuple[List[Item], List[Reject]]:
-    import h5py
-
     files = [root] if root.is_file() else sorted(p for p in root.iterdir() if p.suffix.lower() in HDF5_EXTENSIONS)
     candidates, rejects = [], []
     for file in files:

@@ -30,14 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from tqdm import tqdm
+
 from recon3d.config import Config, to_dict
 from recon3d.data import schema
-from recon3d.data.writing.executors import ordered_map, ray_ordered_map
 from recon3d.data.loading.index import index_path, load_index, write_index
-from recon3d.data.writing.prepare import Prepared
 from recon3d.data.loading.shards import MANIFEST, load_manifest, sidecar_path
+from recon3d.data.writing.executors import ordered_map, ray_ordered_map
+from recon3d.data.writing.prepare import Prepared
 from recon3d.data.writing.sources import Item, assign_splits, discover
 from recon3d.files import atomic_write, file_sha256, temp_writer_gone
+
 REJECTS = "rejects.jsonl"
 BUILD_LOG = "build_log.json"
 _SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}$")
@@ -268,8 +271,6 @@ def _build(cfg: Config, out: Path, index: int, count: int, started: float, progr
 
 
 def _progress_bar(mine: List[ShardPlan], pending: List[ShardPlan]):
-    from tqdm import tqdm
-
     done = sum(len(p.items) for p in mine) - sum(len(p.items) for p in pending)
     return tqdm(total=sum(len(p.items) for p in mine), initial=done, unit="shape", desc="shards", file=sys.stderr,
                 dynamic_ncols=True)

@@ -214,7 +214,8 @@ def test_a_truncated_or_missing_shard_is_skipped_with_a_warning_and_not_counted(
     with caplog.at_level(logging.WARNING, logger="recon3d.data"):
         infos = shard_infos(shards, "train")
     said = " ".join(r.getMessage() for r in caplog.records)
-    assert f"{train[0]['name']}.tar: 1000 bytes, the manifest says" in said and f"{train[1]['name']}.tar: missing" in said
+    assert f"{train[0]['name']}.tar: 1000 bytes, the manifest says" in said
+    assert f"{train[1]['name']}.tar: missing" in said
     assert [i.path.rsplit("/", 1)[-1] for i in infos] == [f"{s['name']}.tar" for s in train[2:]]
 
 

@@ -1,7 +1,9 @@
 """`recon3d shards show`: a contact sheet of the shards, and a sample it cannot draw is skipped with its reason."""
 
 import shutil
+
 from PIL import Image
+
 from recon3d.cli.main import main
 
 

@@ -1,6 +1,7 @@
 """`recon3d shards verify` sees what a build could not: relabelled splits, wrong totals, a shape in two splits."""
 
 import json
+
 from recon3d.data.tools.verify import verify_shards
 
 

@@ -5,8 +5,8 @@ import trimesh
 
 from recon3d.config import load_config
 from recon3d.data import schema
-from recon3d.data.writing.sources import assign_split, detect_kind, discover
 from recon3d.data.loading.shards import read_tar
+from recon3d.data.writing.sources import assign_split, detect_kind, discover
 from recon3d.data.writing.writer import build_shards
 from tests.conftest import tiny_config
 

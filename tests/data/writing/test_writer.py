@@ -7,8 +7,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
 import numpy as np
 import pytest
+
 from recon3d.data import schema
 from recon3d.data.loading.shards import read_tar
 from recon3d.data.tools.verify import verify_shards

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from recon3d.data.writing.sources import Item
 from recon3d.data.writing.executors import prepare_job
+from recon3d.data.writing.sources import Item
 from recon3d.data.writing.writer import build_shards
 from tests.conftest import tiny_config
 
@@ -25,7 +25,8 @@ def _write(path, data):
 
 
 def _obj(vertices, faces):
-    lines = [f"v {float(x)!r} {float(y)!r} {float(z)!r}" for x, y, z in vertices] + [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in faces]
+    lines = [f"v {float(x)!r} {float(y)!r} {float(z)!r}" for x, y, z in vertices]
+    lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in faces]
     return "\n".join(lines) + "\n"
 
 
@@ -57,7 +58,8 @@ def make_nan(d):
 
 
 def make_degenerate(d):
-    return _write(d / "a" / "degenerate.obj", _obj([[0, 0, 0], [1, 1, 1], [2, 2, 2], [0, 0, 0]], [[0, 1, 2], [0, 0, 3]]))
+    mesh = _obj([[0, 0, 0], [1, 1, 1], [2, 2, 2], [0, 0, 0]], [[0, 1, 2], [0, 0, 3]])
+    return _write(d / "a" / "degenerate.obj", mesh)
 
 
 def make_single_triangle(d):
