@@ -10,7 +10,7 @@ import torch
 
 def native_bf16_cpu() -> bool:
     """Whether this CPU has bf16 arithmetic in hardware (x86 avx512_bf16 or AMX, Arm bf16): there oneDNN's bf16
-    matmuls run 3-4x faster than fp32; elsewhere bf16 is emulated and no faster."""
+    matmuls run several times faster than fp32; elsewhere bf16 is emulated and no faster (docs/results.md)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = set(" ".join(line for line in f if line.lower().startswith(("flags", "features"))).split())

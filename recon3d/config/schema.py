@@ -41,7 +41,7 @@ class DemoConfig:
     gan_eval_every_epochs: int = 5  # COV/MMD of the GAN every N epochs (each decodes gan.eval_samples shapes)
     eval_resolution: int = 64  # extraction grid of the evaluation's surface metrics
     gan_eval_draws: int = 4  # disjoint sets of 5 GAN samples per test shape: COV's mean, lowest and highest over
-    # them (on 30 test shapes one set's COV moves by about 0.07 with the draw alone)
+    # them (on a few dozen test shapes one set's COV moves by several hundredths with the draw alone)
     sheet_shapes: int = 10  # test shapes shown beside their reconstructions in the report, taken in turn from each
     # category (10: two of each of the five default categories)
     interpolation_steps: int = 8  # shapes on the report's interpolation strip

@@ -60,7 +60,7 @@ def values_member(resolution: int) -> str:
 
 VIEWS = "views.zlib"
 RIGHT_VIEWS = "right_views.zlib"
-try:  # ISA-L's inflate: the same zlib streams, 2-3x faster (a view is ~75 KB of pixels; inflating it dominates)
+try:  # ISA-L's inflate: the same zlib streams, faster (docs/results.md; inflating a view dominates its decoding)
     from isal.isal_zlib import decompress as _inflate
 except ImportError:  # pragma: no cover - isal is a dependency; a platform without its wheel falls back
     _inflate = zlib.decompress

@@ -122,9 +122,8 @@ def pairwise_chamfer_l2(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.
     """(len(a), len(b)) matrix of IM-NET-convention Chamfer-L2 between every point set of `a` and of `b`.
 
     Each point set is (P, 3); sets within `a` (and within `b`) must have equal sizes so they stack. Squared distances
-    come from one product per pair, [x, |x|^2, 1] . [-2y, 1, |y|^2] = |x - y|^2, whose (P, Q) block stays in cache:
-    150 x 30 sets of 512 points took 0.47 s on 2 cores, against 2.5 s for torch.cdist of one set against all (then
-    squared; 4 runs each in one process), the same values to 2e-7.
+    come from one product per pair, [x, |x|^2, 1] . [-2y, 1, |y|^2] = |x - y|^2, whose (P, Q) block stays in cache
+    (faster than torch.cdist of one set against all, the same values to 2e-7: docs/results.md, latent GAN).
     """
     left = torch.as_tensor(np.stack(a), dtype=torch.float32)
     right = torch.as_tensor(np.stack(b), dtype=torch.float32)

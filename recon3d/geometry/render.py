@@ -1,7 +1,7 @@
 """A headless CPU renderer: a z-buffer rasteriser compiled with numba, flat two-sided Lambertian shading.
 
-Chosen by measurement (`recon3d bench prep` prints it per stage): about 6 ms per 137x137 view without
-supersampling, deterministic, pip-only, no display or GL library on the node. Flat normals with two-sided lighting
+Chosen for a cluster node: deterministic, pip-only, no display or GL library (`recon3d bench prep` prints its
+seconds per mesh beside the other steps of preparing a sample). Flat normals with two-sided lighting
 because real meshes carry back-to-back duplicate faces and inconsistent winding, where smooth normals cancel out.
 """
 

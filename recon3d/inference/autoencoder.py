@@ -58,15 +58,15 @@ def decoder_field(task, z: torch.Tensor, dtype: Optional[torch.dtype] = None, *,
     """The implicit field of one code z (Z,) as a function of (P, 3) points -> (P,) float32 values.
 
     With dtype bfloat16 (default: inference_dtype of z's device) the decoder runs under bf16 autocast, and the
-    points whose values come within `margin` of `threshold` are evaluated again in fp32: bf16 moved a trained
-    decoder's values by up to 0.03 (99.9 % within 0.02); with margin 0.01 about 10 % of extraction's points were
-    evaluated again and its occupancy IoU against fp32 stayed >= 0.9998 (0.997 with no second pass).
+    points whose values come within `margin` of `threshold` are evaluated again in fp32: bf16 moves a trained
+    decoder's values by a few hundredths, enough to flip cells near the surface and nowhere else (how far, and the
+    IoU against fp32 with and without the second pass: docs/results.md, evaluation and extraction).
     """
     dtype = dtype or inference_dtype(z.device)
     decoder = task.model.decoder
 
-    # On a CPU, batches of 4096 points keep a 1024-wide layer's activations in cache: bf16 ran 25 % faster than in
-    # batches of 65536 (the same points); a GPU takes the whole batch at once
+    # On a CPU, batches of 4096 points keep a 1024-wide layer's activations in cache (faster than 65536 at a time:
+    # docs/results.md); a GPU takes the whole batch at once
     chunk = 4096 if z.device.type == "cpu" else 1 << 30
 
     def run(points: torch.Tensor) -> torch.Tensor:

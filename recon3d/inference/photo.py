@@ -3,7 +3,7 @@
 The object mask comes from the alpha channel when the image has one; otherwise the background is estimated from the
 image border (a plain backdrop): pixels that differ from the border's median colour by more than the border's own
 spread are the object. The object's bounding box is then centred and scaled so that its longer side fills `fill` of
-the frame (0.7: the median of our renders' views, whose 10th-90th percentiles are 0.53-0.89).
+the frame (0.7: the median of the training renders, docs/results.md).
 """
 
 from __future__ import annotations

@@ -45,13 +45,11 @@ def decode_occupancy(decoder, z: torch.Tensor, resolution: int, chunk: int = 0, 
                      margin: float = 0.01) -> torch.Tensor:
     """Occupancy (B, R, R, R) of codes z (B, Z) at the cell centres of a resolution^3 grid.
 
-    Each decoder call takes at most `chunk` points over all codes (0: 8192 on a CPU, 2^19 on a GPU): on 2 CPU cores
-    55 codes at 32^3 decoded in 16.4 s as one call per 32768 points of every code, 2.2 s in calls of 8192 points
-    (the decoder's per-point activations stay in cache instead of paging through a GB).
+    Each decoder call takes at most `chunk` points over all codes (0: 8192 on a CPU, 2^19 on a GPU), so that the
+    decoder's per-point activations stay in cache instead of paging through a GB (docs/results.md, evaluation).
 
     dtype bfloat16 decodes under bf16 autocast and evaluates again in fp32 the points within `margin` of 0.5 (as
-    extraction does, inference.autoencoder.decoder_field): 150 GAN codes at 32^3 took 2.2 s instead of 6.6 s on an
-    avx512_bf16 CPU. None: the precision of the caller's context.
+    extraction does, inference.autoencoder.decoder_field). None: the precision of the caller's context.
     """
     if dtype == torch.bfloat16:
         with torch.autocast(z.device.type, dtype=torch.bfloat16):

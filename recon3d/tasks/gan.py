@@ -202,7 +202,8 @@ class LatentGANTask(StageCheckpoint, L.LightningModule):
         """COV and MMD (Chamfer-L2 x1000) of generated shapes, from fixed noise so that epochs are comparable,
         against the reference shapes; empty meshes cannot match a reference and are counted in val/empty_samples.
         Decoded as the test evaluation decodes (bf16 where native, values near 0.5 again in fp32): this hook runs
-        outside Lightning's autocast, and in fp32 the decoding took 40 s of the demo's 108 s GAN stage."""
+        outside Lightning's autocast, and in fp32 the decoding took over a third of the demo's GAN stage
+        (docs/results.md, latent GAN)."""
         z = self.codes_for_seeds(range(self.hparams.eval_samples))
         meshes, clouds = decoded_surfaces(self.decoder, z, self.hparams.eval_resolution, self.hparams.eval_points,
                                           np.random.default_rng(0), inference_dtype(self.device))

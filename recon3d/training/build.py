@@ -119,17 +119,17 @@ def build_strategy(cfg: Config):
 
 
 def set_matmul_precision(cfg: Config) -> None:
-    """fp32 matmuls and convolutions on TF32 tensor cores (train.float32_matmul_precision=high, the default): on an
-    H200 the full-size autoencoder's fp32 step ran at 4 % MFU with the "highest" default torch starts with."""
+    """fp32 matmuls and convolutions on TF32 tensor cores (train.float32_matmul_precision=high, the default): with
+    the "highest" default torch starts with, a GPU's fp32 step leaves its tensor cores idle (docs/results.md, GPU
+    proof)."""
     torch.set_float32_matmul_precision(cfg.train.float32_matmul_precision)
     torch.backends.cudnn.allow_tf32 = cfg.train.float32_matmul_precision != "highest"
 
 
 def resolve_precision(train) -> str:
     """train.precision, with "auto" decided on the machine that trains: bf16-mixed where the hardware computes bf16
-    natively (a CUDA GPU that supports it; a CPU with avx512_bf16, AMX or Arm bf16), else 32-true. On a 2-core
-    avx512_bf16 CPU the demo's autoencoder step (16 shapes x 2048 points) took 138 ms under bf16 autocast against
-    295 ms in fp32; where bf16 is emulated it would be slower, hence the check."""
+    natively (a CUDA GPU that supports it; a CPU with avx512_bf16, AMX or Arm bf16), else 32-true: where bf16 is
+    emulated it is slower than fp32, hence the check (docs/results.md, training step and precision)."""
     if train.precision != "auto":
         return train.precision
     gpu = train.accelerator in ("gpu", "cuda") or (train.accelerator == "auto" and torch.cuda.is_available())

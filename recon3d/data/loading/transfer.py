@@ -1,8 +1,8 @@
 """Batches from DataLoader workers to the trainer through reused shared memory.
 
 A batch of fresh tensors crosses the worker pipe as new shared-memory segments, mapped and faulted in page by page
-on both sides and thrown away after one use: on a VM that costs far more than decoding (measured: 2.5 MB batches at
-7-19 ms each, the whole batch decoded in 10 ms). Here every worker keeps a small ring of shared uint8 buffers and
+on both sides and thrown away after one use: on a VM that costs more than decoding the batch (docs/results.md,
+data). Here every worker keeps a small ring of shared uint8 buffers and
 stacks each batch's samples straight into a free one; only (slot number, layout) travel, plus each buffer once per
 iteration (torch passes it as a file descriptor, which costs milliseconds), so no page is touched twice for the
 first time. The trainer copies the tensors out (`SlotLoader`, a DataLoader) and marks the slot free in a shared

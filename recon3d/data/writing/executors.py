@@ -40,7 +40,7 @@ def _init_worker(parent: int = 0) -> None:
 
 def die_with_parent(parent: int) -> None:
     """Linux: this process gets SIGKILL when the process that started it dies (kill -9 or SIGTERM of a build left
-    its pool workers running, 200 MB each); elsewhere nothing."""
+    its pool workers running, each holding its memory); elsewhere nothing."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
