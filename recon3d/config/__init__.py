@@ -11,16 +11,16 @@ from recon3d.config.data import AXES, SOURCE_KINDS, VOXEL_RULES, GeometryConfig,
 from recon3d.config.loading import SHIPPED, config_file, load_config, to_dict, with_overrides
 from recon3d.config.schema import DEMO_JOB_SHARES, SAFE_GLOBALS, Config, DemoConfig, demo_shares
 from recon3d.config.training import (
-           LOADER_PIPELINES,
-           LR_SCHEDULES,
-           PRECISIONS,
-           GANConfig,
-           LoaderConfig,
-           ModelConfig,
-           StereoConfig,
-           SVRConfig,
-           TrainConfig,
-           VRNConfig,
+    LOADER_PIPELINES,
+    LR_SCHEDULES,
+    PRECISIONS,
+    GANConfig,
+    LoaderConfig,
+    ModelConfig,
+    StereoConfig,
+    SVRConfig,
+    TrainConfig,
+    VRNConfig,
 )
 
 __all__ = ["AXES", "SOURCE_KINDS", "VOXEL_RULES", "GeometryConfig", "RenderConfig", "ShardConfig", "SourceConfig",
