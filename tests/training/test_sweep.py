@@ -116,3 +116,14 @@ def test_local_ray_talks_and_listens_on_loopback_only(local_ray):
     addresses = {ipaddress.ip_address(address.ip) for address in listening}
     assert all(a.is_loopback or getattr(a, "ipv4_mapped", None) and a.ipv4_mapped.is_loopback for a in addresses), \
         addresses
+
+
+def test_local_ray_leaves_its_single_machine_mode_out_of_the_environment(local_ray):
+    """The mode is for the local Ray's own daemons: left in os.environ it reached every process started later, and a
+    two-node SLURM sweep submitted after a local sweep in the same process ran both trials on one node (its second
+    node's Ray worker, in single-machine mode, joined no cluster)."""
+    import os
+
+    from recon3d.data.writing.executors import RAY_LOCAL_ONLY
+
+    assert RAY_LOCAL_ONLY not in os.environ

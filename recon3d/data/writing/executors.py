@@ -106,11 +106,6 @@ def init_ray(address: str = "", num_cpus: Optional[int] = None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DISABLE_IMPORT_WARNING", "1")
     address = address or os.environ.get("RAY_ADDRESS", "")
-    if not address:
-        # Ray turns a node address of 127.0.0.1 into the machine's routed one, and then binds its servers to all
-        # interfaces, unless its single-machine mode is on (the default on Windows and macOS, named for them): on,
-        # every Ray process talks and listens on 127.0.0.1 only. Its workers read it from this environment.
-        os.environ.setdefault(RAY_LOCAL_ONLY, "0")
     try:
         import ray  # noqa: PLC0415 - the ray extra
     except ImportError:
@@ -120,13 +115,29 @@ def init_ray(address: str = "", num_cpus: Optional[int] = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        from ray._private import ray_constants  # noqa: PLC0415 - the ray extra
+        _init_local_ray(ray, num_cpus)
 
-        if os.environ[RAY_LOCAL_ONLY] == "0":  # read when ray was imported, maybe before this call (by ray.tune)
-            ray_constants.ENABLE_RAY_CLUSTER = False
+
+def _init_local_ray(ray, num_cpus: Optional[int]) -> None:
+    """A fresh local Ray on loopback. Ray turns a node address of 127.0.0.1 into the machine's routed one, and then
+    binds its servers to all interfaces, unless its single-machine mode is on (the default on Windows and macOS, named
+    for them): on, every Ray process talks and listens on 127.0.0.1 only. Its daemons read the mode from the
+    environment when they start (and pass it to their workers), so it is set only while they start: left in this
+    process's environment it would reach every process started later, a SLURM job's Ray worker among them, which
+    could then join no cluster."""
+    from ray._private import ray_constants  # noqa: PLC0415 - the ray extra
+
+    before = os.environ.get(RAY_LOCAL_ONLY)
+    os.environ[RAY_LOCAL_ONLY] = before if before is not None else "0"
+    if os.environ[RAY_LOCAL_ONLY] == "0":  # read when ray was imported, maybe before this call (by ray.tune)
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
         # "local": always a fresh local instance, never a cluster some other job left in /tmp/ray
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  _node_ip_address="127.0.0.1")
+    finally:
+        if before is None:
+            os.environ.pop(RAY_LOCAL_ONLY, None)
 
 
 def ray_ordered_map(jobs: List[tuple], workers: int) -> Iterator[tuple]:
