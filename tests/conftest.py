@@ -14,6 +14,10 @@ from recon3d.config import load_config
 from tests.system import Launch, system_process
 
 REPO = Path(__file__).resolve().parents[1]
+# The tests train on the CPU (their configs pin train.accelerator=cpu, for speed and determinism): in a GPU job, hide
+# its GPUs from them and from the processes they start, or the accelerator check would refuse every CPU run
+os.environ.pop("SLURM_GPUS_ON_NODE", None)
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 SHARED = Path(os.environ.get("RECON3D_SHARED", REPO.parent / "shared"))
 TINY = REPO / "configs" / "tiny.yaml"
 

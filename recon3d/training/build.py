@@ -21,6 +21,7 @@ from recon3d.errors import ConfigError
 from recon3d.hardware import native_bf16
 from recon3d.stages import STAGES
 from recon3d.tasks.checkpoints import register_safe_globals
+from recon3d.training.allocation import trains_on_gpu
 from recon3d.training.callbacks import AtomicCheckpointIO, EpochLog, Preemption, RankBanner, rolling_last_checkpoint
 from recon3d.training.deepspeed import build_deepspeed_strategy
 
@@ -132,8 +133,7 @@ def resolve_precision(train) -> str:
     emulated it is slower than fp32, hence the check (docs/results.md, training step and precision)."""
     if train.precision != "auto":
         return train.precision
-    gpu = train.accelerator in ("gpu", "cuda") or (train.accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if native_bf16("cuda" if gpu else "cpu") else "32-true"
+    return "bf16-mixed" if native_bf16("cuda" if trains_on_gpu(train) else "cpu") else "32-true"
 
 
 def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(), **overrides):

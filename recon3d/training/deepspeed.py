@@ -7,7 +7,7 @@ precision (train.precision: Lightning writes the fp16/bf16 sections) and the ZeR
 
 Lightning allows DeepSpeed on CUDA only. DeepSpeed itself runs on CPU over gloo, so `CpuDeepSpeedStrategy` lifts the
 three CUDA-only steps (the accelerator check, the device-index check, the device rank handed to
-deepspeed.initialize) for tests and CPU smoke runs; it is chosen only with train.accelerator=cpu.
+deepspeed.initialize) for tests and CPU smoke runs; it is chosen where training runs on the CPU.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from lightning.pytorch.strategies.ddp import DDPStrategy
 
 from recon3d.config import Config, config_file
 from recon3d.errors import ConfigError
+from recon3d.training.allocation import trains_on_gpu
 
 # keys the JSON must not set, and the recon3d setting that decides each
 DECIDED_ELSEWHERE = {
@@ -88,14 +89,15 @@ def deepspeed_config(cfg: Config) -> Dict[str, Any]:
 
 
 def build_deepspeed_strategy(cfg: Config):
-    """Lightning's DeepSpeedStrategy on this run's config (the CPU variant with train.accelerator=cpu)."""
+    """Lightning's DeepSpeedStrategy on this run's config (the CPU variant where it trains on the CPU:
+    train.accelerator=cpu, or auto on a machine without a GPU)."""
     try:
         import deepspeed  # noqa: F401, PLC0415 - the deepspeed extra: fail here, naming the fix
     except ImportError:
         raise ConfigError(f"train.strategy={cfg.train.strategy} needs DeepSpeed: pip install -e '.[deepspeed]'") \
             from None
     config = deepspeed_config(cfg)
-    if cfg.train.accelerator == "cpu":
+    if not trains_on_gpu(cfg.train):
         return cpu_strategy_class()(config=config)
     from lightning.pytorch.strategies import DeepSpeedStrategy  # noqa: PLC0415 - needs the deepspeed extra
 

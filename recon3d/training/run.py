@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from recon3d.files import atomic_write, file_sha256
 from recon3d.runs import pick_handed_on
 from recon3d.stages import STAGES
 from recon3d.tasks.checkpoints import checkpoint_file, consolidated_path
+from recon3d.training.allocation import check_accelerator, check_slurm
 from recon3d.training.build import build_datamodule, build_task, build_trainer, check_training_config
 from recon3d.training.callbacks import Preempted, hpc_checkpoints
 from recon3d.training.lineage import record_training
@@ -56,22 +56,6 @@ def resolve_resume(cfg: Config) -> Optional[str]:
     run_dir = Path(cfg.train.run_dir)
     found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *hpc_checkpoints(run_dir)] if p.exists()]
     return str(max(found, key=lambda p: p.stat().st_mtime_ns)) if found else None
-
-
-def check_slurm(cfg: Config, environ=None) -> None:
-    """Inside a SLURM allocation, tasks per node must equal train.devices and nodes train.num_nodes (Lightning starts
-    one process per task); say so before any work instead of failing inside Lightning."""
-    env = os.environ if environ is None else environ
-    if "SLURM_JOB_ID" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
-        return
-    tasks = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "").split("(")[0]
-    if tasks and tasks.isdigit() and int(tasks) != cfg.train.devices:
-        raise ConfigError(f"SLURM runs {tasks} task(s) per node but train.devices={cfg.train.devices}: set "
-                          f"train.devices={tasks} or #SBATCH --ntasks-per-node={cfg.train.devices}")
-    nodes = env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES")
-    if nodes and nodes.isdigit() and int(nodes) != cfg.train.num_nodes:
-        raise ConfigError(f"SLURM allocated {nodes} node(s) but train.num_nodes={cfg.train.num_nodes}: set "
-                          f"train.num_nodes={nodes} or #SBATCH --nodes={cfg.train.num_nodes}")
 
 
 def check_latents(cfg: Config) -> None:
@@ -149,6 +133,7 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     extra_callbacks join the configured ones (a sweep reports to Ray Tune through one); trainer_overrides replace
     Trainer arguments (tests use them)."""
     check_slurm(cfg)
+    check_accelerator(cfg)
     check_latents(cfg)
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

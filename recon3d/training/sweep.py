@@ -9,7 +9,7 @@ A sweep file (YAML) names the base config files, fixed overrides, the search spa
     scheduler: asha            # asha (default) | fifo | median | hyperband
     num_samples: 8
     max_concurrent: 2
-    resources: {cpu: 1, gpu: 0}
+    resources: {cpu: 1, gpu: auto}  # per trial; gpu auto: 1 where the Ray cluster has GPUs, else 0
     search_space:
       train.lr: {loguniform: [1.0e-4, 1.0e-2]}
       model.latent_dim: {choice: [64, 128]}
@@ -41,6 +41,7 @@ from recon3d.data.writing.executors import init_ray
 from recon3d.errors import ConfigError, Stopped
 from recon3d.files import atomic_write
 from recon3d.stages import STAGES
+from recon3d.training.allocation import check_trial_gpus
 from recon3d.training.run import run
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid")
@@ -57,7 +58,7 @@ class SweepSpec:
     scheduler: str = "asha"
     num_samples: int = 4
     max_concurrent: int = 1
-    resources: Dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    resources: Dict[str, Any] = field(default_factory=lambda: {"cpu": 1, "gpu": "auto"})  # per trial
     name: str = ""
     storage: str = "runs/sweeps"
     seed: int = 0
@@ -79,7 +80,11 @@ def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: Li
     spec.name = spec.name or path.stem
     if spec.scheduler not in SCHEDULERS:
         raise ConfigError(f"{path}: scheduler={spec.scheduler!r}: one of {SCHEDULERS}")
-    row = STAGES[load_config(spec.base, spec.overrides).train.stage]
+    _check_resources(spec.resources, path)
+    base = load_config(spec.base, spec.overrides)
+    if spec.resources.get("gpu", "auto") != "auto":
+        check_trial_gpus(base, float(spec.resources["gpu"]))
+    row = STAGES[base.train.stage]
     if not spec.metric:
         spec.metric, spec.mode = row.best_by, spec.mode or row.mode
     spec.mode = spec.mode or "max"
@@ -93,6 +98,29 @@ def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: Li
         probe = values[0] if isinstance(values, list) else values
         load_config(spec.base, [*spec.overrides, f"{key}={json.dumps(probe)}"])  # a typo fails here, named
     return spec
+
+
+def _check_resources(resources: Dict[str, Any], path: Path) -> None:
+    """resources: cpu (a number > 0) and gpu (a number >= 0, or auto) per trial.
+
+    Raises:
+        ConfigError: another key, or a value out of range (naming the file).
+    """
+    unknown = set(resources) - {"cpu", "gpu"}
+    if unknown:
+        raise ConfigError(f"{path}: resources.{sorted(unknown)[0]}: per-trial resources are cpu and gpu")
+    cpu, gpu = resources.get("cpu", 1), resources.get("gpu", "auto")
+    if not isinstance(cpu, (int, float)) or cpu <= 0:
+        raise ConfigError(f"{path}: resources.cpu={cpu!r}: a number of CPUs per trial, > 0")
+    if gpu != "auto" and (not isinstance(gpu, (int, float)) or gpu < 0):
+        raise ConfigError(f"{path}: resources.gpu={gpu!r}: a number of GPUs per trial (>= 0), or auto")
+
+
+def trial_resources(resources: Dict[str, Any], cluster_gpus: float) -> Dict[str, float]:
+    """The resources each trial asks Ray for: gpu auto is 1 where the cluster has GPUs, else none."""
+    gpu = resources.get("gpu", "auto")
+    gpu = (1.0 if cluster_gpus > 0 else 0.0) if gpu == "auto" else float(gpu)
+    return {k: v for k, v in {"cpu": float(resources.get("cpu", 1)), "gpu": gpu}.items() if v > 0}
 
 
 def _space(spec: SweepSpec) -> Dict[str, Any]:
@@ -215,6 +243,7 @@ def stop_on_signals():
 def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     """Run (or resume) the sweep; returns the best trial's parameters, metric and folder."""
     init_ray(address)  # first: it sets Ray's environment (no usage statistics) before anything imports ray
+    import ray
     from ray import tune
 
     storage = Path(spec.storage).resolve()
@@ -224,8 +253,9 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     max_t = max(1, STAGES[base_cfg.train.stage].epochs(base_cfg))
     spec_dict = {"base": [str(Path(b).resolve()) for b in spec.base], "overrides": spec.overrides,
                  "metric": spec.metric, "name": spec.name, "cwd": os.getcwd()}
-    trainable = tune.with_resources(_trainable(spec_dict, str(sweep_dir)),
-                                    {k: float(v) for k, v in spec.resources.items() if float(v) > 0})
+    resources = trial_resources(spec.resources, ray.cluster_resources().get("GPU", 0))
+    check_trial_gpus(base_cfg, resources.get("gpu", 0))  # before any trial starts
+    trainable = tune.with_resources(_trainable(spec_dict, str(sweep_dir)), resources)
     experiment = sweep_dir / "tune"
     if tune.Tuner.can_restore(str(experiment)):
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, restart_errored=True)

@@ -32,6 +32,7 @@ from recon3d.geometry.procedural import write_procedural_meshes
 from recon3d.inference.autoencoder import export_latents
 from recon3d.inference.splits import sheet_keys
 from recon3d.stages import STAGES, demo_steps, latents_exporter
+from recon3d.training.allocation import check_accelerator
 from recon3d.training.lineage import evaluation_artifact, latents_artifact, model_artifact, record_job, shards_artifact
 from recon3d.training.run import run
 from recon3d.workflows.report import write_report
@@ -178,6 +179,7 @@ def _run_stages(cfg: Config, log: StageLog, work: Dict[str, Callable[[float], di
 
 def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
     """Run (or resume) the whole method in cfg.demo.out_dir; returns a process exit code."""
+    check_accelerator(cfg)  # before any step: a CPU config in a GPU job, or cuda where there is none
     run_dir = Path(cfg.demo.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = StageLog(run_dir / "stages.json")
