@@ -26,7 +26,8 @@ FLOORS = [
 # test files at the top of tests/ that test the house rather than one module
 HOUSE_TESTS = {"test_layout.py": "this file", "test_install.py": "the install: package data, version, extras",
                "test_docs.py": "the docs site builds (mkdocs --strict) and the README's promises",
-               "test_lint.py": "ruff's lint and import order over the repository"}
+               "test_lint.py": "ruff's lint and import order over the repository",
+               "test_containers.py": "the container recipes in containers/ (not a package)"}
 # folders of tests/ that mirror no package, with why
 NOT_MIRRORS = {"toy": "a toy stage that tests/test_stages.py adds to the stage table"}
 HELPERS = {"__init__.py", "conftest.py", "system.py", "local_slurm.py"}  # test infrastructure, not tests

@@ -65,10 +65,11 @@ def _after(*jobs: int) -> List[str]:
 
 
 def _step(out: Path, name: str, command: str, cpus: int, extra: Sequence[str], after: Sequence[int]) -> int:
-    """A one-task job running `command` after the RECON3D_ENV_SETUP hook."""
+    """A one-task job running `command` after the RECON3D_ENV_SETUP hook, through RECON3D_LAUNCHER when set (as
+    the templates run their srun steps)."""
     args = [f"--job-name=recon3d-{name}", "--nodes=1", "--ntasks=1", f"--cpus-per-task={cpus}",
             f"--output={out / 'logs'}/%x-%j.out", "--open-mode=append", *_after(*after), *extra]
-    script = f'eval "${{RECON3D_ENV_SETUP:-}}"; set -euo pipefail; {command}'
+    script = f'eval "${{RECON3D_ENV_SETUP:-}}"; set -euo pipefail; {_launched(command)}'
     return sbatch(args, wrap=f"exec bash -c {shlex.quote(script)}")  # --wrap runs /bin/sh
 
 
@@ -86,6 +87,11 @@ def chain_stages(shards: str, stages: Sequence[str] = ()) -> List[str]:
     except (OSError, ValueError):  # not built yet (a shards array may still be running)
         return list(STAGES)
     return [name for name, row in STAGES.items() if not (row.loader and unmet_needs(manifest, row.loader))]
+
+
+def _launched(command: str) -> str:
+    """Each `;`-separated recon3d command of a shell line prefixed with the RECON3D_LAUNCHER hook."""
+    return "; ".join(f"${{RECON3D_LAUNCHER:-}} {part.strip()}" for part in command.split("; "))
 
 
 def submit_pipeline(*, shards: str, out: str, configs: Sequence[str] = (), stage_configs: Dict[str, str] = None,

@@ -36,3 +36,12 @@ def submit_train(cluster, tmp_path: Path, name: str, *train_args: str, nodes: in
     return cluster.sbatch(f"--nodes={nodes}", f"--ntasks-per-node={tasks}",
                           f"--output={tmp_path}/{name}-%j.out", *sbatch_args, str(REPO / "slurm" / "train.sbatch"),
                           "-c", str(TINY), *train_args, cwd=tmp_path, env={**job_env(), **(env or {})})
+
+
+def recording_launcher(folder: Path) -> tuple:
+    """A stand-in for a container launcher (RECON3D_LAUNCHER): a script that records where it ran and what it
+    wrapped, one line per step ("<host> <SLURM_PROCID> <command>"), then runs it. (environment, record path)."""
+    record, script = folder / "launched.txt", folder / "launcher.sh"
+    script.write_text(f'#!/bin/bash\necho "$(hostname) ${{SLURM_PROCID:-}} $*" >> {record}\nexec "$@"\n')
+    script.chmod(0o755)
+    return {"RECON3D_LAUNCHER": str(script)}, record

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from recon3d.data.writing.writer import build_shards
-from tests.cluster.conftest import job_env, job_log
+from tests.cluster.conftest import job_env, job_log, recording_launcher
 from tests.conftest import GAN_TINY, REPO, TINY, free_port, tiny_config, tiny_sweep_file
 
 pytestmark = pytest.mark.slurm
@@ -17,9 +17,10 @@ pytestmark = pytest.mark.slurm
 
 def test_shards_array_over_two_nodes_is_byte_identical_to_one_process(cluster, tiny_meshes, tmp_path):
     out = tmp_path / "shards"
+    launcher, launched = recording_launcher(tmp_path)
     cluster.sbatch("--array=0-1", "--cpus-per-task=1", "--mem=1G", f"--output={tmp_path}/shards-%A_%a.out",
                    str(REPO / "slurm" / "shards.sbatch"), str(tiny_meshes), str(out), "-c", str(TINY),
-                   "shards.samples_per_shard=2", cwd=tmp_path, env=job_env())
+                   "shards.samples_per_shard=2", cwd=tmp_path, env=job_env(**launcher))
     deadline = time.time() + 400
     while time.time() < deadline and not (out / "manifest.json").is_file():
         time.sleep(1)
@@ -32,15 +33,20 @@ def test_shards_array_over_two_nodes_is_byte_identical_to_one_process(cluster, t
                                    "shards.samples_per_shard=2"), progress=False).manifest
     array = json.loads((out / "manifest.json").read_text())
     assert array["samples"] == 12 and array["shards"] == one["shards"]  # names, counts, sizes and sha256
+    steps = launched.read_text().splitlines()  # both parts, the merge's build and its verify, each through it
+    assert sum(" recon3d shards build " in f" {line} " and "--part" in line for line in steps) == 2, steps
+    assert {line.split()[0] for line in steps if "--part" in line} == {"node1", "node2"}, steps
+    assert any(" recon3d shards verify " in f" {line} " for line in steps), steps
 
 
 def test_sweep_over_two_nodes_places_trials_on_both(cluster, tiny_shards, tmp_path):
     pytest.importorskip("ray", reason="Ray is installed with the dev extra")
     sweep = tiny_sweep_file(tmp_path / "two-node-sweep.yaml", tiny_shards, scheduler="fifo", num_samples=2,
                             search_space={"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}})
+    launcher, launched = recording_launcher(tmp_path)
     job = cluster.sbatch("--nodes=2", "--cpus-per-task=1", "--mem=2G", f"--output={tmp_path}/sweep-%j.out",
                          str(REPO / "slurm" / "sweep.sbatch"), "-c", str(sweep), cwd=tmp_path,
-                         env=job_env(RAY_PORT=str(free_port())))
+                         env=job_env(RAY_PORT=str(free_port()), **launcher))
     state = cluster.wait(job, timeout=500)[job]
     log = job_log(tmp_path, "sweep-*.out")
     assert state == "COMPLETED", log[-4000:]
@@ -51,6 +57,9 @@ def test_sweep_over_two_nodes_places_trials_on_both(cluster, tiny_shards, tmp_pa
     assert {t["host"] for t in trials} == {"node1", "node2"}, trials  # one 1-CPU trial per 1-CPU node
     assert all(ipaddress.ip_address(t["node_ip"]).is_loopback for t in trials), trials  # Ray talked on loopback
     assert (folder / "best.yaml").is_file()
+    steps = launched.read_text().splitlines()  # the Ray head, the worker and the driver, each through the launcher
+    assert {(line.split()[0], " ".join(line.split()[2:4])) for line in steps} >= {
+        ("node1", "ray start"), ("node2", "ray start"), ("node1", "recon3d sweep")}, steps
 
 
 def test_pipeline_submits_the_chain_as_dependent_jobs(cluster, tiny_shards, tmp_path, launch):

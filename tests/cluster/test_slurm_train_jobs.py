@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from recon3d.tasks.checkpoints import read_checkpoint
-from tests.cluster.conftest import job_log, submit_train
+from tests.cluster.conftest import job_log, recording_launcher, submit_train
 
 pytestmark = pytest.mark.slurm
 SHORT = ("train.accelerator=cpu", "loader.train_samples_per_epoch=8")
@@ -32,11 +32,14 @@ def test_two_nodes_train_one_model_with_a_rank_on_each(cluster, tiny_shards, tmp
     if strategy.startswith("deepspeed"):
         pytest.importorskip("deepspeed", reason="DeepSpeed is not installed")
     run_dir = tmp_path / "run"
+    launcher, launched = recording_launcher(tmp_path)  # as a container's `apptainer exec --nv IMAGE` would wrap
     job = submit_train(cluster, tmp_path, "two", "--shards", str(tiny_shards), "--run-dir", str(run_dir), *SHORT,
-                       f"train.strategy={strategy}", nodes=2)
+                       f"train.strategy={strategy}", nodes=2, env=launcher)
     state = cluster.wait(job, timeout=400)[job]
     log = job_log(tmp_path, "two-*.out")
     assert state == "COMPLETED", log[-4000:]
+    steps = sorted(launched.read_text().splitlines())  # every rank's step went through the launcher
+    assert [line.split()[:3] for line in steps] == [["node1", "0", "recon3d"], ["node2", "1", "recon3d"]], steps
     ranks = _ranks(log)
     assert sorted(ranks) == [0, 1], log[-4000:]
     assert " on node1 (node 0" in ranks[0] and " on node2 (node 1" in ranks[1]

@@ -52,3 +52,12 @@ def test_templates_are_installed_with_the_package_and_carry_the_site_lines(name)
     assert "WANDB_MODE" not in text  # train.wandb_mode decides
     assert output_folder([], template(name)) == Path("logs")
     assert output_folder(["-o", "runs/x/%j.out"], template(name)) == Path("runs/x")
+
+
+def test_the_launcher_hook_prefixes_the_training_step(tmp_path):
+    env = {"SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NUM_NODES": "1",
+           "RECON3D_LAUNCHER": "apptainer exec --nv /images/recon3d.sif"}
+    done = _run_template("train", tmp_path, env, "-c", "x.yaml")
+    assert done.returncode == 0, done.stderr
+    assert ("srun --kill-on-bad-exit=1 apptainer exec --nv /images/recon3d.sif recon3d train -c x.yaml "
+            "train.devices=2 train.num_nodes=1") in done.stdout
