@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 
 import torch
 
+import recon3d
 from benchmarks.gpu_parts import PARTS, STEP_MODES, autoencoder_flops, child, log, peak_tflops, proof_config, sizes
 from recon3d.bench.timing import loader_rate
 from recon3d.config import to_dict
@@ -91,6 +92,10 @@ def environment(tiny: bool, peak_override: float) -> dict:
         info["device"] = "cpu"
     info["peak_bf16_tflops"] = peak_tflops(info["device"], peak_override)
     info["cpu_inference_dtype"] = str(inference_dtype("cpu")).replace("torch.", "")
+    info["recon3d"] = recon3d.__file__  # the installed wheel's under `run`, the source tree's under `tiny`
+    expected = os.environ.get("RECON3D_EXPECT_INSTALLED")
+    if expected and not recon3d.__file__.startswith(expected):
+        raise RuntimeError(f"recon3d came from {recon3d.__file__}, not the installed wheel in {expected}")
     return info
 
 
