@@ -29,6 +29,8 @@ class SourceConfig:
     categories: List[str] = field(default_factory=list)  # keep only these categories (empty: all)
     limit_per_category: int = 0  # at most this many shapes per category, first in sorted order (0: all)
     hdf5_axes: str = "xyz"  # IM-NET hdf5: which stored axis becomes our x, y, z (e.g. "zyx")
+    test_list: str = ""  # text file of the test shapes, one per line (synset/id, category/id or id): those go to
+    # test, the rest to train and val (shards.split's train:val proportions); empty: the source's split or shards.split
 
     def __post_init__(self) -> None:
         _check(self.kind in SOURCE_KINDS, f"source.kind={self.kind!r}: expected one of {SOURCE_KINDS}")

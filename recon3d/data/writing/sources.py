@@ -213,6 +213,8 @@ def discover(cfg: SourceConfig) -> Tuple[List[Item], List[Reject], str]:
               "shapenet": lambda: _shapenet(root, cfg), "modelnet": lambda: _modelnet(root, cfg),
               "imnet_hdf5": lambda: _imnet(root, cfg)}[kind]
     items, rejects = finder()
+    if cfg.test_list:
+        items = with_test_list(items, cfg.test_list)
     if cfg.categories:
         wanted = {make_key(c, "x").split("/")[0] for c in cfg.categories}
         items = [item for item in items if item.category in wanted]
@@ -224,6 +226,30 @@ def discover(cfg: SourceConfig) -> Tuple[List[Item], List[Reject], str]:
                 kept.append(item)
         items = kept
     return sorted((_with_front(item, cfg) for item in items), key=lambda i: i.key), rejects, kind
+
+
+def with_test_list(items: List[Item], path: str | Path) -> List[Item]:
+    """The items with their split from a list of test shapes (a published benchmark's, such as IM-NET's 13-category
+    test list): a shape it names goes to test, every other one to train (val is then carved out of train). Lines
+    name a shape by its id, with anything before the last "/" (a synset or category) ignored; blank lines and
+    lines starting with # are skipped.
+
+    Raises:
+        FileNotFoundError: the list is missing.
+        ValueError: it names no shape of the source (naming the file and a first id).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"source.test_list={str(path)!r}: no such file")
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    test = {line.rstrip("/").rsplit("/", 1)[-1] for line in lines if line and not line.startswith("#")}
+    found = [item for item in items if item.key.split("/", 1)[1] in test]
+    if test and not found:
+        raise ValueError(f"source.test_list={str(path)!r} names none of the source's shapes (e.g. "
+                         f"{sorted(test)[0]!r}; shapes are named like {items[0].key.split('/', 1)[1]!r})"
+                         if items else f"source.test_list={str(path)!r}: the source has no shapes")
+    chosen = {item.key for item in found}
+    return [dataclasses.replace(item, split="test" if item.key in chosen else "train") for item in items]
 
 
 def _with_front(item: Item, cfg: SourceConfig) -> Item:

@@ -200,3 +200,26 @@ def test_split_counts_round_cumulative_shares_and_keep_every_split_when_they_can
     assert split_counts(3, (0.5, 0.25, 0.25)) == [1, 1, 1]  # rounding alone gives 2/0/1
     assert split_counts(2, (0.8, 0.1, 0.1)) == [2, 0, 0]  # too few to give each split one
     assert split_counts(10, (0.7, 0.1, 0.0)) == [9, 1, 0] and split_counts(0, (0.8, 0.1, 0.1)) == [0, 0, 0]
+
+
+def test_a_test_list_puts_its_shapes_in_test_and_cuts_the_rest_into_train_and_val(tmp_path):
+    """source.test_list names a benchmark's test shapes (IM-NET's file lists synset/id): they go to test, the others
+    to train and val in shards.split's train : val proportions; a list naming none of the shapes is an error."""
+    from recon3d.data.writing.sources import assign_splits
+
+    for i in range(20):
+        path = tmp_path / "src" / "03001627" / f"id{i:02d}" / "model.obj"
+        path.parent.mkdir(parents=True)
+        path.write_text(trimesh.exchange.obj.export_obj(BOX))
+    listing = tmp_path / "test.txt"
+    listing.write_text("# IM-NET's test list\n03001627/id03\n03001627/id07\n\nid11\n")
+    source = _source(tmp_path / "src", f"source.test_list={listing}")
+    items, _, _ = discover(source)
+    splits = assign_splits(items, (0.75, 0.05, 0.2), by="category")
+    assert sorted(k for k, s in splits.items() if s == "test") == ["chair/id03", "chair/id07", "chair/id11"]
+    assert sum(s == "val" for s in splits.values()) == 1 and sum(s == "train" for s in splits.values()) == 16
+    listing.write_text("02691156/nothing_here\n")
+    with pytest.raises(ValueError, match="names none of the source's shapes"):
+        discover(source)
+    with pytest.raises(FileNotFoundError, match="source.test_list='.*missing.txt': no such file"):
+        discover(_source(tmp_path / "src", f"source.test_list={tmp_path / 'missing.txt'}"))
