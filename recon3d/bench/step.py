@@ -4,12 +4,11 @@ Lightning task, side by side on the same batch (the framework's overhead on this
 from __future__ import annotations
 
 import statistics
-import time
 
 import lightning as L
 import torch
 
-from recon3d.bench.timing import repeat_loader, step_timer
+from recon3d.bench.timing import repeat_loader, step_timer, timed
 from recon3d.config import Config, to_dict
 from recon3d.models.implicit_decoder import Autoencoder
 from recon3d.tasks.autoencoder import AutoencoderTask
@@ -20,25 +19,17 @@ def bench_train_step(cfg: Config, batch_size: int, points: int, steps: int, warm
     res = cfg.geometry.voxel_resolution
     batch = {k: v.to(device) for k, v in random_batch(res, batch_size, points).items()}
 
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     torch.manual_seed(0)
     model = Autoencoder(**to_dict(cfg.model), resolution=res).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
-    times = []
-    for i in range(warmup + steps):
-        sync()
-        start = time.perf_counter()
+
+    def step() -> None:
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.mse_loss(model(batch["voxels"], batch["points"]), batch["values"])
         loss.backward()
         opt.step()
-        sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    plain = statistics.median(times)
+
+    plain = statistics.median(timed(step, steps, warmup, device.startswith("cuda")))
     lightning = _lightning_step_time(cfg, batch, steps, warmup, device)
     per_step = batch_size * points
     return "\n".join([

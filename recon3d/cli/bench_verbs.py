@@ -7,12 +7,7 @@ import argparse
 
 from recon3d.cli import options
 from recon3d.cli.options import Verb
-from recon3d.config import load_config
 from recon3d.errors import ConfigError
-
-
-def _config(args: argparse.Namespace, extra=None):
-    return load_config(args.config, list(args.overrides) + list(extra or []))
 
 
 def _workers(args, default: str) -> list:
@@ -20,7 +15,7 @@ def _workers(args, default: str) -> list:
 
 
 def _train_step(args) -> str:
-    cfg = _config(args)
+    cfg = options.load_args_config(args)
     if not (args.strategy or args.rank_stats):
         from recon3d.bench.step import bench_train_step
 
@@ -51,13 +46,13 @@ def _extract(args) -> str:
 def _lfd(args) -> str:
     from recon3d.bench.lfd import bench_lfd
 
-    return bench_lfd(_config(args, [f"source.root={args.target}"] if args.target else []), args.limit)
+    return bench_lfd(options.load_args_config(args, [f"source.root={args.target}"] if args.target else []), args.limit)
 
 
 def _prep(args) -> str:
     from recon3d.bench.prep import bench_prep
 
-    cfg = _config(args, [f"source.root={args.target}"] if args.target else [])
+    cfg = options.load_args_config(args, [f"source.root={args.target}"] if args.target else [])
     return bench_prep(cfg, args.limit or 12, _workers(args, "1,2"))
 
 

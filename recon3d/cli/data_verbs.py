@@ -3,17 +3,12 @@ report, config."""
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from recon3d.cli import options
 from recon3d.cli.options import Verb
 from recon3d.config import load_config
 from recon3d.errors import ConfigError
-
-
-def _config(args: argparse.Namespace, extra=None):
-    return load_config(args.config, list(args.overrides) + list(extra or []))
 
 
 def _shards_build(args) -> int:
@@ -27,7 +22,7 @@ def _shards_build(args) -> int:
         extra.append(f"shards.out_dir={args.out}")
     if args.workers:
         extra.append(f"shards.workers={args.workers}")
-    cfg = _config(args, extra)
+    cfg = options.load_args_config(args, extra)
     if not cfg.source.root:
         raise ConfigError("no input: give --root DIR or source.root=DIR")
     part = (0, 1)
@@ -104,7 +99,7 @@ def _show_config(args) -> int:
 
     from recon3d.config import to_dict
 
-    print(json.dumps(to_dict(_config(args)), indent=2))
+    print(json.dumps(to_dict(options.load_args_config(args)), indent=2))
     return 0
 
 

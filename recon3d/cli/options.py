@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
+from recon3d.config import load_config
 from recon3d.stages import STAGES
 
 SPLITS = ("train", "val", "test")
@@ -33,6 +34,11 @@ def default_device() -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:
         return "cpu"
+
+
+def load_args_config(args: argparse.Namespace, extra: Sequence[str] = ()):
+    """The Config a verb's -c files and key=value overrides give, then `extra` overrides (the verb's own flags)."""
+    return load_config(args.config, [*args.overrides, *extra])
 
 
 def config(parser: argparse.ArgumentParser, *, required: bool = False) -> None:

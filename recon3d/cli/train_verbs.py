@@ -9,7 +9,6 @@ from pathlib import Path
 
 from recon3d.cli import options
 from recon3d.cli.options import Verb
-from recon3d.config import load_config
 from recon3d.stages import STAGES
 
 
@@ -21,7 +20,7 @@ def _train(args) -> int:
     if args.run_dir:
         extra.append(f"train.run_dir={args.run_dir}")
     with requeue_signal_outside_training():
-        result = run(load_config(args.config, list(args.overrides) + extra))
+        result = run(options.load_args_config(args, extra))
     if not result.is_global_zero:  # one summary per job, not one per process
         return 0
     print(f"run folder: {result.run_dir}")
