@@ -156,9 +156,6 @@ def latents_exporter() -> str:
     return next((row.name for row in STAGES.values() if row.exports_latents), "")
 
 
-DEMO_JOBS = ("meshes", "shards", "latents", "evaluate", "report")  # the demo's steps that train nothing
-
-
 def demo_steps() -> List[str]:
     """The demo's steps in the order they run: meshes, shards, then the table's stages in its order, with the
     export of latents right after the stage that exports them when another stage learns from them, then evaluate

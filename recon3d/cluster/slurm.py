@@ -64,12 +64,14 @@ def _after(*jobs: int) -> List[str]:
     return [f"--dependency=afterok:{':'.join(map(str, jobs))}", "--kill-on-invalid-dep=yes"]
 
 
-def _step(out: Path, name: str, command: str, cpus: int, extra: Sequence[str], after: Sequence[int]) -> int:
-    """A one-task job running `command` after the RECON3D_ENV_SETUP hook, through RECON3D_LAUNCHER when set (as
-    the templates run their srun steps)."""
+def _step(out: Path, name: str, commands: Sequence[str], cpus: int, extra: Sequence[str], after: Sequence[int]
+          ) -> int:
+    """A one-task job running `commands` (shell lines, each a recon3d command) in turn after the RECON3D_ENV_SETUP
+    hook, each through RECON3D_LAUNCHER when set (as the templates run their srun steps)."""
     args = [f"--job-name=recon3d-{name}", "--nodes=1", "--ntasks=1", f"--cpus-per-task={cpus}",
             f"--output={out / 'logs'}/%x-%j.out", "--open-mode=append", *_after(*after), *extra]
-    script = f'eval "${{RECON3D_ENV_SETUP:-}}"; set -euo pipefail; {_launched(command)}'
+    launched = "; ".join(f"${{RECON3D_LAUNCHER:-}} {command}" for command in commands)
+    script = f'eval "${{RECON3D_ENV_SETUP:-}}"; set -euo pipefail; {launched}'
     return sbatch(args, wrap=f"exec bash -c {shlex.quote(script)}")  # --wrap runs /bin/sh
 
 
@@ -87,11 +89,6 @@ def chain_stages(shards: str, stages: Sequence[str] = ()) -> List[str]:
     except (OSError, ValueError):  # not built yet (a shards array may still be running)
         return list(STAGES)
     return [name for name, row in STAGES.items() if not (row.loader and unmet_needs(manifest, row.loader))]
-
-
-def _launched(command: str) -> str:
-    """Each `;`-separated recon3d command of a shell line prefixed with the RECON3D_LAUNCHER hook."""
-    return "; ".join(f"${{RECON3D_LAUNCHER:-}} {part.strip()}" for part in command.split("; "))
 
 
 def submit_pipeline(*, shards: str, out: str, configs: Sequence[str] = (), stage_configs: Dict[str, str] = None,
@@ -117,12 +114,12 @@ def submit_pipeline(*, shards: str, out: str, configs: Sequence[str] = (), stage
                       f"--output={root / 'logs'}/%x-%j.out", *sbatch_args], multi=nodes * tasks_per_node > 1)
     jobs = {row.name: train(row, []) for row in chosen if not row.learns_from}
     if learners:
-        jobs["latents"] = _step(root, "latents", f"recon3d export-latents --ckpt {shlex.quote(str(root / exporter))} "
-                                f"--shards {shlex.quote(shards)}", cpus_per_task, sbatch_args, [jobs[exporter]])
+        export = f"recon3d export-latents --ckpt {shlex.quote(str(root / exporter))} --shards {shlex.quote(shards)}"
+        jobs["latents"] = _step(root, "latents", [export], cpus_per_task, sbatch_args, [jobs[exporter]])
         for row in learners:
             jobs[row.name] = train(row, [jobs["latents"]], f"{row.learns_from}.autoencoder_ckpt={root / exporter}")
-    evals = "; ".join(f"recon3d eval --ckpt {shlex.quote(str(root / row.name))} --shards {shlex.quote(shards)} "
-                      f"-o {shlex.quote(str(root / 'eval' / row.name))}" for row in chosen)
+    evals = [f"recon3d eval --ckpt {shlex.quote(str(root / row.name))} --shards {shlex.quote(shards)} "
+             f"-o {shlex.quote(str(root / 'eval' / row.name))}" for row in chosen]
     jobs["eval"] = _step(root, "eval", evals, cpus_per_task, sbatch_args, [jobs[row.name] for row in chosen])
     return jobs
 

@@ -20,3 +20,13 @@ def test_the_default_chain_leaves_out_what_the_shards_cannot_feed(tiny_shards, s
     assert "stereo" not in slurm.chain_stages(str(tiny_shards))  # no right-eye views
     assert "stereo" in slurm.chain_stages(str(stereo_shards))
     assert slurm.chain_stages("/nowhere/yet") == list(slurm.STAGES)  # not built yet: the user's list, or all
+
+
+def test_a_path_with_a_semicolon_stays_one_quoted_argument_of_each_step(tmp_path, monkeypatch):
+    submitted = []
+    monkeypatch.setattr(slurm, "sbatch", lambda args, script=None, job_args=(), wrap="": submitted.append(
+        wrap) or len(submitted))
+    jobs = slurm.submit_pipeline(shards="/scratch/a; b", out=str(tmp_path / "chain"), stages=["autoencoder", "gan"])
+    evals = submitted[jobs["eval"] - 1]
+    assert evals.count("${RECON3D_LAUNCHER:-}") == 2  # one per eval command, none inside the quoted path
+    assert evals.count("--shards '\"'\"'/scratch/a; b'\"'\"'") == 2  # quoted once, then once more for bash -c
