@@ -13,6 +13,7 @@ import numpy as np
 
 from recon3d.config import load_config
 from recon3d.files import atomic_write
+from recon3d.runs import run_folder
 from recon3d.tasks.scores import category_means, nan_mean
 from recon3d.training.build import build_loggers
 
@@ -98,8 +99,9 @@ def format_table(summary: Dict[str, dict], columns: Sequence[str] = ("shapes", "
 
 def log_eval(ckpt: str | Path, name: str, summary: Dict[str, dict]) -> None:
     """Send the summary to the checkpoint's run loggers (CSV always, W&B offline when the run used it) as
-    eval/<name>/<category>/<score>; nothing when the checkpoint is not in a run folder."""
-    run_dir = Path(ckpt).resolve().parent.parent
+    eval/<name>/<category>/<score>; nothing when the checkpoint is not in a run folder (ckpt: a file or the run
+    folder itself)."""
+    run_dir = run_folder(ckpt)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         return

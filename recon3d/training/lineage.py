@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence
 from recon3d.config import Config, to_dict
 from recon3d.data.loading.latents import default_latents
 from recon3d.data.loading.shards import load_manifest
+from recon3d.runs import run_folder
 from recon3d.stages import STAGES, latents_exporter
 from recon3d.tasks.checkpoints import checkpoint_file
 
@@ -62,7 +63,7 @@ def shards_artifact(shards: str | Path):
 def model_artifact(stage: str, checkpoint: str | Path, metadata: Optional[dict] = None):
     """A checkpoint file (a ZeRO folder's consolidated file) as a model artifact named by stage and run folder."""
     path = Path(checkpoint_file(checkpoint))
-    run_dir = path.parent.parent  # <run>/checkpoints/<file>
+    run_dir = run_folder(path)
     return _artifact(_name(stage, _run_label(run_dir, stage)), "model", [path],
                      {"stage": stage, "file": path.name, "run_dir": str(run_dir), **(metadata or {})})
 
@@ -70,7 +71,7 @@ def model_artifact(stage: str, checkpoint: str | Path, metadata: Optional[dict] 
 def latents_artifact(folder: str | Path, autoencoder_ckpt: str | Path):
     """Exported latents (every split's codes, keys and latents.json) named after the autoencoder's run folder."""
     folder = Path(folder)
-    run_dir = Path(autoencoder_ckpt).resolve().parent.parent
+    run_dir = run_folder(autoencoder_ckpt)  # a checkpoint file or its run folder (svr.autoencoder_ckpt=runs/ae)
     files = sorted(p for p in folder.iterdir() if p.is_file())
     return _artifact(_name("latents", _run_label(run_dir, latents_exporter())), "latents", files,
                      {"folder": str(folder), "autoencoder_checkpoint": str(autoencoder_ckpt)})

@@ -56,6 +56,15 @@ def test_eval_table_has_categories_and_means(tiny_ckpt, tiny_shards, tmp_path, c
     assert any("eval/autoencoder_train/mean over shapes/iou" in p.read_text() for p in logged)
 
 
+def test_eval_of_a_run_folder_logs_to_that_runs_loggers(tiny_ckpt, tiny_shards, tmp_path):
+    run_dir = tiny_ckpt.parent.parent
+    before = set((run_dir / "logs").glob("version_*"))
+    assert main(["eval", "--ckpt", str(run_dir), "--shards", str(tiny_shards), "--split", "train",
+                 "--resolution", "16", "--iou-resolution", "8", "-o", str(tmp_path)]) == 0
+    added = [p / "metrics.csv" for p in set((run_dir / "logs").glob("version_*")) - before]
+    assert len(added) == 1 and "eval/autoencoder_train/mean over shapes/iou" in added[0].read_text()
+
+
 @pytest.mark.parametrize("stage", ["autoencoder", "svr"])
 def test_evaluations_decode_their_iou_grids_in_the_inference_dtype(stage, trained_svr, tiny_ckpt, tiny_shards,
                                                                      monkeypatch):

@@ -92,6 +92,16 @@ def test_record_job_links_a_step_that_does_not_train(tiny_shards, trained_autoen
     assert not (tmp_path / "none").exists()  # W&B off: nothing
 
 
+def test_latents_and_model_artifacts_name_a_run_folder_as_its_checkpoint(tiny_shards, trained_autoencoder):
+    from recon3d.data.loading.latents import default_latents
+    from recon3d.training.lineage import latents_artifact, model_artifact
+
+    folder, run_dir = default_latents(tiny_shards, trained_autoencoder), trained_autoencoder.parent.parent
+    assert latents_artifact(folder, run_dir).name == latents_artifact(folder, trained_autoencoder).name
+    assert latents_artifact(folder, run_dir).name == f"latents-{run_dir.name}"
+    assert model_artifact("autoencoder", run_dir).name == f"autoencoder-{run_dir.name}"
+
+
 def test_validation_meshes_become_glb_files_w_and_b_reads(tmp_path):
     import trimesh
     import wandb
