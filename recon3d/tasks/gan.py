@@ -12,6 +12,7 @@ import torch
 from recon3d.config import Config
 from recon3d.data.loading.datamodule import iter_split
 from recon3d.data.loading.latents import default_latents, latent_size
+from recon3d.data.loading.shards import first_split
 from recon3d.errors import ConfigError
 from recon3d.geometry.metrics import coverage_and_mmd, pairwise_chamfer_l2
 from recon3d.geometry.render import render_preview
@@ -27,8 +28,7 @@ def reference_split(name: str, manifest: dict) -> str:
     (small shard sets may leave val or test empty)."""
     if name != "auto":
         return name
-    splits = manifest["splits"]
-    return next((s for s in ("val", "test", "train") if splits.get(s, {}).get("samples", 0)), "val")
+    return first_split(manifest, ("val", "test", "train")) or "val"
 
 
 class LatentGANTask(StageCheckpoint, L.LightningModule):

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List
 import torch
 
 from recon3d.config import Config, to_dict, with_overrides
-from recon3d.data.loading.shards import load_manifest
+from recon3d.data.loading.shards import first_split, load_manifest
 from recon3d.data.tools.contact_sheet import contact_sheet
 from recon3d.data.tools.verify import summarise, verify_shards
 from recon3d.data.writing.writer import build_shards
@@ -69,12 +69,6 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def first_split(shard_dir: Path, order=("test", "val", "train")) -> str:
-    """The first split of `order` that holds samples (small user folders may leave test or val empty)."""
-    splits = load_manifest(shard_dir)["splits"]
-    return next(s for s in order if splits.get(s, {}).get("samples", 0))
-
-
 def stage_minutes(cfg: Config, log: "StageLog", name: str) -> float:
     """Stage `name`'s time: its share of what is left of demo.minutes among the stages not finished yet (a training
     stage gets at least a quarter of a minute once the budget is spent)."""
@@ -115,7 +109,7 @@ def _evaluate(cfg: Config, run_dir: Path, chosen: Dict[str, str]) -> dict:
     module: evaluate() with its row's demo_eval keywords, write_sheets() with its demo_sheets keywords, the same
     test shapes on every sheet, taken in turn from each category."""
     shards, out = run_dir / "shards", run_dir / "evaluation"
-    split = first_split(shards)
+    split = first_split(load_manifest(shards), ("test", "val", "train"))  # the shards step made sure of train
     keys = sheet_keys(shards, split, cfg.demo.sheet_shapes)
     for name in trained_stages():
         row = STAGES[name]

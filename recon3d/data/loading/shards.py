@@ -59,6 +59,13 @@ def load_manifest(shard_dir: str | Path) -> dict:
     return manifest
 
 
+def first_split(manifest: dict, order: Sequence[str]) -> str:
+    """The first split of `order` that holds samples in a manifest ("" when none does): small shard sets may leave
+    val or test empty."""
+    splits = manifest["splits"]
+    return next((split for split in order if splits.get(split, {}).get("samples", 0)), "")
+
+
 def sidecar_path(shard_dir: str | Path, name: str) -> Path:
     """The JSON the writer leaves beside each shard (count, sha256, rejects, plan hash)."""
     return Path(shard_dir) / f"{name}.json"
