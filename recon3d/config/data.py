@@ -11,6 +11,7 @@ from recon3d.errors import ConfigError
 
 AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
 VOXEL_RULES = ("binvox", "fill")  # recon3d/geometry/voxelize.py RULES
+HDF5_POINT_GRIDS = ("auto", "resolution", "256")  # recon3d/data/writing/imnet.py LAYOUTS
 SOURCE_KINDS = ("auto", "folder", "shapenet", "modelnet", "binvox", "imnet_hdf5")
 
 
@@ -29,6 +30,8 @@ class SourceConfig:
     categories: List[str] = field(default_factory=list)  # keep only these categories (empty: all)
     limit_per_category: int = 0  # at most this many shapes per category, first in sorted order (0: all)
     hdf5_axes: str = "xyz"  # IM-NET hdf5: which stored axis becomes our x, y, z (e.g. "zyx")
+    hdf5_point_grid: str = "auto"  # IM-NET hdf5 points_<r>: auto (told from the data) | resolution (indices of each
+    # set's own r^3 grid: the implicit-decoder release) | 256 (256^3 coordinates: IM-NET-pytorch); checked either way
     test_list: str = ""  # text file of the test shapes, one per line (synset/id, category/id or id): those go to
     # test, the rest to train and val (shards.split's train:val proportions); empty: the source's split or shards.split
 
@@ -45,6 +48,8 @@ class SourceConfig:
             _check(self.up_axis[1] != self.front_axis[1],
                    f"source.up_axis={self.up_axis} and source.front_axis={self.front_axis} must be different axes")
         _check(sorted(self.hdf5_axes) == ["x", "y", "z"], f"source.hdf5_axes={self.hdf5_axes!r}: a permutation of xyz")
+        _check(self.hdf5_point_grid in HDF5_POINT_GRIDS,
+               f"source.hdf5_point_grid={self.hdf5_point_grid!r}: expected one of {HDF5_POINT_GRIDS}")
         _check(self.limit_per_category >= 0, "source.limit_per_category must be >= 0")
 
 

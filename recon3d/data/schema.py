@@ -6,7 +6,8 @@ basename). Members, all lower case:
     meta.json           category, shape_id, source file, split, normalisation, point grid, counts
     voxels.npy          (R, R, R/8) uint8: the stored solid, bits packed along z (np.packbits)
     voxels_fine.npy     the fine solid, packed the same way (optional)
-    points_<r>.npy      (P, 3) uint8: fine-grid voxel indices; position = (index + 0.5) / point_grid - 0.5
+    points_<r>.npy      (P, 3) uint8: cell indices of the point grid; position = (index + 0.5) / grid - 0.5, grid =
+                        meta's point_grids[r] when present (IM-NET hdf5), else its point_grid (the fine grid)
     values_<r>.npy      (ceil(P/8),) uint8: occupancy of those points, packed bits
     views.zlib          every rendered view (RGBA; grayscale for IM-NET hdf5 input), each its own zlib stream of
                         raw (H, W, C) uint8 pixels, so one view decodes without the others (`pack_views`)
@@ -279,18 +280,19 @@ def decode_meta(sample: Dict[str, bytes]) -> dict:
     return json.loads(sample[META])
 
 
-IMNET_POINT_GRID = 256  # IM-NET's hdf5 point coordinates are indices into a 256^3 grid
+IMNET_POINT_GRID = 256  # IM-NET-pytorch's hdf5 point coordinates index a 256^3 grid (recon3d/data/writing/imnet.py)
 
 
-def point_grid(manifest: dict) -> int:
-    """The grid every sample's point indices refer to (meta.json's point_grid), from a shard set's manifest."""
+def point_grid(manifest: dict, resolution: int) -> int:
+    """The grid the point indices of set `resolution` refer to, from a shard set's manifest (meta.json's point_grids,
+    or point_grid for every set)."""
     if manifest["source"]["kind"] == "imnet_hdf5":
-        return IMNET_POINT_GRID
+        resolution_layout = manifest["config"]["source"].get("hdf5_point_grid") == "resolution"
+        return resolution if resolution_layout else IMNET_POINT_GRID
     return int(manifest["config"]["geometry"]["fine_resolution"])
 
 
-def meta_int(sample: Dict[str, bytes], field: str) -> int:
-    """One integer field of meta.json without parsing all of it (json_bytes writes compact, sorted JSON; anything
-    else falls back to a full parse)."""
-    found = re.search(rb'"' + field.encode() + rb'":(-?\d+)[,}]', sample[META])
-    return int(found.group(1)) if found else int(decode_meta(sample)[field])
+def sample_point_grid(sample: Dict[str, bytes], resolution: int) -> int:
+    """The grid of one sample's point set `resolution`, from its meta.json."""
+    meta = decode_meta(sample)
+    return int(meta.get("point_grids", {}).get(str(resolution)) or meta["point_grid"])

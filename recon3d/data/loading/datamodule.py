@@ -41,7 +41,8 @@ class Pipeline(NamedTuple):
 
 PIPELINES: Dict[str, Pipeline] = {  # loader.stage -> how its samples are read
     "autoencoder": Pipeline(lambda dm: AutoencoderDecoder(dm.point_resolution, dm.points_per_sample,
-                                                          point_grid(dm.manifest) if dm.manifest else 0),
+                                                          point_grid(dm.manifest, dm.point_resolution)
+                                                          if dm.manifest else 0),
                             lambda dm, evaluation: autoencoder_members(dm.point_resolution, surface=evaluation),
                             # the point grid comes from the manifest: meta.json is not read per sample
                             lambda dm: autoencoder_members(dm.point_resolution, meta=False)),

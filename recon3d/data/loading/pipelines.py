@@ -57,7 +57,7 @@ def decode_autoencoder(raw: Dict[str, bytes], resolution: int, points: int, rng:
     and the copy to the GPU cheap (voxels and values 8x less than uint8)."""
     bits = schema.voxel_bits(raw[schema.VOXELS])
     index = schema.load_npy(raw[schema.points_member(resolution)])
-    grid = point_grid or schema.meta_int(raw, "point_grid")
+    grid = point_grid or schema.sample_point_grid(raw, resolution)
     out = {"key": raw["__key__"], "voxel_bits": bits, "point_grid": np.int32(grid)}
     if points and points < len(index):
         values = schema.unpack_values(raw[schema.values_member(resolution)], len(index))

@@ -19,6 +19,7 @@ import numpy as np
 
 from recon3d.config import Config, GeometryConfig
 from recon3d.data import schema
+from recon3d.data.writing import imnet
 from recon3d.data.writing.formats import RejectError, load_mesh, read_binvox, voxel_boundary_mesh
 from recon3d.data.writing.sources import Item
 from recon3d.geometry.camera import right_eye, sample_views
@@ -153,33 +154,10 @@ def _mesh_members(vertices, faces, item: Item, cfg: Config, clock: _Clock) -> Di
 
 
 def _imnet_members(path: Path, item: Item, cfg: Config, clock: _Clock) -> Dict[str, bytes]:
-    order = ["xyz".index(axis) for axis in cfg.source.hdf5_axes]
-    members, counts = {}, {}
     with h5py.File(path, "r") as h5:
-        needed = ["voxels"] + [f"values_{k.split('_')[1]}" for k in h5.keys() if k.startswith("points_")]
-        missing = [name for name in needed if name not in h5]
-        if missing:
-            raise RejectError(f"hdf5 is missing dataset {missing[0]!r}")
-        try:
-            voxels = np.asarray(h5["voxels"][item.row]).reshape(h5["voxels"].shape[1:4]) > 0
-            members[schema.VOXELS] = schema.pack_voxels(voxels.transpose(order))
-            for name in sorted(k for k in h5.keys() if k.startswith("points_")):
-                res = int(name.split("_")[1])
-                points = np.asarray(h5[name][item.row]).reshape(-1, 3)[:, order]
-                values = np.asarray(h5[f"values_{res}"][item.row]).reshape(-1) > 0.5
-                members[schema.points_member(res)] = schema.npy_bytes(np.clip(points, 0, 255).astype(np.uint8))
-                members[schema.values_member(res)] = schema.pack_values(values)
-                counts[str(res)] = {"points": int(len(points)), "stage": 0}
-            pixels = np.asarray(h5["pixels"][item.row]) if "pixels" in h5 else np.zeros((0, 1, 1), np.uint8)
-        except KeyError as err:
-            raise RejectError(f"hdf5 is missing dataset {str(err.args[0]).split(':')[0]!r}") from None
-    if not counts:
-        raise RejectError("hdf5 has no points_<r> datasets")
-    if len(pixels):
-        members[schema.VIEWS] = schema.pack_views([image.astype(np.uint8) for image in pixels])
+        members, meta = imnet.row_members(h5, item.row, cfg.source.hdf5_axes, item.point_grid)
     clock.lap("convert")
-    members[schema.META] = {"voxel_resolution": int(voxels.shape[0]), "point_grid": schema.IMNET_POINT_GRID,
-                            "point_sets": counts, "views": int(len(pixels)), "cameras": False}
+    members[schema.META] = meta
     return members
 
 

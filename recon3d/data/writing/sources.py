@@ -23,6 +23,7 @@ import numpy as np
 
 from recon3d.config import SourceConfig
 from recon3d.data.schema import SPLITS, key_hash, make_key, split_by_hash
+from recon3d.data.writing import imnet
 from recon3d.data.writing.formats import MESH_EXTENSIONS
 
 # ShapeNetCore synset ids (WordNet offsets) and their category names.
@@ -58,6 +59,7 @@ class Item:
     up: str = "+y"
     front: str = "-z"
     front_from: str = "assumed"  # assumed (the layout's convention) | source.front_axis | source.front_by_category
+    point_grid: str = ""  # IM-NET rows: the file's point layout, resolution | 256 (imnet.py)
 
     @property
     def category(self) -> str:
@@ -164,14 +166,15 @@ def _modelnet(root: Path, cfg: SourceConfig) -> Tuple[List[Item], List[Reject]]:
 
 def _imnet(root: Path, cfg: SourceConfig) -> Tuple[List[Item], List[Reject]]:
     files = [root] if root.is_file() else sorted(p for p in root.iterdir() if p.suffix.lower() in HDF5_EXTENSIONS)
-    candidates, rejects = [], []
+    candidates, rejects, layouts = [], [], {}
     for file in files:
-        rel = file.name if root.is_dir() else file.name
+        rel = file.name
         try:
             with h5py.File(file, "r") as h5:
                 if "voxels" not in h5:
                     raise KeyError("voxels")
                 rows = int(h5["voxels"].shape[0])
+                layouts[rel] = imnet.file_layout(h5, rel, cfg.hdf5_point_grid)
         except KeyError as err:
             rejects.append({"path": rel, "key": "", "reason": f"hdf5 is missing dataset {err.args[0]!r}"})
             continue
@@ -184,8 +187,12 @@ def _imnet(root: Path, cfg: SourceConfig) -> Tuple[List[Item], List[Reject]]:
         for row in range(rows):
             synset, _, shape_id = names[row].rpartition("/")
             category = SHAPENET_SYNSETS.get(synset, synset or file.stem)
-            item = Item(make_key(category, shape_id), rel, "imnet_row", split, row)
+            item = Item(make_key(category, shape_id), rel, "imnet_row", split, row, point_grid=layouts[rel])
             candidates.append((f"{rel}:{row:09d}", item))
+    if len(set(layouts.values())) > 1:
+        named = {layout: next(f for f, value in layouts.items() if value == layout) for layout in layouts.values()}
+        raise ValueError(f"IM-NET files of both point layouts in one source ({named['resolution']}: cell indices "
+                         f"of each set's own grid; {named['256']}: 256^3 coordinates); build them separately")
     items, dupes = _dedupe(candidates)
     return items, rejects + dupes
 

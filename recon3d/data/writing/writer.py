@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import io
@@ -68,6 +69,8 @@ def prep_config(cfg: Config) -> dict:
     """The part of the config that decides shard contents (recorded in the manifest, hashed into the plan)."""
     source = to_dict(cfg.source)
     source.pop("root")
+    if source.get("hdf5_point_grid") in ("auto", "256"):  # the default reading: shard sets built before the option
+        source.pop("hdf5_point_grid")  # existed keep their plan hashes; `resolution` is recorded for the loader
     return {"source": source, "geometry": to_dict(cfg.geometry), "render": to_dict(cfg.render),
             "shards": {"samples_per_shard": cfg.shards.samples_per_shard, "split": list(cfg.shards.split),
                        "seed": cfg.shards.seed,
@@ -244,6 +247,9 @@ def _build_lock(out: Path, index: int, count: int):
 def _build(cfg: Config, out: Path, index: int, count: int, started: float, progress: bool, stop_after: int,
            use_ray: bool) -> BuildResult:
     items, rejects, kind = discover(cfg.source)
+    layouts = {item.point_grid for item in items if item.point_grid}
+    if layouts:  # IM-NET rows: the layout discovery found (one per source) is what the manifest records
+        cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, hdf5_point_grid=layouts.pop()))
     plans = plan_shards(items, cfg)
     mine = part_of(plans, index, count)
     _clean_stale(out, plans, mine)

@@ -1,5 +1,3 @@
-import h5py
-import numpy as np
 import pytest
 import trimesh
 
@@ -56,48 +54,6 @@ def test_category_filter_and_limit(tmp_path):
         (tmp_path / rel).write_bytes(b"x")
     items, _, _ = discover(_source(tmp_path, "source.categories=[a]", "source.limit_per_category=2"))
     assert [i.key for i in items] == ["a/1", "a/2"]
-
-
-def _imnet_file(path, rows=3, drop=()):
-    rng = np.random.default_rng(0)
-    voxels = np.zeros((rows, 16, 16, 16, 1), np.uint8)
-    voxels[:, 4:12, 2:14, 6:10] = 1
-    data = {"voxels": voxels, "points_16": rng.integers(0, 256, (rows, 64, 3)).astype(np.uint8),
-            "values_16": rng.integers(0, 2, (rows, 64, 1)).astype(np.uint8),
-            "pixels": rng.integers(0, 256, (rows, 24, 32, 32)).astype(np.uint8)}
-    with h5py.File(path, "w") as h5:
-        for name, value in data.items():
-            if name not in drop:
-                h5.create_dataset(name, data=value)
-    return data
-
-
-def test_imnet_hdf5_converts_without_meshes(tmp_path):
-    src = tmp_path / "all_vox256_img_test.hdf5"
-    data = _imnet_file(src)
-    src.with_suffix(".txt").write_text("03001627/aaa\n03001627/bbb\n02691156/ccc\n")
-    out = tmp_path / "out"
-    cfg = tiny_config(f"source.root={src}", f"shards.out_dir={out}", "source.hdf5_axes=zyx")
-    result = build_shards(cfg, progress=False)
-    assert result.manifest["samples"] == 3 and result.manifest["splits"]["test"]["samples"] == 3
-    samples = read_tar(out / "test-000000.tar")
-    chair = samples["chair/aaa"]
-    voxels = schema.unpack_voxels(chair[schema.VOXELS])
-    assert np.array_equal(voxels, data["voxels"][0, ..., 0].transpose(2, 1, 0) > 0)
-    assert np.array_equal(schema.load_npy(chair[schema.points_member(16)]), data["points_16"][0][:, [2, 1, 0]])
-    assert np.array_equal(schema.unpack_values(chair[schema.values_member(16)], 64), data["values_16"][0, :, 0] > 0)
-    assert np.array_equal(schema.view_image(chair, 23)[..., 0], data["pixels"][0, 23])
-
-
-@pytest.mark.parametrize("drop, reason", [(("voxels",), "missing dataset 'voxels'"),
-                                          (("values_16",), "missing dataset 'values_16'"),
-                                          (("points_16", "values_16"), "no points_<r> datasets")])
-def test_imnet_hdf5_missing_dataset(tmp_path, drop, reason):
-    src = tmp_path / "broken.hdf5"
-    _imnet_file(src, drop=drop)
-    out = tmp_path / "out"
-    result = build_shards(tiny_config(f"source.root={src}", f"shards.out_dir={out}"), progress=False)
-    assert result.manifest["samples"] == 0 and result.rejects and reason in result.rejects[0]["reason"]
 
 
 def test_binvox_folder_becomes_samples(tmp_path):
