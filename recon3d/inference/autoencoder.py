@@ -15,6 +15,7 @@ from recon3d.data.loading.latents import write_latents
 from recon3d.files import file_sha256
 from recon3d.geometry.extract import coarse_to_fine_grid, grid_to_mesh
 from recon3d.geometry.metrics import FSCORE_THRESHOLDS, sample_surface, surface_metrics, voxel_metrics
+from recon3d.inference.mean_shape import mean_shape_iou, mean_voxels, pooled_voxels
 from recon3d.inference.outputs import save_mesh, write_sheet
 from recon3d.inference.tables import eval_name, finish_eval, need_shards, shape_row
 from recon3d.runs import run_name
@@ -22,9 +23,10 @@ from recon3d.stages import STAGES
 from recon3d.tasks.checkpoints import checkpoint_file, load_checkpoint
 from recon3d.tasks.decoding import inference_dtype, refine_in_fp32
 
-TABLE_COLUMNS = ("shapes", "iou", "f1", "chamfer_l2_x1000", "chamfer_l1", "normal_consistency", "fscore@1%",
-                 "fscore@2%")
-TABLE_NOTE = ("Chamfer-L2: IM-NET convention (squared distances, mean of both directions) x1000 on 4096 points; "
+TABLE_COLUMNS = ("shapes", "iou", "iou_mean_shape", "f1", "chamfer_l2_x1000", "chamfer_l1", "normal_consistency",
+                 "fscore@1%", "fscore@2%")
+TABLE_NOTE = ("iou_mean_shape: the training set's mean shape, the score of answering one average shape; "
+              "Chamfer-L2: IM-NET convention (squared distances, mean of both directions) x1000 on 4096 points; "
               "Chamfer-L1: OccNet (accuracy + completeness) / 2; F-score at 1/2 % of the cube edge")
 
 
@@ -130,15 +132,18 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", de
     need_shards(shard_dir, "autoencoder")
     task = load_autoencoder(ckpt, device)
     rng = np.random.default_rng(0)
-    rows = []
+    rows, mean = [], None
     for batch in iter_split(shard_dir, split, 8, surface=True):
         voxels = batch["voxels"].to(device)
         z = task.model.encoder(voxels)
         grid = iou_resolution or voxels.shape[-1]
         occupancy = task.decode_grid(z, grid, inference_dtype(device)).cpu().numpy()
-        target = (torch.nn.functional.avg_pool3d(voxels, voxels.shape[-1] // grid)[:, 0] > 0.5).float().cpu().numpy()
+        pooled = pooled_voxels(voxels, grid)
+        mean = mean_voxels(shard_dir, grid) if mean is None else mean
+        baseline = mean_shape_iou(mean, pooled).cpu().numpy()
+        target = pooled.float().cpu().numpy()
         for i, key in enumerate(batch["key"]):
-            row = shape_row(key, **voxel_metrics(occupancy[i], target[i]))
+            row = shape_row(key, **voxel_metrics(occupancy[i], target[i]), iou_mean_shape=float(baseline[i]))
             verts, faces, _ = extract_mesh(task, z[i], resolution)
             gt_points = batch["surface_points"][i].numpy()
             gt_normals = batch["surface_normals"][i].numpy()

@@ -11,6 +11,7 @@ import torch
 
 from recon3d.data.loading.datamodule import iter_split
 from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
+from recon3d.inference.mean_shape import mean_shape_iou, mean_voxels, pooled_voxels
 from recon3d.inference.outputs import write_pairs
 from recon3d.inference.splits import model_input, pick_batch, view_options
 from recon3d.inference.tables import eval_name, finish_eval, need_shards, shape_row
@@ -18,8 +19,9 @@ from recon3d.tasks.checkpoints import load_checkpoint
 from recon3d.tasks.decoding import decode_occupancy, inference_dtype
 from recon3d.tasks.scores import surface_scores, voxel_iou
 
-TABLE_COLUMNS = ("shapes", "iou", "chamfer_l2_x1000", "fscore@1%", "latent_mse")
-TABLE_NOTE = "one view per shape (a held-out one when the encoder was trained with loader.holdout_views)"
+TABLE_COLUMNS = ("shapes", "iou", "iou_mean_shape", "chamfer_l2_x1000", "fscore@1%", "latent_mse")
+TABLE_NOTE = "one view per shape (a held-out one when the encoder was trained with loader.holdout_views); " \
+             "iou_mean_shape: the training set's mean shape, the score of answering one average shape"
 
 
 def load_svr(ckpt: str | Path, device: str = "cpu"):
@@ -37,15 +39,19 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", de
     against the stored surface samples; latent MSE against the autoencoder's own code of the shape."""
     need_shards(shard_dir, "svr")
     svr, autoencoder = load_svr(ckpt, device)
-    rows = []
+    rows, mean = [], None
     for batch in iter_split(shard_dir, split, 8, surface=True, **view_options(svr)):
         z = svr.encoder(batch["image"].to(device))
         target = autoencoder.model.encoder(batch["voxels"].to(device))
         pred = decode_occupancy(autoencoder.model.decoder, z, resolution, dtype=inference_dtype(device))
         iou = voxel_iou(pred, batch["voxels"].to(device)).cpu().numpy()
+        grid = min(resolution, batch["voxels"].shape[-1])  # the grid voxel_iou compares on
+        mean = mean_voxels(shard_dir, grid) if mean is None else mean
+        baseline = mean_shape_iou(mean, pooled_voxels(batch["voxels"], grid)).numpy()
         chamfers, fscores = surface_scores(pred.float().cpu().numpy(), batch["surface_points"].numpy())
         mse = ((z - target) ** 2).mean(1).cpu().numpy()
-        rows += [shape_row(key, view=int(batch["view"][i]), iou=float(iou[i]), chamfer_l2_x1000=chamfers[i],
+        rows += [shape_row(key, view=int(batch["view"][i]), iou=float(iou[i]), iou_mean_shape=float(baseline[i]),
+                           chamfer_l2_x1000=chamfers[i],
                            **{"fscore@1%": fscores[i]}, latent_mse=float(mse[i]))
                  for i, key in enumerate(batch["key"])]
     return finish_eval(rows, eval_name("svr", split), out_dir, f"{shard_dir} split {split!r}")

@@ -12,14 +12,16 @@ import torch
 from recon3d.data.loading.datamodule import iter_split
 from recon3d.geometry.camera import volume_cell_points
 from recon3d.geometry.extract import grid_to_mesh
+from recon3d.inference.mean_shape import mean_shape_iou, mean_volume
 from recon3d.inference.outputs import save_png
 from recon3d.inference.splits import model_input, pick_batch, view_options
 from recon3d.inference.tables import eval_name, finish_eval, need_shards, shape_row
 from recon3d.tasks.checkpoints import load_checkpoint
 from recon3d.tasks.vrn import volume_iou, volume_sheet
 
-TABLE_COLUMNS = ("shapes", "iou")
-TABLE_NOTE = "IoU of the view-aligned volume in the camera frame, on each shape's evaluation view"
+TABLE_COLUMNS = ("shapes", "iou", "iou_mean_shape")
+TABLE_NOTE = "IoU of the view-aligned volume in the camera frame, on each shape's evaluation view; iou_mean_shape: " \
+             "the mean of the training shapes' volumes, the score of answering one average volume"
 
 
 def volume_mesh(probabilities: np.ndarray, focal: float, distance: float, crop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,10 +55,13 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", de
     was trained with holdout_views). Writes eval_vrn_<split>.json/.csv and per-shape rows; returns the summary."""
     need_shards(shard_dir, "vrn")
     task = load_checkpoint(ckpt, device, expect="vrn")
-    rows = []
-    for batch in iter_split(shard_dir, split, batch_size, **view_options(task, "volume")):
+    rows, options = [], view_options(task, "volume")
+    mean = mean_volume(shard_dir, **options)
+    for batch in iter_split(shard_dir, split, batch_size, **options):
         ious = volume_iou(task.model(batch["image"].to(device))[-1], batch["volume"].to(device))
-        rows += [shape_row(key, view=int(batch["view"][i]), iou=float(ious[i])) for i, key in enumerate(batch["key"])]
+        baseline = mean_shape_iou(mean, batch["volume"] > 0.5)
+        rows += [shape_row(key, view=int(batch["view"][i]), iou=float(ious[i]), iou_mean_shape=float(baseline[i]))
+                 for i, key in enumerate(batch["key"])]
     return finish_eval(rows, eval_name("vrn", split), out_dir, f"{shard_dir} split {split!r}")
 
 

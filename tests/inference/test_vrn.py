@@ -19,6 +19,7 @@ def test_eval_vrn_writes_a_per_category_table(trained_vrn, stereo_shards, tmp_pa
     assert sum(v["shapes"] for k, v in summary.items() if not k.startswith("mean")) == \
         manifest["splits"]["train"]["samples"]
     assert "mean over shapes" in capsys.readouterr().out
+    assert all(0 <= values["iou_mean_shape"] <= 1 for values in summary.values())  # the mean volume's score
 
 
 def test_reconstruct_with_vrn_gives_a_mesh_in_the_camera_frame(trained_vrn, stereo_shards, tmp_path):

@@ -62,6 +62,7 @@ def test_eval_svr_reports_per_category_on_held_out_views(tiny_shards, trained_au
     shapes = (out / "eval_svr_train_shapes.csv").read_text().splitlines()
     assert all(line.split(",")[2] == "2" for line in shapes[1:])  # view 2: the held-out one of 3
     assert 0 <= summary["mean over shapes"]["iou"] <= 1
+    assert all(0 < values["iou_mean_shape"] <= 1 for values in summary.values())  # the baseline, per category
 
 
 def test_voxel_iou_pools_whichever_grid_is_finer():
