@@ -25,7 +25,7 @@ from recon3d.inference.photo import prepare_photo
 from recon3d.inference.splits import model_input
 from recon3d.inference.tables import eval_name, need_shards, write_eval
 from recon3d.stages import STAGES
-from recon3d.tasks.checkpoints import load_checkpoint, read_checkpoint, stage_of
+from recon3d.tasks.checkpoints import load_checkpoint, load_with_autoencoder, read_checkpoint, stage_of
 from recon3d.tasks.decoding import decoded_surfaces, inference_dtype
 
 SAMPLES_PER_SHAPE = 5  # generated shapes per reference shape in evaluate(): COV grows with this ratio
@@ -46,8 +46,8 @@ def load_any(ckpt: str | Path, device: str = "cpu") -> Tuple[object, object]:
     row = stage_of(read_checkpoint(ckpt), str(ckpt))
     if row.name == "autoencoder":
         return load_autoencoder(ckpt, device), None
-    gan = load_checkpoint(ckpt, device, expect="gan")
-    return load_autoencoder(gan.hparams.autoencoder_ckpt, device), gan
+    gan, autoencoder = load_with_autoencoder(ckpt, device, expect="gan")
+    return autoencoder, gan
 
 
 @torch.no_grad()

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 
 from recon3d.data.loading.datamodule import iter_split
-from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
+from recon3d.inference.autoencoder import extract_mesh
 from recon3d.inference.mean_shape import mean_shape_iou, mean_voxels, pooled_voxels
 from recon3d.inference.outputs import write_pairs
 from recon3d.inference.splits import model_input, pick_batch, view_options
 from recon3d.inference.tables import eval_name, finish_eval, need_shards, shape_row
-from recon3d.tasks.checkpoints import load_checkpoint
+from recon3d.tasks.checkpoints import load_with_autoencoder
 from recon3d.tasks.decoding import decode_occupancy, inference_dtype
 from recon3d.tasks.scores import surface_scores, voxel_iou
 
@@ -25,9 +25,8 @@ TABLE_NOTE = "one view per shape (a held-out one when the encoder was trained wi
 
 
 def load_svr(ckpt: str | Path, device: str = "cpu"):
-    """(image-encoder task, its autoencoder task) of an SVR checkpoint (which names its autoencoder)."""
-    svr = load_checkpoint(ckpt, device, expect="svr")
-    return svr, load_autoencoder(svr.hparams.autoencoder_ckpt, device)
+    """(image-encoder task, its autoencoder task) of an SVR checkpoint (which carries its autoencoder)."""
+    return load_with_autoencoder(ckpt, device, expect="svr")
 
 
 @torch.no_grad()

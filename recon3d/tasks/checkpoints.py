@@ -6,6 +6,11 @@ consolidated beside it (`last.ckpt/` -> `last.fp32.ckpt`, written once, atomical
 
 Checkpoints written before the stage was stored (recon3d 0.1.0) still load: their stage is read from the one
 hyperparameter that only that stage's task has.
+
+Checkpoints of the stages that learn from an autoencoder (svr, gan) carry it: its hyperparameters, weights and the
+sha256 of the file it was read from (CARRIED_KEY, written by `CarriesAutoencoder`), so a run folder copied to another
+machine, or used from another working folder, still decodes its codes. Older ones name it by path only
+(`hparams.autoencoder_ckpt`); `load_with_autoencoder` reads those the old way and names the path when it is gone.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from typing import Any, Dict
 import torch
 
 from recon3d.config import SAFE_GLOBALS
-from recon3d.files import atomic_path
+from recon3d.files import atomic_path, file_sha256
 from recon3d.runs import is_run_folder, run_checkpoint
 from recon3d.stages import STAGES, Stage
 
 CONSOLIDATED = "fp32.ckpt"  # suffix of the single-file checkpoint written beside a ZeRO folder
 STAGE_KEY = "recon3d_stage"  # top-level checkpoint key holding the stage name
+CARRIED_KEY = "recon3d_autoencoder"  # svr and gan checkpoints: the autoencoder they learnt from (carried_autoencoder)
 # hyperparameters that only one stage's task has: how checkpoints without STAGE_KEY are told apart
 _LEGACY_MARKERS = (("noise_dim", "gan"), ("architecture", "svr"), ("stacks", "vrn"), ("disparity_levels", "stereo"),
                    ("decoder_widths", "autoencoder"))
@@ -40,6 +46,58 @@ class StageCheckpoint:
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint[STAGE_KEY] = self.stage
         between_epochs(checkpoint)
+
+
+class CarriesAutoencoder(StageCheckpoint):
+    """Mixin for the tasks that learn from an autoencoder named by `hparams.autoencoder_ckpt`: every checkpoint they
+    save carries that autoencoder (read once, when the first checkpoint is saved)."""
+
+    _carried: Dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.hparams.get("autoencoder_ckpt") and self._carried is None:
+            self._carried = carried_autoencoder(self.hparams.autoencoder_ckpt)
+        if self._carried is not None:
+            checkpoint[CARRIED_KEY] = self._carried
+
+
+def carried_autoencoder(path: str | Path) -> Dict[str, Any]:
+    """What a dependent checkpoint carries of the autoencoder at `path`: stage, hyperparameters, weights, the sha256 of
+    the file and the path it was read from."""
+    file = checkpoint_file(path)
+    ckpt = read_checkpoint(file)
+    if stage_of(ckpt, str(file)).name != "autoencoder":
+        raise ValueError(f"{file}: not an autoencoder checkpoint")
+    return {STAGE_KEY: "autoencoder", "hyper_parameters": dict(ckpt["hyper_parameters"]),
+            "state_dict": ckpt["state_dict"], "sha256": file_sha256(file), "read_from": str(Path(path).resolve())}
+
+
+def task_from(checkpoint: Dict[str, Any], device: str = "cpu"):
+    """The task of a checkpoint dict (its stage's class, its hyperparameters and weights), in eval mode."""
+    task = stage_of(checkpoint).task_class()(**checkpoint["hyper_parameters"])
+    task.load_state_dict(checkpoint["state_dict"])
+    return task.eval().to(device)
+
+
+def load_with_autoencoder(path: str | Path, device: str = "cpu", *, expect: str):
+    """(task, its autoencoder task) of an svr or gan checkpoint: the autoencoder it carries, or for a checkpoint
+    written before they carried it (recon3d 0.1), the one its hparams.autoencoder_ckpt names.
+
+    Raises:
+        FileNotFoundError: an older checkpoint whose autoencoder is no longer where it names it.
+    """
+    path = checkpoint_file(path)
+    task = load_checkpoint(path, device, expect=expect)
+    carried = read_checkpoint(path).get(CARRIED_KEY)
+    if carried:
+        return task, task_from(carried, device)
+    named = task.hparams.autoencoder_ckpt
+    if not named or not Path(named).exists():
+        raise FileNotFoundError(f"{path}: its autoencoder {named or '(none named)'} does not exist; this checkpoint "
+                                f"predates checkpoints that carry their autoencoder: put it back at that path, or "
+                                f"retrain the {expect} stage")
+    return task, load_checkpoint(named, device, expect="autoencoder")
 
 
 def between_epochs(checkpoint: Dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from recon3d.geometry.metrics import coverage_and_mmd, pairwise_chamfer_l2
 from recon3d.geometry.render import render_preview
 from recon3d.models.latent_gan import LatentCritic, LatentGenerator, gradient_penalty
 from recon3d.tasks.autoencoder import check_finite
-from recon3d.tasks.checkpoints import StageCheckpoint, load_checkpoint
+from recon3d.tasks.checkpoints import CarriesAutoencoder, load_checkpoint
 from recon3d.tasks.decoding import decoded_surfaces, inference_dtype
 from recon3d.tasks.pictures import publish_image
 
@@ -31,7 +31,7 @@ def reference_split(name: str, manifest: dict) -> str:
     return first_split(manifest, ("val", "test", "train")) or "val"
 
 
-class LatentGANTask(StageCheckpoint, L.LightningModule):
+class LatentGANTask(CarriesAutoencoder, L.LightningModule):
     """A generator noise -> z and a critic z -> score, trained as WGAN-GP: n_critic critic updates (Wasserstein loss +
     gp_weight x gradient penalty) per generator update; Adam for both.
 

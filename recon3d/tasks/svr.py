@@ -14,13 +14,13 @@ from recon3d.data.loading.latents import default_latents, read_all_latents
 from recon3d.errors import ConfigError
 from recon3d.models.image_encoder import ImageEncoder
 from recon3d.tasks.autoencoder import check_finite
-from recon3d.tasks.checkpoints import StageCheckpoint, load_checkpoint, read_checkpoint
+from recon3d.tasks.checkpoints import CarriesAutoencoder, load_checkpoint, read_checkpoint
 from recon3d.tasks.decoding import decode_occupancy
 from recon3d.tasks.schedule import lr_scheduler
 from recon3d.tasks.scores import CategoryScores, surface_scores, voxel_iou
 
 
-class SVRTask(StageCheckpoint, L.LightningModule):
+class SVRTask(CarriesAutoencoder, L.LightningModule):
     """A ResNet image encoder trained to predict the autoencoder's z of the pictured shape.
 
     Targets come from exported latents (`recon3d export-latents`), looked up by sample key. Validation decodes the

@@ -5,10 +5,16 @@ from recon3d.cli.main import main
 from tests.conftest import shared_path
 
 
-def test_reconstruct_writes_a_mesh_per_image_and_skips_bad_ones(trained_svr, tmp_path, capsys):
+def _object_png(folder):
+    """obj.png in `folder`: a brown box on a transparent background."""
     rgba = np.zeros((90, 120, 4), np.uint8)
     rgba[20:70, 30:60] = (120, 90, 80, 255)
-    Image.fromarray(rgba).save(tmp_path / "obj.png")
+    Image.fromarray(rgba).save(folder / "obj.png")
+    return folder / "obj.png"
+
+
+def test_reconstruct_writes_a_mesh_per_image_and_skips_bad_ones(trained_svr, tmp_path, capsys):
+    _object_png(tmp_path)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "out"
     code = main(["reconstruct", str(tmp_path / "obj.png"), str(tmp_path / "broken.png"), "--ckpt", str(trained_svr),

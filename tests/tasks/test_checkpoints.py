@@ -79,3 +79,65 @@ def test_eval_alias_refuses_another_stage(checkpoints, tiny_shards, capsys):
 
     assert main(["eval-vrn", "--ckpt", str(checkpoints["svr"]), "--shards", str(tiny_shards)]) == 2
     assert "is a svr checkpoint; eval-vrn needs a vrn checkpoint" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def travelling_runs(tiny_shards, trained_autoencoder, tmp_path_factory):
+    """An image encoder and a latent GAN trained against a copy of the autoencoder, their run folders then copied to
+    another place and the autoencoder copy deleted: as a run folder arrives on another machine."""
+    import shutil
+
+    from recon3d.data.loading.latents import default_latents
+    from recon3d.training.run import run
+    from tests.conftest import GAN_TINY, tiny_config
+
+    latents = default_latents(str(tiny_shards), str(trained_autoencoder))  # the copy's bytes: the same codes
+    base = tmp_path_factory.mktemp("travel")
+    ae = base / "ae" / "last.ckpt"
+    ae.parent.mkdir()
+    shutil.copy(trained_autoencoder, ae)
+    common = (f"loader.shards={tiny_shards}", "loader.train_samples_per_epoch=4", "train.accelerator=cpu")
+    run(tiny_config(*common, f"train.run_dir={base / 'svr'}", "train.stage=svr", f"svr.autoencoder_ckpt={ae}",
+                    f"svr.latents={latents}",
+                    "svr.base_width=4", "svr.epochs=1"), enable_wandb=False, enable_progress_bar=False)
+    run(tiny_config(*common, f"train.run_dir={base / 'gan'}", "train.stage=gan", f"gan.autoencoder_ckpt={ae}",
+                    f"gan.latents={latents}",
+                    *GAN_TINY), enable_wandb=False, enable_progress_bar=False)
+    moved = tmp_path_factory.mktemp("elsewhere")
+    for name in ("svr", "gan"):
+        shutil.copytree(base / name, moved / name)
+        shutil.rmtree(base / name)
+    ae.unlink()
+    return moved, ae
+
+
+def test_svr_and_gan_checkpoints_carry_their_autoencoder(travelling_runs, tiny_shards, tmp_path, monkeypatch, capsys):
+    from recon3d.cli.main import main
+    from tests.inference.test_reconstruct import _object_png
+
+    moved, ae = travelling_runs
+    monkeypatch.chdir(tmp_path)  # another working folder too
+    assert main(["reconstruct", str(_object_png(tmp_path)), "--ckpt", str(moved / "svr"), "-o", "meshes",
+                 "--resolution", "16"]) == 0
+    assert (tmp_path / "meshes" / "obj.obj").is_file()
+    assert main(["eval", "--ckpt", str(moved / "svr"), "--shards", str(tiny_shards), "--split", "test",
+                 "--resolution", "8", "-o", "tables"]) == 0
+    assert (tmp_path / "tables" / "eval_svr_test.json").is_file()
+    assert main(["generate", "--ckpt", str(moved / "gan"), "-n", "2", "-o", "gan", "--resolution", "16"]) == 0
+    assert len(list((tmp_path / "gan").glob("*.obj"))) == 2
+    carried = read_checkpoint(moved / "svr" / "checkpoints" / "last.ckpt")["recon3d_autoencoder"]
+    assert carried["read_from"] == str(ae) and len(carried["sha256"]) == 64
+
+
+def test_an_older_checkpoint_whose_autoencoder_is_gone_is_one_line(travelling_runs, tmp_path, capsys):
+    from recon3d.cli.main import main
+    from tests.inference.test_reconstruct import _object_png
+
+    moved, ae = travelling_runs
+    old = read_checkpoint(moved / "svr" / "checkpoints" / "last.ckpt")
+    del old["recon3d_autoencoder"]  # as recon3d 0.1 wrote it: the autoencoder named by path only
+    torch.save(old, tmp_path / "old.ckpt")
+    assert main(["reconstruct", str(_object_png(tmp_path)), "--ckpt", str(tmp_path / "old.ckpt"),
+                 "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"its autoencoder {ae} does not exist" in err[0] and "old.ckpt" in err[0]
