@@ -4,7 +4,7 @@ Each section checks its own fields; recon3d/config/schema.py assembles the whole
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import Any, Dict, List
 
 from recon3d.config.data import _check
 from recon3d.stages import STAGES
@@ -192,6 +192,10 @@ class TrainConfig:
     keep_hpc_checkpoints: int = 2  # preemption checkpoints (hpc_ckpt_N, written on SIGTERM/requeue) kept per run
     progress: str = "auto"  # bar: Lightning's progress bar | log: one line per epoch | auto: bar on a terminal only
     seed: int = 0  # seeds weights and data order
+    trainer: Dict[str, Any] = field(default_factory=dict)  # more of Lightning's Trainer settings, as its keywords
+    # (gradient_clip_val, sync_batchnorm, deterministic, benchmark, limit_*_batches, fast_dev_run, overfit_batches,
+    # val_check_interval, profiler, ...): checked against the installed Trainer before any work
+    # (recon3d/training/build.py trainer_settings); those recon3d sets from keys above are refused, naming the key
 
     def __post_init__(self) -> None:
         _check(len(self.point_resolutions) == len(self.phase_epochs) >= 1,

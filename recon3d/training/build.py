@@ -3,11 +3,13 @@ strategy and trainer."""
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import sys
 import uuid
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import lightning as L
 import torch
@@ -136,7 +138,47 @@ def resolve_precision(train) -> str:
     return "bf16-mixed" if native_bf16("cuda" if trains_on_gpu(train) else "cpu") else "32-true"
 
 
-def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(), **overrides):
+# Trainer keywords recon3d sets itself, and the key that sets each (train.trainer may not name them)
+SET_BY_RECON3D: Dict[str, str] = {
+    "accelerator": "train.accelerator", "devices": "train.devices", "num_nodes": "train.num_nodes",
+    "strategy": "train.strategy (and train.deepspeed_config)", "precision": "train.precision",
+    "accumulate_grad_batches": "train.accumulate_grad_batches", "max_epochs": "the stage's epochs (e.g. svr.epochs)",
+    "max_time": "train.max_minutes", "check_val_every_n_epoch": "train.val_every_epochs",
+    "log_every_n_steps": "train.log_every_steps", "default_root_dir": "train.run_dir",
+    "callbacks": "recon3d's callbacks", "logger": "train.logger", "enable_progress_bar": "train.progress",
+    "plugins": "recon3d's checkpoint writer", "reload_dataloaders_every_n_epochs": "the stage's loader"}
+
+
+def trainer_settings(cfg: Config) -> dict:
+    """train.trainer, checked against the installed Lightning Trainer's keywords.
+
+    Raises:
+        ConfigError: a key the Trainer does not take (with the nearest it does), or one recon3d sets from its own key.
+    """
+    accepted = [name for name in inspect.signature(L.Trainer.__init__).parameters if name != "self"]
+    for key in cfg.train.trainer:
+        if key in SET_BY_RECON3D:
+            raise ConfigError(f"train.trainer.{key}: recon3d sets it from {SET_BY_RECON3D[key]}; set that instead")
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"train.trainer.{key}: not a setting of Lightning's Trainer {L.__version__}{hint}")
+    return dict(cfg.train.trainer)
+
+
+def sync_batchnorm_default(cfg: Config, task, on_gpu: bool) -> bool:
+    """Whether BatchNorm statistics are synchronised across processes when train.trainer does not say: yes where
+    the task has BatchNorm layers and trains on more than one GPU (each GPU would otherwise normalise its own few
+    samples: 16 per GPU for the image encoder). torch's SyncBatchNorm runs on CUDA only, so CPU runs keep their own."""
+    several = cfg.train.devices != 1 or cfg.train.num_nodes > 1
+    has_batchnorm = task is not None and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                             for m in task.modules())
+    return on_gpu and several and has_batchnorm
+
+
+def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(), task=None, **overrides):
+    """The Trainer of a run: recon3d's settings, then train.trainer's, then `overrides` (tests); `task` decides
+    sync_batchnorm's default (sync_batchnorm_default)."""
     register_safe_globals()  # checkpoints reload with weights_only=True
     set_matmul_precision(cfg)
     train, row = cfg.train, STAGES[cfg.train.stage]
@@ -154,5 +196,7 @@ def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(),
         kwargs["max_time"] = {"minutes": train.max_minutes}
     if "deepspeed" not in str(train.strategy):  # DeepSpeed writes checkpoint folders through its own engine
         kwargs["plugins"] = [AtomicCheckpointIO()]
+    kwargs["sync_batchnorm"] = sync_batchnorm_default(cfg, task, trains_on_gpu(train))
+    kwargs.update(trainer_settings(cfg))
     kwargs.update(overrides)
     return L.Trainer(**kwargs)

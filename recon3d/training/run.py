@@ -21,7 +21,7 @@ from recon3d.runs import pick_handed_on
 from recon3d.stages import STAGES
 from recon3d.tasks.checkpoints import checkpoint_file, consolidated_path
 from recon3d.training.allocation import check_accelerator, check_slurm
-from recon3d.training.build import build_datamodule, build_task, build_trainer, check_training_config
+from recon3d.training.build import build_datamodule, build_task, build_trainer, check_training_config, trainer_settings
 from recon3d.training.callbacks import Preempted, hpc_checkpoints
 from recon3d.training.lineage import record_training
 
@@ -135,6 +135,7 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     check_slurm(cfg)
     check_accelerator(cfg)
     check_latents(cfg)
+    trainer_settings(cfg)  # train.trainer's keys, before any work
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -150,7 +151,8 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     # truncates them reads nothing (seen: a requeued two-node job whose second rank died on an empty shards.json)
     atomic_write(run_dir / "config.json", json.dumps(to_dict(cfg), indent=1, sort_keys=True).encode())
     atomic_write(run_dir / "shards.json", json.dumps(_shard_facts(manifest), indent=1, sort_keys=True).encode())
-    trainer = build_trainer(cfg, enable_wandb=enable_wandb, extra_callbacks=extra_callbacks, **trainer_overrides)
+    trainer = build_trainer(cfg, enable_wandb=enable_wandb, extra_callbacks=extra_callbacks, task=task,
+                            **trainer_overrides)
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
     except Preempted:

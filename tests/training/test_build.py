@@ -1,0 +1,44 @@
+"""The Trainer a run gets: recon3d's own settings, then train.trainer's (checked against Lightning's Trainer before
+any work), and sync_batchnorm where BatchNorm meets several GPUs."""
+
+import pytest
+import torch
+
+from recon3d.errors import ConfigError
+from recon3d.training.build import build_trainer, sync_batchnorm_default, trainer_settings
+from recon3d.training.run import run
+from tests.conftest import tiny_config
+
+
+def test_trainer_settings_reach_the_trainer(tmp_path):
+    cfg = tiny_config(f"train.run_dir={tmp_path}", "train.accelerator=cpu", "train.logger=csv",
+                      "train.trainer={gradient_clip_val: 0.5, deterministic: true, limit_val_batches: 2}",
+                      "train.trainer.val_check_interval=0.5")
+    assert trainer_settings(cfg) == {"gradient_clip_val": 0.5, "deterministic": True, "limit_val_batches": 2,
+                                     "val_check_interval": 0.5}
+    trainer = build_trainer(cfg, enable_wandb=False)
+    assert trainer.gradient_clip_val == 0.5 and trainer.limit_val_batches == 2 and trainer.val_check_interval == 0.5
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train.trainer.gradiant_clip_val=1.0", "train.trainer.gradiant_clip_val: not a setting of Lightning's Trainer "
+                                            r"[\d.]+ \(did you mean 'gradient_clip_val'\?\)"),
+    ("train.trainer.precision=16-mixed", "train.trainer.precision: recon3d sets it from train.precision"),
+    ("train.trainer.max_epochs=3", r"train.trainer.max_epochs: recon3d sets it from the stage's epochs")])
+def test_a_wrong_key_stops_the_run_before_any_work(tmp_path, setting, message):
+    cfg = tiny_config(f"train.run_dir={tmp_path / 'run'}", "train.accelerator=cpu", "loader.shards=/nonexistent",
+                      setting)
+    with pytest.raises(ConfigError, match=message):
+        run(cfg, enable_wandb=False)
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
+
+
+def test_sync_batchnorm_where_batchnorm_meets_several_gpus():
+    with_bn = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    without = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    two = tiny_config("train.devices=2")
+    assert sync_batchnorm_default(two, with_bn, on_gpu=True)
+    assert not sync_batchnorm_default(two, without, on_gpu=True)
+    assert not sync_batchnorm_default(tiny_config(), with_bn, on_gpu=True)  # one device: nothing to synchronise
+    assert not sync_batchnorm_default(two, with_bn, on_gpu=False)  # torch's SyncBatchNorm is CUDA-only
+    assert sync_batchnorm_default(tiny_config("train.num_nodes=2"), with_bn, on_gpu=True)
