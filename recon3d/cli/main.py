@@ -16,6 +16,7 @@ import sys
 from typing import List, Optional
 
 from recon3d import __version__
+from recon3d.cli.options import resolve_device
 from recon3d.errors import ConfigError, RunError, Stopped
 
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # answered before the verbs' parsers are built
+        print(f"recon3d {__version__}")
+        return 0
     debug = "--debug" in argv  # anywhere on the line, not only before the verb
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
@@ -61,6 +65,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _run(args, debug: bool) -> int:
+    if getattr(args, "device", None) == "auto":
+        args.device = resolve_device("auto")
     if debug:
         return args.func(args)
     try:

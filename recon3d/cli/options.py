@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -24,16 +23,14 @@ class Verb:
     run: Optional[Callable[[argparse.Namespace], int]] = None  # None: the verb has sub-verbs (configure adds them)
 
 
-def default_device() -> str:
-    """cuda when a CUDA device is there (or CUDA_VISIBLE_DEVICES names one), else cpu."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1"):
-        return "cuda"
-    try:
-        import torch
+def resolve_device(name: str) -> str:
+    """--device as a verb uses it: auto is cuda when torch sees a CUDA device (CUDA_VISIBLE_DEVICES included), else
+    cpu; any other name as given."""
+    if name != "auto":
+        return name
+    import torch  # noqa: PLC0415 - resolved when a verb runs: building the parser (--help) loads no torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_args_config(args: argparse.Namespace, extra: Sequence[str] = ()):
@@ -57,7 +54,7 @@ def shards(parser: argparse.ArgumentParser, required: bool = True, what: str = "
 
 
 def device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=default_device(), help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
 
 
 def split(parser: argparse.ArgumentParser, default: str = "test") -> None:

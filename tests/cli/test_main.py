@@ -5,7 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from recon3d import __version__
 from recon3d.cli.main import main
 
 
@@ -93,3 +95,19 @@ def test_config_errors_exit_2_before_work(tmp_path, capsys):
     assert "did you mean 'voxel_resolution'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     assert main(["shards", "build", "--root", str(tmp_path / "nope")]) == 2
+
+
+def test_help_and_version_answer_without_loading_torch():
+    """`recon3d --help` and `--version` build no model: the parsers of every verb load neither torch nor Lightning
+    (--device auto is resolved when a verb runs)."""
+    code = ("import sys; from recon3d.cli.main import build_parser, main; build_parser().format_help(); "
+            "main(['--version']); print('torch' in sys.modules, 'lightning' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [f"recon3d {__version__}", "False False"]
+
+
+def test_device_auto_is_resolved_when_a_verb_runs():
+    from recon3d.cli.options import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cuda:1") == "cuda:1"
