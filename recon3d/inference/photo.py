@@ -9,27 +9,45 @@ the frame (0.7: the median of the training renders, docs/results.md).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Tuple
+from typing import Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 FILL = 0.7
+Photo = Union[str, Path, Image.Image, np.ndarray]  # a file, a PIL image, or (H, W[, 3 or 4]) uint8 pixels
 
 
-def _load_rgba(path: Path) -> Tuple[np.ndarray, bool]:
-    """(H, W, 4) float32 in [0, 1] and whether the file carried transparency."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-            rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from None
+def _rgba_of(image: Image.Image) -> Tuple[np.ndarray, bool]:
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    return np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0, has_alpha
+
+
+def _load_rgba(source: Photo) -> Tuple[np.ndarray, bool]:
+    """(H, W, 4) float32 in [0, 1] and whether the image carried transparency."""
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in
+                                                                      (3, 4)):
+            raise ValueError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4) uint8, got {source.shape} "
+                             f"{source.dtype}")
+        rgba, has_alpha = _rgba_of(Image.fromarray(source))
+    elif isinstance(source, Image.Image):
+        rgba, has_alpha = _rgba_of(source)
+    else:
+        try:
+            with Image.open(source) as image:
+                image.load()
+                rgba, has_alpha = _rgba_of(image)
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"{source}: not a readable image ({err})") from None
     if min(rgba.shape[:2]) < 8:
-        raise ValueError(f"{path}: {rgba.shape[1]}x{rgba.shape[0]} px is too small")
+        raise ValueError(f"{_name(source)}: {rgba.shape[1]}x{rgba.shape[0]} px is too small")
     return rgba, has_alpha
+
+
+def _name(source: Photo) -> str:
+    return str(source) if isinstance(source, (str, Path)) else "image"
 
 
 def border_mask(rgb: np.ndarray) -> np.ndarray:
@@ -63,14 +81,15 @@ def frame_object(rgb: np.ndarray, alpha: np.ndarray, size: int, fill: float = FI
                                       resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255)))
 
 
-def prepare_photo(path: str | Path, size: int = 137, fill: float = FILL) -> np.ndarray:
-    """An image file (PNG/JPG/..., any size) -> (size, size, 3) uint8 view framed like the training renders.
+def prepare_photo(source: Photo, size: int = 137, fill: float = FILL) -> np.ndarray:
+    """An image (a PNG/JPG/... file, a PIL image or uint8 pixels; any size) -> (size, size, 3) uint8 view framed like
+    the training renders.
 
     Raises:
-        ValueError: the file is not an image, is tiny, or no object could be told from the background.
+        ValueError: not an image, tiny, or no object could be told from the background (naming the file).
     """
-    path = Path(path)
-    rgba, has_alpha = _load_rgba(path)
+    path = _name(source)
+    rgba, has_alpha = _load_rgba(source)
     rgb = rgba[..., :3]
     if has_alpha and (rgba[..., 3] < 0.5).any():
         alpha = rgba[..., 3]
