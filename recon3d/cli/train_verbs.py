@@ -13,6 +13,7 @@ from recon3d.stages import STAGES
 
 
 def _train(args) -> int:
+    from recon3d.training.build import wandb_upload_command
     from recon3d.training.callbacks import requeue_signal_outside_training
     from recon3d.training.run import run
 
@@ -30,9 +31,9 @@ def _train(args) -> int:
     print(f"last checkpoint: {result.last_checkpoint}")
     print(f"best checkpoint ({result.monitor}): {result.best_checkpoint}")
     print(f"handed on (to later stages and the evaluation): {result.handed_on}")
-    wandb_dir = result.run_dir / "wandb"
-    if wandb_dir.is_dir():
-        print(f"W&B ran offline; to upload: wandb sync {wandb_dir}/offline-run-*")
+    upload = wandb_upload_command(result.run_dir)
+    if upload:
+        print(f"W&B ran offline; to upload: {upload}")
     return 0
 
 

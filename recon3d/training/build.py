@@ -82,13 +82,38 @@ def build_loggers(cfg: Config, enable_wandb: bool = True) -> list:
     return loggers
 
 
+def wandb_upload_command(run_dir: str | Path) -> str:
+    """The command that uploads a run folder's offline W&B segments into its one W&B run ("" when it has none).
+
+    A run restarted offline (a preempted job, a resumed one) leaves one segment per restart under the same run id.
+    The installed wandb's `wandb beta sync --id ID` syncs such fragments of one run in order of start time (its own
+    help says so); plain `wandb sync` of same-id fragments is reported to replace history (wandb issue 3841), so it
+    is only offered by a wandb whose `beta sync` does not take --id. The segments are named, not the wandb folder:
+    its latest-run link would list the newest segment a second time."""
+    run_dir = Path(run_dir)
+    segments = run_dir / "wandb" / "offline-run-*"
+    if not any(segments.parent.glob(segments.name)):
+        return ""
+    id_file = run_dir / "wandb_id.txt"
+    run_id = f" --id {id_file.read_text().strip()}" if id_file.is_file() else ""
+    return f"wandb {'beta sync' if _beta_sync_takes_id() else 'sync'}{run_id} {segments}"
+
+
+def _beta_sync_takes_id() -> bool:
+    from wandb.cli.cli import cli  # noqa: PLC0415 - W&B only when a run used it (1 s import)
+
+    beta = cli.commands.get("beta")
+    sync = beta.commands.get("sync") if beta is not None else None
+    return sync is not None and any("--id" in getattr(param, "opts", ()) for param in sync.params)
+
+
 def _stepped_wandb_logger():
     """Lightning's WandbLogger with W&B's own step set to the trainer's global step. One training run is one W&B
     run across restarts (its id is kept in the run folder): online, a resumed run continues the same run; offline,
-    each restart writes a segment (offline-run-*-<id>) and `wandb sync` uploads them in order of start time into
-    that run. With its own per-segment counter every segment would start again at step 0; with the global step the
-    segments' rows follow one another (a restart from a preemption checkpoint logs nothing twice; after a kill -9
-    the steps since the last checkpoint are logged again and W&B keeps the first)."""
+    each restart writes a segment (offline-run-*-<id>) and `wandb_upload_command` uploads them in order of start
+    time into that run. With its own per-segment counter every segment would start again at step 0; with the global
+    step the segments' rows follow one another (a restart from a preemption checkpoint logs nothing twice; after a
+    kill -9 the steps since the last checkpoint are logged again and W&B keeps the first)."""
     class SteppedWandbLogger(WandbLogger):
         @rank_zero_only
         def log_metrics(self, metrics, step=None) -> None:

@@ -33,6 +33,7 @@ from recon3d.inference.autoencoder import export_latents
 from recon3d.inference.splits import sheet_keys
 from recon3d.stages import STAGES, demo_steps, latents_exporter
 from recon3d.training.allocation import check_accelerator
+from recon3d.training.build import wandb_upload_command
 from recon3d.training.lineage import evaluation_artifact, latents_artifact, model_artifact, record_job, shards_artifact
 from recon3d.training.run import run
 from recon3d.workflows.report import write_report
@@ -211,7 +212,7 @@ def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
           f"{demo.minutes:g} min)")
     print(f"report: {log.stages['report']['path']}")
     for name in (*stages, JOBS):
-        wandb_dir = run_dir / name / "wandb"
-        if any(wandb_dir.glob("offline-run-*")):
-            print(f"W&B ran offline; to upload: wandb sync {wandb_dir}/offline-run-*")
+        upload = wandb_upload_command(run_dir / name)
+        if upload:
+            print(f"W&B ran offline; to upload: {upload}")
     return 0

@@ -42,3 +42,34 @@ def test_sync_batchnorm_where_batchnorm_meets_several_gpus():
     assert not sync_batchnorm_default(tiny_config(), with_bn, on_gpu=True)  # one device: nothing to synchronise
     assert not sync_batchnorm_default(two, with_bn, on_gpu=False)  # torch's SyncBatchNorm is CUDA-only
     assert sync_batchnorm_default(tiny_config("train.num_nodes=2"), with_bn, on_gpu=True)
+
+
+def test_the_offline_upload_command_is_the_installed_wandbs_and_takes_its_arguments(tmp_path, monkeypatch, capfd):
+    """Two offline segments of one run, as a restarted run leaves them: the printed command names beta sync --id
+    (W&B's command for resumed fragments of one run) and the installed wandb accepts it (its dry run lists both)."""
+    import glob
+    import shlex
+
+    import wandb
+    from click.testing import CliRunner
+    from wandb.cli.cli import cli
+
+    from recon3d.training.build import wandb_upload_command
+
+    assert wandb_upload_command(tmp_path) == ""  # no segments, no line
+    (tmp_path / "wandb_id.txt").write_text("abc123def456")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for step in range(2):
+        run = wandb.init(project="recon3d", id="abc123def456", dir=str(tmp_path), mode="offline", resume="allow")
+        run.log({"x": step}, step=step)
+        run.finish()
+    command = wandb_upload_command(tmp_path)
+    assert command == f"wandb beta sync --id abc123def456 {tmp_path}/wandb/offline-run-*"
+    words = shlex.split(command)
+    paths = sorted(glob.glob(words[-1]))
+    assert len(paths) == 2
+    capfd.readouterr()
+    result = CliRunner().invoke(cli, [*words[1:-1], "--dry-run", *paths])
+    said = result.output + "".join(capfd.readouterr())
+    assert result.exit_code == 0, said
+    assert said.count("run-abc123def456.wandb") == 2 and "Would sync 2 run(s)" in said
