@@ -14,7 +14,8 @@
 What a model can do follows its stage: encode/decode for the autoencoder (voxels -> code -> mesh), the image encoder
 (image -> code -> mesh) and the latent GAN (its autoencoder's decoder); reconstruct for the image encoder and VRN
 (its mesh is in the camera's frame, y up); generate for the GAN. Meshes are extracted coarse-to-fine at `resolution`
-cells per edge, in the [-0.5, 0.5]^3 cube of the training shapes. Exports (safetensors, ONNX) do not load here yet.
+cells per edge, in the [-0.5, 0.5]^3 cube of the training shapes. An export folder (`recon3d export`) loads the same
+way, from its safetensors weights and card: the same methods, no Lightning module.
 """
 
 from __future__ import annotations
@@ -32,19 +33,22 @@ from recon3d.inference.latent import interpolate_codes
 from recon3d.inference.photo import FILL, Photo, prepare_photo
 from recon3d.inference.splits import model_input
 from recon3d.inference.vrn import vrn_mesh
+from recon3d.models.exported import CARD, load_export
 from recon3d.tasks.checkpoints import load_checkpoint, load_with_autoencoder, read_checkpoint, stage_of
 
 Endpoint = Union[int, np.ndarray, torch.Tensor, str, Path]  # a GAN seed, a code, or an image (svr)
 
 
 def load(path: str | Path, device: str = "auto") -> "Model":
-    """The model of a recon3d checkpoint (a file, a run folder, or a DeepSpeed folder) on `device` (auto: cuda when
-    available), ready to use.
+    """The model of a recon3d checkpoint (a file, a run folder, or a DeepSpeed folder) or of an export folder
+    (`recon3d export`) on `device` (auto: cuda when available), ready to use.
 
     Raises:
         FileNotFoundError, ValueError: no such checkpoint, or not a recon3d one (naming the path).
     """
     device = resolve_device(device)
+    if (Path(path) / CARD).is_file():
+        return _exported(path, device)
     stage = stage_of(read_checkpoint(path), str(path)).name
     if stage in ("svr", "gan"):
         task, autoencoder = load_with_autoencoder(path, device, expect=stage)
@@ -52,6 +56,47 @@ def load(path: str | Path, device: str = "auto") -> "Model":
         task = load_checkpoint(path, device, expect=stage)
         autoencoder = task if stage == "autoencoder" else None
     return Model(stage, task, autoencoder, device, str(path))
+
+
+class _Hparams(dict):
+    """An export card's hyperparameters, read as a task's are (hp.name or hp.get(name))."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class _Exported(torch.nn.Module):
+    """An exported network where the inference helpers expect a task: its hyperparameters and its module under the
+    attribute the task keeps it in (model, encoder, sampler)."""
+
+    def __init__(self, hparams: dict, **modules: torch.nn.Module) -> None:
+        super().__init__()
+        self.hparams = _Hparams(hparams)
+        for name, module in modules.items():
+            setattr(self, name, module)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def codes_for_seeds(self, seeds: Sequence[int]) -> torch.Tensor:
+        return self.sampler.codes_for_seeds(seeds)
+
+
+def _exported(folder: str | Path, device: str) -> "Model":
+    card, parts = load_export(folder, device)
+    hp = {name: entry["hyper_parameters"] for name, entry in card["parts"].items()}
+    stage = card["stage"]
+    autoencoder = _Exported(hp["autoencoder"], model=parts["autoencoder"]) if "autoencoder" in parts else None
+    task = {"autoencoder": lambda: autoencoder,
+            "svr": lambda: _Exported(hp["image_encoder"], encoder=parts["image_encoder"]),
+            "gan": lambda: _Exported(hp["generator"], sampler=parts["generator"]),
+            "vrn": lambda: _Exported(hp["volume_regressor"], model=parts["volume_regressor"]),
+            "stereo": lambda: _Exported(hp["view_synthesizer"], model=parts["view_synthesizer"])}[stage]()
+    return Model(stage, task, autoencoder, device, str(folder))
 
 
 class Model:

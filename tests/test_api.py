@@ -70,3 +70,18 @@ def test_the_docs_example_runs_as_written(trained_svr, trained_gan, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     exec(compile(example, "docs/api.md", "exec"), {})
     assert (tmp_path / "chair.obj").is_file()
+
+
+def test_an_export_loads_as_a_model_that_does_what_its_checkpoint_does(trained_svr, trained_gan, tmp_path):
+    from recon3d.inference.export import export
+
+    png = _object_png(tmp_path)
+    export(trained_svr, tmp_path / "svr", onnx=False)
+    exported, original = recon3d.load(tmp_path / "svr", device="cpu"), recon3d.load(trained_svr, device="cpu")
+    assert exported.stage == "svr" and np.allclose(exported.encode(png), original.encode(png), atol=1e-6)
+    mesh = exported.reconstruct(png, resolution=16)
+    assert np.array_equal(mesh.faces, original.reconstruct(png, resolution=16).faces)
+    export(trained_gan, tmp_path / "gan", onnx=False)
+    same = [m.faces for m in recon3d.load(tmp_path / "gan", device="cpu").generate(2, seed=1, resolution=16)]
+    assert all(np.array_equal(a, b.faces) for a, b in zip(same, recon3d.load(trained_gan, device="cpu").generate(
+        2, seed=1, resolution=16)))

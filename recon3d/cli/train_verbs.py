@@ -82,6 +82,23 @@ def _export_latents(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from recon3d.inference.export import export
+
+    card = export(args.ckpt, args.output, onnx=not args.no_onnx)
+    print(f"{args.output}: the {card['stage']} stage as weights.safetensors + card.json (recon3d "
+          f"{card['recon3d_version']}; parts: {', '.join(card['parts'])})")
+    for name, entry in card["onnx"].items():
+        print(f"  {name}: onnxruntime within {entry['max_abs_diff']:.2g} of torch (tolerance {entry['tolerance']:g})")
+    return 0
+
+
+def _configure_model_export(parser) -> None:
+    options.ckpt(parser)
+    options.output(parser, "export folder (written under a temporary name, then renamed into place)")
+    parser.add_argument("--no-onnx", action="store_true", help="weights and card only (ONNX needs recon3d[export])")
+
+
 def _configure_export(parser) -> None:
     options.ckpt(parser, "autoencoder checkpoint (e.g. runs/ae/checkpoints/last.ckpt)")
     options.shards(parser)
@@ -189,6 +206,8 @@ VERBS = [
     Verb("sweep", "Ray Tune over any config keys (ASHA by default); trials run like train", _configure_sweep, _sweep),
     Verb("export-latents", "z for every shape of every split, next to the shards", _configure_export,
          _export_latents),
+    Verb("export", "a checkpoint -> safetensors weights, a JSON card and ONNX networks (no Lightning, no pickle "
+                   "to load)", _configure_model_export, _export),
     Verb("extract", "meshes from the autoencoder (coarse-to-fine + marching cubes)", _configure_extract, _extract),
     Verb("eval", "per-category metrics of any checkpoint on a split (CSV/JSON tables); the checkpoint says its stage",
          _configure_eval, _eval),

@@ -27,6 +27,13 @@ class LatentGenerator(nn.Module):
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(noise))
 
+    @torch.no_grad()
+    def codes_for_seeds(self, seeds: Sequence[int]) -> torch.Tensor:
+        """One code (len(seeds), Z) per noise seed: the same seed gives the same shape, on any device (the noise is
+        drawn on the CPU)."""
+        noise = [torch.randn(self.noise_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        return self(torch.stack(noise).to(next(self.parameters()).device))
+
     def sample(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`count` codes from standard normal noise (on this module's device)."""
         device = next(self.parameters()).device

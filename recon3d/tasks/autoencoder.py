@@ -16,7 +16,7 @@ from recon3d.data.schema import take_in_turn
 from recon3d.errors import ConfigError, RunError
 from recon3d.geometry.extract import grid_to_mesh
 from recon3d.geometry.render import render_preview
-from recon3d.models.implicit_decoder import Autoencoder
+from recon3d.models import networks
 from recon3d.tasks.checkpoints import StageCheckpoint
 from recon3d.tasks.decoding import decode_occupancy
 from recon3d.tasks.pictures import publish_image
@@ -61,9 +61,7 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
         if voxel_resolution % val_resolution:
             raise ValueError(f"val_resolution {val_resolution} must divide voxel_resolution {voxel_resolution}")
         self.save_hyperparameters()
-        self.model = Autoencoder(latent_dim=latent_dim, encoder_channels=encoder_channels,
-                                 resolution=voxel_resolution, decoder_widths=list(decoder_widths),
-                                 decoder_output=decoder_output, point_octaves=point_octaves)
+        self.model = networks.autoencoder(self.hparams)
         self._step_started = 0.0
         self._rendered_epoch = -1
         self._phase_starts = [0]  # the epoch each phase began (timed phases; the schedule by epochs is fixed)

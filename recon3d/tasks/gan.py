@@ -16,7 +16,8 @@ from recon3d.data.loading.shards import first_split
 from recon3d.errors import ConfigError
 from recon3d.geometry.metrics import coverage_and_mmd, pairwise_chamfer_l2
 from recon3d.geometry.render import render_preview
-from recon3d.models.latent_gan import LatentCritic, LatentGenerator, gradient_penalty
+from recon3d.models import networks
+from recon3d.models.latent_gan import LatentGenerator, gradient_penalty
 from recon3d.tasks.autoencoder import check_finite
 from recon3d.tasks.checkpoints import CarriesAutoencoder, load_checkpoint
 from recon3d.tasks.decoding import decoded_surfaces, inference_dtype
@@ -56,8 +57,8 @@ class LatentGANTask(CarriesAutoencoder, L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.generator = LatentGenerator(noise_dim=noise_dim, latent_dim=latent_dim, widths=generator_widths)
-        self.critic = LatentCritic(latent_dim=latent_dim, widths=critic_widths)
+        self.generator = networks.generator(self.hparams)
+        self.critic = networks.critic(self.hparams)
         self.generator_ema: Optional[LatentGenerator] = None
         if ema_decay > 0:
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
@@ -108,11 +109,9 @@ class LatentGANTask(CarriesAutoencoder, L.LightningModule):
         """The generator that makes shapes: the weight average when the task keeps one, else the trained one."""
         return self.generator if self.generator_ema is None else self.generator_ema
 
-    @torch.no_grad()
     def codes_for_seeds(self, seeds: Sequence[int]) -> torch.Tensor:
         """One generated code (len(seeds), Z) per noise seed: the same seed gives the same shape, on any device."""
-        noise = [torch.randn(self.hparams.noise_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        return self.sampler(torch.stack(noise).to(self.device))
+        return self.sampler.codes_for_seeds(seeds)
 
     @torch.no_grad()
     def update_ema(self) -> None:

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from recon3d.config import Config, to_dict
-from recon3d.models.stereo import StereoViewSynthesizer, shifted_views
+from recon3d.models import networks
+from recon3d.models.stereo import shifted_views
 from recon3d.tasks.view_task import ViewTask
 
 
@@ -47,9 +48,7 @@ class StereoTask(ViewTask):
                  images_to_log: int = 4, run_dir: str = "") -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = StereoViewSynthesizer(image_channels=image_channels, disparity_levels=disparity_levels,
-                                           disparity_min=disparity_min, disparity_max=disparity_max,
-                                           widths=list(widths))
+        self.model = networks.view_synthesizer(self.hparams)
 
     @classmethod
     def from_config(cls, cfg: Config, manifest: dict) -> "StereoTask":

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from recon3d.config import Config
 from recon3d.data.loading.latents import default_latents, read_all_latents
 from recon3d.errors import ConfigError
-from recon3d.models.image_encoder import ImageEncoder
+from recon3d.models import networks
 from recon3d.tasks.autoencoder import check_finite
 from recon3d.tasks.checkpoints import CarriesAutoencoder, load_checkpoint, read_checkpoint
 from recon3d.tasks.decoding import decode_occupancy
@@ -38,8 +38,7 @@ class SVRTask(CarriesAutoencoder, L.LightningModule):
                  holdout_views: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.encoder = ImageEncoder(latent_dim=latent_dim, image_channels=image_channels,
-                                    architecture=architecture, base_width=base_width)
+        self.encoder = networks.image_encoder(self.hparams)
         self._frozen: list = []  # the autoencoder's decoder, loaded in setup; a plain list keeps it out of this
         # task's state_dict, optimiser and DDP wrapping (it is not trained here)
         self._rows: Dict[str, int] = {}

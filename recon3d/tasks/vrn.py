@@ -10,7 +10,7 @@ from recon3d.config import Config
 from recon3d.errors import ConfigError
 from recon3d.geometry.camera import R2N2_FOCAL_PER_WIDTH, focal_for_padding
 from recon3d.geometry.metrics import batch_iou
-from recon3d.models.hourglass import HourglassVolumeRegressor
+from recon3d.models import networks
 from recon3d.tasks.view_task import ViewTask
 
 
@@ -59,8 +59,7 @@ class VRNTask(ViewTask):
                  camera_distance: float = 1.4, images_to_log: int = 4, run_dir: str = "") -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = HourglassVolumeRegressor(image_channels=image_channels, depth=depth, stacks=stacks, width=width,
-                                              hourglass_levels=hourglass_levels)
+        self.model = networks.volume_regressor(self.hparams)
 
     @classmethod
     def from_config(cls, cfg: Config, manifest: dict) -> "VRNTask":
