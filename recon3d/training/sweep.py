@@ -6,7 +6,9 @@ A sweep file (YAML) names the base config files, fixed overrides, the search spa
     overrides: [train.max_minutes=10]
     metric: val/iou            # default: the stage's best-by metric and mode (recon3d/stages.py)
     mode: max
-    scheduler: asha            # asha (default) | fifo | median | hyperband
+    search: optuna             # random (default) | grid (every key a grid) | optuna (TPE)
+    seed: 0                    # seeds the search: the same file draws the same trials
+    scheduler: asha            # asha (default) | fifo | median | hyperband: stops trials early, by epochs trained
     num_samples: 8
     max_concurrent: 2
     resources: {cpu: 1, gpu: auto}  # per trial; gpu auto: 1 where the Ray cluster has GPUs, else 0
@@ -18,6 +20,11 @@ Trials write to <storage>/<name>/trials/<trial id>/ (checkpoints, CSV logs, one 
 name); the best trial's overrides go to <storage>/<name>/best.yaml and its full config to best_config.json. Running the
 same command again resumes an interrupted sweep: finished trials are kept, unfinished ones continue from their
 last.ckpt.
+
+Schedulers count a trial's progress in epochs trained (each report says `epochs_done`), the unit of `max_t` (the
+stage's epochs) and of the rungs alike; the first rung is the first validation (train.val_every_epochs). With Tune's
+default count of reports, a stage validated every 5 epochs had rungs at 5, 10, 20 epochs and a max_t it never
+reached.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ from recon3d.training.run import run
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid")
 SCHEDULERS = ("asha", "fifo", "median", "hyperband")
+SEARCHES = ("random", "grid", "optuna")
+PROGRESS = "epochs_done"  # what every trial reports and the schedulers count
 
 
 @dataclass
@@ -56,12 +65,13 @@ class SweepSpec:
     metric: str = ""  # empty: the stage's best-by metric
     mode: str = ""  # empty: that metric's mode
     scheduler: str = "asha"
+    search: str = "random"  # random | grid | optuna (TPE, seeded by seed)
     num_samples: int = 4
     max_concurrent: int = 1
     resources: Dict[str, Any] = field(default_factory=lambda: {"cpu": 1, "gpu": "auto"})  # per trial
     name: str = ""
     storage: str = "runs/sweeps"
-    seed: int = 0
+    seed: int = 0  # seeds the search (random draws or Optuna's TPE sampler)
 
 
 def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: List[str] = ()) -> SweepSpec:
@@ -80,6 +90,8 @@ def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: Li
     spec.name = spec.name or path.stem
     if spec.scheduler not in SCHEDULERS:
         raise ConfigError(f"{path}: scheduler={spec.scheduler!r}: one of {SCHEDULERS}")
+    if spec.search not in SEARCHES:
+        raise ConfigError(f"{path}: search={spec.search!r}: one of {SEARCHES}")
     _check_resources(spec.resources, path)
     base = load_config(spec.base, spec.overrides)
     if spec.resources.get("gpu", "auto") != "auto":
@@ -95,8 +107,16 @@ def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: Li
             raise ConfigError(f"{path}: search_space.{key}: one of {DISTRIBUTIONS} with its values, "
                               f"e.g. {{loguniform: [1.0e-4, 1.0e-2]}}")
         kind, values = next(iter(dist.items()))
+        if (spec.search == "grid") != (kind == "grid") and spec.search != "random":
+            raise ConfigError(f"{path}: search_space.{key}: {kind} under search={spec.search} (grid search takes "
+                              "grid values only; Optuna samples and takes no grid)")
         probe = values[0] if isinstance(values, list) else values
         load_config(spec.base, [*spec.overrides, f"{key}={json.dumps(probe)}"])  # a typo fails here, named
+    if spec.search == "optuna":
+        try:
+            import optuna  # noqa: F401, PLC0415 - the search's own package, checked before Ray starts
+        except ImportError:
+            raise ConfigError(f"{path}: search=optuna needs optuna: pip install optuna") from None
     return spec
 
 
@@ -135,17 +155,33 @@ def _space(spec: SweepSpec) -> Dict[str, Any]:
     return space
 
 
-def _scheduler(spec: SweepSpec, max_t: int):
+def scheduler(spec: SweepSpec, max_t: int, first: int = 1):
+    """The trial scheduler, counting epochs trained (PROGRESS): max_t the stage's epochs, the first rung (or the
+    median rule's grace) at the first validation, `first` epochs in."""
     from ray.tune import schedulers
 
+    first = max(1, min(first, max_t))
     if spec.scheduler == "fifo":
         return schedulers.FIFOScheduler()
     if spec.scheduler == "median":
-        return schedulers.MedianStoppingRule(metric=spec.metric, mode=spec.mode, grace_period=1)
+        return schedulers.MedianStoppingRule(time_attr=PROGRESS, metric=spec.metric, mode=spec.mode,
+                                             grace_period=first)
     if spec.scheduler == "hyperband":
-        return schedulers.HyperBandScheduler(metric=spec.metric, mode=spec.mode, max_t=max_t)
-    return schedulers.ASHAScheduler(metric=spec.metric, mode=spec.mode, max_t=max_t, grace_period=1,
-                                    reduction_factor=2)
+        return schedulers.HyperBandScheduler(time_attr=PROGRESS, metric=spec.metric, mode=spec.mode, max_t=max_t)
+    return schedulers.ASHAScheduler(time_attr=PROGRESS, metric=spec.metric, mode=spec.mode, max_t=max_t,
+                                    grace_period=first, reduction_factor=2)
+
+
+def searcher(spec: SweepSpec):
+    """The search algorithm: Tune's random/grid variant generator, or Optuna's TPE, both seeded by spec.seed."""
+    from ray.tune.search import BasicVariantGenerator
+
+    if spec.search != "optuna":
+        return BasicVariantGenerator(random_state=spec.seed)
+    import optuna  # noqa: PLC0415 - only for search=optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(metric=spec.metric, mode=spec.mode, sampler=optuna.samplers.TPESampler(seed=spec.seed))
 
 
 def trial_overrides(params: Dict[str, Any]) -> List[str]:
@@ -174,8 +210,8 @@ def _trainable(spec_dict: dict, sweep_dir: str):
                 if trainer.sanity_checking or metric not in trainer.callback_metrics:
                     return
                 values = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-                tune.report({**values, "epoch": trainer.current_epoch, "step": trainer.global_step,
-                             "host": socket.gethostname()})
+                tune.report({**values, "epoch": trainer.current_epoch, PROGRESS: trainer.current_epoch + 1,
+                             "step": trainer.global_step, "host": socket.gethostname()})
 
         with outside_slurm():
             run(cfg, enable_progress_bar=False, extra_callbacks=[ReportToTune()])
@@ -263,7 +299,8 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
         tuner = tune.Tuner(
             trainable, param_space=_space(spec),
             tune_config=tune.TuneConfig(num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent,
-                                        scheduler=_scheduler(spec, max_t)),
+                                        scheduler=scheduler(spec, max_t, base_cfg.train.val_every_epochs),
+                                        search_alg=searcher(spec)),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=1))
     with stop_on_signals() as stopped:
         results = tuner.fit()

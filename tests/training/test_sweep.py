@@ -127,3 +127,64 @@ def test_local_ray_leaves_its_single_machine_mode_out_of_the_environment(local_r
     from recon3d.data.writing.executors import RAY_LOCAL_ONLY
 
     assert RAY_LOCAL_ONLY not in os.environ
+
+
+def _spec(**fields):
+    from recon3d.training.sweep import SweepSpec
+
+    return SweepSpec(**{"search_space": {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}, "metric": "val/iou",
+                        "mode": "max", **fields})
+
+
+def test_schedulers_count_epochs_trained_in_max_t_and_rungs_alike():
+    """A stage validated every 5 of its 100 epochs: ASHA's rungs and max_t are both epochs (with Tune's default count
+    of reports the rungs sat at 5, 10, 20 epochs and max_t 100 reports was never reached)."""
+    from recon3d.training.sweep import PROGRESS, scheduler
+
+    asha = scheduler(_spec(scheduler="asha"), max_t=100, first=5)
+    assert asha._time_attr == PROGRESS and asha._max_t == 100
+    assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [80, 40, 20, 10, 5]
+    median = scheduler(_spec(scheduler="median"), max_t=100, first=5)
+    assert median._time_attr == PROGRESS and median._grace_period == 5
+    assert scheduler(_spec(scheduler="hyperband"), max_t=100)._time_attr == PROGRESS
+
+
+def test_the_search_is_seeded_by_the_sweep_files_seed():
+    from ray import tune
+
+    from recon3d.training.sweep import searcher
+
+    space = {"train.lr": tune.loguniform(1e-4, 1e-2), "model.latent_dim": tune.choice([8, 16, 32])}
+
+    def draws(seed):
+        search = searcher(_spec(search="optuna", seed=seed))
+        search.set_search_properties("val/iou", "max", space)
+        return [search.suggest(f"t{i}") for i in range(4)]
+
+    assert draws(3) == draws(3) and draws(3) != draws(4)
+    assert type(searcher(_spec(search="optuna"))).__name__ == "OptunaSearch"
+    assert type(searcher(_spec(search="random"))).__name__ == "BasicVariantGenerator"
+
+
+@pytest.mark.parametrize("search, space, message", [
+    ("optuna", {"train.lr": {"grid": [0.1, 0.2]}}, "grid under search=optuna"),
+    ("grid", {"train.lr": {"choice": [0.1, 0.2]}}, "choice under search=grid"),
+    ("bayes", {"train.lr": {"choice": [0.1, 0.2]}}, "search='bayes': one of")])
+def test_a_search_that_cannot_take_its_space_is_named(tmp_path, search, space, message):
+    from recon3d.errors import ConfigError
+    from recon3d.training.sweep import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": [str(TINY)], "search": search, "search_space": space}))
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(path)
+
+
+def test_an_optuna_sweep_runs_and_reports_epochs_trained(tiny_shards, tmp_path, local_ray):
+    sweep = tiny_sweep_file(tmp_path / "optuna-sweep.yaml", tiny_shards, scheduler="asha", num_samples=3,
+                            search="optuna", seed=7, max_concurrent=1,
+                            search_space={"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}})
+    assert main(["sweep", "-c", str(sweep)]) == 0
+    trials = json.loads((tmp_path / "sweeps" / "optuna-sweep" / "trials.json").read_text())
+    assert len(trials) == 3 and len({t["params"]["train.lr"] for t in trials}) == 3
+    assert all(t["val/iou"] is not None for t in trials)
