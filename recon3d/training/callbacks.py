@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
+import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -27,11 +28,16 @@ from recon3d.tasks.checkpoints import consolidated_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to `<name>.tmp` and renames it: a job killed mid-write leaves the old file intact."""
+    """Writes each checkpoint to a temp name beside it and renames it: a job killed mid-write leaves the old file
+    intact. torch.save writes there itself: Lightning's own save goes through an fsspec transaction, which stages the
+    file in $TMPDIR first, so a nearly full /tmp saved no checkpoint however much room the run folder had, and a full
+    disk named a staging file (tmpXXXXXXXX) instead of the checkpoint."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
         with atomic_path(path) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+            torch.save(checkpoint, tmp)
 
 
 def rolling_last_checkpoint(dirpath: Path, every_n_train_steps: int = 0) -> List[ModelCheckpoint]:

@@ -160,3 +160,19 @@ def test_a_signal_that_reaches_one_rank_stops_every_rank_at_the_same_step(tiny_s
     saved = read_checkpoint(hpc)["global_step"]
     assert out.count(f"SIGTERM: saved a checkpoint at step {saved} to {hpc}") == 2, out[-3000:]  # each rank's exit
     assert 0 < saved < 124  # 62 epochs x 2 steps (8 samples over 2 ranks at batch 2)
+
+
+def test_checkpoints_are_written_beside_themselves_not_in_tmpdir(tmp_path, monkeypatch):
+    """With $TMPDIR unusable (a full /tmp) a checkpoint is still saved: its temp file is in the run folder."""
+    import tempfile
+
+    import torch
+
+    from recon3d.training.callbacks import AtomicCheckpointIO
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))  # mkstemp fails there
+    target = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    target.parent.mkdir(parents=True)
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
+    assert torch.load(target)["state_dict"]["w"].sum() == 3
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]  # no temp file left
