@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.wandb import _add_prefix
+from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_only
 
 from recon3d.config import Config, to_dict
@@ -172,6 +173,19 @@ SET_BY_RECON3D: Dict[str, str] = {
     "log_every_n_steps": "train.log_every_steps", "default_root_dir": "train.run_dir",
     "callbacks": "recon3d's callbacks", "logger": "train.logger", "enable_progress_bar": "train.progress",
     "plugins": "recon3d's checkpoint writer", "reload_dataloaders_every_n_epochs": "the stage's loader"}
+
+
+def check_strategy(cfg: Config) -> None:
+    """train.strategy against the strategies the installed Lightning knows, before anything is written.
+
+    Raises:
+        ConfigError: an unknown name (with the nearest known one).
+    """
+    known = ["auto", *StrategyRegistry.available_strategies()]
+    if cfg.train.strategy not in known:
+        close = difflib.get_close_matches(cfg.train.strategy, known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+        raise ConfigError(f"train.strategy={cfg.train.strategy!r}: not a strategy of Lightning {L.__version__}{hint}")
 
 
 def trainer_settings(cfg: Config) -> dict:

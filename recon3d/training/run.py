@@ -21,7 +21,14 @@ from recon3d.runs import pick_handed_on
 from recon3d.stages import STAGES
 from recon3d.tasks.checkpoints import checkpoint_file, consolidated_path
 from recon3d.training.allocation import check_accelerator, check_slurm
-from recon3d.training.build import build_datamodule, build_task, build_trainer, check_training_config, trainer_settings
+from recon3d.training.build import (
+    build_datamodule,
+    build_task,
+    build_trainer,
+    check_strategy,
+    check_training_config,
+    trainer_settings,
+)
 from recon3d.training.callbacks import Preempted, hpc_checkpoints
 from recon3d.training.lineage import record_training
 
@@ -135,6 +142,7 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     check_slurm(cfg)
     check_accelerator(cfg)
     check_latents(cfg)
+    check_strategy(cfg)
     trainer_settings(cfg)  # train.trainer's keys, before any work
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

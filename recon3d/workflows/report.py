@@ -134,10 +134,11 @@ def stage_section(name: str, stage_dir: Path, evaluation: Path) -> str:
     config = _json(stage_dir / "config.json")
     if config:
         train = config["train"]
+        shown = {key: html.escape(str(train.get(key))) for key in ("accelerator", "devices", "strategy", "precision")}
         parts.append(f"<p class='small'>run folder <code>{html.escape(str(stage_dir))}</code>; "
-                     f"stage <code>{html.escape(name)}</code>, device <code>{train['accelerator']}</code> "
-                     f"x {train['devices']}, strategy <code>{train['strategy']}</code>, precision "
-                     f"<code>{train['precision']}</code></p>")
+                     f"stage <code>{html.escape(name)}</code>, device <code>{shown['accelerator']}</code> "
+                     f"x {shown['devices']}, strategy <code>{shown['strategy']}</code>, precision "
+                     f"<code>{shown['precision']}</code></p>")
     metrics = read_metrics(stage_dir)
     plots = [svg_plot(title, {m: metrics[m] for m in names if m in metrics}) for title, names in row.curves]
     parts.append("<div class='row'>" + "".join(p for p in plots if p) + "</div>")

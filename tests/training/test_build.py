@@ -73,3 +73,13 @@ def test_the_offline_upload_command_is_the_installed_wandbs_and_takes_its_argume
     said = result.output + "".join(capfd.readouterr())
     assert result.exit_code == 0, said
     assert said.count("run-abc123def456.wandb") == 2 and "Would sync 2 run(s)" in said
+
+
+def test_an_unknown_strategy_is_refused_before_the_run_folder_is_written(tmp_path):
+    cfg = tiny_config(f"train.run_dir={tmp_path / 'run'}", "train.accelerator=cpu",
+                      "train.strategy=<img src=x onerror=alert(1)>")
+    with pytest.raises(ConfigError, match="not a strategy of Lightning"):
+        run(cfg, enable_wandb=False)
+    with pytest.raises(ConfigError, match="did you mean 'deepspeed_stage_2'"):
+        run(tiny_config(f"train.run_dir={tmp_path / 'run'}", "train.strategy=deepspeed_stage2"), enable_wandb=False)
+    assert not (tmp_path / "run").exists()

@@ -73,3 +73,22 @@ def test_report_meshes_turn_in_a_viewer_that_draws_each_one(tmp_path, launch):
                   .group(1).split())
     assert found.groups() == ("3", "3") and set(pixels) == {"chair/chair_000", "airplane/airplane_001", "gan_0"}
     assert all(int(count) > 1000 for count in pixels.values()), pixels  # a 220 px view mostly of the shape
+
+
+def test_config_values_reach_the_report_escaped(trained_vrn, tmp_path):
+    """A run folder whose config.json holds markup (written by hand, or by an older recon3d that wrote it before
+    refusing the value): the report shows it as text."""
+    import json
+    import shutil
+
+    from recon3d.workflows.report import write_report
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_vrn.parent.parent, run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["train"]["strategy"] = "<img src=x onerror=alert(1)>"
+    config["train"]["precision"] = "<script>alert(2)</script>"
+    (run_dir / "config.json").write_text(json.dumps(config))
+    page = write_report(run_dir).read_text()
+    assert "<img src=x" not in page and "<script>alert(2)" not in page
+    assert escape("<img src=x onerror=alert(1)>") in page
