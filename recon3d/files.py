@@ -1,11 +1,13 @@
-"""Files: writing so that a reader never sees half of one (a temp name in the same folder, then a rename), and
-checksums."""
+"""Files: writing so that a reader never sees half of one (a temp name in the same folder, then a rename), folders
+one process owns at a time (an advisory lock), and checksums."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -31,6 +33,25 @@ def atomic_path(path: str | Path, *, keep_suffix: bool = False) -> Iterator[Path
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, refusal: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock (flock) on `path` for the block; the lock file says who holds it. When another
+    process holds it, raise ValueError(refusal.format(holder=...)) at once. The lock goes with the process (a kill
+    -9 frees it), and the file stays (an empty file, rewritten by the next holder)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise ValueError(refusal.format(holder=holder)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()} since {time.ctime()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _host() -> str:

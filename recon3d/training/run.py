@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -15,8 +17,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from recon3d.config import Config, to_dict
 from recon3d.data.loading.latents import INDEX, default_latents
 from recon3d.data.loading.shards import load_manifest
-from recon3d.errors import ConfigError
-from recon3d.files import atomic_write, file_sha256
+from recon3d.errors import ConfigError, RunError
+from recon3d.files import atomic_write, exclusive_lock, file_sha256
 from recon3d.runs import pick_handed_on
 from recon3d.stages import STAGES
 from recon3d.tasks.checkpoints import checkpoint_file, consolidated_path
@@ -31,6 +33,8 @@ from recon3d.training.build import (
 )
 from recon3d.training.callbacks import Preempted, hpc_checkpoints
 from recon3d.training.lineage import record_training
+
+RUN_LOCK = ".run.lock"  # in the run folder: held by the run that trains there (owned)
 
 
 @dataclass
@@ -53,7 +57,16 @@ class RunResult:
 
 def resolve_resume(cfg: Config) -> Optional[str]:
     """The checkpoint to continue from: train.resume is auto (the newer of last.ckpt, a file or a ZeRO folder, and
-    the checkpoint written when a signal stops training, hpc_ckpt_N.ckpt), never, or a path."""
+    the checkpoint written when a signal stops training, hpc_ckpt_N.ckpt), never, or a path.
+
+    With auto, a checkpoint file that cannot be a checkpoint (empty, cut short, foreign: torch.save writes a zip
+    whose directory is at its end) is passed over, with a line naming it, for the next newest, the run's best-*.ckpt
+    last; none readable is one line too.
+
+    Raises:
+        FileNotFoundError: train.resume names nothing.
+        RunError: auto found checkpoints, none of them readable.
+    """
     if cfg.train.resume == "never":
         return None
     if cfg.train.resume != "auto":
@@ -62,7 +75,51 @@ def resolve_resume(cfg: Config) -> Optional[str]:
         return cfg.train.resume
     run_dir = Path(cfg.train.run_dir)
     found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *hpc_checkpoints(run_dir)] if p.exists()]
-    return str(max(found, key=lambda p: p.stat().st_mtime_ns)) if found else None
+    newest = sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    best = sorted((run_dir / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    unreadable = []
+    for path in newest + (best if newest else []):
+        if path.is_dir() or zipfile.is_zipfile(path):
+            if unreadable and rank_zero_only.rank == 0:
+                print(f"recon3d: {', '.join(map(str, unreadable))}: not a readable checkpoint; resuming from {path}",
+                      file=sys.stderr)
+            return str(path)
+        unreadable.append(path)
+    if unreadable:
+        raise RunError(f"{run_dir}: no readable checkpoint to resume from ({', '.join(map(str, unreadable))}: empty "
+                       "or damaged); train.resume=never starts the run over, train.resume=PATH picks one")
+    return None
+
+
+def check_run_folder(cfg: Config) -> Path:
+    """train.run_dir, made when missing: a folder, and one that holds no other stage's run.
+
+    Raises:
+        ValueError: it is a file; ConfigError: its config.json is another stage's.
+    """
+    run_dir = Path(cfg.train.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"train.run_dir={str(run_dir)!r} is a file, not a folder")
+    saved = run_dir / "config.json"
+    if saved.is_file():
+        stage = json.loads(saved.read_text()).get("train", {}).get("stage")
+        if stage and stage != cfg.train.stage:
+            raise ConfigError(f"{run_dir} holds a {stage} run; train.stage={cfg.train.stage} trains in a folder of "
+                              "its own: set another train.run_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+@contextmanager
+def owned(run_dir: Path):
+    """One training run per run folder at a time: the first process (global rank 0) of a run holds the folder's
+    lock for the whole run; a second `recon3d train` into the same folder stops at once, naming the holder."""
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    with exclusive_lock(run_dir / RUN_LOCK, f"{run_dir}: another run is training in this folder ({{holder}}); wait "
+                                            "for it, stop it, or set another train.run_dir"):
+        yield
 
 
 def check_latents(cfg: Config) -> None:
@@ -144,8 +201,13 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     check_latents(cfg)
     check_strategy(cfg)
     trainer_settings(cfg)  # train.trainer's keys, before any work
-    run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = check_run_folder(cfg)
+    with owned(run_dir):
+        return _run(cfg, run_dir, enable_wandb, extra_callbacks, trainer_overrides)
+
+
+def _run(cfg: Config, run_dir: Path, enable_wandb: bool, extra_callbacks: Sequence, trainer_overrides: dict
+         ) -> RunResult:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     datamodule.setup()

@@ -176,6 +176,8 @@ def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
     """Run (or resume) the whole method in cfg.demo.out_dir; returns a process exit code."""
     check_accelerator(cfg)  # before any step: a CPU config in a GPU job, or cuda where there is none
     run_dir = Path(cfg.demo.out_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir}: a file, not a folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     log = StageLog(run_dir / "stages.json")
     demo = cfg.demo

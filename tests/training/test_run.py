@@ -1,8 +1,12 @@
-"""run(cfg) pieces: the best checkpoint is found by what its callback watches; a resumed epoch draws its own order."""
+"""run(cfg) pieces: the best checkpoint is found by what its callback watches; a resumed epoch draws its own order;
+a run folder is owned by one run of one stage, and a damaged checkpoint is passed over."""
 
 from types import SimpleNamespace
 
+import pytest
+
 from recon3d.training.run import best_checkpoint
+from tests.conftest import tiny_config
 
 
 def test_best_checkpoint_is_found_by_its_monitor_not_its_place():
@@ -167,3 +171,50 @@ def test_auto_precision_is_bf16_mixed_only_where_the_hardware_has_bf16(monkeypat
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_precision(SimpleNamespace(precision="auto", accelerator="gpu")) == "bf16-mixed"
     assert resolve_precision(SimpleNamespace(precision="16-mixed", accelerator="gpu")) == "16-mixed"  # as given
+
+
+def test_a_run_folder_is_owned_by_one_run_at_a_time(tiny_shards, tmp_path):
+    """While a run trains in a folder (its lock held), a second run into it stops before any work, naming it."""
+    from recon3d.files import exclusive_lock
+    from recon3d.training.run import RUN_LOCK, run
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={run_dir}", "train.accelerator=cpu")
+    with exclusive_lock(run_dir / RUN_LOCK, "held"):  # as the first run holds it
+        with pytest.raises(ValueError, match=r"another run is training in this folder \(host .* pid \d+"):
+            run(cfg, enable_wandb=False, enable_progress_bar=False)
+    assert not (run_dir / "config.json").exists()
+
+
+def test_a_folder_of_another_stage_or_a_file_is_refused(trained_svr, tmp_path):
+    from recon3d.errors import ConfigError
+    from recon3d.training.run import run
+
+    svr_dir = trained_svr.parent.parent
+    before = (svr_dir / "config.json").read_text()
+    with pytest.raises(ConfigError, match="holds a svr run; train.stage=autoencoder trains in a folder of its own"):
+        run(tiny_config(f"train.run_dir={svr_dir}", "train.accelerator=cpu"), enable_wandb=False)
+    assert (svr_dir / "config.json").read_text() == before  # not rewritten
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        run(tiny_config(f"train.run_dir={tmp_path / 'afile'}", "train.accelerator=cpu"), enable_wandb=False)
+
+
+@pytest.mark.parametrize("damage", [b"", b"garbage that is no zip"])
+def test_a_damaged_last_checkpoint_resumes_from_the_best(trained_autoencoder, tmp_path, damage, capsys):
+    import shutil
+
+    from recon3d.errors import RunError
+    from recon3d.training.run import resolve_resume
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_autoencoder.parent.parent, run_dir)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(damage)
+    cfg = tiny_config(f"train.run_dir={run_dir}")
+    [best] = (run_dir / "checkpoints").glob("best-*.ckpt")
+    assert resolve_resume(cfg) == str(best)
+    assert "last.ckpt: not a readable checkpoint; resuming from" in capsys.readouterr().err
+    best.write_bytes(damage)
+    with pytest.raises(RunError, match="no readable checkpoint to resume from"):
+        resolve_resume(cfg)

@@ -15,7 +15,6 @@ kill -9 redoes the shard that was in flight and nothing else. The manifest is wr
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -23,7 +22,6 @@ import io
 import json
 import os
 import re
-import socket
 import sys
 import tarfile
 import time
@@ -40,7 +38,7 @@ from recon3d.data.loading.shards import MANIFEST, load_manifest, sidecar_path
 from recon3d.data.writing.executors import ordered_map, ray_ordered_map
 from recon3d.data.writing.prepare import Prepared
 from recon3d.data.writing.sources import Item, assign_splits, discover
-from recon3d.files import atomic_write, file_sha256, temp_writer_gone
+from recon3d.files import atomic_write, exclusive_lock, file_sha256, temp_writer_gone
 
 REJECTS = "rejects.jsonl"
 BUILD_LOG = "build_log.json"
@@ -224,24 +222,12 @@ def build_shards(cfg: Config, *, progress: bool = True, stop_after: int = 0,
         return _build(cfg, out, index, count, started, progress, stop_after, use_ray)
 
 
-@contextlib.contextmanager
 def _build_lock(out: Path, index: int, count: int):
     """One build per part of a folder at a time (parts of an array run side by side; their shards are apart and
     each shard in flight has a lock of its own): a second build of the same part stops, naming the holder."""
     path = out / f".build-{index}-of-{count}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise ValueError(f"{out}: another build of part {index}/{count} is running ({holder}; lock {path.name}); "
-                             "wait for it or stop it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()} since {time.ctime()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
+    return exclusive_lock(path, f"{out}: another build of part {index}/{count} is running ({{holder}}; lock "
+                                f"{path.name}); wait for it or stop it")
 
 
 def _build(cfg: Config, out: Path, index: int, count: int, started: float, progress: bool, stop_after: int,
