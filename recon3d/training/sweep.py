@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -45,7 +46,7 @@ from lightning.pytorch.callbacks import Callback
 
 from recon3d.config import config_file, load_config, to_dict
 from recon3d.data.writing.executors import init_ray
-from recon3d.errors import ConfigError, Stopped
+from recon3d.errors import ConfigError, RunError, Stopped
 from recon3d.files import atomic_write
 from recon3d.stages import STAGES
 from recon3d.training.allocation import check_trial_gpus
@@ -77,7 +78,14 @@ class SweepSpec:
 def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: List[str] = ()) -> SweepSpec:
     """Read and check a sweep file; every searched key is tried against the config schema before Ray starts."""
     path = config_file(path)  # as -c files: also among the installed configs (configs/sweep/...), from any folder
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a sweep file is a mapping of sweep keys, got {type(raw).__name__}")
     unknown = set(raw) - set(SweepSpec.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"{path}: unknown sweep keys {sorted(unknown)} (valid: "
@@ -85,6 +93,10 @@ def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: Li
     if not raw.get("search_space"):
         raise ConfigError(f"{path}: no search_space")
     spec = SweepSpec(**raw)
+    if not isinstance(spec.num_samples, int) or spec.num_samples < 1:
+        raise ConfigError(f"{path}: num_samples={spec.num_samples!r}: at least 1 trial")
+    if not isinstance(spec.max_concurrent, int) or spec.max_concurrent < 1:
+        raise ConfigError(f"{path}: max_concurrent={spec.max_concurrent!r}: at least 1")
     spec.base = [*spec.base, *extra_base]
     spec.overrides = [*spec.overrides, *extra_overrides]
     spec.name = spec.name or path.stem
@@ -107,6 +119,7 @@ def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: Li
             raise ConfigError(f"{path}: search_space.{key}: one of {DISTRIBUTIONS} with its values, "
                               f"e.g. {{loguniform: [1.0e-4, 1.0e-2]}}")
         kind, values = next(iter(dist.items()))
+        _check_values(f"{path}: search_space.{key}", kind, values)
         if (spec.search == "grid") != (kind == "grid") and spec.search != "random":
             raise ConfigError(f"{path}: search_space.{key}: {kind} under search={spec.search} (grid search takes "
                               "grid values only; Optuna samples and takes no grid)")
@@ -118,6 +131,39 @@ def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: Li
         except ImportError:
             raise ConfigError(f"{path}: search=optuna needs optuna: pip install optuna") from None
     return spec
+
+
+def _check_values(where: str, kind: str, values: Any) -> None:
+    """A distribution's values: choice and grid a non-empty list; uniform and loguniform [low, high] numbers with
+    low < high (loguniform low > 0); randint [low, high] integers with low < high.
+
+    Raises:
+        ConfigError: naming where and what is wrong.
+    """
+    if kind in ("choice", "grid"):
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: {kind} takes a non-empty list of values, got {values!r}")
+        return
+    numbers = isinstance(values, list) and len(values) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if not numbers or values[0] >= values[1]:
+        raise ConfigError(f"{where}: {kind} takes [low, high] with low < high, got {values!r}")
+    if kind == "loguniform" and values[0] <= 0:
+        raise ConfigError(f"{where}: loguniform needs low > 0, got {values!r}")
+    if kind == "randint" and not all(isinstance(v, int) for v in values):
+        raise ConfigError(f"{where}: randint takes two integers, got {values!r}")
+
+
+def check_cluster_fits(resources: Dict[str, float], cluster: Dict[str, float]) -> None:
+    """A trial that asks for more CPUs or GPUs than the whole Ray cluster has would stay PENDING for ever.
+
+    Raises:
+        ConfigError: naming what one trial asks for and what the cluster has.
+    """
+    for name, key in (("cpu", "CPU"), ("gpu", "GPU")):
+        if resources.get(name, 0) > cluster.get(key, 0):
+            raise ConfigError(f"resources.{name}={resources[name]:g} per trial, but the Ray cluster has "
+                              f"{cluster.get(key, 0):g} {key}s in all: no trial could ever start")
 
 
 def _check_resources(resources: Dict[str, Any], path: Path) -> None:
@@ -173,11 +219,12 @@ def scheduler(spec: SweepSpec, max_t: int, first: int = 1):
 
 
 def searcher(spec: SweepSpec):
-    """The search algorithm: Tune's random/grid variant generator, or Optuna's TPE, both seeded by spec.seed."""
+    """The search algorithm: Tune's random/grid variant generator (which keeps max_concurrent itself: Tune ignores
+    max_concurrent_trials for it), or Optuna's TPE (Tune limits its concurrency); both seeded by spec.seed."""
     from ray.tune.search import BasicVariantGenerator
 
     if spec.search != "optuna":
-        return BasicVariantGenerator(random_state=spec.seed)
+        return BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent)
     import optuna  # noqa: PLC0415 - only for search=optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -207,8 +254,12 @@ def _trainable(spec_dict: dict, sweep_dir: str):
 
         class ReportToTune(Callback):
             def on_validation_end(self, trainer, module) -> None:
-                if trainer.sanity_checking or metric not in trainer.callback_metrics:
+                if trainer.sanity_checking:
                     return
+                if metric not in trainer.callback_metrics:  # every stage logs its metrics at every validation
+                    logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/") and k.count("/") == 1)
+                    raise ConfigError(f"metric {metric}: the {cfg.train.stage} stage does not log it; its "
+                                      f"validation logs {', '.join(logged)}")
                 values = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
                 tune.report({**values, "epoch": trainer.current_epoch, PROGRESS: trainer.current_epoch + 1,
                              "step": trainer.global_step, "host": socket.gethostname()})
@@ -289,8 +340,10 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     max_t = max(1, STAGES[base_cfg.train.stage].epochs(base_cfg))
     spec_dict = {"base": [str(Path(b).resolve()) for b in spec.base], "overrides": spec.overrides,
                  "metric": spec.metric, "name": spec.name, "cwd": os.getcwd()}
-    resources = trial_resources(spec.resources, ray.cluster_resources().get("GPU", 0))
+    cluster = ray.cluster_resources()
+    resources = trial_resources(spec.resources, cluster.get("GPU", 0))
     check_trial_gpus(base_cfg, resources.get("gpu", 0))  # before any trial starts
+    check_cluster_fits(resources, cluster)
     trainable = tune.with_resources(_trainable(spec_dict, str(sweep_dir)), resources)
     experiment = sweep_dir / "tune"
     if tune.Tuner.can_restore(str(experiment)):
@@ -298,7 +351,8 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     else:
         tuner = tune.Tuner(
             trainable, param_space=_space(spec),
-            tune_config=tune.TuneConfig(num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent,
+            tune_config=tune.TuneConfig(num_samples=spec.num_samples,
+                                        max_concurrent_trials=spec.max_concurrent if spec.search == "optuna" else None,
                                         scheduler=scheduler(spec, max_t, base_cfg.train.val_every_epochs),
                                         search_alg=searcher(spec)),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=1))
@@ -306,6 +360,14 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
         results = tuner.fit()
     if stopped:
         raise SweepStopped(stopped[0], sweep_dir)
+    reported = [r for r in results if r.metrics and r.metrics.get(spec.metric) is not None]
+    if not reported:
+        seen = sorted({k for r in results for k in (r.metrics or {}) if k.startswith(("val/", "train/"))})
+        errors = [_last_line(r.error) for r in results if r.error]
+        raise RunError(f"sweep {spec.name}: no trial reported {spec.metric}; "
+                       + (f"the trials reported {', '.join(seen)}" if seen else
+                          f"the trials failed ({errors[0]})" if errors else "no trial reported anything")
+                       + f" (trials in {sweep_dir / 'trials'})")
     best = results.get_best_result(metric=spec.metric, mode=spec.mode, scope="all")
     overrides = trial_overrides(best.config)
     atomic_write(sweep_dir / "best.yaml", ("# best trial of sweep " + spec.name + f" by {spec.metric} ({spec.mode})\n"
@@ -322,6 +384,12 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     atomic_write(sweep_dir / "trials.json", json.dumps(rows, indent=1, default=str).encode())
     return {"best": best.config, "metric": _best_reported(best, spec), "trials": len(results),
             "folder": str(sweep_dir), "rows": rows}
+
+
+def _last_line(error: BaseException) -> str:
+    """The line of a trial's error that says what went wrong: the last of Ray's traceback, without its colours."""
+    lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else type(error).__name__
 
 
 def _best_reported(result, spec: SweepSpec):

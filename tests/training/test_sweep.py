@@ -188,3 +188,50 @@ def test_an_optuna_sweep_runs_and_reports_epochs_trained(tiny_shards, tmp_path, 
     trials = json.loads((tmp_path / "sweeps" / "optuna-sweep" / "trials.json").read_text())
     assert len(trials) == 3 and len({t["params"]["train.lr"] for t in trials}) == 3
     assert all(t["val/iou"] is not None for t in trials)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("search_space: {train.lr: {choice: [1, 2]}\n", r"not valid YAML \(line 3, column 1\): expected .,. or .}."),
+    ("num_samples: 0\nsearch_space: {train.lr: {choice: [1]}}\n", "num_samples=0: at least 1 trial"),
+    ("search_space: {train.lr: {loguniform: [1.0e-2]}}\n", r"loguniform takes \[low, high\]"),
+    ("search_space: {train.lr: {loguniform: [0, 1]}}\n", "loguniform needs low > 0"),
+    ("search_space: {train.lr: {uniform: [0.3, 0.1]}}\n", "low < high"),
+    ("search_space: {model.latent_dim: {randint: [8.5, 16]}}\n", "randint takes two integers"),
+    ("search_space: {model.latent_dim: {choice: []}}\n", "choice takes a non-empty list")])
+def test_a_broken_sweep_file_is_one_line_before_ray_starts(tmp_path, text, message):
+    from recon3d.errors import ConfigError
+    from recon3d.training.sweep import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(f"base: [{TINY}]\n" + text)
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(path)
+
+
+def test_a_sweep_file_that_is_not_a_mapping_is_named(tmp_path):
+    from recon3d.errors import ConfigError
+    from recon3d.training.sweep import load_sweep
+
+    (tmp_path / "s.yaml").write_text("- a list\n- of things\n")
+    with pytest.raises(ConfigError, match="s.yaml: a sweep file is a mapping of sweep keys, got list"):
+        load_sweep(tmp_path / "s.yaml")
+
+
+def test_a_trial_bigger_than_the_cluster_is_refused():
+    from recon3d.errors import ConfigError
+    from recon3d.training.sweep import check_cluster_fits
+
+    check_cluster_fits({"cpu": 2.0}, {"CPU": 2.0})
+    with pytest.raises(ConfigError, match=r"resources.cpu=4 per trial, but the Ray cluster has 2 CPUs"):
+        check_cluster_fits({"cpu": 4.0}, {"CPU": 2.0})
+    with pytest.raises(ConfigError, match="resources.gpu=1 per trial, but the Ray cluster has 0 GPUs"):
+        check_cluster_fits({"cpu": 1.0, "gpu": 1.0}, {"CPU": 8.0})
+
+
+def test_a_metric_no_stage_logs_fails_the_sweep_naming_what_it_logs(tiny_shards, tmp_path, local_ray, capsys):
+    sweep = tiny_sweep_file(tmp_path / "bad-metric.yaml", tiny_shards, scheduler="fifo", num_samples=1,
+                            metric="val/nothing", search_space={"train.lr": {"choice": [1.0e-3]}})
+    assert main(["sweep", "-c", str(sweep)]) == 1
+    err = capsys.readouterr().err
+    assert "no trial reported val/nothing" in err and "does not log it" in err and "val/iou" in err
+    assert not (tmp_path / "sweeps" / "bad-metric" / "best.yaml").exists()
