@@ -1,5 +1,5 @@
-"""What this machine's hardware computes natively: bf16 on a CPU or a CUDA device (the precision choices of training
-and inference depend on it)."""
+"""What this machine's hardware computes natively (bf16 on a CPU or a CUDA device: the precision choices of training
+and inference depend on it), and how much memory a device has free."""
 
 from __future__ import annotations
 
@@ -25,3 +25,19 @@ def native_bf16(device_type: str) -> bool:
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return device_type == "cpu" and native_bf16_cpu()
+
+
+def available_memory(device: str | torch.device = "cpu") -> int:
+    """Bytes a new allocation can take on `device`: the kernel's MemAvailable for the CPU, the free memory of a CUDA
+    device; 0 when it cannot be told (nothing is then refused for it)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0]) if torch.cuda.is_available() else 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

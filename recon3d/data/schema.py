@@ -62,9 +62,10 @@ def values_member(resolution: int) -> str:
 VIEWS = "views.zlib"
 RIGHT_VIEWS = "right_views.zlib"
 try:  # ISA-L's inflate: the same zlib streams, faster (docs/results.md; inflating a view dominates its decoding)
-    from isal.isal_zlib import decompress as _inflate
+    from isal.isal_zlib import decompressobj as _inflater
 except ImportError:  # pragma: no cover - isal is a dependency; a platform without its wheel falls back
-    _inflate = zlib.decompress
+    _inflater = zlib.decompressobj
+MAX_VIEW_BYTES = 64 * 2**20  # a view's declared size at most (4096 x 4096 RGBA); the renders are 137 x 137
 _VIEWS_HEAD = struct.Struct("<4sHHBH")  # magic, height, width, channels, view count; then one uint32 size per view
 _VIEWS_MAGIC = b"R3DV"
 
@@ -128,9 +129,14 @@ def view_image(sample: Dict[str, bytes], index: int, right: bool = False) -> np.
     data = sample[packed]
     height, width, channels, spans = _views_table(data)
     offset, size = spans[index]
-    pixels = _inflate(memoryview(data)[offset:offset + size])
-    if len(pixels) != height * width * channels:
-        raise ValueError(f"view {index}: {len(pixels)} bytes, expected {height}x{width}x{channels}")
+    expected = height * width * channels
+    if expected > MAX_VIEW_BYTES:
+        raise ValueError(f"view {index}: declared {height}x{width}x{channels}, more than a view can be")
+    inflater = _inflater()  # inflated no further than the declared size: a small member cannot fill the memory
+    pixels = inflater.decompress(memoryview(data)[offset:offset + size], expected + 1)
+    if len(pixels) != expected or not inflater.eof:
+        found = f"more than {expected}" if len(pixels) > expected else f"{len(pixels)}"
+        raise ValueError(f"view {index}: inflates to {found} bytes, expected {height}x{width}x{channels}")
     return np.frombuffer(pixels, np.uint8).reshape(height, width, channels)
 
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from skimage.measure import marching_cubes
 
+from recon3d.hardware import available_memory
+
 Field = Callable[[torch.Tensor], torch.Tensor]  # (P, 3) points in [-0.5, 0.5] -> (P,) values
 
 
@@ -46,6 +48,23 @@ def dense_grid(field: Field, resolution: int, *, batch_points: int = 65536, devi
     points = _corners(resolution, device).reshape(-1, 3)
     values = _evaluate(field, points, batch_points).reshape((resolution + 1,) * 3)
     return FieldGrid(values.cpu().numpy(), len(points))
+
+
+BYTES_PER_CORNER = 10  # peak memory of an extraction per grid corner: its values, exact and known masks and the
+# interpolation's temporaries (10.8 GB measured at 1024^3, issue 38's probe: 1025^3 corners)
+
+
+def check_memory(resolution: int, device="cpu") -> None:
+    """Refuse, before allocating, an extraction grid the device has no room for.
+
+    Raises:
+        ValueError: with the estimate and what is available.
+    """
+    need = BYTES_PER_CORNER * (resolution + 1) ** 3
+    available = available_memory(device)
+    if available and need > available:
+        raise ValueError(f"resolution {resolution}: an extraction needs about {need / 2**30:.1f} GiB, "
+                         f"{available / 2**30:.1f} GiB are available; use a smaller --resolution")
 
 
 @torch.no_grad()
@@ -74,6 +93,7 @@ def coarse_to_fine_grid(field: Field, resolution: int = 256, *, coarse: int = 32
     levels = resolution // coarse
     if resolution % coarse or levels & (levels - 1):
         raise ValueError(f"resolution {resolution} must be coarse ({coarse}) times a power of two")
+    check_memory(resolution, device)
     frame = dense_grid(field, coarse, batch_points=batch_points, device=device)
     values, evaluated, n = torch.as_tensor(frame.values, device=device), frame.evaluated, coarse
     exact = torch.ones_like(values, dtype=torch.bool)

@@ -17,6 +17,8 @@ from scipy import ndimage
 
 FILL = 0.7
 Photo = Union[str, Path, Image.Image, np.ndarray]  # a file, a PIL image, or (H, W[, 3 or 4]) uint8 pixels
+MAX_PIXELS = 100_000_000  # a photo larger than this (100 MP: a medium-format camera's) is refused from its header
+WORK_SIDE = 2048  # JPEGs are decoded at a reduced scale down to about this longer side (the frame is 137 px)
 
 
 def _rgba_of(image: Image.Image) -> Tuple[np.ndarray, bool]:
@@ -37,8 +39,15 @@ def _load_rgba(source: Photo) -> Tuple[np.ndarray, bool]:
     else:
         try:
             with Image.open(source) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:  # from the header, before anything is decoded
+                    raise ValueError(f"{source}: {width}x{height} px ({width * height / 1e6:.0f} MP) is more than "
+                                     f"a photo needs; at most {MAX_PIXELS / 1e6:.0f} MP (scale it down first)")
+                image.draft(image.mode, (WORK_SIDE, WORK_SIDE))  # JPEG: decoded at 1/2..1/8 scale; others as they are
                 image.load()
                 rgba, has_alpha = _rgba_of(image)
+        except Image.DecompressionBombError as err:  # PIL's own refusal, at twice its warning size
+            raise ValueError(f"{source}: more than a photo needs ({err})") from None
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"{source}: not a readable image ({err})") from None
     if min(rgba.shape[:2]) < 8:

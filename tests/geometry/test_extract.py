@@ -85,3 +85,16 @@ def test_bf16_extraction_agrees_with_fp32():
     grids = {dtype: coarse_to_fine_grid(field, 64, coarse=16).values > 0.5 for dtype, field in fields.items()}
     assert grids[torch.float32].any() and not grids[torch.float32].all()
     assert iou(grids[torch.bfloat16], grids[torch.float32]) >= 0.99
+
+
+def test_an_extraction_without_room_is_refused_before_allocating(monkeypatch):
+    import pytest
+
+    from recon3d.geometry import extract
+
+    monkeypatch.setattr(extract, "available_memory", lambda device: 2**30)  # a machine with 1 GiB free
+    extract.check_memory(256)  # 0.16 GiB: goes ahead
+    with pytest.raises(ValueError, match=r"resolution 1024: an extraction needs about 10.0 GiB, 1.0 GiB are"):
+        extract.coarse_to_fine_grid(lambda points: points[:, 0], 1024)
+    monkeypatch.setattr(extract, "available_memory", lambda device: 0)  # unknown: nothing refused for it
+    extract.check_memory(4096)

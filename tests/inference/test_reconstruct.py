@@ -38,3 +38,30 @@ def test_reconstruct_the_r2n2_demo_views(trained_svr, tmp_path, capsys):
     assert main(["reconstruct", *map(str, images), "--ckpt", str(trained_svr), "-o", str(tmp_path),
                  "--resolution", "16"]) == 0
     assert len(list(tmp_path.glob("*.obj"))) == len(images) == 3
+
+
+def _png_claiming(path, width, height):
+    """A PNG whose header claims width x height pixels (a decompression bomb's header; its data is a few bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_huge_image_is_skipped_from_its_header_and_the_others_go_on(trained_svr, tmp_path, capsys):
+    bomb = _png_claiming(tmp_path / "bomb.png", 20000, 20000)  # 400 MP: PIL's own bomb error, before
+    big = _png_claiming(tmp_path / "big.png", 12000, 12000)  # 144 MP: PIL only warns; 8.5 GB and 52 s before
+    normal = _object_png(tmp_path)
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(bomb), str(big), str(normal), "--ckpt", str(trained_svr), "-o", str(out),
+                 "--resolution", "16"]) == 1
+    err = capsys.readouterr().err
+    assert "bomb.png: more than a photo needs (Image size (400000000 pixels) exceeds limit" in err
+    assert "big.png: 12000x12000 px (144 MP)" in err
+    assert (out / "obj.obj").is_file()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +139,39 @@ def clean_mesh(mesh: Mesh, max_faces: int) -> Mesh:
     return Mesh(v, f[keep])
 
 
+VERTICES_PER_FACE = 3  # a mesh may hold at most this many vertices per face geometry.max_faces allows (an unwelded
+# triangle soup has 3): the parsers allocate per vertex, used or not
+
+
+def sniff_mesh(path: Path, suffix: str, max_vertices: int) -> None:
+    """Refuse before parsing what would only cost time and memory: NUL bytes in a text format (obj, off, an ascii
+    ply header), and more vertices than max_vertices, counted from the obj's `v` lines or the ply header.
+
+    Raises:
+        RejectError: naming what was found.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(1 << 16)
+        if suffix in (".obj", ".off") and b"\0" in head:
+            raise RejectError(f"binary data (NUL bytes) in a text {suffix[1:]} file: not a mesh")
+        if suffix == ".ply":
+            declared = re.search(rb"element vertex (\d+)", head.split(b"end_header")[0])
+            if declared and int(declared.group(1)) > max_vertices:
+                raise RejectError(f"too many vertices: {int(declared.group(1))} declared > limit {max_vertices} "
+                                  f"({VERTICES_PER_FACE} x geometry.max_faces)")
+        if suffix != ".obj":
+            return
+        count, tail = (1 if head.startswith(b"v ") else 0), b""
+        handle.seek(0)
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            block = tail + chunk
+            count += block.count(b"\nv ") + block.count(b"\nv\t")
+            tail = block[-2:]  # a line break split across chunks
+            if count > max_vertices:
+                raise RejectError(f"too many vertices: more than {max_vertices} `v` lines (limit: "
+                                  f"{VERTICES_PER_FACE} x geometry.max_faces)")
+
+
 def load_mesh(path: str | Path, max_faces: int = 5_000_000, max_bytes: float = 2**30) -> Mesh:
     """Read a mesh file (obj/off/ply/stl/glb/gltf) into triangles, or raise RejectError with the reason."""
     path = Path(path)
@@ -145,6 +179,7 @@ def load_mesh(path: str | Path, max_faces: int = 5_000_000, max_bytes: float = 2
     suffix = path.suffix.lower()
     if suffix not in MESH_EXTENSIONS:
         raise RejectError(f"unsupported extension {suffix!r} (expected one of {', '.join(MESH_EXTENSIONS)})")
+    sniff_mesh(path, suffix, VERTICES_PER_FACE * max_faces)
     mesh = read_off(path) if suffix == ".off" else _load_trimesh(path)
     return clean_mesh(mesh, max_faces)
 

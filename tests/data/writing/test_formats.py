@@ -78,3 +78,25 @@ def test_off_without_header_is_refused(tmp_path):
     path.write_text("3 1 0\n0 0 0\n")
     with pytest.raises(RejectError, match="missing OFF header"):
         read_off(path)
+
+
+def test_vertex_counts_and_binary_junk_are_refused_before_parsing(tmp_path):
+    """Parsers allocate per vertex, used or not: an obj of 2 faces and 40 vertices against a limit of 3 per allowed
+    face, a ply header declaring too many, and a file of NULs named .obj are refused without being parsed."""
+    import pytest
+
+    from recon3d.data.writing.formats import RejectError, load_mesh
+
+    lines = [f"v {i} {i % 3} {i % 5}" for i in range(40)] + ["f 1 2 3", "f 1 3 4"]
+    (tmp_path / "padded.obj").write_text("\n".join(lines) + "\n")
+    with pytest.raises(RejectError, match=r"too many vertices: more than 30 `v` lines"):
+        load_mesh(tmp_path / "padded.obj", max_faces=10)
+    assert len(load_mesh(tmp_path / "padded.obj", max_faces=20).faces) >= 1  # within 3 x 20: read as usual
+    (tmp_path / "big.ply").write_bytes(b"ply\nformat ascii 1.0\nelement vertex 900\nproperty float x\n"
+                                       b"property float y\nproperty float z\nend_header\n")
+    with pytest.raises(RejectError, match="too many vertices: 900 declared > limit 30"):
+        load_mesh(tmp_path / "big.ply", max_faces=10)
+    with (tmp_path / "nuls.obj").open("wb") as handle:
+        handle.truncate(200 * 2**20)  # sparse: 200 MiB of NULs
+    with pytest.raises(RejectError, match=r"binary data \(NUL bytes\) in a text obj file"):
+        load_mesh(tmp_path / "nuls.obj")  # refused from its first 64 KiB
