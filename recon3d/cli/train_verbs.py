@@ -44,7 +44,8 @@ def _configure_train(parser) -> None:
 
 
 def _sweep(args) -> int:
-    from recon3d.training.sweep import load_sweep, run_sweep
+    from recon3d.training.sweep import run_sweep
+    from recon3d.training.sweep_file import load_sweep
 
     spec = load_sweep(args.config[0], args.base, list(args.overrides))
     if args.storage:

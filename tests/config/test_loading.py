@@ -18,7 +18,7 @@ def test_every_yaml_loads(path):
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweep").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_sweep_file_loads(path, monkeypatch):
     """Sweep files are checked key by key against the schema (bases resolve from the repository root)."""
-    from recon3d.training.sweep import load_sweep
+    from recon3d.training.sweep_file import load_sweep
 
     monkeypatch.chdir(REPO)
     spec = load_sweep(path)

@@ -61,7 +61,8 @@ def test_no_shipped_config_pins_the_cpu(path):
 
 
 def test_a_sweep_whose_trials_get_gpus_must_not_train_on_the_cpu(tmp_path, tiny_shards):
-    from recon3d.training.sweep import load_sweep, trial_resources
+    from recon3d.training.sweep import trial_resources
+    from recon3d.training.sweep_file import load_sweep
     from tests.conftest import tiny_sweep_file
 
     assert trial_resources({"cpu": 2, "gpu": "auto"}, cluster_gpus=8) == {"cpu": 2.0, "gpu": 1.0}

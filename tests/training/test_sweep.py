@@ -59,7 +59,7 @@ def test_four_trial_sweep_writes_the_best_config_and_resumes(tiny_shards, tmp_pa
 
 def test_sweep_file_errors_name_the_key(tmp_path):
     from recon3d.errors import ConfigError
-    from recon3d.training.sweep import load_sweep
+    from recon3d.training.sweep_file import load_sweep
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"base": [str(TINY)], "search_space": {"train.lrr": {"choice": [1, 2]}}}))
@@ -92,7 +92,7 @@ def test_a_vrn_sweep_runs_with_the_stages_own_metric(stereo_shards, tmp_path, ca
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "sweep").glob("*.yaml")))
 def test_every_shipped_sweep_file_loads(name):
     """Each value of each search space is probed against the config (a renamed key fails here, naming it)."""
-    from recon3d.training.sweep import load_sweep
+    from recon3d.training.sweep_file import load_sweep
 
     spec = load_sweep(REPO / "configs" / "sweep" / name)
     assert spec.search_space and spec.metric and spec.mode in ("min", "max")
@@ -130,7 +130,7 @@ def test_local_ray_leaves_its_single_machine_mode_out_of_the_environment(local_r
 
 
 def _spec(**fields):
-    from recon3d.training.sweep import SweepSpec
+    from recon3d.training.sweep_file import SweepSpec
 
     return SweepSpec(**{"search_space": {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}, "metric": "val/iou",
                         "mode": "max", **fields})
@@ -172,7 +172,7 @@ def test_the_search_is_seeded_by_the_sweep_files_seed():
     ("bayes", {"train.lr": {"choice": [0.1, 0.2]}}, "search='bayes': one of")])
 def test_a_search_that_cannot_take_its_space_is_named(tmp_path, search, space, message):
     from recon3d.errors import ConfigError
-    from recon3d.training.sweep import load_sweep
+    from recon3d.training.sweep_file import load_sweep
 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"base": [str(TINY)], "search": search, "search_space": space}))
@@ -200,7 +200,7 @@ def test_an_optuna_sweep_runs_and_reports_epochs_trained(tiny_shards, tmp_path, 
     ("search_space: {model.latent_dim: {choice: []}}\n", "choice takes a non-empty list")])
 def test_a_broken_sweep_file_is_one_line_before_ray_starts(tmp_path, text, message):
     from recon3d.errors import ConfigError
-    from recon3d.training.sweep import load_sweep
+    from recon3d.training.sweep_file import load_sweep
 
     path = tmp_path / "s.yaml"
     path.write_text(f"base: [{TINY}]\n" + text)
@@ -210,7 +210,7 @@ def test_a_broken_sweep_file_is_one_line_before_ray_starts(tmp_path, text, messa
 
 def test_a_sweep_file_that_is_not_a_mapping_is_named(tmp_path):
     from recon3d.errors import ConfigError
-    from recon3d.training.sweep import load_sweep
+    from recon3d.training.sweep_file import load_sweep
 
     (tmp_path / "s.yaml").write_text("- a list\n- of things\n")
     with pytest.raises(ConfigError, match="s.yaml: a sweep file is a mapping of sweep keys, got list"):
