@@ -88,7 +88,7 @@ def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport
     if manifest["source"]["kind"] != "imnet_hdf5":
         required += [schema.points_member(r) for r in geo["point_resolutions"]]
     expected = {"required": required}
-    listed, owner = set(), {}
+    listed, owner, solids = set(), {}, {}
     report.problems.extend(_split_problems(manifest))
     for shard in manifest["shards"]:
         path = shard_dir / f"{shard['name']}.tar"
@@ -97,33 +97,45 @@ def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport
         if not path.is_file():
             report.problems.append(f"{path.name}: missing")
             continue
-        size = path.stat().st_size
-        report.bytes += size
-        if size != shard["bytes"]:
-            report.problems.append(f"{path.name}: {size} bytes, manifest says {shard['bytes']}")
-            continue
-        if file_sha256(path) != shard["sha256"]:
-            report.problems.append(f"{path.name}: sha256 differs from the manifest")
-            continue
-        try:
-            samples = read_tar(path)
-        except (tarfile.TarError, OSError, EOFError) as err:
-            report.problems.append(f"{path.name}: unreadable tar ({err})")
+        report.bytes += path.stat().st_size
+        samples = _read_checked(path, shard, report.problems)
+        if samples is None:
             continue
         if len(samples) != shard["samples"]:
             report.problems.append(f"{path.name}: {len(samples)} samples, manifest says {shard['samples']}")
         report.problems.extend(_index_problems(path, shard))
         report.samples += len(samples)
         report.problems.extend(_key_problems(path.name, samples, owner))
+        for key, members in samples.items():
+            if schema.VOXELS in members:
+                solids.setdefault(hashlib.blake2b(members[schema.VOXELS], digest_size=16).digest(), []).append(
+                    (key, shard["split"]))
         if decode:
             for key, members in samples.items():
                 report.problems.extend(f"{path.name}: {p}" for p in _check_sample(key, members, expected))
+    report.problems.extend(_leak_problems(solids))
     for path in sorted(shard_dir.glob("*.tar")):
         if path.name not in listed:
             report.problems.append(f"{path.name}: not in the manifest (left over from another build?)")
     if report.samples != manifest["samples"] and not report.problems:
         report.problems.append(f"{report.samples} samples found, manifest says {manifest['samples']}")
     return report
+
+
+def _read_checked(path: Path, shard: dict, problems: List[str]) -> dict | None:
+    """A shard's samples once its size and sha256 match the manifest; None (with the problem noted) otherwise."""
+    size = path.stat().st_size
+    if size != shard["bytes"]:
+        problems.append(f"{path.name}: {size} bytes, manifest says {shard['bytes']}")
+        return None
+    if file_sha256(path) != shard["sha256"]:
+        problems.append(f"{path.name}: sha256 differs from the manifest")
+        return None
+    try:
+        return read_tar(path)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        problems.append(f"{path.name}: unreadable tar ({err})")
+        return None
 
 
 def _index_problems(path: Path, shard: dict) -> List[str]:
@@ -150,6 +162,17 @@ def _key_problems(shard: str, samples: dict, owner: Dict[str, str]) -> List[str]
             leak = " (train/test leakage)" if owner[key].split("-")[0] != shard.split("-")[0] else ""
             problems.append(f"{shard}: sample {key!r} is also in {owner[key]}{leak}")
         owner.setdefault(key, shard)
+    return problems
+
+
+def _leak_problems(solids: Dict[bytes, List[tuple]]) -> List[str]:
+    """Samples of different splits with byte-identical voxels: one shape trained on and evaluated under two names."""
+    problems = []
+    for found in solids.values():
+        if len({split for _, split in found}) > 1:
+            named = ", ".join(f"{key} ({split})" for key, split in sorted(found, key=lambda f: f[1] + f[0])[:6])
+            problems.append(f"identical voxels in more than one split (train/test leakage): {named}"
+                            + (f" and {len(found) - 6} more" if len(found) > 6 else ""))
     return problems
 
 

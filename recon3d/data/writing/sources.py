@@ -25,6 +25,7 @@ from recon3d.config import SourceConfig
 from recon3d.data.schema import SPLITS, key_hash, make_key, split_by_hash
 from recon3d.data.writing import imnet
 from recon3d.data.writing.formats import MESH_EXTENSIONS
+from recon3d.files import file_sha256
 
 # ShapeNetCore synset ids (WordNet offsets) and their category names.
 SHAPENET_SYNSETS = {
@@ -303,6 +304,38 @@ def assign_splits(items: Iterable[Item], fractions, by: str = "hash") -> Dict[st
         for rank, item in enumerate(group):
             out[item.key] = SPLITS[int(np.searchsorted(np.cumsum(counts), rank, side="right"))]
     return out
+
+
+def identical_inputs(items: Iterable[Item], root: Path) -> List[List[Item]]:
+    """Groups of two or more file items whose bytes are identical (one mesh saved under several names or
+    categories): only files of equal size are read and hashed."""
+    by_size: Dict[int, List[Item]] = {}
+    for item in items:
+        if item.kind != "imnet_row":
+            try:
+                by_size.setdefault((root / item.path).stat().st_size, []).append(item)
+            except OSError:
+                continue  # a missing or unreadable file: its reject says so
+    groups = []
+    for same in (group for group in by_size.values() if len(group) > 1):
+        by_hash: Dict[str, List[Item]] = {}
+        for item in same:
+            try:
+                by_hash.setdefault(file_sha256(root / item.path), []).append(item)
+            except OSError:
+                continue
+        groups += [group for group in by_hash.values() if len(group) > 1]
+    return groups
+
+
+def keep_together(splits: Dict[str, str], groups: Iterable[List[Item]]) -> Dict[str, str]:
+    """Every group of identical inputs in one split, its first key's (in key order): a shape is never trained on
+    under one name and tested under another."""
+    for group in groups:
+        first = min(group, key=lambda item: item.key)
+        for item in group:
+            splits[item.key] = splits[first.key]
+    return splits
 
 
 def split_counts(n: int, fractions) -> List[int]:

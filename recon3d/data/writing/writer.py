@@ -37,7 +37,7 @@ from recon3d.data.loading.index import index_path, load_index, write_index
 from recon3d.data.loading.shards import MANIFEST, load_manifest, sidecar_path
 from recon3d.data.writing.executors import ordered_map, ray_ordered_map
 from recon3d.data.writing.prepare import Prepared
-from recon3d.data.writing.sources import Item, assign_splits, discover
+from recon3d.data.writing.sources import Item, assign_splits, discover, identical_inputs, keep_together
 from recon3d.files import atomic_write, exclusive_lock, file_sha256, temp_writer_gone
 
 REJECTS = "rejects.jsonl"
@@ -88,10 +88,10 @@ def plan_shards(items: Iterable[Item], cfg: Config) -> List[ShardPlan]:
     """Cut the items into named shards per split; each plan carries a hash of its inputs and the prep config."""
     by_split: Dict[str, List[Item]] = {s: [] for s in schema.SPLITS}
     items = sorted(items, key=lambda i: i.key)
-    splits = assign_splits(items, cfg.shards.split, cfg.shards.split_by)
+    root = Path(cfg.source.root)
+    splits = keep_together(assign_splits(items, cfg.shards.split, cfg.shards.split_by), identical_inputs(items, root))
     for item in items:
         by_split[splits[item.key]].append(item)
-    root = Path(cfg.source.root)
     common = json.dumps([schema.FORMAT, prep_config(cfg)], sort_keys=True)
     plans = []
     for split in schema.SPLITS:

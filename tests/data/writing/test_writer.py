@@ -268,3 +268,39 @@ def test_a_dead_writers_temp_file_goes_at_once_a_live_ones_stays(tmp_path):
         path.write_text("{")
     _clean_stale(tmp_path, [], [])
     assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_one_mesh_under_many_names_lands_in_one_split_and_verify_sees_leaks(tmp_path, monkeypatch):
+    """The same file saved under 12 names in 4 categories: the build keeps them in one split; a build that did not
+    (the grouping turned off) is a leakage problem for `shards verify`."""
+    import trimesh
+
+    from recon3d.data.tools.verify import verify_shards
+    from recon3d.data.writing import writer
+    from recon3d.data.writing.writer import build_shards
+    from tests.conftest import tiny_config
+
+    box = trimesh.exchange.obj.export_obj(trimesh.creation.box((1.0, 0.6, 0.8)))
+    other = trimesh.exchange.obj.export_obj(trimesh.creation.icosphere(2))
+    for i in range(12):
+        path = tmp_path / "src" / f"cat{i % 4}" / f"copy{i}.obj"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(box)
+    (tmp_path / "src" / "cat0" / "ball.obj").write_text(other)
+    args = (f"source.root={tmp_path / 'src'}", "shards.split=[0.5,0.25,0.25]", "render.views=0")
+    result = build_shards(tiny_config(*args, f"shards.out_dir={tmp_path / 'kept'}"), progress=False)
+    splits = {s["split"] for s in result.manifest["shards"] if s["samples"]}
+    copies = {split for split in splits if any(k.startswith("cat") and "copy" in k
+                                               for k in _keys(tmp_path / "kept", split))}
+    assert len(copies) == 1
+    assert verify_shards(tmp_path / "kept").ok
+    monkeypatch.setattr(writer, "identical_inputs", lambda items, root: [])  # as builds were before
+    build_shards(tiny_config(*args, f"shards.out_dir={tmp_path / 'leaky'}"), progress=False)
+    problems = verify_shards(tmp_path / "leaky").problems
+    assert [p for p in problems if p.startswith("identical voxels in more than one split (train/test leakage)")]
+
+
+def _keys(folder, split):
+    import json
+
+    return [k for side in folder.glob(f"{split}-*.json") for k in json.loads(side.read_text())["keys"]]
