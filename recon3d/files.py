@@ -83,7 +83,16 @@ def atomic_write(path: str | Path, data: bytes) -> None:
 
 
 def file_sha256(path: str | Path) -> str:
-    """The hex SHA-256 of a file, read in 1 MiB blocks."""
+    """The hex SHA-256 of a regular file, read in 1 MiB blocks.
+
+    Raises:
+        ValueError: not a regular file (a device such as /dev/zero, a pipe or a folder would never end or mean
+            nothing); FileNotFoundError: nothing there.
+    """
+    if not Path(path).is_file():
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such file")
+        raise ValueError(f"{path}: not a regular file, nothing to checksum")
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -4,6 +4,8 @@ report, config."""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from recon3d.cli import options
 from recon3d.cli.options import Verb
@@ -40,6 +42,10 @@ def _shards_build(args) -> int:
         return 0
     print(summarise(result.out_dir))
     print(f"prepared {result.prepared} input(s) in {result.seconds:.1f} s with {cfg.shards.workers} worker(s)")
+    if result.manifest["samples"] == 0:
+        print(f"recon3d: no input became a sample ({result.manifest.get('rejects', 0)} rejected; the reasons are in "
+              f"{Path(result.out_dir) / 'rejects.jsonl'})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -65,12 +65,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _run(args, debug: bool) -> int:
-    if getattr(args, "device", None) == "auto":
-        args.device = resolve_device("auto")
     if debug:
-        return args.func(args)
+        return _call(args)
     try:
-        return args.func(args)
+        return _call(args)
     except ConfigError as err:
         print(f"recon3d: config error: {err}", file=sys.stderr)
         return 2
@@ -89,6 +87,13 @@ def _run(args, debug: bool) -> int:
     except KeyboardInterrupt:
         print("recon3d: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _call(args) -> int:
+    """The verb, with --device resolved (auto) and checked (cuda where there is one) first."""
+    if getattr(args, "device", None):
+        args.device = resolve_device(args.device)
+    return args.func(args)
 
 
 if __name__ == "__main__":

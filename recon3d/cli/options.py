@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -25,12 +26,26 @@ class Verb:
 
 def resolve_device(name: str) -> str:
     """--device as a verb uses it: auto is cuda when torch sees a CUDA device (CUDA_VISIBLE_DEVICES included), else
-    cpu; any other name as given."""
-    if name != "auto":
+    cpu; cuda (or cuda:N) must name a device torch sees.
+
+    Raises:
+        ValueError: cuda asked for where there is none (or not that many).
+    """
+    if name == "cpu":
         return name
     import torch  # noqa: PLC0415 - resolved when a verb runs: building the parser (--help) loads no torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        suffix = name.partition(":")[2]
+        index = int(suffix) if suffix.isdigit() else 0 if name == "cuda" else -1
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not 0 <= index < count:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")
+            raise ValueError(f"--device {name}: {count} CUDA device(s) visible here (CUDA_VISIBLE_DEVICES={visible}); "
+                             "use --device cpu or auto")
+    return name
 
 
 def load_args_config(args: argparse.Namespace, extra: Sequence[str] = ()):

@@ -39,8 +39,10 @@ def load_autoencoder(ckpt: str | Path, device: str = "cpu"):
 def export_latents(ckpt: str | Path, shard_dir: str | Path, name: str = "", batch_size: int = 32,
                    device: str = "cpu") -> Path:
     """z for every shape of every split, written next to the shards; returns the latents folder."""
-    task = load_autoencoder(ckpt, device)
     name = name or run_name(ckpt) or "autoencoder"
+    if Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"--name {name!r}: a folder name under {Path(shard_dir) / 'latents'}, not a path")
+    task = load_autoencoder(ckpt, device)
     out = Path(shard_dir) / "latents" / name
     found = {}
     for split in schema.SPLITS:

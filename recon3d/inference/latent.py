@@ -15,7 +15,7 @@ from recon3d.data import schema
 from recon3d.data.loading.datamodule import iter_split
 from recon3d.data.loading.latents import default_latents, read_all_latents
 from recon3d.data.loading.shards import load_manifest
-from recon3d.data.writing.formats import load_mesh
+from recon3d.data.writing.formats import RejectError, load_mesh
 from recon3d.data.writing.prepare import normalise_for, solid_for
 from recon3d.geometry.lfd import lfd_distance, light_field_descriptor
 from recon3d.geometry.metrics import coverage_and_mmd, nearest_references, pairwise_chamfer_l2
@@ -124,9 +124,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 @torch.no_grad()
 def mesh_code(autoencoder, path: str | Path, manifest: dict) -> Tuple[torch.Tensor, tuple]:
-    """(z, (vertices, faces)) of a mesh file, voxelised exactly as the shards were (their geometry settings)."""
+    """(z, (vertices, faces)) of a mesh file, voxelised exactly as the shards were (their geometry settings).
+
+    Raises:
+        ValueError: the file is not a usable mesh (naming it and why, as a shard build's reject would).
+    """
     geo = GeometryConfig(**manifest["config"]["geometry"])
-    mesh = load_mesh(path)
+    try:
+        mesh = load_mesh(path, geo.max_faces, geo.max_file_mb * 2**20)
+    except RejectError as err:
+        raise ValueError(f"{path}: {err}") from None
     verts = normalise_for(mesh.vertices, mesh.faces, geo).apply(mesh.vertices)
     solid = solid_for(verts, mesh.faces, geo)
     voxels = torch.as_tensor(solid.coarse, dtype=torch.float32)[None, None].to(autoencoder.device)

@@ -188,6 +188,17 @@ def check_strategy(cfg: Config) -> None:
         raise ConfigError(f"train.strategy={cfg.train.strategy!r}: not a strategy of Lightning {L.__version__}{hint}")
 
 
+def check_precision(cfg: Config) -> None:
+    """fp16 is a GPU precision: on the CPU Lightning trains 16-mixed in bf16 while config.json would say 16-mixed.
+
+    Raises:
+        ConfigError: 16-mixed or 16-true where training runs on the CPU.
+    """
+    if cfg.train.precision in ("16-mixed", "16-true") and not trains_on_gpu(cfg.train):
+        raise ConfigError(f"train.precision={cfg.train.precision}: fp16 trains on GPUs only (on the CPU Lightning "
+                          "would train in bf16 instead); use bf16-mixed, 32-true or auto")
+
+
 def trainer_settings(cfg: Config) -> dict:
     """train.trainer, checked against the installed Lightning Trainer's keywords.
 

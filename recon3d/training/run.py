@@ -27,6 +27,7 @@ from recon3d.training.build import (
     build_datamodule,
     build_task,
     build_trainer,
+    check_precision,
     check_strategy,
     check_training_config,
     trainer_settings,
@@ -200,6 +201,7 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     check_accelerator(cfg)
     check_latents(cfg)
     check_strategy(cfg)
+    check_precision(cfg)
     trainer_settings(cfg)  # train.trainer's keys, before any work
     run_dir = check_run_folder(cfg)
     with owned(run_dir):

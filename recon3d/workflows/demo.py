@@ -172,6 +172,21 @@ def _run_stages(cfg: Config, log: StageLog, work: Dict[str, Callable[[float], di
             _say(f"[{number}/{len(steps)}] {name}: done in an earlier run ({log.stages[name]['seconds']:.0f} s)")
 
 
+def _check_same_source(run_dir: Path, log: "StageLog", root: str) -> None:
+    """A demo folder resumes only from the shapes it was made from: its finished stages learnt from them.
+
+    Raises:
+        ValueError: the folder's shards were built from another source.
+    """
+    saved = run_dir / "config.json"
+    if not log.done("shards") or not saved.is_file():
+        return
+    before = json.loads(saved.read_text()).get("source", {}).get("root", "")
+    if before and Path(before).resolve() != Path(root).resolve():
+        raise ValueError(f"{run_dir} was made from {before}; its finished stages learnt from those shapes, not "
+                         f"from {root}: give another --out (or delete {run_dir} to start it over)")
+
+
 def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
     """Run (or resume) the whole method in cfg.demo.out_dir; returns a process exit code."""
     check_accelerator(cfg)  # before any step: a CPU config in a GPU job, or cuda where there is none
@@ -185,6 +200,7 @@ def run_demo(cfg: Config, meshes: str = "", progress: bool = True) -> int:
     cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, root=str(source_root)),
                               shards=dataclasses.replace(cfg.shards, out_dir=str(run_dir / "shards"),
                                                          samples_per_shard=demo.samples_per_shard))
+    _check_same_source(run_dir, log, cfg.source.root)
     atomic_write(run_dir / "config.json", json.dumps(to_dict(cfg), indent=1, sort_keys=True).encode())
     started = time.perf_counter()
 

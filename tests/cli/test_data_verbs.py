@@ -55,3 +55,13 @@ def test_all_shared_meshes_with_two_workers(tmp_path):
     inputs = [p for p in root.rglob("*") if p.suffix.lower() in (".obj", ".off", ".ply", ".stl", ".glb", ".gltf")]
     assert manifest["samples"] + len(rejects) == len(inputs)
     assert main(["shards", "verify", str(out)]) == 0
+
+
+def test_a_build_where_every_input_is_rejected_exits_1(tmp_path, capsys):
+    (tmp_path / "src" / "junk").mkdir(parents=True)
+    for i in range(3):
+        (tmp_path / "src" / "junk" / f"broken{i}.obj").write_text("not a mesh at all\n")
+    assert main(["shards", "build", "-c", str(TINY), "--root", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "no input became a sample (3 rejected; the reasons are in" in err

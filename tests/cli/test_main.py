@@ -110,4 +110,15 @@ def test_device_auto_is_resolved_when_a_verb_runs():
     from recon3d.cli.options import resolve_device
 
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_device("cuda:1") == "cuda:1"
+    assert resolve_device("cpu") == "cpu"
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(ValueError, match="--device cuda:1: "):
+            resolve_device("cuda:1")
+
+
+def test_a_cuda_device_where_there_is_none_is_one_line(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert main(["eval", "--ckpt", "x.ckpt", "--shards", "s", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and "--device cuda: 0 CUDA device(s) visible here" in err[0]

@@ -105,3 +105,21 @@ def test_summary_means_per_category_and_over_shapes():
     summary = summarise_rows(rows)
     assert summary["a"]["iou"] == 0.5 and summary["mean over categories"]["iou"] == 0.75
     assert summary["mean over shapes"]["iou"] == pytest.approx(2 / 3)
+
+
+def test_latents_stay_in_their_folder(tiny_ckpt, tiny_shards, tmp_path, capsys):
+    import json as json_module
+
+    from recon3d.data.loading.latents import read_latents
+
+    for name in ("../../x", "a/b", ".."):
+        assert main(["export-latents", "--ckpt", str(tiny_ckpt), "--shards", str(tiny_shards), "--name", name]) == 2
+        assert "a folder name under" in capsys.readouterr().err
+    assert not (tiny_shards.parent.parent / "x").exists()
+    folder = tmp_path / "latents"  # an index that names a device and a file elsewhere: refused, not read
+    folder.mkdir()
+    for codes in ("/dev/zero", "../elsewhere.npy"):
+        (folder / "latents.json").write_text(json_module.dumps({"splits": {"train": {
+            "codes": codes, "codes_sha256": "0" * 64, "keys": "train.keys.json", "keys_sha256": "0" * 64}}}))
+        with pytest.raises(ValueError, match="not a file of"):
+            read_latents(folder, "train")

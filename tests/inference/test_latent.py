@@ -77,3 +77,13 @@ def test_search_by_key_and_by_mesh(trained_autoencoder, tiny_shards, tiny_meshes
     assert len(found) == 2 and all("lfd" in r for r in found)
     assert main(["search", "photo.png", "--ckpt", str(trained_autoencoder), "--shards", str(tiny_shards)]) == 2
     assert "--svr" in capsys.readouterr().err
+
+
+def test_search_with_an_unusable_mesh_is_one_line(trained_autoencoder, tiny_shards, tmp_path, capsys):
+    (tmp_path / "empty.obj").write_text("")
+    (tmp_path / "nan.obj").write_text("v nan 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    for name, reason in (("empty.obj", "empty file"), ("nan.obj", "non-finite vertex coordinates")):
+        assert main(["search", str(tmp_path / name), "--ckpt", str(trained_autoencoder), "--shards",
+                     str(tiny_shards)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and name in err[0] and reason in err[0]

@@ -86,3 +86,10 @@ def test_an_unknown_strategy_is_refused_before_the_run_folder_is_written(tmp_pat
     with pytest.raises(ConfigError, match="did you mean 'deepspeed_stage_2'"):
         run(tiny_config(f"train.run_dir={tmp_path / 'run'}", "train.strategy=deepspeed_stage2"), enable_wandb=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_fp16_on_the_cpu_is_refused_before_the_run_folder_is_written(tmp_path):
+    cfg = tiny_config(f"train.run_dir={tmp_path / 'run'}", "train.accelerator=cpu", "train.precision=16-mixed")
+    with pytest.raises(ConfigError, match="train.precision=16-mixed: fp16 trains on GPUs only"):
+        run(cfg, enable_wandb=False)
+    assert not (tmp_path / "run").exists()

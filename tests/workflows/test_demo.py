@@ -62,6 +62,15 @@ def test_demo_end_to_end_then_resume(tiny_demo, capsys):
     assert before == {p.name: p.stat().st_mtime_ns for p in out.rglob("*.ckpt")}
 
 
+def test_a_finished_demo_does_not_resume_on_other_meshes(tiny_demo, tmp_path, capsys):
+    out, args = tiny_demo
+    (tmp_path / "other" / "chair").mkdir(parents=True)
+    capsys.readouterr()
+    assert main([*args, "--meshes", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"was made from {out / 'meshes'}" in err[0] and "give another --out" in err[0]
+
+
 def _chromium() -> str:
 
     found = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -86,9 +86,17 @@ def test_config_values_reach_the_report_escaped(trained_vrn, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(trained_vrn.parent.parent, run_dir)
     config = json.loads((run_dir / "config.json").read_text())
-    config["train"]["strategy"] = "<img src=x onerror=alert(1)>"
-    config["train"]["precision"] = "<script>alert(2)</script>"
+
+    def poison(node):  # every string of the config, and a key of every section, becomes markup
+        for key, value in list(node.items()):
+            if isinstance(value, dict):
+                poison(value)
+                value["<b>key</b>"] = "<i>x</i>"
+            elif isinstance(value, str) and key != "stage":
+                node[key] = f"<img src=x onerror=alert('{key}')>"
+
+    poison(config)
     (run_dir / "config.json").write_text(json.dumps(config))
     page = write_report(run_dir).read_text()
-    assert "<img src=x" not in page and "<script>alert(2)" not in page
-    assert escape("<img src=x onerror=alert(1)>") in page
+    assert "<img src=x" not in page and "<b>key</b>" not in page and "<i>x</i>" not in page
+    assert escape("<img src=x onerror=alert('strategy')>") in page

@@ -62,6 +62,8 @@ def read_latents(out_dir: str | Path, split: str) -> Tuple[List[str], np.ndarray
     if entry is None:
         raise FileNotFoundError(f"{out_dir}: no latents for split {split!r}")
     for name, digest in ((entry["codes"], entry["codes_sha256"]), (entry["keys"], entry["keys_sha256"])):
+        if Path(name).name != name:  # the index names files of its own folder, nothing elsewhere
+            raise ValueError(f"{index_path}: names {name!r}, not a file of {out_dir}")
         if file_sha256(out_dir / name) != digest:
             raise ValueError(f"{out_dir / name}: sha256 differs from {INDEX}; re-export the latents")
     keys = json.loads((out_dir / entry["keys"]).read_text())

@@ -88,16 +88,26 @@ def _walk(root: Path, odd: List[Tuple[Path, str]]):
     """Every file (and dangling link) below root, sorted, without following directory links; the folders that look
     like inputs (named like a mesh file) or are links to folders go to `odd` with the reason, so that every path
     that could be an input gets a sample or a reject."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for name in dirnames:
-            path = Path(dirpath) / name
-            if path.is_symlink():
+    stack = [Path(root)]  # a loop, not recursion: Python 3.11's os.walk recurses (a 1,200-deep tree overflowed it)
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            odd.append((folder, f"cannot list this folder ({err.strerror})"))
+            continue
+        folders = []
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(path)
+                if path.suffix.lower() in MESH_EXTENSIONS + (".binvox",):
+                    odd.append((path, f"a folder named like a {path.suffix} file, not a file"))
+            elif entry.is_symlink() and path.is_dir():
                 odd.append((path, "a link to a folder: not followed (give its target as the root, or copy it)"))
-            elif path.suffix.lower() in MESH_EXTENSIONS + (".binvox",):
-                odd.append((path, f"a folder named like a {path.suffix} file, not a file"))
-        for name in sorted(filenames):
-            yield Path(dirpath) / name
+            else:
+                yield path
+        stack.extend(reversed(folders))
 
 
 def _dedupe(candidates: List[Tuple[str, Item]]) -> Tuple[List[Item], List[Reject]]:

@@ -179,3 +179,20 @@ def test_a_test_list_puts_its_shapes_in_test_and_cuts_the_rest_into_train_and_va
         discover(source)
     with pytest.raises(FileNotFoundError, match="source.test_list='.*missing.txt': no such file"):
         discover(_source(tmp_path / "src", f"source.test_list={tmp_path / 'missing.txt'}"))
+
+
+def test_a_mesh_1200_folders_deep_is_found(tmp_path):
+    top = folder = tmp_path / "src" / "lamp"
+    top.mkdir(parents=True)
+    for _ in range(1200):  # one level at a time: os.makedirs itself recurses
+        folder = folder / "d"
+        folder.mkdir()
+    (folder / "tall.obj").write_text(trimesh.exchange.obj.export_obj(BOX))
+    try:
+        items, rejects, _ = discover(_source(tmp_path / "src"))
+        assert [i.key.split("/")[0] for i in items] == ["lamp"] and not rejects  # Python 3.11's os.walk overflowed
+    finally:  # removed bottom up: shutil.rmtree (pytest's cleanup) recurses too
+        (folder / "tall.obj").unlink()
+        while folder != top:
+            folder.rmdir()
+            folder = folder.parent
