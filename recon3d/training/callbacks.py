@@ -4,6 +4,7 @@ where a progress bar would flood a job log."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -36,8 +37,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+        except OSError as err:  # a full disk: named as the checkpoint it was writing, not its temp file
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        except RuntimeError as err:  # torch.save reports a failed write (a full disk too) as its zip writer's error
+            disk = os.statvfs(Path(path).parent)
+            if disk.f_bavail * disk.f_frsize < 2**20:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+            raise
 
 
 def rolling_last_checkpoint(dirpath: Path, every_n_train_steps: int = 0) -> List[ModelCheckpoint]:

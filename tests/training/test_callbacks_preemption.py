@@ -176,3 +176,26 @@ def test_checkpoints_are_written_beside_themselves_not_in_tmpdir(tmp_path, monke
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
     assert torch.load(target)["state_dict"]["w"].sum() == 3
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]  # no temp file left
+
+
+def test_a_full_disk_names_the_checkpoint_not_a_temp_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import pytest
+    import torch
+
+    from recon3d.training import callbacks
+
+    def full(obj, f):  # torch.save on a full disk: its zip writer's RuntimeError
+        Path(f).write_bytes(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(callbacks.torch, "save", full)
+    monkeypatch.setattr(callbacks.os, "statvfs", lambda p: os.statvfs_result((4096, 4096, 1, 0, 0, 0, 0, 0, 0, 255)))
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    target.parent.mkdir()
+    with pytest.raises(OSError) as caught:
+        callbacks.AtomicCheckpointIO().save_checkpoint({"w": torch.ones(1)}, target)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert list(target.parent.iterdir()) == []  # the temp file is gone
