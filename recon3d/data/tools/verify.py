@@ -238,6 +238,12 @@ def summarise(shard_dir: str | Path) -> str:
         lines.append(f"  {total_bytes / manifest['samples'] / 1024:.0f} KiB per sample, "
                      f"{total_bytes / 2**20:.1f} MiB in all")
     lines.extend(_fact_lines(manifest, facts))
+    identical = manifest.get("identical_inputs", [])
+    if identical:
+        lines.append(f"  identical input files: {len(identical)} group(s) of {sum(map(len, identical))} shapes, each "
+                     "kept in one split")
+        lines.extend(f"    {', '.join(group[:6])}" + (f" and {len(group) - 6} more" if len(group) > 6 else "")
+                     for group in identical[:10])
     rejects_path = shard_dir / "rejects.jsonl"
     rejects = [json.loads(line) for line in rejects_path.read_text().splitlines()] if rejects_path.is_file() else []
     lines.append(f"  rejected inputs: {len(rejects)}" + (f" (see {rejects_path})" if rejects else ""))

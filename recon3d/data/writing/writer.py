@@ -27,7 +27,7 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -84,12 +84,13 @@ def _input_size(root: Path, item: Item) -> int:
         return -1
 
 
-def plan_shards(items: Iterable[Item], cfg: Config) -> List[ShardPlan]:
-    """Cut the items into named shards per split; each plan carries a hash of its inputs and the prep config."""
+def plan_shards(items: Iterable[Item], cfg: Config, identical: Sequence[List[Item]] = ()) -> List[ShardPlan]:
+    """Cut the items into named shards per split (each group of `identical` inputs in one split); each plan carries
+    a hash of its inputs and the prep config."""
     by_split: Dict[str, List[Item]] = {s: [] for s in schema.SPLITS}
     items = sorted(items, key=lambda i: i.key)
     root = Path(cfg.source.root)
-    splits = keep_together(assign_splits(items, cfg.shards.split, cfg.shards.split_by), identical_inputs(items, root))
+    splits = keep_together(assign_splits(items, cfg.shards.split, cfg.shards.split_by), identical)
     for item in items:
         by_split[splits[item.key]].append(item)
     common = json.dumps([schema.FORMAT, prep_config(cfg)], sort_keys=True)
@@ -236,7 +237,8 @@ def _build(cfg: Config, out: Path, index: int, count: int, started: float, progr
     layouts = {item.point_grid for item in items if item.point_grid}
     if layouts:  # IM-NET rows: the layout discovery found (one per source) is what the manifest records
         cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, hdf5_point_grid=layouts.pop()))
-    plans = plan_shards(items, cfg)
+    identical = identical_inputs(items, Path(cfg.source.root))
+    plans = plan_shards(items, cfg, identical)
     mine = part_of(plans, index, count)
     _clean_stale(out, plans, mine)
     sides = {p.name: finished(out, p) for p in plans}
@@ -252,7 +254,7 @@ def _build(cfg: Config, out: Path, index: int, count: int, started: float, progr
         return BuildResult(out, {}, rejects, len(jobs), time.perf_counter() - started, stage_seconds)
     all_rejects = sorted(rejects + [r for p in plans for r in sides[p.name]["rejects"]],
                          key=lambda r: (r["path"], r["key"]))
-    manifest = make_manifest(cfg, kind, plans, sides, all_rejects)
+    manifest = make_manifest(cfg, kind, plans, sides, all_rejects, identical)
     atomic_write(out / REJECTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in all_rejects).encode())
     atomic_write(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
     seconds = time.perf_counter() - started
@@ -304,14 +306,16 @@ def _write_shards(out: Path, pending: List[ShardPlan], results, sides: Dict[str,
 
 
 def make_manifest(cfg: Config, kind: str, plans: List[ShardPlan], sides: Dict[str, dict],
-                  rejects: List[dict]) -> dict:
+                  rejects: List[dict], identical: Sequence[List[Item]] = ()) -> dict:
     shards = [{k: sides[p.name][k] for k in ("name", "split", "samples", "bytes", "sha256", "index_sha256")}
               for p in plans]
     splits = {s: {"samples": sum(x["samples"] for x in shards if x["split"] == s),
                   "shards": sum(1 for x in shards if x["split"] == s)} for s in schema.SPLITS}
     return {"format": schema.FORMAT, "source": {"root": str(cfg.source.root), "kind": kind},
             "config": prep_config(cfg), "samples": sum(x["samples"] for x in shards), "splits": splits,
-            "shards": shards, "rejects": len(rejects)}
+            "shards": shards, "rejects": len(rejects),
+            # groups of byte-identical input files (kept in one split): `shards summary` lists them
+            **({"identical_inputs": sorted(sorted(i.key for i in group) for group in identical)} if identical else {})}
 
 
 def upgrade_shards(shard_dir: str | Path) -> List[str]:

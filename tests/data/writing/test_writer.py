@@ -294,6 +294,10 @@ def test_one_mesh_under_many_names_lands_in_one_split_and_verify_sees_leaks(tmp_
                                                for k in _keys(tmp_path / "kept", split))}
     assert len(copies) == 1
     assert verify_shards(tmp_path / "kept").ok
+    from recon3d.data.tools.verify import summarise
+
+    assert len(result.manifest["identical_inputs"]) == 1 and len(result.manifest["identical_inputs"][0]) == 12
+    assert "identical input files: 1 group(s) of 12 shapes, each kept in one split" in summarise(tmp_path / "kept")
     monkeypatch.setattr(writer, "identical_inputs", lambda items, root: [])  # as builds were before
     build_shards(tiny_config(*args, f"shards.out_dir={tmp_path / 'leaky'}"), progress=False)
     problems = verify_shards(tmp_path / "leaky").problems
