@@ -55,6 +55,8 @@ def _shards_verify(args) -> int:
     report = verify_shards(args.dir, decode=not args.quick)
     for problem in report.problems:
         print(f"PROBLEM {problem}")
+    for note in report.notes:
+        print(f"NOTE {note}")
     print(f"{args.dir}: {report.shards} shards, {report.samples} samples, {report.bytes / 2**20:.1f} MiB: "
           f"{'OK' if report.ok else f'{len(report.problems)} problem(s)'}")
     return 0 if report.ok else 1

@@ -225,6 +225,11 @@ def pack_voxels(grid: np.ndarray) -> bytes:
     return npy_bytes(np.packbits(grid.astype(bool), axis=-1))
 
 
+def voxels_digest(data: bytes) -> str:
+    """A short digest of a packed voxels member: equal digests, identical geometry (`shards summary`, `verify`)."""
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
 def voxel_bits(data: bytes) -> np.ndarray:
     """(R, R, R/8) uint8 of a packed voxels member, still packed (checked)."""
     packed = load_npy(data)

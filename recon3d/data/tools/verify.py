@@ -15,6 +15,7 @@ import numpy as np
 from recon3d.data import schema
 from recon3d.data.loading.index import index_bytes, index_path, scan_tar
 from recon3d.data.loading.shards import load_manifest, read_tar
+from recon3d.data.tools.duplicates import THRESHOLD, NearDuplicates
 from recon3d.files import file_sha256
 
 
@@ -24,6 +25,7 @@ class VerifyReport:
     samples: int = 0
     bytes: int = 0
     problems: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)  # findings that do not fail the check (twins within a split)
 
     @property
     def ok(self) -> bool:
@@ -88,7 +90,7 @@ def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport
     if manifest["source"]["kind"] != "imnet_hdf5":
         required += [schema.points_member(r) for r in geo["point_resolutions"]]
     expected = {"required": required}
-    listed, owner, solids = set(), {}, {}
+    listed, owner, solids, near = set(), {}, {}, NearDuplicates()
     report.problems.extend(_split_problems(manifest))
     for shard in manifest["shards"]:
         path = shard_dir / f"{shard['name']}.tar"
@@ -106,14 +108,14 @@ def verify_shards(shard_dir: str | Path, *, decode: bool = True) -> VerifyReport
         report.problems.extend(_index_problems(path, shard))
         report.samples += len(samples)
         report.problems.extend(_key_problems(path.name, samples, owner))
-        for key, members in samples.items():
-            if schema.VOXELS in members:
-                solids.setdefault(hashlib.blake2b(members[schema.VOXELS], digest_size=16).digest(), []).append(
-                    (key, shard["split"]))
+        _collect_solids(samples, shard["split"], solids, near if decode else None)
         if decode:
             for key, members in samples.items():
                 report.problems.extend(f"{path.name}: {p}" for p in _check_sample(key, members, expected))
     report.problems.extend(_leak_problems(solids))
+    report.notes.extend(_twin_notes(solids))
+    if decode:
+        report.notes.extend(_near_notes(near))
     for path in sorted(shard_dir.glob("*.tar")):
         if path.name not in listed:
             report.problems.append(f"{path.name}: not in the manifest (left over from another build?)")
@@ -165,7 +167,7 @@ def _key_problems(shard: str, samples: dict, owner: Dict[str, str]) -> List[str]
     return problems
 
 
-def _leak_problems(solids: Dict[bytes, List[tuple]]) -> List[str]:
+def _leak_problems(solids: Dict[str, List[tuple]]) -> List[str]:
     """Samples of different splits with byte-identical voxels: one shape trained on and evaluated under two names."""
     problems = []
     for found in solids.values():
@@ -174,6 +176,44 @@ def _leak_problems(solids: Dict[bytes, List[tuple]]) -> List[str]:
             problems.append(f"identical voxels in more than one split (train/test leakage): {named}"
                             + (f" and {len(found) - 6} more" if len(found) > 6 else ""))
     return problems
+
+
+def _twin_notes(solids: Dict[str, List[tuple]]) -> List[str]:
+    """Identical voxels under different keys of one split: not leakage, but one shape weighted twice."""
+    notes = []
+    for found in solids.values():
+        if len(found) > 1 and len({split for _, split in found}) == 1:
+            keys = sorted(key for key, _ in found)
+            notes.append(f"identical voxels within {found[0][1]}: {', '.join(keys[:6])}"
+                         + (f" and {len(keys) - 6} more" if len(keys) > 6 else ""))
+    return notes
+
+
+def _collect_solids(samples: dict, split: str, solids: Dict[str, List[tuple]], near: NearDuplicates | None) -> None:
+    """Each sample's voxel digest into `solids` (digest -> [(key, split)]); the first of each digest into `near`."""
+    for key, members in samples.items():
+        if schema.VOXELS not in members:
+            continue
+        digest = schema.voxels_digest(members[schema.VOXELS])
+        if near is not None and digest not in solids:
+            try:
+                near.add(key, split, schema.unpack_voxels(members[schema.VOXELS]))
+            except ValueError:
+                pass  # undecodable voxels are reported by the sample check
+        solids.setdefault(digest, []).append((key, split))
+
+
+def _near_notes(near: NearDuplicates) -> List[str]:
+    """Near-identical shapes (a part moved, a few faces changed) across and within splits, most similar first."""
+    pairs = near.pairs()
+    notes = []
+    for across, where in ((True, "across splits (near-leakage)"), (False, "within a split")):
+        chosen = [p for p in pairs if p.across_splits == across]
+        if chosen:
+            notes.append(f"near-identical shapes {where}: {len(chosen)} pair(s) at voxel IoU >= {THRESHOLD} on a "
+                         f"coarse grid; " + "; ".join(p.describe() for p in chosen[:5])
+                         + (f"; and {len(chosen) - 5} more" if len(chosen) > 5 else ""))
+    return notes
 
 
 def _split_problems(manifest: dict) -> list:
@@ -214,12 +254,32 @@ def _fact_lines(manifest: dict, facts: dict) -> list:
     return lines
 
 
+def _geometry_twin_lines(facts: dict, splits: Dict[str, str]) -> List[str]:
+    """Groups of samples with identical voxels (from the digests the build recorded), leaks first; near-identical
+    shapes need the voxels themselves: `recon3d shards verify` measures them."""
+    groups: Dict[str, List[str]] = {}
+    for key, fact in facts.items():
+        if "voxels_digest" in fact:
+            groups.setdefault(fact["voxels_digest"], []).append(key)
+    twins = sorted((sorted(keys) for keys in groups.values() if len(keys) > 1),
+                   key=lambda keys: (len({splits[k] for k in keys}) == 1, keys))
+    if not twins:
+        return []
+    leaks = sum(len({splits[k] for k in keys}) > 1 for keys in twins)
+    lines = [f"  identical voxels under different keys: {len(twins)} group(s), {leaks} across splits (leakage: "
+             "`recon3d shards verify` fails on them; it also lists near-identical shapes)"]
+    lines.extend("    " + ", ".join(f"{k} ({splits[k]})" for k in keys[:6])
+                 + (f" and {len(keys) - 6} more" if len(keys) > 6 else "") for keys in twins[:10])
+    return lines
+
+
 def summarise(shard_dir: str | Path) -> str:
     """A short human summary of a shard folder: splits, categories, rejects by reason, bytes per sample."""
     shard_dir = Path(shard_dir)
     manifest = load_manifest(shard_dir)
     categories: collections.Counter = collections.Counter()
     facts: dict = {}
+    splits: Dict[str, str] = {}
     for shard in manifest["shards"]:
         side = shard_dir / f"{shard['name']}.json"
         if side.is_file():
@@ -227,6 +287,7 @@ def summarise(shard_dir: str | Path) -> str:
             rejected = {r["key"] for r in info["rejects"]}
             categories.update(k.split("/")[0] for k in info["keys"] if k not in rejected)
             facts.update(info.get("facts", {}))  # absent in shard sets built before it was recorded
+            splits.update((k, shard["split"]) for k in info.get("facts", {}))
     total_bytes = sum(s["bytes"] for s in manifest["shards"])
     lines = [f"shards: {shard_dir} ({manifest['source']['kind']} source {manifest['source']['root']})"]
     for split in schema.SPLITS:
@@ -244,6 +305,7 @@ def summarise(shard_dir: str | Path) -> str:
                      "kept in one split")
         lines.extend(f"    {', '.join(group[:6])}" + (f" and {len(group) - 6} more" if len(group) > 6 else "")
                      for group in identical[:10])
+    lines.extend(_geometry_twin_lines(facts, splits))
     rejects_path = shard_dir / "rejects.jsonl"
     rejects = [json.loads(line) for line in rejects_path.read_text().splitlines()] if rejects_path.is_file() else []
     lines.append(f"  rejected inputs: {len(rejects)}" + (f" (see {rejects_path})" if rejects else ""))

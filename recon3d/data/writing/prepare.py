@@ -180,4 +180,6 @@ def prepare(item: Item, root: str, cfg: Config) -> Prepared:
     meta = members[schema.META]
     meta.update({"key": item.key, "category": item.category, "source": item.path, "row": item.row})
     members[schema.META] = schema.json_bytes(meta)
-    return Prepared(item.key, members, clock.seconds, {k: meta[k] for k in FACTS if k in meta})
+    facts = {k: meta[k] for k in FACTS if k in meta}
+    facts["voxels_digest"] = schema.voxels_digest(members[schema.VOXELS])  # identical geometry in the summary
+    return Prepared(item.key, members, clock.seconds, facts)
