@@ -40,7 +40,7 @@ def _shards_build(args) -> int:
     if not result.manifest:
         print("the manifest is written once every part is done (or rerun without --part to finish and merge)")
         return 0
-    print(summarise(result.out_dir))
+    print(result.summary or summarise(result.out_dir))
     print(f"prepared {result.prepared} input(s) in {result.seconds:.1f} s with {cfg.shards.workers} worker(s)")
     if result.manifest["samples"] == 0:
         print(f"recon3d: no input became a sample ({result.manifest.get('rejects', 0)} rejected; the reasons are in "
@@ -51,8 +51,10 @@ def _shards_build(args) -> int:
 
 def _shards_verify(args) -> int:
     from recon3d.data.tools.verify import verify_shards
+    from recon3d.storage import mirrored
 
-    report = verify_shards(args.dir, decode=not args.quick)
+    with mirrored(args.dir, send=False) as local:  # a shard set in a bucket is verified in a local copy
+        report = verify_shards(local, decode=not args.quick)
     for problem in report.problems:
         print(f"PROBLEM {problem}")
     for note in report.notes:

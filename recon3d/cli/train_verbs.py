@@ -3,6 +3,7 @@ aliases eval-svr, eval-vrn and eval-stereo)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from recon3d.stages import STAGES
 
 
 def _train(args) -> int:
+    from recon3d.training.bucket import bucket_path
     from recon3d.training.build import wandb_upload_command
     from recon3d.training.callbacks import requeue_signal_outside_training
     from recon3d.training.run import run
@@ -24,14 +26,15 @@ def _train(args) -> int:
         result = run(options.load_args_config(args, extra))
     if not result.is_global_zero:  # one summary per job, not one per process
         return 0
-    print(f"run folder: {result.run_dir}")
+    name = functools.partial(bucket_path, result)  # a run folder in a bucket: files named by their URLs
+    print(f"run folder: {result.location or result.run_dir}")
     print(f"stopped at epoch {result.epoch}, step {result.global_step}")
-    for name in sorted(result.metrics):
-        print(f"  {name} = {result.metrics[name]:.4f}")
-    print(f"last checkpoint: {result.last_checkpoint}")
-    print(f"best checkpoint ({result.monitor}): {result.best_checkpoint}")
-    print(f"handed on (to later stages and the evaluation): {result.handed_on}")
-    upload = wandb_upload_command(result.run_dir)
+    for metric in sorted(result.metrics):
+        print(f"  {metric} = {result.metrics[metric]:.4f}")
+    print(f"last checkpoint: {name(result.last_checkpoint)}")
+    print(f"best checkpoint ({result.monitor}): {name(result.best_checkpoint)}")
+    print(f"handed on (to later stages and the evaluation): {name(result.handed_on)}")
+    upload = wandb_upload_command(result.run_dir) if not result.location else ""
     if upload:
         print(f"W&B ran offline; to upload: {upload}")
     return 0
@@ -138,6 +141,19 @@ EVAL_OPTIONS = ("resolution", "iou_resolution", "draws", "real")  # stage option
 
 
 def _eval(args, expect: str = "") -> int:
+    """A checkpoint or run folder in a bucket is evaluated from a local copy of its run folder, and the tables and
+    logs it gains go back to the bucket."""
+    from recon3d.storage import is_object_url, mirrored
+
+    if not is_object_url(args.ckpt):
+        return _eval_here(args, expect)
+    run_url, _, inside = args.ckpt.partition("/checkpoints/")
+    with mirrored(run_url.rstrip("/"), only=("eval", "logs")) as local:
+        args.ckpt = str(local / "checkpoints" / inside) if inside else str(local)
+        return _eval_here(args, expect)
+
+
+def _eval_here(args, expect: str) -> int:
     from recon3d.inference.protocol import check_options
     from recon3d.inference.tables import eval_name, format_table, log_eval
     from recon3d.runs import run_folder

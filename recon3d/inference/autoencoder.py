@@ -20,6 +20,7 @@ from recon3d.inference.outputs import save_mesh, write_sheet
 from recon3d.inference.tables import eval_name, finish_eval, need_shards, shape_row
 from recon3d.runs import run_name
 from recon3d.stages import STAGES
+from recon3d.storage import is_object_url, join, mirrored
 from recon3d.tasks.checkpoints import checkpoint_file, load_checkpoint
 from recon3d.tasks.decoding import inference_dtype, refine_in_fp32
 
@@ -37,13 +38,12 @@ def load_autoencoder(ckpt: str | Path, device: str = "cpu"):
 
 @torch.no_grad()
 def export_latents(ckpt: str | Path, shard_dir: str | Path, name: str = "", batch_size: int = 32,
-                   device: str = "cpu") -> Path:
+                   device: str = "cpu") -> str | Path:
     """z for every shape of every split, written next to the shards; returns the latents folder."""
     name = name or run_name(ckpt) or "autoencoder"
     if Path(name).name != name or name in (".", ".."):
         raise ValueError(f"--name {name!r}: a folder name under {Path(shard_dir) / 'latents'}, not a path")
     task = load_autoencoder(ckpt, device)
-    out = Path(shard_dir) / "latents" / name
     found = {}
     for split in schema.SPLITS:
         keys, codes = [], []
@@ -53,7 +53,14 @@ def export_latents(ckpt: str | Path, shard_dir: str | Path, name: str = "", batc
         if keys:
             found[split] = (keys, np.concatenate(codes))
     weights = checkpoint_file(ckpt)  # the file itself, or a DeepSpeed folder's consolidated file
-    write_latents(out, found, {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_sha256": file_sha256(weights)})
+    info = {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_sha256": file_sha256(weights)}
+    if is_object_url(shard_dir):  # written whole into the bucket, the index last
+        out_url = join(str(shard_dir), "latents", name)
+        with mirrored(out_url, fetch=False) as local:
+            write_latents(local, found, info)
+        return out_url
+    out = Path(shard_dir) / "latents" / name
+    write_latents(out, found, info)
     return out
 
 

@@ -21,8 +21,10 @@ from recon3d.errors import ConfigError, RunError
 from recon3d.files import atomic_write, exclusive_lock, file_sha256
 from recon3d.runs import pick_handed_on
 from recon3d.stages import STAGES
+from recon3d.storage import is_object_url
 from recon3d.tasks.checkpoints import checkpoint_file, consolidated_path
 from recon3d.training.allocation import check_accelerator, check_slurm
+from recon3d.training.bucket import run_in_bucket
 from recon3d.training.build import (
     build_datamodule,
     build_task,
@@ -49,6 +51,7 @@ class RunResult:
     monitor: str = ""  # the metric that picks the best checkpoint
     is_global_zero: bool = True  # False on the other ranks of a multi-process run
     hands_on: str = "best"  # the stage table's choice of what the run hands on: best (else last) | last
+    location: str = ""  # the bucket URL of a run folder in object storage (run_dir is its local mirror)
 
     @property
     def handed_on(self) -> Optional[Path]:
@@ -148,7 +151,8 @@ def check_resumed_config(cfg: Config, run_dir: Path, resume: Optional[str]) -> N
     if resume is None or not saved.is_file():
         return
     old, new = _flat(json.loads(saved.read_text())), _flat(to_dict(cfg))
-    changed = {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys()) if old[k] != new[k] and k != "train.resume"}
+    changed = {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys()) if old[k] != new[k]
+               and k not in ("train.resume", "train.run_dir")}  # the folder may have moved (or be a bucket's mirror)
     frozen = [k for k in changed if k.rsplit(".", 1)[-1] in ("lr", "beta1", "beta2")]
     if frozen:
         asked = ", ".join(f"{k}={changed[k][1]} (trained with {changed[k][0]})" for k in frozen)
@@ -196,7 +200,11 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     """Train the stage described by cfg (resuming when a last.ckpt exists) and return where things went.
 
     extra_callbacks join the configured ones (a sweep reports to Ray Tune through one); trainer_overrides replace
-    Trainer arguments (tests use them)."""
+    Trainer arguments (tests use them). A run folder at an object-storage URL trains in a local mirror of it
+    (recon3d.training.bucket)."""
+    if is_object_url(cfg.train.run_dir):
+        return run_in_bucket(cfg, run, enable_wandb=enable_wandb, extra_callbacks=extra_callbacks,
+                             **trainer_overrides)
     check_slurm(cfg)
     check_accelerator(cfg)
     check_latents(cfg)

@@ -20,15 +20,18 @@ from recon3d.data.schema import npy_bytes
 from recon3d.errors import ConfigError
 from recon3d.files import atomic_write, file_sha256
 from recon3d.runs import run_name
+from recon3d.storage import fetched, is_object_url, join
 
 INDEX = "latents.json"
 
 
 def default_latents(shards: str | Path, autoencoder_ckpt: str | Path, latents: str = "") -> str:
-    """`latents`, or where `recon3d export-latents` puts an autoencoder's codes: <shards>/latents/<its run name>."""
-    if latents:
-        return str(latents)
-    return str(Path(shards) / "latents" / run_name(autoencoder_ckpt))
+    """`latents`, or where `recon3d export-latents` puts an autoencoder's codes: <shards>/latents/<its run name>;
+    latents in a bucket are brought into a local copy first (recon3d.storage.fetched) and that copy is named."""
+    location = str(latents) if latents else (join(str(shards), "latents", run_name(autoencoder_ckpt))
+                                              if is_object_url(shards) else str(Path(shards) / "latents" /
+                                                                                run_name(autoencoder_ckpt)))
+    return str(fetched(location)) if is_object_url(location) else location  # a bucket's: read from a local copy
 
 
 def write_latents(out_dir: Path, latents: Dict[str, Tuple[List[str], np.ndarray]], info: dict) -> Path:

@@ -1,6 +1,7 @@
 """Shard sets that are not a local folder: a URL base (`https://host/shards`, any scheme webdataset's gopen opens:
-http(s) and sftp through curl, gs, hf, ais, ...) or a `pipe:` command with `{file}` where the file name goes
-(`pipe:aws s3 cp s3://bucket/shards/{file} -`); and the optional node-local cache (`loader.cache_dir`).
+http(s) and sftp through curl, hf, ais, ...; object storage such as `s3://bucket/shards` through fsspec) or a
+`pipe:` command with `{file}` where the file name goes (`pipe:aws s3 cp s3://bucket/shards/{file} -`); and the
+optional node-local cache (`loader.cache_dir`).
 
 The manifest is read from the same place as the shards (`<base>/manifest.json`). Without a cache, training streams
 the shards from there (no index, no size check: a shard that cannot be opened is skipped with a warning naming it).
@@ -26,6 +27,7 @@ from webdataset.shardlists import expand_urls
 
 from recon3d.data.loading.index import index_path
 from recon3d.files import atomic_path, atomic_write
+from recon3d.storage import is_object_url, open_object
 
 log = logging.getLogger("recon3d.data")
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://")
@@ -82,10 +84,17 @@ def file_url(location: str | Path, name: str) -> str:
 
 
 def open_url(url: str):
-    """A binary stream of a file of a shard set (local file, URL or pipe), as webdataset opens shards."""
+    """A binary stream of a file of a shard set (local file, URL or pipe), as webdataset opens shards; object
+    storage (s3://, gs://, ...) through fsspec (recon3d.storage)."""
     if not is_remote(url):
         return open(url, "rb")
-    return gopen(url, "rb")
+    if is_object_url(url):
+        try:
+            return open_object(url)
+        except ImportError:
+            if not url.startswith("gs://"):
+                raise
+    return gopen(url, "rb")  # gs:// without gcsfs: webdataset's gsutil
 
 
 def read_file(location: str | Path, name: str) -> bytes:

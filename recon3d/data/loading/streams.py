@@ -26,12 +26,13 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.tariterators import tarfile_samples
+from webdataset.tariterators import group_by_keys, tar_file_expander, tarfile_samples
 
 from recon3d.data.loading.index import open_indexed
-from recon3d.data.loading.remote import is_remote
+from recon3d.data.loading.remote import is_remote, open_url
 from recon3d.data.loading.shards import ShardInfo
 from recon3d.data.loading.transfer import SlotWriter, collate
+from recon3d.storage import is_object_url
 
 SLOTS = 4  # shared buffers per worker: DataLoader's prefetch_factor (2) in flight, one held back, one being written
 
@@ -81,7 +82,15 @@ def iter_raw(paths: Sequence[str], skips: SkipCounter,
         if not is_remote(path) and not Path(path).is_file():
             skips.skip(path, FileNotFoundError("shard file is missing"))
             continue
-        yield from tarfile_samples([{"url": str(path)}], handler=handler, select_files=select)
+        if is_object_url(path):  # s3://, gs://, ...: opened through fsspec (webdataset's gopen has no such schemes)
+            try:
+                opened = [{"url": str(path), "stream": open_url(str(path))}]
+            except Exception as err:
+                skips.skip(str(path), err)
+                continue
+            yield from group_by_keys(tar_file_expander(opened, handler=handler, select_files=select), handler=handler)
+        else:
+            yield from tarfile_samples([{"url": str(path)}], handler=handler, select_files=select)
 
 
 class _Stream(IterableDataset):

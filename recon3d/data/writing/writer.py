@@ -39,6 +39,7 @@ from recon3d.data.writing.executors import ordered_map, ray_ordered_map
 from recon3d.data.writing.prepare import Prepared
 from recon3d.data.writing.sources import Item, assign_splits, discover, identical_inputs, keep_together
 from recon3d.files import atomic_write, exclusive_lock, file_sha256, temp_writer_gone
+from recon3d.storage import is_object_url, mirrored
 
 REJECTS = "rejects.jsonl"
 BUILD_LOG = "build_log.json"
@@ -61,6 +62,7 @@ class BuildResult:
     prepared: int  # items prepared by this run (0 when everything was already done)
     seconds: float
     stage_seconds: Dict[str, List[float]] = field(default_factory=dict)
+    summary: str = ""  # a build into a bucket: `shards summary` of its local mirror, made before the mirror goes
 
 
 def prep_config(cfg: Config) -> dict:
@@ -217,10 +219,29 @@ def build_shards(cfg: Config, *, progress: bool = True, stop_after: int = 0,
     if not 0 <= index < count:
         raise ValueError(f"part {index}/{count}: need 0 <= index < count")
     started = time.perf_counter()
+    if is_object_url(cfg.shards.out_dir):
+        return _build_into_bucket(cfg, started, progress, stop_after, use_ray, count)
     out = Path(cfg.shards.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _build_lock(out, index, count):
         return _build(cfg, out, index, count, started, progress, stop_after, use_ray)
+
+
+def _build_into_bucket(cfg: Config, started: float, progress: bool, stop_after: int, use_ray: bool,
+                       count: int) -> BuildResult:
+    """A build into object storage: built in a local mirror (resumed from what the bucket holds), each file sent
+    whole, manifest.json last, so a reader of the bucket never sees an unfinished set."""
+    from recon3d.data.tools.verify import summarise  # noqa: PLC0415 - tools import the writer's modules
+
+    if count != 1:
+        raise ValueError(f"shards.out_dir={cfg.shards.out_dir}: a build in parts needs a folder all parts share; "
+                         "build into a bucket in one part (--ray spreads one build over a cluster)")
+    with mirrored(cfg.shards.out_dir, cache_dir=cfg.loader.cache_dir) as out:
+        with _build_lock(out, 0, 1):
+            result = _build(cfg, out, 0, 1, started, progress, stop_after, use_ray)
+        if result.manifest:
+            result.summary = summarise(out).replace(str(out), cfg.shards.out_dir)
+    return result
 
 
 def _build_lock(out: Path, index: int, count: int):
