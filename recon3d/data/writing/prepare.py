@@ -48,12 +48,17 @@ def item_rng(seed: int, key: str) -> np.random.Generator:
 
 @contextmanager
 def time_limit(seconds: float):
-    """Raise RejectError if the block runs longer than `seconds` (main thread of a Unix process only)."""
+    """Raise RejectError if the block runs longer than `seconds` (main thread of a Unix process only). A parser
+    that catches the timer's exception and raises its own (trimesh's loader does: "string is not a file") still
+    ends as the time-out."""
     usable = seconds > 0 and hasattr(signal, "setitimer")
+    expired = []
+    message = f"timed out after {seconds:g} s (geometry.timeout_s)"
     if usable:
         try:
             def _expired(signum, frame):
-                raise RejectError(f"timed out after {seconds:g} s (geometry.timeout_s)")
+                expired.append(signum)
+                raise RejectError(message)
 
             previous = signal.signal(signal.SIGALRM, _expired)
         except ValueError:  # not the main thread: no limit
@@ -62,6 +67,10 @@ def time_limit(seconds: float):
         signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
+    except Exception as err:
+        if expired and str(err) != message:
+            raise RejectError(message) from err
+        raise
     finally:
         if usable:
             signal.setitimer(signal.ITIMER_REAL, 0)
