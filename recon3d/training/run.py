@@ -144,9 +144,11 @@ def check_latents(cfg: Config) -> None:
                           f"{cfg.loader.shards}, or set {learns_from}.latents")
 
 
-def check_resumed_config(cfg: Config, run_dir: Path, resume: Optional[str]) -> None:
+def check_resumed_config(cfg: Config, run_dir: Path, resume: Optional[str], optimiser_from_config: bool = False
+                         ) -> None:
     """A resumed run against the config its folder last trained with: an optimiser setting (lr, betas) that the
-    checkpoint's optimiser state would silently override is refused; any other change applies, with a warning."""
+    checkpoint's optimiser state would silently override is refused (unless the run applies the config's over the
+    restored state: optimiser_from_config); any other change applies, with a warning."""
     saved = run_dir / "config.json"
     if resume is None or not saved.is_file():
         return
@@ -154,7 +156,7 @@ def check_resumed_config(cfg: Config, run_dir: Path, resume: Optional[str]) -> N
     changed = {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys()) if old[k] != new[k]
                and k not in ("train.resume", "train.run_dir")}  # the folder may have moved (or be a bucket's mirror)
     frozen = [k for k in changed if k.rsplit(".", 1)[-1] in ("lr", "beta1", "beta2")]
-    if frozen:
+    if frozen and not optimiser_from_config:
         asked = ", ".join(f"{k}={changed[k][1]} (trained with {changed[k][0]})" for k in frozen)
         raise ConfigError(f"{run_dir} resumes with its optimiser state, which would keep the old value of {asked}: "
                           "use another train.run_dir, train.resume=never, or the old value")
@@ -196,15 +198,17 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (), **trainer_overrides) -> RunResult:
+def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (), optimiser_from_config: bool = False,
+        **trainer_overrides) -> RunResult:
     """Train the stage described by cfg (resuming when a last.ckpt exists) and return where things went.
 
-    extra_callbacks join the configured ones (a sweep reports to Ray Tune through one); trainer_overrides replace
+    extra_callbacks join the configured ones (a sweep reports to Ray Tune through one); optimiser_from_config lets a
+    resume change the optimiser's settings (PBT's restarts: its callback applies them); trainer_overrides replace
     Trainer arguments (tests use them). A run folder at an object-storage URL trains in a local mirror of it
     (recon3d.training.bucket)."""
     if is_object_url(cfg.train.run_dir):
         return run_in_bucket(cfg, run, enable_wandb=enable_wandb, extra_callbacks=extra_callbacks,
-                             **trainer_overrides)
+                             optimiser_from_config=optimiser_from_config, **trainer_overrides)
     check_slurm(cfg)
     check_accelerator(cfg)
     check_latents(cfg)
@@ -213,11 +217,11 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     trainer_settings(cfg)  # train.trainer's keys, before any work
     run_dir = check_run_folder(cfg)
     with owned(run_dir):
-        return _run(cfg, run_dir, enable_wandb, extra_callbacks, trainer_overrides)
+        return _run(cfg, run_dir, enable_wandb, extra_callbacks, trainer_overrides, optimiser_from_config)
 
 
-def _run(cfg: Config, run_dir: Path, enable_wandb: bool, extra_callbacks: Sequence, trainer_overrides: dict
-         ) -> RunResult:
+def _run(cfg: Config, run_dir: Path, enable_wandb: bool, extra_callbacks: Sequence, trainer_overrides: dict,
+         optimiser_from_config: bool = False) -> RunResult:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     datamodule.setup()
@@ -225,7 +229,7 @@ def _run(cfg: Config, run_dir: Path, enable_wandb: bool, extra_callbacks: Sequen
     check_training_config(cfg, manifest)
     task = build_task(cfg, manifest)
     resume = resolve_resume(cfg)
-    check_resumed_config(cfg, run_dir, resume)
+    check_resumed_config(cfg, run_dir, resume, optimiser_from_config)
     check_resumed_shards(manifest, run_dir, resume)
     # every rank writes the same two files: through temp names, or a rank reading them (above) while another
     # truncates them reads nothing (seen: a requeued two-node job whose second rank died on an empty shards.json)

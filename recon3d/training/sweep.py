@@ -8,7 +8,8 @@ A sweep file (YAML) names the base config files, fixed overrides, the search spa
     mode: max
     search: optuna             # random (default) | grid (every key a grid) | optuna (TPE)
     seed: 0                    # seeds the search: the same file draws the same trials
-    scheduler: asha            # asha (default) | fifo | median | hyperband: stops trials early, by epochs trained
+    scheduler: asha            # asha (default) | fifo | median | hyperband: stops trials early, by epochs trained;
+                               # pbt: population-based training (recon3d/training/pbt.py)
     num_samples: 8
     max_concurrent: 2
     resources: {cpu: 1, gpu: auto}  # per trial; gpu auto: 1 where the Ray cluster has GPUs, else 0
@@ -49,6 +50,7 @@ from recon3d.errors import ConfigError, RunError, Stopped
 from recon3d.files import atomic_write
 from recon3d.stages import STAGES
 from recon3d.training.allocation import check_trial_gpus
+from recon3d.training.pbt import OptimiserFromConfig, pbt_scheduler, report_with_checkpoint, restored_checkpoint
 from recon3d.training.run import run
 from recon3d.training.sweep_file import SweepSpec
 
@@ -92,6 +94,8 @@ def scheduler(spec: SweepSpec, max_t: int, first: int = 1):
     from ray.tune import schedulers
 
     first = max(1, min(first, max_t))
+    if spec.scheduler == "pbt":
+        return pbt_scheduler(_space(spec), spec.metric, spec.mode, first, spec.seed)
     if spec.scheduler == "fifo":
         return schedulers.FIFOScheduler()
     if spec.scheduler == "median":
@@ -133,8 +137,11 @@ def _trainable(spec_dict: dict, sweep_dir: str):
             os.chdir(spec_dict["cwd"])
         trial_id = tune.get_context().get_trial_id()
         run_dir = Path(sweep_dir) / "trials" / trial_id
+        pbt = spec_dict.get("pbt", False)
+        start = restored_checkpoint(run_dir, params) if pbt else None  # PBT: a better trial's, perturbed
         cfg = load_config(spec_dict["base"], [*spec_dict["overrides"], *trial_overrides(params),
-                                              f"train.run_dir={run_dir}", f"train.wandb_group={spec_dict['name']}"])
+                                              f"train.run_dir={run_dir}", f"train.wandb_group={spec_dict['name']}",
+                                              *([f"train.resume={start}"] if start else [])])
         metric = spec_dict["metric"]
 
         class ReportToTune(Callback):
@@ -146,11 +153,16 @@ def _trainable(spec_dict: dict, sweep_dir: str):
                     raise ConfigError(f"metric {metric}: the {cfg.train.stage} stage does not log it; its "
                                       f"validation logs {', '.join(logged)}")
                 values = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-                tune.report({**values, "epoch": trainer.current_epoch, PROGRESS: trainer.current_epoch + 1,
-                             "step": trainer.global_step, "host": socket.gethostname()})
+                values.update({"epoch": trainer.current_epoch, PROGRESS: trainer.current_epoch + 1,
+                               "step": trainer.global_step, "host": socket.gethostname()})
+                if pbt:  # PBT copies trials' checkpoints: every report carries one
+                    report_with_checkpoint(trainer, values, trial_id)
+                else:
+                    tune.report(values)
 
+        callbacks = [ReportToTune(), *([OptimiserFromConfig()] if start else [])]
         with outside_slurm():
-            run(cfg, enable_progress_bar=False, extra_callbacks=[ReportToTune()])
+            run(cfg, enable_progress_bar=False, extra_callbacks=callbacks, optimiser_from_config=bool(start))
 
     return trial
 
@@ -224,7 +236,7 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
     base_cfg = load_config(spec.base, spec.overrides)
     max_t = max(1, STAGES[base_cfg.train.stage].epochs(base_cfg))
     spec_dict = {"base": [str(Path(b).resolve()) for b in spec.base], "overrides": spec.overrides,
-                 "metric": spec.metric, "name": spec.name, "cwd": os.getcwd()}
+                 "metric": spec.metric, "name": spec.name, "cwd": os.getcwd(), "pbt": spec.scheduler == "pbt"}
     cluster = ray.cluster_resources()
     resources = trial_resources(spec.resources, cluster.get("GPU", 0))
     check_trial_gpus(base_cfg, resources.get("gpu", 0))  # before any trial starts
@@ -247,14 +259,15 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
         raise SweepStopped(stopped[0], sweep_dir)
     _check_reported(results, spec, sweep_dir)
     best = results.get_best_result(metric=spec.metric, mode=spec.mode, scope="all")
-    overrides = trial_overrides(best.config)
+    best_params = _trained_params(sweep_dir / "trials" / _trial_of(best), best.config)
+    overrides = trial_overrides(best_params)
     atomic_write(sweep_dir / "best.yaml", ("# best trial of sweep " + spec.name + f" by {spec.metric} ({spec.mode})\n"
-                                           + "\n".join(_yaml_lines(best.config)) + "\n").encode())
+                                           + "\n".join(_yaml_lines(best_params)) + "\n").encode())
     best_cfg = load_config(spec.base, [*spec.overrides, *overrides])
     atomic_write(sweep_dir / "best_config.json", json.dumps(to_dict(best_cfg), indent=1, sort_keys=True).encode())
-    rows = _rows(results, spec)
+    rows = _rows(results, spec, sweep_dir)
     atomic_write(sweep_dir / "trials.json", json.dumps(rows, indent=1, default=str).encode())
-    return {"best": best.config, "metric": _best_reported(best, spec), "trials": len(results),
+    return {"best": best_params, "metric": _best_reported(best, spec), "trials": len(results),
             "folder": str(sweep_dir), "rows": rows}
 
 
@@ -275,16 +288,40 @@ def _check_reported(results, spec: SweepSpec, sweep_dir: Path) -> None:
                        + f" (trials in {sweep_dir / 'trials'})")
 
 
-def _rows(results, spec: SweepSpec) -> List[dict]:
-    """One row per trial that reported: its parameters, its best and last value of the metric, where it ran."""
+def _rows(results, spec: SweepSpec, sweep_dir: Path) -> List[dict]:
+    """One row per trial that reported: its parameters (those it last trained with, from its run folder: under PBT
+    Tune hands a restarted trial the last result of the trial it copied), its best and last value of the metric,
+    where it ran."""
     rows = []
     for result in results:
         if result.metrics:
-            rows.append({"trial": result.metrics.get("trial_id"), "params": result.config,
+            trial = _trial_of(result)
+            rows.append({"trial": trial, "params": _trained_params(sweep_dir / "trials" / str(trial), result.config),
                          spec.metric: _best_reported(result, spec), "last": result.metrics.get(spec.metric),
                          "epoch": result.metrics.get("epoch"), "host": result.metrics.get("host"),
                          "node_ip": result.metrics.get("node_ip")})
     return rows
+
+
+def _trial_of(result) -> str:
+    """A result's own trial id, from its folder's name (trial_<id>_<n>_...; its metrics may be another trial's)."""
+    match = re.match(r"trial_(.+?_\d+)_", Path(result.path).name)
+    return match.group(1) if match else str(result.metrics.get("trial_id"))
+
+
+def _trained_params(run_dir: Path, params: Dict[str, Any]) -> Dict[str, Any]:
+    """The searched keys' values in the trial's config.json (what it trained with last), else `params`."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return params
+    found = {}
+    for key in params:
+        node = saved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        found[key] = params[key] if node is None else node
+    return found
 
 
 def _last_line(error: BaseException) -> str:

@@ -17,7 +17,10 @@ from recon3d.stages import STAGES
 from recon3d.training.allocation import check_trial_gpus
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid")
-SCHEDULERS = ("asha", "fifo", "median", "hyperband")
+SCHEDULERS = ("asha", "fifo", "median", "hyperband", "pbt")
+# what population-based training may perturb: settings a checkpoint does not fix (the optimiser's, a loss weight);
+# a model's shape cannot change under a copied checkpoint
+PBT_SETTINGS = ("lr", "lr_final", "beta1", "beta2", "gp_weight", "positive_weight", "n_critic", "ema_decay")
 SEARCHES = ("random", "grid", "optuna")
 
 
@@ -71,6 +74,8 @@ def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: Li
     if spec.mode not in ("min", "max"):
         raise ConfigError(f"{path}: mode must be min or max")
     _check_space(spec, path)
+    if spec.scheduler == "pbt":
+        _check_pbt(spec, path)
     if spec.search == "optuna":
         try:
             import optuna  # noqa: F401, PLC0415 - the search's own package, checked before Ray starts
@@ -106,6 +111,24 @@ def _check_space(spec: SweepSpec, path: Path) -> None:
                               "grid values only; Optuna samples and takes no grid)")
         probe = values[0] if isinstance(values, list) else values
         load_config(spec.base, [*spec.overrides, f"{key}={json.dumps(probe)}"])  # a typo fails here, named
+
+
+def _check_pbt(spec: SweepSpec, path: Path) -> None:
+    """PBT draws the first values at random and perturbs them from the same distributions: random search, no grid,
+    and only settings a copied checkpoint keeps working with.
+
+    Raises:
+        ConfigError: naming the key or the search.
+    """
+    if spec.search != "random":
+        raise ConfigError(f"{path}: scheduler=pbt draws and perturbs its own values: search={spec.search} does not "
+                          "apply (leave search at random)")
+    for key, dist in spec.search_space.items():
+        if next(iter(dist)) == "grid":
+            raise ConfigError(f"{path}: search_space.{key}: PBT perturbs from a distribution; grid has none")
+        if key.rsplit(".", 1)[-1] not in PBT_SETTINGS:
+            raise ConfigError(f"{path}: search_space.{key}: PBT copies checkpoints between trials, so it perturbs "
+                              f"only settings a checkpoint does not fix ({', '.join(PBT_SETTINGS)})")
 
 
 def _check_values(where: str, kind: str, values: Any) -> None:

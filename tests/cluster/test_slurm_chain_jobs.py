@@ -39,10 +39,13 @@ def test_shards_array_over_two_nodes_is_byte_identical_to_one_process(cluster, t
     assert any(" recon3d shards verify " in f" {line} " for line in steps), steps
 
 
-def test_sweep_over_two_nodes_places_trials_on_both(cluster, tiny_shards, tmp_path):
+@pytest.mark.parametrize("scheduler", ["fifo", "pbt"])
+def test_sweep_over_two_nodes_places_trials_on_both(cluster, tiny_shards, tmp_path, scheduler):
+    """PBT too: its trials copy each other's checkpoints across the nodes (through the sweep's shared storage)."""
     pytest.importorskip("ray", reason="Ray is installed with the dev extra")
-    sweep = tiny_sweep_file(tmp_path / "two-node-sweep.yaml", tiny_shards, scheduler="fifo", num_samples=2,
-                            search_space={"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}})
+    sweep = tiny_sweep_file(tmp_path / "two-node-sweep.yaml", tiny_shards,
+                            *(["train.phase_epochs=[2,3]"] if scheduler == "pbt" else []), scheduler=scheduler,
+                            num_samples=2, search_space={"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}})
     launcher, launched = recording_launcher(tmp_path)
     job = cluster.sbatch("--nodes=2", "--cpus-per-task=1", "--mem=2G", f"--output={tmp_path}/sweep-%j.out",
                          str(REPO / "slurm" / "sweep.sbatch"), "-c", str(sweep), cwd=tmp_path,
@@ -54,9 +57,15 @@ def test_sweep_over_two_nodes_places_trials_on_both(cluster, tiny_shards, tmp_pa
     folder = tmp_path / "sweeps" / "two-node-sweep"
     trials = json.loads((folder / "trials.json").read_text())
     assert len(trials) == 2 and all(t["val/iou"] is not None for t in trials)
-    assert {t["host"] for t in trials} == {"node1", "node2"}, trials  # one 1-CPU trial per 1-CPU node
+    reports = [json.loads(line) for result in (folder / "tune").glob("trial_*/result.json")
+               for line in result.read_text().splitlines()]
+    assert {r["host"] for r in reports} == {"node1", "node2"}, trials  # one 1-CPU trial per 1-CPU node
     assert all(ipaddress.ip_address(t["node_ip"]).is_loopback for t in trials), trials  # Ray talked on loopback
     assert (folder / "best.yaml").is_file()
+    if scheduler == "pbt":
+        starts = [json.loads(line) | {"trial": trial.name} for trial in (folder / "trials").iterdir()
+                  if (trial / "pbt.jsonl").is_file() for line in (trial / "pbt.jsonl").read_text().splitlines()]
+        assert any(start["copied_trial"] != start["trial"] for start in starts), starts
     steps = launched.read_text().splitlines()  # the Ray head, the worker and the driver, each through the launcher
     assert {(line.split()[0], " ".join(line.split()[2:4])) for line in steps} >= {
         ("node1", "ray start"), ("node2", "ray start"), ("node1", "recon3d sweep")}, steps
