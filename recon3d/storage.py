@@ -61,10 +61,10 @@ def exists(url: str) -> bool:
     return filesystem(url).exists(url)
 
 
-def download(url: str, local: Path) -> int:
-    """Every object under `url` into `local` (same relative names), skipping those whose version (ETag, else size
-    and modification time) is the one fetched before (recorded in the mirror's .mirror-state.json); returns how
-    many were fetched."""
+def download(url: str, local: Path, suffixes: Sequence[str] = ()) -> int:
+    """Every object under `url` (or those whose names end in `suffixes`) into `local` (same relative names),
+    skipping those whose version (ETag, else size and modification time) is the one fetched before (recorded in
+    the mirror's .mirror-state.json); returns how many were fetched."""
     fs = filesystem(url)
     root = url.split("://", 1)[1].rstrip("/")
     state_path = local / ".mirror-state.json"
@@ -72,7 +72,7 @@ def download(url: str, local: Path) -> int:
     fetched = 0
     for name, info in sorted(fs.find(root, detail=True).items()):
         relative = name[len(root):].lstrip("/")
-        if not relative or _private(Path(relative)):
+        if not relative or _private(Path(relative)) or (suffixes and not relative.endswith(tuple(suffixes))):
             continue
         version = str(info.get("ETag") or info.get("etag") or info.get("md5Hash")
                       or (info.get("size"), str(info.get("LastModified") or info.get("mtime"))))
@@ -140,11 +140,12 @@ def mirror_folder(url: str, cache_dir: str = "") -> Path | None:
 
 
 @contextlib.contextmanager
-def mirrored(location: str | Path, *, cache_dir: str = "", fetch: bool = True, send: bool = True,
+def mirrored(location: str | Path, *, cache_dir: str = "", fetch: bool | Sequence[str] = True, send: bool = True,
              only: Sequence[str] = ()) -> Iterator[Path]:
     """A local folder for `location`: the folder itself when it is local; for an object URL a mirror, filled from
-    the bucket first (`fetch`: what a resumed build or run needs) and sent back when the block ends, also when it
-    raises (`send`: what was finished is kept; `only` these relative folders). Yields the local folder."""
+    the bucket first (`fetch`: what a resumed build or run needs; a list of suffixes fetches only those files) and
+    sent back when the block ends, also when it raises (`send`: what was finished is kept; `only` these relative
+    folders). Yields the local folder."""
     if not is_object_url(location):
         yield Path(location)
         return
@@ -154,7 +155,7 @@ def mirrored(location: str | Path, *, cache_dir: str = "", fetch: bool = True, s
         local = kept or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recon3d-mirror-")))
         local.mkdir(parents=True, exist_ok=True)
         if fetch:
-            download(url, local)
+            download(url, local, () if fetch is True else fetch)
         sent = {p.relative_to(local).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
                 for p in local.rglob("*") if p.is_file()}  # what the bucket holds already
         try:

@@ -82,8 +82,10 @@ def _shards_show(args) -> int:
 
 def _shards_summary(args) -> int:
     from recon3d.data.tools.verify import summarise
+    from recon3d.storage import mirrored
 
-    print(summarise(args.dir))
+    with mirrored(args.dir, fetch=(".json", ".jsonl"), send=False) as local:  # a bucket's: its records only
+        print(summarise(local).replace(str(local), str(args.dir)))
     return 0
 
 

@@ -61,6 +61,9 @@ def test_shards_runs_latents_and_evaluations_live_in_a_bucket(s3, tiny_meshes, t
     assert f"shards: {shards}" in result.summary
     verify = launch.recon3d("shards", "verify", shards, timeout=300)
     assert verify.returncode == 0 and ": OK" in verify.stdout, verify.stdout + verify.stderr
+    summary = launch.recon3d("shards", "summary", shards, timeout=300)
+    assert f"shards: {shards}" in summary.stdout and "categories: car 4, chair 4, table 4" in summary.stdout, \
+        summary.stdout + summary.stderr
 
     base = [f"loader.shards={shards}", f"loader.cache_dir={tmp_path / 'node-cache'}", "train.accelerator=cpu",
             f"train.run_dir={run_url}", "loader.train_samples_per_epoch=8"]
