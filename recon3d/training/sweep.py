@@ -8,6 +8,7 @@ A sweep file (YAML) names the base config files, fixed overrides, the search spa
     mode: max
     search: optuna             # random (default) | grid (every key a grid) | optuna (TPE)
     seed: 0                    # seeds the search: the same file draws the same trials
+    startup_trials: 10         # optuna: random draws before TPE models the results (fewer for short sweeps)
     scheduler: asha            # asha (default) | fifo | median | hyperband: stops trials early, by epochs trained;
                                # pbt: population-based training (recon3d/training/pbt.py)
     num_samples: 8
@@ -117,7 +118,8 @@ def searcher(spec: SweepSpec):
     import optuna  # noqa: PLC0415 - only for search=optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(metric=spec.metric, mode=spec.mode, sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    return OptunaSearch(metric=spec.metric, mode=spec.mode, sampler=optuna.samplers.TPESampler(
+        seed=spec.seed, n_startup_trials=spec.startup_trials))
 
 
 def trial_overrides(params: Dict[str, Any]) -> List[str]:
@@ -259,7 +261,7 @@ def run_sweep(spec: SweepSpec, *, address: str = "") -> Dict[str, Any]:
         raise SweepStopped(stopped[0], sweep_dir)
     _check_reported(results, spec, sweep_dir)
     best = results.get_best_result(metric=spec.metric, mode=spec.mode, scope="all")
-    best_params = _trained_params(sweep_dir / "trials" / _trial_of(best), best.config)
+    best_params = _trained_params(sweep_dir / "trials" / _trial_of(best, sweep_dir), best.config)
     overrides = trial_overrides(best_params)
     atomic_write(sweep_dir / "best.yaml", ("# best trial of sweep " + spec.name + f" by {spec.metric} ({spec.mode})\n"
                                            + "\n".join(_yaml_lines(best_params)) + "\n").encode())
@@ -295,7 +297,7 @@ def _rows(results, spec: SweepSpec, sweep_dir: Path) -> List[dict]:
     rows = []
     for result in results:
         if result.metrics:
-            trial = _trial_of(result)
+            trial = _trial_of(result, sweep_dir)
             rows.append({"trial": trial, "params": _trained_params(sweep_dir / "trials" / str(trial), result.config),
                          spec.metric: _best_reported(result, spec), "last": result.metrics.get(spec.metric),
                          "epoch": result.metrics.get("epoch"), "host": result.metrics.get("host"),
@@ -303,10 +305,13 @@ def _rows(results, spec: SweepSpec, sweep_dir: Path) -> List[dict]:
     return rows
 
 
-def _trial_of(result) -> str:
-    """A result's own trial id, from its folder's name (trial_<id>_<n>_...; its metrics may be another trial's)."""
-    match = re.match(r"trial_(.+?_\d+)_", Path(result.path).name)
-    return match.group(1) if match else str(result.metrics.get("trial_id"))
+def _trial_of(result, sweep_dir: Path) -> str:
+    """A result's own trial id (its metrics may be another trial's, under PBT): the trial folder whose id its Tune
+    folder's name starts with (trial_<id>_<n>_...; ids are 57aec_00000 or, from Optuna, 8342a11a)."""
+    name = Path(result.path).name
+    trials = sweep_dir / "trials"
+    ids = [d.name for d in trials.iterdir() if name.startswith(f"trial_{d.name}_")] if trials.is_dir() else []
+    return max(ids, key=len) if ids else str(result.metrics.get("trial_id"))
 
 
 def _trained_params(run_dir: Path, params: Dict[str, Any]) -> Dict[str, Any]:

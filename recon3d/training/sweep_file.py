@@ -39,6 +39,7 @@ class SweepSpec:
     name: str = ""
     storage: str = "runs/sweeps"
     seed: int = 0  # seeds the search (random draws or Optuna's TPE sampler)
+    startup_trials: int = 10  # optuna: trials drawn at random before TPE models the results (Optuna's default)
 
 
 def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: List[str] = ()) -> SweepSpec:
@@ -76,6 +77,8 @@ def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: Li
     _check_space(spec, path)
     if spec.scheduler == "pbt":
         _check_pbt(spec, path)
+    if not isinstance(spec.startup_trials, int) or spec.startup_trials < 1:
+        raise ConfigError(f"{path}: startup_trials={spec.startup_trials}: at least 1 (Optuna draws them at random)")
     if spec.search == "optuna":
         try:
             import optuna  # noqa: F401, PLC0415 - the search's own package, checked before Ray starts

@@ -163,6 +163,7 @@ def test_the_search_is_seeded_by_the_sweep_files_seed():
 
     assert draws(3) == draws(3) and draws(3) != draws(4)
     assert type(searcher(_spec(search="optuna"))).__name__ == "OptunaSearch"
+    assert searcher(_spec(search="optuna", startup_trials=3))._sampler._n_startup_trials == 3  # TPE from trial 4
     assert type(searcher(_spec(search="random"))).__name__ == "BasicVariantGenerator"
 
 
@@ -180,6 +181,17 @@ def test_a_search_that_cannot_take_its_space_is_named(tmp_path, search, space, m
         load_sweep(path)
 
 
+def test_optunas_random_start_is_at_least_one_trial(tmp_path):
+    from recon3d.errors import ConfigError
+    from recon3d.training.sweep_file import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": [str(TINY)], "search": "optuna", "startup_trials": 0,
+                                    "search_space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}))
+    with pytest.raises(ConfigError, match="startup_trials=0: at least 1"):
+        load_sweep(path)
+
+
 def test_an_optuna_sweep_runs_and_reports_epochs_trained(tiny_shards, tmp_path, local_ray):
     sweep = tiny_sweep_file(tmp_path / "optuna-sweep.yaml", tiny_shards, scheduler="asha", num_samples=3,
                             search="optuna", seed=7, max_concurrent=1,
@@ -187,6 +199,8 @@ def test_an_optuna_sweep_runs_and_reports_epochs_trained(tiny_shards, tmp_path, 
     assert main(["sweep", "-c", str(sweep)]) == 0
     trials = json.loads((tmp_path / "sweeps" / "optuna-sweep" / "trials.json").read_text())
     assert len(trials) == 3 and len({t["params"]["train.lr"] for t in trials}) == 3
+    for t in trials:  # Optuna's trial ids (8 hex digits) name the trial folders too
+        assert (tmp_path / "sweeps" / "optuna-sweep" / "trials" / t["trial"] / "config.json").is_file(), t
     assert all(t["val/iou"] is not None for t in trials)
 
 
