@@ -6,7 +6,8 @@ The restarted trial resumes the copied checkpoint (weights, optimiser moments, e
 own, perturbed, settings: `OptimiserFromConfig` writes the config's learning rate and betas over the restored
 optimiser's (a plain resume keeps the checkpoint's, which is why `recon3d train` refuses a changed lr on resume),
 and keeps a schedule's progress (a cosine schedule halfway down stays halfway down, from the new rate). Each
-restart is one line of the trial's `pbt.jsonl`: the epoch, the trial it copied and the settings it continued with.
+restart is one line of the trial's `pbt.jsonl`: the epoch, the trial it copied, the settings it continued with and
+the CSV log of the segment (`logs/version_N`).
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ CHECKPOINT = "trial.ckpt"  # inside each Tune checkpoint folder, with source.jso
 LOG = "pbt.jsonl"
 
 
-def pbt_scheduler(space: Dict[str, Any], metric: str, mode: str, interval: int, seed: int):
+def pbt_scheduler(space: Dict[str, Any], metric: str, mode: str, interval: int, seed: int, synch: bool = False):
     """Tune's PBT counting epochs trained (`epochs_done`), perturbing every `interval` epochs (the validation
-    interval: a trial's score is only known there), the sweep file's distributions as the mutations."""
+    interval: a trial's score is only known there), the sweep file's distributions as the mutations. Asynchronous by
+    default (a trial compares itself with the others' latest scores when it reaches the point; one that finishes
+    before the others report is never compared); `synch` makes every trial wait there for the rest."""
     from ray.tune.schedulers import PopulationBasedTraining
 
     random.seed(seed)  # PBT draws its perturbations from Python's random module
     return PopulationBasedTraining(time_attr="epochs_done", metric=metric, mode=mode,
                                    perturbation_interval=max(1, interval), hyperparam_mutations=space,
-                                   quantile_fraction=0.25, resample_probability=0.25)
+                                   quantile_fraction=0.25, resample_probability=0.25, synch=synch)
 
 
 def report_with_checkpoint(trainer, metrics: dict, trial_id: str) -> None:
@@ -60,9 +63,11 @@ def restored_checkpoint(run_dir: Path, params: Dict[str, Any]) -> Optional[Path]
     with checkpoint.as_directory() as folder:
         shutil.copyfile(Path(folder) / CHECKPOINT, target)
         source = json.loads((Path(folder) / "source.json").read_text())
-    with open(run_dir / LOG, "a") as log:
+    versions = [int(d.name.split("_")[1]) for d in (run_dir / "logs").glob("version_*") if d.name[8:].isdigit()]
+    with open(run_dir / LOG, "a") as log:  # log_version: the CSV log this segment writes (logs/version_N)
         log.write(json.dumps({"time": time.time(), "copied_trial": source["trial"], "epoch": source["epoch"],
-                              "params": params}, sort_keys=True, default=str) + "\n")
+                              "params": params, "log_version": max(versions, default=-1) + 1},
+                             sort_keys=True, default=str) + "\n")
     return target
 
 

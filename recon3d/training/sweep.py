@@ -96,7 +96,7 @@ def scheduler(spec: SweepSpec, max_t: int, first: int = 1):
 
     first = max(1, min(first, max_t))
     if spec.scheduler == "pbt":
-        return pbt_scheduler(_space(spec), spec.metric, spec.mode, first, spec.seed)
+        return pbt_scheduler(_space(spec), spec.metric, spec.mode, first, spec.seed, spec.synch)
     if spec.scheduler == "fifo":
         return schedulers.FIFOScheduler()
     if spec.scheduler == "median":

@@ -40,6 +40,7 @@ class SweepSpec:
     storage: str = "runs/sweeps"
     seed: int = 0  # seeds the search (random draws or Optuna's TPE sampler)
     startup_trials: int = 10  # optuna: trials drawn at random before TPE models the results (Optuna's default)
+    synch: bool = False  # pbt: every trial waits at each perturbation point for the others (Tune's synchronous PBT)
 
 
 def load_sweep(path: str | Path, extra_base: List[str] = (), extra_overrides: List[str] = ()) -> SweepSpec:

@@ -45,7 +45,9 @@ def test_sweep_over_two_nodes_places_trials_on_both(cluster, tiny_shards, tmp_pa
     pytest.importorskip("ray", reason="Ray is installed with the dev extra")
     sweep = tiny_sweep_file(tmp_path / "two-node-sweep.yaml", tiny_shards,
                             *(["train.phase_epochs=[2,3]"] if scheduler == "pbt" else []), scheduler=scheduler,
-                            num_samples=2, search_space={"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}})
+                            num_samples=2, search_space={"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}},
+                            **({"metric": "val/loss", "mode": "min", "synch": True}  # no ties; both compared
+                               if scheduler == "pbt" else {}))
     launcher, launched = recording_launcher(tmp_path)
     job = cluster.sbatch("--nodes=2", "--cpus-per-task=1", "--mem=2G", f"--output={tmp_path}/sweep-%j.out",
                          str(REPO / "slurm" / "sweep.sbatch"), "-c", str(sweep), cwd=tmp_path,
@@ -56,7 +58,8 @@ def test_sweep_over_two_nodes_places_trials_on_both(cluster, tiny_shards, tmp_pa
     assert "Ray head on node1" in log and "2 node(s)" in log
     folder = tmp_path / "sweeps" / "two-node-sweep"
     trials = json.loads((folder / "trials.json").read_text())
-    assert len(trials) == 2 and all(t["val/iou"] is not None for t in trials)
+    metric = "val/loss" if scheduler == "pbt" else "val/iou"
+    assert len(trials) == 2 and all(t[metric] is not None for t in trials)
     reports = [json.loads(line) for result in (folder / "tune").glob("trial_*/result.json")
                for line in result.read_text().splitlines()]
     assert {r["host"] for r in reports} == {"node1", "node2"}, trials  # one 1-CPU trial per 1-CPU node

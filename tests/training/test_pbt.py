@@ -55,8 +55,9 @@ def test_sweep_files_pbt_cannot_serve_are_one_line(tiny_shards, tmp_path, space,
 def test_a_pbt_sweep_restarts_worse_trials_from_better_ones_with_perturbed_settings(tiny_shards, tmp_path, launch):
     pytest.importorskip("ray", reason="Ray is installed with the dev extra")
     sweep = tiny_sweep_file(tmp_path / "pbt.yaml", tiny_shards, "train.phase_epochs=[2,4]", scheduler="pbt",
-                            num_samples=2, max_concurrent=2, seed=3,
-                            search_space={"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}})
+                            num_samples=2, max_concurrent=2, seed=3, synch=True,  # each waits for the other
+                            metric="val/loss", mode="min",  # never a tie:
+                            search_space={"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}})  # equal IoUs (0) exploit none
     done = launch.recon3d("sweep", "-c", str(sweep), timeout=600, env={**os.environ, "WANDB_MODE": "disabled"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     folder = tmp_path / "sweeps" / "pbt"
@@ -66,9 +67,10 @@ def test_a_pbt_sweep_restarts_worse_trials_from_better_ones_with_perturbed_setti
     for trial in (folder / "trials").iterdir():
         log = trial / LOG
         starts = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
-        for n, start in enumerate(starts, 1):  # each start from a checkpoint is the next logger version
-            rows_after = [row for row in csv.DictReader((trial / "logs" / f"version_{n}" / "metrics.csv").open())
-                          if row.get("lr-Adam")]
+        for start in starts:  # the CSV log of the segment after each start (none when it trained no step)
+            segment = trial / "logs" / f"version_{start['log_version']}" / "metrics.csv"
+            rows_after = [row for row in csv.DictReader(segment.open()) if row.get("lr-Adam")] \
+                if segment.is_file() else []
             if start["copied_trial"] != trial.name and rows_after:
                 copied.append((trial, start, float(rows_after[-1]["lr-Adam"])))
     assert copied, "no trial went on from another trial's checkpoint"
