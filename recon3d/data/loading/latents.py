@@ -28,9 +28,12 @@ INDEX = "latents.json"
 def default_latents(shards: str | Path, autoencoder_ckpt: str | Path, latents: str = "") -> str:
     """`latents`, or where `recon3d export-latents` puts an autoencoder's codes: <shards>/latents/<its run name>;
     latents in a bucket are brought into a local copy first (recon3d.storage.fetched) and that copy is named."""
-    location = str(latents) if latents else (join(str(shards), "latents", run_name(autoencoder_ckpt))
-                                              if is_object_url(shards) else str(Path(shards) / "latents" /
-                                                                                run_name(autoencoder_ckpt)))
+    if latents:
+        location = str(latents)
+    elif is_object_url(shards):
+        location = join(str(shards), "latents", run_name(autoencoder_ckpt))
+    else:
+        location = str(Path(shards) / "latents" / run_name(autoencoder_ckpt))
     return str(fetched(location)) if is_object_url(location) else location  # a bucket's: read from a local copy
 
 
