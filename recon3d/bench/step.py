@@ -9,35 +9,46 @@ import lightning as L
 import torch
 
 from recon3d.bench.timing import repeat_loader, step_timer, timed
-from recon3d.config import Config, to_dict
+from recon3d.config import Config, to_dict, with_overrides
 from recon3d.models.implicit_decoder import Autoencoder
 from recon3d.tasks.autoencoder import AutoencoderTask
+from recon3d.training.build import compile_task
 
 
-def bench_train_step(cfg: Config, batch_size: int, points: int, steps: int, warmup: int, device: str) -> str:
-    """Forward+backward+Adam step of the configured autoencoder: a plain PyTorch loop vs our Lightning task."""
+def bench_train_step(cfg: Config, batch_size: int, points: int, steps: int, warmup: int, device: str,
+                     compiled: bool = False) -> str:
+    """Forward+backward+Adam step of the configured autoencoder: a plain PyTorch loop vs our Lightning task, and
+    with `compiled` both again under torch.compile (the task through train.compile=on), all in one process."""
     res = cfg.geometry.voxel_resolution
     batch = {k: v.to(device) for k, v in random_batch(res, batch_size, points).items()}
+    rows = {"plain PyTorch loop": _plain_step_time(cfg, batch, steps, warmup, device, False),
+            "AutoencoderTask": _lightning_step_time(cfg, batch, steps, warmup, device)}
+    if compiled:
+        rows["plain loop, compiled"] = _plain_step_time(cfg, batch, steps, warmup, device, True)
+        rows["AutoencoderTask, compiled"] = _lightning_step_time(with_overrides(cfg, ["train.compile=on"]), batch,
+                                                                 steps, warmup, device)
+    per_step, plain = batch_size * points, rows["plain PyTorch loop"]
+    lines = [f"train-step benchmark on {device}: batch {batch_size} x {points} points, voxels {res}^3, latent "
+             f"{cfg.model.latent_dim}, decoder {list(cfg.model.decoder_widths)}; median of {steps} after {warmup}"]
+    for name, seconds in rows.items():
+        ratio = "" if seconds is plain else f"  (ratio to plain: {seconds / plain:.3f})"
+        lines.append(f"  {name + ':':<27} {seconds * 1000:8.1f} ms/step  {per_step / seconds:12.0f} points/s{ratio}")
+    return "\n".join(lines)
 
+
+def _plain_step_time(cfg: Config, batch: dict, steps: int, warmup: int, device: str, compiled: bool) -> float:
     torch.manual_seed(0)
-    model = Autoencoder(**to_dict(cfg.model), resolution=res).to(device)
+    model = Autoencoder(**to_dict(cfg.model), resolution=cfg.geometry.voxel_resolution).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
+    forward = torch.compile(model) if compiled else model
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.mse_loss(model(batch["voxels"], batch["points"]), batch["values"])
+        loss = torch.nn.functional.mse_loss(forward(batch["voxels"], batch["points"]), batch["values"])
         loss.backward()
         opt.step()
 
-    plain = statistics.median(timed(step, steps, warmup, device.startswith("cuda")))
-    lightning = _lightning_step_time(cfg, batch, steps, warmup, device)
-    per_step = batch_size * points
-    return "\n".join([
-        f"train-step benchmark on {device}: batch {batch_size} x {points} points, voxels {res}^3, "
-        f"latent {cfg.model.latent_dim}, decoder {list(cfg.model.decoder_widths)}; median of {steps} after {warmup}",
-        f"  plain PyTorch loop: {plain * 1000:8.1f} ms/step  {per_step / plain:12.0f} points/s",
-        f"  AutoencoderTask:    {lightning * 1000:8.1f} ms/step  {per_step / lightning:12.0f} points/s  "
-        f"(ratio to plain: {lightning / plain:.3f})"])
+    return statistics.median(timed(step, steps, warmup, device.startswith("cuda")))
 
 
 def random_batch(resolution: int, batch_size: int, points: int) -> dict:
@@ -60,6 +71,7 @@ def _lightning_step_time(cfg: Config, batch: dict, steps: int, warmup: int, devi
     timer = step_timer(cuda, warmup)
     torch.manual_seed(0)
     task = bench_task(cfg)
+    compile_task(cfg, task)
     trainer = L.Trainer(accelerator="gpu" if cuda else "cpu", devices=1, max_steps=warmup + steps,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0, limit_val_batches=0)

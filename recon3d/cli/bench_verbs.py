@@ -19,7 +19,8 @@ def _train_step(args) -> str:
     if not (args.strategy or args.rank_stats):
         from recon3d.bench.step import bench_train_step
 
-        return bench_train_step(cfg, args.batch_size, args.points, args.batches, args.warmup, args.device)
+        return bench_train_step(cfg, args.batch_size, args.points, args.batches, args.warmup, args.device,
+                                args.compile)
     from recon3d.bench.strategies import bench_strategies, rank_stats
 
     strategies = args.strategy.split(",")
@@ -97,6 +98,8 @@ def _configure_bench(bench) -> None:
     bench.add_argument("--strategy", default="", help="train-step: comma-separated strategies to compare, e.g. "
                        "ddp,deepspeed_stage_2,deepspeed_stage_3 (each in its own process group of --devices ranks)")
     bench.add_argument("--devices", type=int, default=1, help="train-step --strategy: ranks per strategy")
+    bench.add_argument("--compile", action="store_true",
+                       help="train-step: also both steps under torch.compile (the task with train.compile=on)")
     bench.add_argument("--rank-stats", default="", help=argparse.SUPPRESS)  # internal: one rank's figures
     options.device(bench)
     options.ckpt(bench, "extract: autoencoder checkpoint", required=False)

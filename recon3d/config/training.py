@@ -10,6 +10,7 @@ from recon3d.config.data import _check
 from recon3d.stages import STAGES
 
 LOADER_PIPELINES = ("autoencoder", "image", "volume", "stereo")  # what loader.stage can name (data/datamodule.py)
+COMPILE_CHOICES = ("auto", "on", "off", "true", "false")  # train.compile (YAML reads on/off as true/false)
 LR_SCHEDULES = ("constant", "cosine")  # train.lr_schedule (recon3d/tasks/schedule.py)
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "auto")
 
@@ -177,6 +178,8 @@ class TrainConfig:
     deepspeed_config: str = ""  # DeepSpeed JSON (ZeRO settings), e.g. configs/deepspeed/zero2.json
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | auto (bf16-mixed where the hardware computes bf16)
     float32_matmul_precision: str = "high"  # fp32 matmuls on GPUs: highest | high (TF32 tensor cores) | medium
+    compile: str = "auto"  # torch.compile of the trained networks: auto (on where training runs on CUDA and triton
+    # is installed; off on CPUs, where it buys little: docs/results.md) | on | off (recon3d/training/build.py)
     accumulate_grad_batches: int = 1  # gradient accumulation
     val_resolution: int = 32  # grid on which val/iou is measured and val/chamfer's mesh is extracted
     val_every_epochs: int = 1  # validation frequency
@@ -217,6 +220,9 @@ class TrainConfig:
                "train.float32_matmul_precision: highest | high | medium")
         _check(not (deepspeed and not STAGES[self.stage].deepspeed), f"train.strategy={self.strategy}: the "
                f"{self.stage} stage has two optimisers and Lightning's DeepSpeed strategy takes one; use ddp or auto")
+        _check(str(self.compile).lower() in COMPILE_CHOICES,
+               f"train.compile={self.compile!r}: {' | '.join(COMPILE_CHOICES[:3])}")
+        self.compile = {"true": "on", "false": "off"}.get(str(self.compile).lower(), str(self.compile).lower())
         _check(self.wandb_mode in ("offline", "online", "disabled"), "train.wandb_mode: offline | online | disabled")
         _check(self.progress in ("auto", "bar", "log"), f"train.progress={self.progress!r}: auto | bar | log")
         _check(self.keep_hpc_checkpoints >= 1, "train.keep_hpc_checkpoints must be >= 1")

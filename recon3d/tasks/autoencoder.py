@@ -67,6 +67,7 @@ class AutoencoderTask(StageCheckpoint, L.LightningModule):
         self._phase_starts = [0]  # the epoch each phase began (timed phases; the schedule by epochs is fixed)
 
     stage = "autoencoder"
+    compiled_modules = ("model",)  # what train.compile compiles (recon3d/training/build.py compile_task)
 
     @classmethod
     def from_config(cls, cfg: Config, manifest: dict) -> "AutoencoderTask":

@@ -67,6 +67,9 @@ class LatentGANTask(CarriesAutoencoder, L.LightningModule):
         self._references: Optional[np.ndarray] = None
 
     stage = "gan"
+    # train.compile: the generator only; the critic's gradient penalty differentiates twice, which torch.compile
+    # does not support
+    compiled_modules = ("generator",)
 
     @classmethod
     def from_config(cls, cfg: Config, manifest: dict) -> "LatentGANTask":

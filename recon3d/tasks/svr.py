@@ -45,6 +45,7 @@ class SVRTask(CarriesAutoencoder, L.LightningModule):
         self.categories = list(categories)
 
     stage = "svr"
+    compiled_modules = ("encoder",)  # train.compile
 
     @classmethod
     def from_config(cls, cfg: Config, manifest: dict) -> "SVRTask":

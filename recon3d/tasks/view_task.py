@@ -21,6 +21,8 @@ class ViewTask(StageCheckpoint, L.LightningModule):
     scores to self.scores and (key, picture) pairs to self.pictures for the rows picture_rows gives) and
     picture_sheet(pictures); the stage table names the sheet's folder and caption."""
 
+    compiled_modules = ("model",)  # train.compile
+
     def __init__(self) -> None:
         super().__init__()
         self.scores, self.pictures = CategoryScores(), []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -18,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.wandb import _add_prefix
 from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_only
+from torch.utils._triton import has_triton
 
 from recon3d.config import Config, to_dict
 from recon3d.errors import ConfigError
@@ -250,3 +252,47 @@ def build_trainer(cfg: Config, *, enable_wandb: bool = True, extra_callbacks=(),
     kwargs.update(trainer_settings(cfg))
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
+
+
+def check_compile(cfg: Config) -> bool:
+    """Whether train.compile compiles here: off never; auto where training runs on CUDA and triton is installed (on
+    CPUs it bought 1.07-1.15x on a 2-core CPU's training step for seconds of compiling per phase, and slowed
+    extraction: docs/results.md); on wherever torch.compile has a backend.
+
+    Raises:
+        ConfigError: train.compile=on where torch.compile has no backend (naming what is missing).
+    """
+    wanted = str(cfg.train.compile).lower()
+    on_gpu = trains_on_gpu(cfg.train)
+    if wanted in ("off", "false") or (wanted == "auto" and not on_gpu):
+        return False
+    missing = compile_missing("cuda" if on_gpu else "cpu")
+    if missing and wanted != "auto":
+        raise ConfigError(f"train.compile={cfg.train.compile}: torch.compile cannot run here: {missing}")
+    return not missing
+
+
+def compile_task(cfg: Config, task) -> List[str]:
+    """torch.compile, in place, the networks `task` trains (its `compiled_modules`; the state_dict's keys stay those
+    of the eager modules) where check_compile says so; returns their names. Where auto cannot compile on a GPU it
+    says why and trains eagerly."""
+    if not check_compile(cfg):
+        missing = trains_on_gpu(cfg.train) and compile_missing("cuda")
+        if missing and str(cfg.train.compile).lower() == "auto":
+            rank_zero_only(print)(f"train.compile=auto: training eagerly, torch.compile cannot run here: {missing}",
+                                  file=sys.stderr)
+        return []
+    names = [name for name in getattr(task, "compiled_modules", ())
+             if isinstance(getattr(task, name, None), torch.nn.Module)]
+    for name in names:
+        getattr(task, name).compile()
+    return names
+
+
+def compile_missing(device_type: str) -> str:
+    """What torch.compile's default backend lacks for `device_type` here ('' when nothing): triton on CUDA, a C++
+    compiler on the CPU."""
+    if device_type == "cuda":
+        return "" if has_triton() else "triton is not installed (it comes with CUDA builds of torch)"
+    found = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), "")
+    return "" if found else "no C++ compiler (g++, c++, clang++ or $CXX) on PATH"

@@ -29,9 +29,11 @@ from recon3d.training.build import (
     build_datamodule,
     build_task,
     build_trainer,
+    check_compile,
     check_precision,
     check_strategy,
     check_training_config,
+    compile_task,
     trainer_settings,
 )
 from recon3d.training.callbacks import Preempted, hpc_checkpoints
@@ -214,6 +216,7 @@ def run(cfg: Config, *, enable_wandb: bool = True, extra_callbacks: Sequence = (
     check_latents(cfg)
     check_strategy(cfg)
     check_precision(cfg)
+    check_compile(cfg)
     trainer_settings(cfg)  # train.trainer's keys, before any work
     run_dir = check_run_folder(cfg)
     with owned(run_dir):
@@ -228,6 +231,9 @@ def _run(cfg: Config, run_dir: Path, enable_wandb: bool, extra_callbacks: Sequen
     manifest = getattr(datamodule, "manifest", None) or load_manifest(cfg.loader.shards)
     check_training_config(cfg, manifest)
     task = build_task(cfg, manifest)
+    compiled = compile_task(cfg, task)
+    if compiled:
+        rank_zero_only(print)(f"train.compile: torch.compile of {', '.join(compiled)}", file=sys.stderr)
     resume = resolve_resume(cfg)
     check_resumed_config(cfg, run_dir, resume, optimiser_from_config)
     check_resumed_shards(manifest, run_dir, resume)

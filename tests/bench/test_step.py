@@ -17,3 +17,11 @@ def test_train_step_prints_the_plain_loop_beside_the_task_with_their_ratio():
     assert plain and task
     ratio, task_ms, plain_ms = float(task.group(2)), float(task.group(1)), float(plain.group(1))
     assert plain_ms > 0 and abs(ratio - task_ms / plain_ms) < 0.01 + 0.02 * ratio  # the printed ms are rounded
+
+
+def test_train_step_with_compile_adds_both_compiled_steps():
+    text = bench_train_step(load_config([TINY]), batch_size=2, points=64, steps=1, warmup=1, device="cpu",
+                            compiled=True)
+    names = [line.split(":")[0].strip() for line in text.splitlines()[1:]]
+    assert names == ["plain PyTorch loop", "AutoencoderTask", "plain loop, compiled", "AutoencoderTask, compiled"]
+    assert all("ratio to plain" in line for line in text.splitlines()[2:])

@@ -93,3 +93,39 @@ def test_fp16_on_the_cpu_is_refused_before_the_run_folder_is_written(tmp_path):
     with pytest.raises(ConfigError, match="train.precision=16-mixed: fp16 trains on GPUs only"):
         run(cfg, enable_wandb=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_compile_follows_the_setting_and_the_machine(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from recon3d.training import build
+
+    def task():
+        return SimpleNamespace(compiled_modules=("model", "absent"), model=torch.nn.Linear(2, 2))
+
+    cpu = [f"train.run_dir={tmp_path}", "train.accelerator=cpu"]
+    assert build.compile_task(tiny_config(*cpu), task()) == []  # auto: not on a CPU
+    assert build.compile_task(tiny_config(*cpu, "train.compile=off"), task()) == []
+    compiled = task()
+    assert build.compile_task(tiny_config(*cpu, "train.compile=on"), compiled) == ["model"]
+    assert compiled.model._compiled_call_impl is not None and list(compiled.model.state_dict()) == ["weight", "bias"]
+    monkeypatch.setattr(build, "compile_missing", lambda device: f"nothing for {device}")
+    with pytest.raises(ConfigError, match="train.compile=on: torch.compile cannot run here: nothing for cpu"):
+        build.check_compile(tiny_config(*cpu, "train.compile=on"))
+    monkeypatch.setattr(build, "trains_on_gpu", lambda train: True)
+    assert build.compile_task(tiny_config(f"train.run_dir={tmp_path}"), task()) == []  # auto on a GPU: says why
+    assert "train.compile=auto: training eagerly, torch.compile cannot run here: nothing for cuda" in \
+        capsys.readouterr().err
+    with pytest.raises(ConfigError, match="train.compile=maybe: auto | on | off"):
+        tiny_config("train.compile=maybe")
+
+
+def test_a_compiled_autoencoder_trains_and_its_checkpoint_loads_eagerly(tiny_shards, tmp_path, capfd):
+    from recon3d.inference.autoencoder import load_autoencoder
+
+    cfg = tiny_config(f"loader.shards={tiny_shards}", f"train.run_dir={tmp_path}", "train.accelerator=cpu",
+                      "train.compile=on", "loader.train_samples_per_epoch=8", "train.logger=csv")
+    result = run(cfg, enable_wandb=False, enable_progress_bar=False)
+    assert "train.compile: torch.compile of model" in capfd.readouterr().err
+    task = load_autoencoder(result.last_checkpoint)
+    assert result.global_step > 0 and task.model.decoder.last.weight.isfinite().all()
