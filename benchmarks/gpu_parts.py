@@ -39,12 +39,12 @@ def sizes(tiny: bool) -> dict:
     if tiny:
         return {"model": TINY_MODEL, "voxels": 16, "point_resolution": 16, "batch": 2, "points": 256, "steps": 3,
                 "warmup": 1, "categories": 3, "per_category": 3, "extract_resolution": 32, "extract_shapes": 2,
-                "image_batch": 2, "image_size": 32, "image_width": 8, "vrn_width": 8, "loader_batches": 4,
-                "fit_minutes": 0.15, "decoder_points": 4096, "device": "cpu"}
+                "extract_batch": 3, "image_batch": 2, "image_size": 32, "image_width": 8, "vrn_width": 8,
+                "loader_batches": 4, "fit_minutes": 0.15, "decoder_points": 4096, "device": "cpu"}
     return {"model": FULL_MODEL, "voxels": 64, "point_resolution": 64, "batch": 32, "points": 4096, "steps": 30,
             "warmup": 5, "categories": 7, "per_category": 12, "extract_resolution": 256, "extract_shapes": 4,
-            "image_batch": 64, "image_size": 128, "image_width": 64, "vrn_width": 128, "loader_batches": 40,
-            "fit_minutes": 1.0, "decoder_points": 65536, "device": "cuda"}
+            "extract_batch": 64, "image_batch": 64, "image_size": 128, "image_width": 64, "vrn_width": 128,
+            "loader_batches": 40, "fit_minutes": 1.0, "decoder_points": 65536, "device": "cuda"}
 
 
 def autoencoder_flops(latent_dim: int, encoder_channels: int, decoder_widths: Sequence[int],
@@ -280,12 +280,12 @@ def extract_part(_, shards: str, tiny: bool) -> dict:
     size = sizes(tiny)
     ckpt = Path(shards).parent / "fit" / "checkpoints" / "last.ckpt"
     result = measure_extraction(str(ckpt), shards, size["extract_shapes"], size["extract_resolution"],
-                                _device(tiny), reference=True)
+                                _device(tiny), reference=True, batch=size["extract_batch"])
     flops = autoencoder_flops(resolution=size["voxels"], **size["model"])["decoder_per_point"]
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     peak = peak_tflops(name)
     if peak:
-        for row in result["methods"].values():
+        for row in (row for row in result["methods"].values() if row["points"]):  # not marching cubes alone
             row["floor_ms"] = round(row["points"] * flops / (peak * 1e12) * 1000, 3)
             row["x_floor"] = round(row["ms"] / row["floor_ms"], 1)
     return result

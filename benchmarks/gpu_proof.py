@@ -4,7 +4,8 @@
 the full-size autoencoder's training step (fp32; bf16-mixed alone, under DDP and under DeepSpeed ZeRO-2, each in its
 own process so that peak memory is its own), torch.compile on and off, a short real training run (its checkpoint
 gives the extraction a decoder with surfaces), the loader with several worker counts beside the step's appetite,
-extraction at 256^3 (coarse-to-fine, dense, IM-NET's frame + cell queue), and the image encoder and VRN steps.
+extraction at 256^3 (coarse-to-fine, dense, IM-NET's frame + cell queue; 64 shapes at once with marching cubes on
+the GPU, end to end, against the 200 shapes/s target), and the image encoder and VRN steps.
 DIR/gpu_proof.json is rewritten (atomically) after every section, so a run cut short keeps what it measured; each
 section's failure is recorded with its message and the next one runs. `--tiny` does all of it on the CPU at toy
 sizes in a few minutes (the test that keeps this script from rotting).

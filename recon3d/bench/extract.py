@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from recon3d.data.loading.datamodule import iter_split
-from recon3d.geometry.extract import coarse_to_fine_grid, dense_grid
+from recon3d.geometry.extract import coarse_to_fine_grid, coarse_to_fine_grids, dense_grid, grid_to_mesh
+from recon3d.geometry.marching import corner_grid_mesh
 from recon3d.geometry.voxelize import iou
-from recon3d.inference.autoencoder import decoder_field, load_autoencoder
+from recon3d.inference.autoencoder import decoder_field, decoder_fields, load_autoencoder
 from recon3d.models.implicit_decoder import ImplicitDecoder
 from recon3d.tasks.decoding import inference_dtype
 
@@ -64,9 +65,9 @@ class _Shadowed(torch.nn.Module):
         self.decoder, self.shadow = decoder, ImplicitDecoder().to(device).eval()
         self.code = torch.full((1, self.shadow.latent_dim), 0.5, device=device)
 
-    def forward(self, points: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, points: torch.Tensor, z: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
         self.shadow(points, self.code.expand(len(points), -1))
-        return self.decoder(points, z)
+        return self.decoder(points, z, shape)
 
 
 def _full_size(task, device: str):
@@ -91,18 +92,22 @@ def _codes(task, shard_dir: str, shapes: int, device: str) -> List[torch.Tensor]
 
 
 def measure_extraction(ckpt: str, shard_dir: str, shapes: int, resolution: int, device: str, *,
-                       reference: bool = True, dense: bool = True, full_size: bool = False, dtype=None) -> dict:
+                       reference: bool = True, dense: bool = True, full_size: bool = False, dtype=None,
+                       batch: int = 0) -> dict:
     """Per method, the median ms per shape and points evaluated: coarse-to-fine in the inference precision (bf16
     where the device runs it natively), dense in fp32 (the reference grid) and IM-NET's algorithm in fp32 (only at
     resolution 256, its frame 64 x cell 4); the occupancy IoU of coarse-to-fine against dense fp32. full_size: also
-    both algorithms at a full-size decoder's cost (z 256, 1024-1024-1024-512-256-128; see _Shadowed)."""
+    both algorithms at a full-size decoder's cost (z 256, 1024-1024-1024-512-256-128; see _Shadowed). The batched
+    rows (_batched) extract `batch` codes at once (0: the same `shapes`; the shards' shapes repeat if too few)."""
     task = load_autoencoder(ckpt, device)
     dtype = dtype or inference_dtype(device)
-    codes = _codes(task, shard_dir, shapes, device)
-    if not codes:
+    everything = _codes(task, shard_dir, max(shapes, batch), device)
+    if not everything:
         raise ValueError(f"{shard_dir}: no shapes to extract")
+    codes = everything[:shapes]
+    batched = [everything[i % len(everything)] for i in range(batch or len(codes))]
     rows = {"coarse_to_fine": [], "dense_fp32": [], "imnet_reference_fp32": [], "coarse_to_fine_full_size": [],
-            "imnet_reference_fp32_full_size": []}
+            "imnet_reference_fp32_full_size": []}  # per shape (seconds, points evaluated)
     shadow = _full_size(task, device) if full_size else None
     agreement = []
     for z in codes:
@@ -125,12 +130,36 @@ def measure_extraction(ckpt: str, shard_dir: str, shapes: int, resolution: int, 
                 (_, points), seconds = _timed(lambda: imnet_reference_grid(
                     decoder_field(shadow, z, torch.float32), device=device))
                 rows["imnet_reference_fp32_full_size"].append((seconds, points))
+    rows.update(_batched(task, batched, resolution, dtype, device))
     methods = {name: {"ms": round(statistics.median(s for s, _ in row) * 1000, 2),
                       "points": int(statistics.median(p for _, p in row))} for name, row in rows.items() if row}
-    return {"shapes": len(codes), "resolution": resolution, "device": device,
+    batched_ms = methods["coarse_to_fine_batched"]["ms"]
+    return {"shapes": len(codes), "batch": len(batched), "batched_shapes_per_s": round(1000 / batched_ms, 1),
+            "resolution": resolution, "device": device,
             "coarse_to_fine_dtype": str(dtype).replace("torch.", ""), "methods": methods,
             "iou_vs_dense_fp32_min": round(min(agreement), 5) if agreement else None,
             "decoder_widths": list(task.hparams.get("decoder_widths", []))}
+
+
+def _batched(task, codes: List[torch.Tensor], resolution: int, dtype, device: str) -> dict:
+    """Rows (seconds per shape, points) of coarse-to-fine over all codes at once, of marching cubes on those grids
+    (recon3d's on the grid's device, and scikit-image's on the CPU) and of a mesh end to end (batched grids and
+    recon3d's marching cubes: vertices and faces in memory, as extract_many makes them)."""
+    start = time.perf_counter()
+    grids = coarse_to_fine_grids(decoder_fields(task, torch.stack(codes), dtype), len(codes), resolution,
+                                 device=device, on_device=True)
+    per_shape = (time.perf_counter() - start) / len(codes)
+    ours = [_timed(lambda: corner_grid_mesh(grid.values))[1] for grid in grids]
+    theirs = [_timed(lambda: grid_to_mesh(grid.values.cpu().numpy()))[1] for grid in grids]
+    return {"coarse_to_fine_batched": [(per_shape, grid.evaluated) for grid in grids],
+            "marching_cubes": [(seconds, 0) for seconds in ours],
+            "marching_cubes_skimage": [(seconds, 0) for seconds in theirs],
+            "mesh_end_to_end_batched": [(per_shape + seconds, grid.evaluated) for grid, seconds in zip(grids, ours)]}
+
+
+BASELINE_OF = {"dense_fp32": "coarse_to_fine", "imnet_reference_fp32": "coarse_to_fine",
+               "coarse_to_fine_batched": "coarse_to_fine", "imnet_reference_fp32_full_size": "coarse_to_fine_full_size",
+               "marching_cubes_skimage": "marching_cubes"}  # the rows printed as a multiple of another
 
 
 def bench_extract(ckpt: str, shard_dir: str, shapes: int, resolution: int, device: str, dtype=None,
@@ -140,13 +169,16 @@ def bench_extract(ckpt: str, shard_dir: str, shapes: int, resolution: int, devic
     methods = result["methods"]
     lines = [f"extraction benchmark on {device}: {result['shapes']} shapes at {resolution}^3, decoder "
              f"{result['decoder_widths']} (median per shape; coarse-to-fine in {result['coarse_to_fine_dtype']})"]
-    labels = {"coarse_to_fine": "coarse-to-fine", "dense_fp32": "dense grid, fp32",
+    labels = {"coarse_to_fine": "coarse-to-fine", "coarse_to_fine_batched": "coarse-to-fine, all at once",
+              "marching_cubes": "marching cubes", "marching_cubes_skimage": "marching cubes, skimage",
+              "mesh_end_to_end_batched": "mesh end to end, batched",
+              "dense_fp32": "dense grid, fp32",
               "imnet_reference_fp32": "IM-NET frame+queue, fp32",
               "coarse_to_fine_full_size": "coarse-to-fine, full-size", "imnet_reference_fp32_full_size":
               "IM-NET, fp32, full-size"}
     for name, row in methods.items():
-        ours = methods["coarse_to_fine_full_size" if name.endswith("full_size") else "coarse_to_fine"]
-        ratio = "" if row is ours else f"  {row['ms'] / ours['ms']:.1f}x our time"
+        ours = methods.get(BASELINE_OF.get(name, ""))
+        ratio = f"  {row['ms'] / ours['ms']:.1f}x our time" if ours else ""
         lines.append(f"  {labels[name]:<26} {row['ms'] / 1000:8.2f} s  {row['points']:>10,} points{ratio}")
     if result["iou_vs_dense_fp32_min"] is not None:
         lines.append(f"  occupancy IoU of coarse-to-fine against dense fp32: min {result['iou_vs_dense_fp32_min']:.4f}")

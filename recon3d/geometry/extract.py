@@ -14,7 +14,7 @@ vectorised in torch; no per-cell Python loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, List
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from skimage.measure import marching_cubes
 from recon3d.hardware import available_memory
 
 Field = Callable[[torch.Tensor], torch.Tensor]  # (P, 3) points in [-0.5, 0.5] -> (P,) values
+BatchField = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # and (P,) shape indices -> (P,) values
 
 
 @dataclass
@@ -32,8 +33,9 @@ class FieldGrid:
     evaluated: int  # how many points the field was evaluated at
 
 
-def _evaluate(field: Field, points: torch.Tensor, batch_points: int) -> torch.Tensor:
-    out = [field(points[i:i + batch_points]).reshape(-1).float() for i in range(0, len(points), batch_points)]
+def _evaluate(field: BatchField, points: torch.Tensor, shape: torch.Tensor, batch_points: int) -> torch.Tensor:
+    out = [field(points[i:i + batch_points], shape[i:i + batch_points]).reshape(-1).float()
+           for i in range(0, len(points), batch_points)]
     return torch.cat(out) if out else points.new_zeros(0)
 
 
@@ -42,11 +44,17 @@ def _corners(n: int, device) -> torch.Tensor:
     return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
 
 
+def one_shape(field: Field) -> BatchField:
+    """The field of one shape as a field of many (the shape index ignored)."""
+    return lambda points, shape: field(points)
+
+
 @torch.no_grad()
 def dense_grid(field: Field, resolution: int, *, batch_points: int = 65536, device="cpu") -> FieldGrid:
     """The field at every corner of a resolution^3 grid (the reference the coarse-to-fine grid must match)."""
     points = _corners(resolution, device).reshape(-1, 3)
-    values = _evaluate(field, points, batch_points).reshape((resolution + 1,) * 3)
+    shape = torch.zeros(len(points), dtype=torch.long, device=device)
+    values = _evaluate(one_shape(field), points, shape, batch_points).reshape((resolution + 1,) * 3)
     return FieldGrid(values.cpu().numpy(), len(points))
 
 
@@ -54,16 +62,22 @@ BYTES_PER_CORNER = 10  # peak memory of an extraction per grid corner: its value
 # interpolation's temporaries (10.8 GB measured at 1024^3, issue 38's probe: 1025^3 corners)
 
 
-def check_memory(resolution: int, device="cpu") -> None:
+def grid_bytes(resolution: int) -> int:
+    """Peak memory of one shape's extraction at resolution^3 (what a batch of shapes needs per shape)."""
+    return BYTES_PER_CORNER * (resolution + 1) ** 3
+
+
+def check_memory(resolution: int, device="cpu", shapes: int = 1) -> None:
     """Refuse, before allocating, an extraction grid the device has no room for.
 
     Raises:
         ValueError: with the estimate and what is available.
     """
-    need = BYTES_PER_CORNER * (resolution + 1) ** 3
+    need = shapes * grid_bytes(resolution)
     available = available_memory(device)
     if available and need > available:
-        raise ValueError(f"resolution {resolution}: an extraction needs about {need / 2**30:.1f} GiB, "
+        many = f" x {shapes} shapes" if shapes > 1 else ""
+        raise ValueError(f"resolution {resolution}{many}: an extraction needs about {need / 2**30:.1f} GiB, "
                          f"{available / 2**30:.1f} GiB are available; use a smaller --resolution")
 
 
@@ -90,19 +104,37 @@ def coarse_to_fine_grid(field: Field, resolution: int = 256, *, coarse: int = 32
     Raises:
         ValueError: resolution is not coarse times a power of two.
     """
+    return coarse_to_fine_grids(one_shape(field), 1, resolution, coarse=coarse, threshold=threshold, band=band,
+                                follow=follow, batch_points=batch_points, device=device)[0]
+
+
+@torch.no_grad()
+def coarse_to_fine_grids(field: BatchField, shapes: int, resolution: int = 256, *, coarse: int = 32,
+                         threshold: float = 0.5, band: float = 0.3, follow: bool = True, batch_points: int = 65536,
+                         device="cpu", on_device: bool = False) -> List[FieldGrid]:
+    """coarse_to_fine_grid of many shapes at once: the same grids, the same points per shape, but each level's
+    points of all shapes go to the field together (few large calls instead of many small ones: what a GPU needs).
+
+    Args:
+        field: maps (P, 3) points and (P,) shape indices in 0..shapes-1 to (P,) values.
+        on_device: each FieldGrid's values stay a tensor on `device` (for marching.corner_grid_mesh) instead of
+            numpy.
+    """
     levels = resolution // coarse
     if resolution % coarse or levels & (levels - 1):
         raise ValueError(f"resolution {resolution} must be coarse ({coarse}) times a power of two")
-    check_memory(resolution, device)
-    frame = dense_grid(field, coarse, batch_points=batch_points, device=device)
-    values, evaluated, n = torch.as_tensor(frame.values, device=device), frame.evaluated, coarse
-    exact = torch.ones_like(values, dtype=torch.bool)
+    check_memory(resolution, device, shapes)
+    side = coarse + 1
+    values = torch.empty((shapes, side, side, side), device=device)
+    exact = torch.zeros_like(values, dtype=torch.bool)
+    evaluated = _evaluate_corners(field, values, exact, torch.ones_like(exact), batch_points)
+    n = coarse
     while n < resolution:
         trace = follow and n > coarse  # past the first level: trace the surface cell by cell
         active = None if trace else _cells_near(values, threshold, band * coarse / n)
-        values = F.interpolate(values[None, None], size=(2 * n + 1,) * 3, mode="trilinear", align_corners=True)[0, 0]
+        values = F.interpolate(values[:, None], size=(2 * n + 1,) * 3, mode="trilinear", align_corners=True)[:, 0]
         known = torch.zeros_like(values, dtype=torch.bool)
-        known[::2, ::2, ::2] = exact
+        known[:, ::2, ::2, ::2] = exact
         exact, n = known, 2 * n
         if trace:
             evaluated += _trace_surface(field, values, exact, threshold, batch_points)
@@ -114,57 +146,96 @@ def coarse_to_fine_grid(field: Field, resolution: int = 256, *, coarse: int = 32
                 break
             active = _straddling(values, exact, threshold) & ~done
             done = done | active
-    return FieldGrid(values.cpu().numpy(), evaluated)
+    values = values if on_device else values.cpu().numpy()
+    return [FieldGrid(values[b], int(count)) for b, count in enumerate(evaluated.tolist())]
 
 
-def _evaluate_cells(field: Field, values: torch.Tensor, exact: torch.Tensor, cells: torch.Tensor,
-                    batch_points: int) -> int:
-    """Evaluate every corner of the halved `cells` ((N/2)^3 bool over an (N+1)^3 grid) not yet exact, in place;
-    returns how many."""
+def _evaluate_cells(field: BatchField, values: torch.Tensor, exact: torch.Tensor, cells: torch.Tensor,
+                    batch_points: int) -> torch.Tensor:
+    """Evaluate every corner of the halved `cells` ((B, N/2, N/2, N/2) bool over (B, N+1, N+1, N+1) grids) not yet
+    exact, in place; returns how many per shape."""
     need = torch.zeros_like(exact)
-    half = cells.shape[0]
+    half = cells.shape[1]
     for i in range(3):
         for j in range(3):
             for k in range(3):
-                need[i:i + 2 * half:2, j:j + 2 * half:2, k:k + 2 * half:2] |= cells
+                need[:, i:i + 2 * half:2, j:j + 2 * half:2, k:k + 2 * half:2] |= cells
     return _evaluate_corners(field, values, exact, need, batch_points)
 
 
-def _evaluate_corners(field: Field, values: torch.Tensor, exact: torch.Tensor, need: torch.Tensor,
-                      batch_points: int) -> int:
-    """Evaluate the corners `need` marks that are not exact yet ((N+1)^3 bool), in place; returns how many."""
-    linear = (need & ~exact).view(-1).nonzero()[:, 0]
+def _evaluate_corners(field: BatchField, values: torch.Tensor, exact: torch.Tensor, need: torch.Tensor,
+                      batch_points: int) -> torch.Tensor:
+    """Evaluate the corners `need` marks that are not exact yet ((B, N+1, N+1, N+1) bool), in place; returns how
+    many per shape (B,)."""
+    linear = _evaluate_linear(field, values, exact, (need & ~exact).view(-1).nonzero()[:, 0], batch_points)
+    return torch.bincount(linear // values[0].numel(), minlength=values.shape[0])
+
+
+def _evaluate_linear(field: BatchField, values: torch.Tensor, exact: torch.Tensor, linear: torch.Tensor,
+                     batch_points: int) -> torch.Tensor:
+    """Evaluate the corners at flat indices `linear` of (B, S, S, S) grids (none exact yet), in place; returns them."""
+    side = values.shape[1]
     if len(linear):
-        n = values.shape[0] - 1
-        side = n + 1
-        ijk = torch.stack([linear // (side * side), (linear // side) % side, linear % side], dim=-1)
-        values.view(-1)[linear] = _evaluate(field, ijk.float() / n - 0.5, batch_points)
+        within = linear % side ** 3
+        ijk = torch.stack([within // (side * side), (within // side) % side, within % side], dim=-1)
+        values.view(-1)[linear] = _evaluate(field, ijk.float() / (side - 1) - 0.5, linear // side ** 3,
+                                            batch_points)
         exact.view(-1)[linear] = True
-    return len(linear)
+    return linear
 
 
-def _trace_surface(field: Field, values: torch.Tensor, exact: torch.Tensor, threshold: float,
-                   batch_points: int) -> int:
+def _trace_surface(field: BatchField, values: torch.Tensor, exact: torch.Tensor, threshold: float,
+                   batch_points: int) -> torch.Tensor:
     """A level past the first: evaluate the corners of the cells that straddle the threshold by the upsampled
     values, then of every cell whose exact corners straddle it while others are not exact yet, until there is none
-    (the surface followed where the upsampling misplaced it); returns the points evaluated."""
-    evaluated = 0
-    above = _any_corner(values > threshold)
-    cells = above & ~_all_corners(values > threshold)
-    while True:
-        count = _evaluate_corners(field, values, exact, _corner_mask(cells), batch_points)
-        if not count:
-            return evaluated
-        evaluated += count
-        cells = (_any_corner(exact & (values > threshold)) & _any_corner(exact & (values <= threshold))
-                 & _any_corner(~exact))
+    (the surface followed where the upsampling misplaced it); returns the points evaluated per shape.
+
+    Past the first round only the cells around the corners just evaluated are looked at: every cell the previous
+    round chose has all its corners exact now, and a cell none of whose corners changed cannot have become one
+    (the first round's cells include every cell whose exact corners straddle, as the upsampling keeps their values).
+    """
+    above = values > threshold
+    cells = _any_corner(above) & ~_all_corners(above)
+    need = (_corner_mask(cells) & ~exact).view(-1).nonzero()[:, 0]
+    new = _evaluate_linear(field, values, exact, need, batch_points)
+    shapes, side = values.shape[0], values.shape[1]
+    evaluated = torch.zeros(shapes, dtype=torch.long, device=values.device)
+    while len(new):
+        evaluated += torch.bincount(new // side ** 3, minlength=shapes)
+        corners = _corners_of(_cells_around(new, side), side)  # (M, 8) flat corner indices
+        known = exact.view(-1)[corners]
+        high = values.view(-1)[corners] > threshold
+        chosen = (known & high).any(1) & (known & ~high).any(1) & (~known).any(1)
+        new = _evaluate_linear(field, values, exact, corners[chosen][~known[chosen]].unique(), batch_points)
+    return evaluated
+
+
+_OFFSETS = [(i, j, k) for i in range(2) for j in range(2) for k in range(2)]
+
+
+def _cells_around(corners: torch.Tensor, side: int) -> torch.Tensor:
+    """The cells (by their lowest corner's flat index) that have any of the flat `corners` of (B, S, S, S) grids as
+    a corner, each once."""
+    within = corners % side ** 3
+    ijk = torch.stack([within // (side * side), (within // side) % side, within % side], dim=-1)
+    offsets = torch.tensor(_OFFSETS, device=corners.device)
+    low = ijk[:, None, :] - offsets  # (P, 8, 3)
+    valid = ((low >= 0) & (low < side - 1)).all(-1)
+    flat = (corners[:, None] - within[:, None]) + (low[..., 0] * side + low[..., 1]) * side + low[..., 2]
+    return flat[valid].unique()
+
+
+def _corners_of(cells: torch.Tensor, side: int) -> torch.Tensor:
+    """(M, 8) flat corner indices of cells given by their lowest corner's flat index."""
+    offsets = torch.tensor([(i * side + j) * side + k for i, j, k in _OFFSETS], device=cells.device)
+    return cells[:, None] + offsets
 
 
 def _any_corner(corners: torch.Tensor) -> torch.Tensor:
-    """(N, N, N) bool: cells of an (N+1)^3 bool corner grid with at least one corner set (separable max)."""
-    out = corners[1:] | corners[:-1]
-    out = out[:, 1:] | out[:, :-1]
-    return out[:, :, 1:] | out[:, :, :-1]
+    """(B, N, N, N) bool: cells of (B, N+1, N+1, N+1) bool corner grids with at least one corner set."""
+    out = corners[:, 1:] | corners[:, :-1]
+    out = out[:, :, 1:] | out[:, :, :-1]
+    return out[:, :, :, 1:] | out[:, :, :, :-1]
 
 
 def _all_corners(corners: torch.Tensor) -> torch.Tensor:
@@ -172,28 +243,30 @@ def _all_corners(corners: torch.Tensor) -> torch.Tensor:
 
 
 def _corner_mask(cells: torch.Tensor) -> torch.Tensor:
-    """(N+1)^3 bool: the corners of the (N, N, N) `cells`."""
-    n = cells.shape[0]
-    mask = torch.zeros((n + 1,) * 3, dtype=torch.bool, device=cells.device)
+    """(B, N+1, N+1, N+1) bool: the corners of the (B, N, N, N) `cells`."""
+    b, n = cells.shape[0], cells.shape[1]
+    mask = torch.zeros((b, n + 1, n + 1, n + 1), dtype=torch.bool, device=cells.device)
     for i in range(2):
         for j in range(2):
             for k in range(2):
-                mask[i:i + n, j:j + n, k:k + n] |= cells
+                mask[:, i:i + n, j:j + n, k:k + n] |= cells
     return mask
 
 
 def _straddling(values: torch.Tensor, exact: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(N/2)^3 bool: halved cells (3^3 corners each) whose exact corners hold values on both sides of threshold."""
-    blocks = lambda grid: grid.unfold(0, 3, 2).unfold(1, 3, 2).unfold(2, 3, 2).flatten(3)  # noqa: E731
+    """(B, N/2, N/2, N/2) bool: halved cells (3^3 corners each) whose exact corners hold values on both sides of
+    the threshold."""
+    blocks = lambda grid: grid.unfold(1, 3, 2).unfold(2, 3, 2).unfold(3, 3, 2).flatten(4)  # noqa: E731
     above = blocks(exact & (values > threshold)).any(-1)
     below = blocks(exact & (values <= threshold)).any(-1)
     return above & below
 
 
 def _cells_near(values: torch.Tensor, threshold: float, band: float) -> torch.Tensor:
-    """(N, N, N) bool: cells of an (N+1)^3 corner grid whose corners straddle threshold or come within band."""
-    n = values.shape[0] - 1
-    corners = values.unfold(0, 2, 1).unfold(1, 2, 1).unfold(2, 2, 1).reshape(n, n, n, 8)
+    """(B, N, N, N) bool: cells of (B, N+1, N+1, N+1) corner grids whose corners straddle threshold or come within
+    band."""
+    b, n = values.shape[0], values.shape[1] - 1
+    corners = values.unfold(1, 2, 1).unfold(2, 2, 1).unfold(3, 2, 1).reshape(b, n, n, n, 8)
     return (corners.amax(-1) > threshold - band) & (corners.amin(-1) < threshold + band)
 
 

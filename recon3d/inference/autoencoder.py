@@ -13,8 +13,10 @@ from recon3d.data import schema
 from recon3d.data.loading.datamodule import iter_split
 from recon3d.data.loading.latents import write_latents
 from recon3d.files import file_sha256
-from recon3d.geometry.extract import coarse_to_fine_grid, grid_to_mesh
+from recon3d.geometry.extract import coarse_to_fine_grids, grid_bytes
+from recon3d.geometry.marching import corner_grid_mesh
 from recon3d.geometry.metrics import FSCORE_THRESHOLDS, sample_surface, surface_metrics, voxel_metrics
+from recon3d.hardware import available_memory
 from recon3d.inference.mean_shape import mean_shape_iou, mean_voxels, pooled_voxels
 from recon3d.inference.outputs import save_mesh, write_sheet
 from recon3d.inference.tables import eval_name, finish_eval, need_shards, shape_row
@@ -64,9 +66,10 @@ def export_latents(ckpt: str | Path, shard_dir: str | Path, name: str = "", batc
     return out
 
 
-def decoder_field(task, z: torch.Tensor, dtype: Optional[torch.dtype] = None, *, threshold: float = 0.5,
-                  margin: float = 0.01):
-    """The implicit field of one code z (Z,) as a function of (P, 3) points -> (P,) float32 values.
+def decoder_fields(task, z: torch.Tensor, dtype: Optional[torch.dtype] = None, *, threshold: float = 0.5,
+                   margin: float = 0.01):
+    """The implicit fields of codes z (S, Z) as one function of (P, 3) points and (P,) indices into z's rows ->
+    (P,) float32 values: the points of many shapes decoded in the same calls (batched extraction).
 
     With dtype bfloat16 (default: inference_dtype of z's device) the decoder runs under bf16 autocast, and the
     points whose values come within `margin` of `threshold` are evaluated again in fp32: bf16 moves a trained
@@ -77,49 +80,81 @@ def decoder_field(task, z: torch.Tensor, dtype: Optional[torch.dtype] = None, *,
     decoder = task.model.decoder
 
     # On a CPU, batches of 4096 points keep a 1024-wide layer's activations in cache (faster than 65536 at a time:
-    # docs/results.md); a GPU takes the whole batch at once
-    chunk = 4096 if z.device.type == "cpu" else 1 << 30
+    # docs/results.md); a GPU takes 2^20 points at once (2 GiB per 1024-wide bf16 layer)
+    chunk = 4096 if z.device.type == "cpu" else 1 << 20
 
-    def run(points: torch.Tensor) -> torch.Tensor:
-        return torch.cat([decoder(points[None, i:i + chunk], z[None])[0, :, 0].float()
+    def run(points: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        return torch.cat([decoder(points[None, i:i + chunk], z, shape[i:i + chunk])[0, :, 0].float()
                           for i in range(0, len(points), chunk)]) if len(points) else points.new_zeros(0)
 
     if dtype != torch.bfloat16:
         return run
 
-    def field(points: torch.Tensor) -> torch.Tensor:
+    def field(points: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
         with torch.autocast(z.device.type, dtype=torch.bfloat16):
-            values = run(points)
-        return refine_in_fp32(values, points, run, threshold, margin)
+            values = run(points, shape)
+        return refine_in_fp32(values, points, run, threshold, margin, shape)
 
     return field
+
+
+def decoder_field(task, z: torch.Tensor, dtype: Optional[torch.dtype] = None, **kwargs):
+    """decoder_fields of one code z (Z,): a function of (P, 3) points -> (P,) float32 values."""
+    fields = decoder_fields(task, z[None], dtype, **kwargs)
+    return lambda points: fields(points, torch.zeros(len(points), dtype=torch.long, device=points.device))
+
+
+def extraction_group(resolution: int, device, most: int = 64) -> int:
+    """How many shapes one batched extraction takes at resolution^3 on `device`: on a GPU a quarter of its free
+    memory (all `most` where it cannot be told), at most `most`; on a CPU one (its GEMMs are as efficient one shape
+    at a time, and several shapes' grids fall out of its caches: docs/results.md)."""
+    if torch.device(device).type == "cpu":
+        return 1
+    free = available_memory(device)
+    return max(1, min(most, free // (4 * grid_bytes(resolution)) if free else most))
+
+
+@torch.no_grad()
+def extract_many(task, z: torch.Tensor, resolution: int = 256, coarse: int = 32, group: int = 0) -> List[tuple]:
+    """(vertices, faces, evaluated points) of each code of z (S, Z): coarse-to-fine grids of `group` shapes at once
+    (0: extraction_group's; the same grids as one at a time, in fewer and larger decoder calls), then marching cubes
+    on the same device (recon3d.geometry.marching: scikit-image's vertices, only the crossed cells visited)."""
+    out: List[tuple] = []
+    group = group or extraction_group(resolution, z.device)
+    for first in range(0, len(z), group):
+        codes = z[first:first + group]
+        grids = coarse_to_fine_grids(decoder_fields(task, codes), len(codes), resolution,
+                                     coarse=min(coarse, resolution), device=z.device, on_device=True)
+        out += [(*corner_grid_mesh(grid.values), grid.evaluated) for grid in grids]
+    return out
 
 
 @torch.no_grad()
 def extract_mesh(task, z: torch.Tensor, resolution: int = 256, coarse: int = 32):
     """(vertices, faces, evaluated points) of one shape by coarse-to-fine evaluation and marching cubes."""
-    grid = coarse_to_fine_grid(decoder_field(task, z), resolution, coarse=min(coarse, resolution), device=z.device)
-    verts, faces = grid_to_mesh(grid.values)
-    return verts, faces, grid.evaluated
+    return extract_many(task, z[None], resolution, coarse)[0]
 
 
 @torch.no_grad()
 def extract_meshes(ckpt: str | Path, shard_dir: str | Path, out_dir: str | Path, *, split: str = "test",
                    keys: Sequence[str] = (), count: int = 8, resolution: int = 256, fmt: str = "obj",
                    device: str = "cpu") -> List[dict]:
-    """Meshes for chosen shapes (by key, or the first `count` of a split); one row per mesh with counts."""
+    """Meshes for chosen shapes (by key, or the first `count` of a split); one row per mesh with counts (seconds:
+    its share of its batch's extraction)."""
     task = load_autoencoder(ckpt, device)
     rows: List[dict] = []
     splits = schema.SPLITS if keys else (split,)
     for name in splits:
         for batch in iter_split(shard_dir, name, 8):
-            for i, key in enumerate(batch["key"]):
-                if (keys and key not in keys) or (not keys and len(rows) >= count):
-                    continue
-                z = task.model.encoder(batch["voxels"][i:i + 1].to(device))[0]
-                start = time.perf_counter()
-                verts, faces, evaluated = extract_mesh(task, z, resolution)
-                seconds = time.perf_counter() - start
+            chosen = [i for i, key in enumerate(batch["key"]) if key in keys] if keys else \
+                list(range(min(len(batch["key"]), count - len(rows))))
+            if not chosen:
+                continue
+            start = time.perf_counter()
+            meshes = extract_many(task, task.model.encoder(batch["voxels"][chosen].to(device)), resolution)
+            seconds = (time.perf_counter() - start) / len(chosen)
+            for i, (verts, faces, evaluated) in zip(chosen, meshes):
+                key = batch["key"][i]
                 path = save_mesh(Path(out_dir) / f"{key.replace('/', '__')}.{fmt}", verts, faces)
                 rows.append({"key": key, "path": str(path), "faces": len(faces), "evaluated": evaluated,
                              "dense": (resolution + 1) ** 3, "seconds": seconds, "mesh": (verts, faces)})
@@ -151,9 +186,10 @@ def evaluate(ckpt: str | Path, shard_dir: str | Path, *, split: str = "test", de
         mean = mean_voxels(shard_dir, grid) if mean is None else mean
         baseline = mean_shape_iou(mean, pooled).cpu().numpy()
         target = pooled.float().cpu().numpy()
+        meshes = extract_many(task, z, resolution)
         for i, key in enumerate(batch["key"]):
             row = shape_row(key, **voxel_metrics(occupancy[i], target[i]), iou_mean_shape=float(baseline[i]))
-            verts, faces, _ = extract_mesh(task, z[i], resolution)
+            verts, faces, _ = meshes[i]
             gt_points = batch["surface_points"][i].numpy()
             gt_normals = batch["surface_normals"][i].numpy()
             if len(faces):

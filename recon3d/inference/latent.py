@@ -19,7 +19,7 @@ from recon3d.data.writing.formats import RejectError, load_mesh
 from recon3d.data.writing.prepare import normalise_for, solid_for
 from recon3d.geometry.lfd import lfd_distance, light_field_descriptor
 from recon3d.geometry.metrics import coverage_and_mmd, nearest_references, pairwise_chamfer_l2
-from recon3d.inference.autoencoder import extract_mesh, load_autoencoder
+from recon3d.inference.autoencoder import extract_many, extract_mesh, load_autoencoder
 from recon3d.inference.outputs import save_mesh, write_strip
 from recon3d.inference.photo import prepare_photo
 from recon3d.inference.splits import model_input
@@ -112,8 +112,7 @@ def codes_to_meshes(autoencoder, codes: torch.Tensor, out_dir: Path, names: Sequ
                     fmt: str = "obj") -> List[dict]:
     """Extract and save one mesh per code; rows with the path and the mesh."""
     rows = []
-    for name, z in zip(names, codes):
-        verts, faces, _ = extract_mesh(autoencoder, z, resolution)
+    for name, (verts, faces, _) in zip(names, extract_many(autoencoder, codes, resolution)):
         path = save_mesh(Path(out_dir) / f"{name}.{fmt}", verts, faces)
         rows.append({"name": name, "path": str(path), "faces": len(faces), "mesh": (verts, faces)})
     return rows
@@ -174,9 +173,8 @@ def search(query: str, ckpt: str | Path, shard_dir: str | Path, *, k: int = 5, s
             verts, faces, _ = extract_mesh(autoencoder, z, resolution)
             query_mesh = (verts, faces)
         reference = light_field_descriptor(*query_mesh)
-        table = torch.as_tensor(codes, device=autoencoder.device)
-        for row in results:
-            verts, faces, _ = extract_mesh(autoencoder, table[keys.index(row["key"])], resolution)
+        table = torch.as_tensor(codes[[keys.index(row["key"]) for row in results]], device=autoencoder.device)
+        for row, (verts, faces, _) in zip(results, extract_many(autoencoder, table, resolution)):
             row["lfd"] = lfd_distance(reference, light_field_descriptor(verts, faces)) if len(faces) else float("inf")
         results.sort(key=lambda r: r["lfd"])
     return {"query": query, "results": results[:k], "query_mesh": query_mesh}

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from recon3d.data.loading.datamodule import iter_split
-from recon3d.inference.autoencoder import extract_mesh
+from recon3d.inference.autoencoder import extract_many, extract_mesh
 from recon3d.inference.mean_shape import mean_shape_iou, mean_voxels, pooled_voxels
 from recon3d.inference.outputs import write_pairs
 from recon3d.inference.splits import model_input, pick_batch, view_options
@@ -73,8 +73,9 @@ def write_sheets(ckpt: str | Path, shard_dir: str | Path, *, split: str, keys: S
     encoder predicts from them, extracted at resolution^3."""
     svr, autoencoder = load_svr(ckpt, device)
     batch = pick_batch(shard_dir, split, keys, **view_options(svr))
+    meshes = extract_many(autoencoder, svr.encoder(batch["image"].to(device)), resolution)
     rows, lefts = [], {}
-    for key, image, z in zip(batch["key"], batch["image"], svr.encoder(batch["image"].to(device))):
+    for key, image, (verts, faces, _) in zip(batch["key"], batch["image"], meshes):
         lefts[key] = (image.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        rows.append({"name": key, "mesh": extract_mesh(autoencoder, z, resolution)[:2]})
+        rows.append({"name": key, "mesh": (verts, faces)})
     return [write_pairs(Path(out_dir) / "svr_sheet.png", rows, lefts)]

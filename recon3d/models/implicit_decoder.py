@@ -68,12 +68,17 @@ class ImplicitDecoder(nn.Module):
         phase = (points[..., None] * scales).flatten(-2)  # (B, P, 3K): x at each octave, then y, then z
         return torch.cat([points, torch.sin(phase), torch.cos(phase)], dim=-1)
 
-    def forward(self, points: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """points (B, P, 3) in [-0.5, 0.5], z (B, Z) -> occupancy (B, P, 1) in [0, 1] (leaky_clip: about)."""
-        if points.ndim != 3 or points.shape[-1] != 3 or z.ndim != 2 or z.shape[0] != points.shape[0] \
-                or z.shape[1] != self.latent_dim:
-            raise ValueError(f"expected points (B, P, 3) and z (B, {self.latent_dim}), "
-                             f"got {tuple(points.shape)} and {tuple(z.shape)}")
+    def forward(self, points: torch.Tensor, z: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
+        """points (B, P, 3) in [-0.5, 0.5], z (B, Z) -> occupancy (B, P, 1) in [0, 1] (leaky_clip: about).
+
+        With `shape` (P,) indices into z's rows, points is (1, P, 3) and each point is decoded with its own row's
+        code (the points of many shapes in one call, as batched extraction sends them)."""
+        rows = 1 if shape is not None else z.shape[0]
+        if points.ndim != 3 or points.shape[-1] != 3 or z.ndim != 2 or rows != points.shape[0] \
+                or z.shape[1] != self.latent_dim or (shape is not None and shape.shape != points.shape[1:2]):
+            raise ValueError(f"expected points (B, P, 3) and z (B, {self.latent_dim}) (or points (1, P, 3), z "
+                             f"(S, {self.latent_dim}) and shape (P,)), got {tuple(points.shape)} and "
+                             f"{tuple(z.shape)}")
         # The first layer on [point, z] split in two: W [p; z] + b = W_p p + (W_z z + b). The z part is computed once
         # per shape instead of once per point (the same function and weights, without a (B, P, 3 + Z) concatenation).
         # Under bf16 (autocast or bf16 weights) the first and last layers still run in fp32: in bf16 a coordinate
@@ -84,7 +89,9 @@ class ImplicitDecoder(nn.Module):
             weight = first.weight.float()
             d = self.point_dim
             per_shape = torch.addmm(first.bias.float(), z.float(), weight[:, d:].t())  # (B, H)
-            x = torch.baddbmm(per_shape[:, None, :], self.point_features(points.float()),
+            # (B, 1, H), or (1, P, H) with each point's own code's part
+            per_shape = per_shape[:, None, :] if shape is None else per_shape[shape][None]
+            x = torch.baddbmm(per_shape, self.point_features(points.float()),
                               weight[:, :d].t().expand(points.shape[0], -1, -1))
         x = x.to(torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else first.weight.dtype)
         x = nn.functional.leaky_relu_(x, 0.02)

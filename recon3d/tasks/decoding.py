@@ -30,13 +30,13 @@ def inference_dtype(device) -> torch.dtype:
 
 
 def refine_in_fp32(values: torch.Tensor, points: torch.Tensor, run, threshold: float = 0.5,
-                   margin: float = 0.01) -> torch.Tensor:
+                   margin: float = 0.01, *per_point: torch.Tensor) -> torch.Tensor:
     """values (P,) of a bf16 pass over points (P, 3), with those within `margin` of `threshold` replaced in place by
-    run(their points), an fp32 evaluation: bf16 moves a decoder's values by a few hundredths, enough to flip cells
-    near the surface and nowhere else."""
+    run(their points, their rows of each `per_point` tensor), an fp32 evaluation: bf16 moves a decoder's values by a
+    few hundredths, enough to flip cells near the surface and nowhere else."""
     near = ((values - threshold).abs() < margin).nonzero()[:, 0]
     if len(near):
-        values[near] = run(points[near])
+        values[near] = run(points[near], *(extra[near] for extra in per_point))
     return values
 
 

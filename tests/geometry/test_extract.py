@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from recon3d.geometry.extract import coarse_to_fine_grid, dense_grid, grid_to_mesh
+from recon3d.geometry.extract import coarse_to_fine_grid, coarse_to_fine_grids, dense_grid, grid_to_mesh
 from recon3d.geometry.voxelize import iou
 
 
@@ -98,3 +98,28 @@ def test_an_extraction_without_room_is_refused_before_allocating(monkeypatch):
         extract.coarse_to_fine_grid(lambda points: points[:, 0], 1024)
     monkeypatch.setattr(extract, "available_memory", lambda device: 0)  # unknown: nothing refused for it
     extract.check_memory(4096)
+
+
+def test_many_shapes_at_once_are_each_the_grid_of_one_at_a_time():
+    """Batched extraction: three spheres, the chair and an empty shape in one run give each shape its own run's
+    points and occupancy, and its grid to the last bit of the interpolation's rounding (the batched upsampling may
+    round differently), though all five shapes' points share the field's calls."""
+    radii = torch.tensor([0.2, 0.3, 0.42, 0.0, 0.0])
+    calls = []
+
+    def field(points, shape):
+        calls.append(shape.unique().tolist())
+        values = torch.sigmoid(40 * (radii[shape] - points.norm(dim=-1)))
+        values[shape == 3] = chair_like_field(points[shape == 3])
+        values[shape == 4] = 0.0
+        return values
+
+    many = coarse_to_fine_grids(field, 5, 128, coarse=16, batch_points=1 << 20)
+    assert any(len(shapes) > 1 for shapes in calls)
+    for b, grid in enumerate(many):
+        one = coarse_to_fine_grid(lambda p: field(p, torch.full((len(p),), b)), 128, coarse=16, batch_points=1000)
+        assert grid.evaluated == one.evaluated
+        assert np.array_equal(grid.values > 0.5, one.values > 0.5)
+        np.testing.assert_allclose(grid.values, one.values, rtol=1e-6, atol=1e-9)
+    assert len({grid.evaluated for grid in many[:4]}) == 4 and many[4].values.max() == 0.0
+    assert many[4].evaluated == 17 ** 3  # the empty shape: its frame only

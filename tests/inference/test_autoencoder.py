@@ -123,3 +123,32 @@ def test_latents_stay_in_their_folder(tiny_ckpt, tiny_shards, tmp_path, capsys):
             "codes": codes, "codes_sha256": "0" * 64, "keys": "train.keys.json", "keys_sha256": "0" * 64}}}))
         with pytest.raises(ValueError, match="not a file of"):
             read_latents(folder, "train")
+
+
+def test_many_codes_extracted_together_give_each_code_its_own_mesh(monkeypatch):
+    """extract_many in groups of three and of two gives each code the mesh and point count of extracting it alone
+    (its vertices to the rounding of larger GEMMs); a GPU's group follows its free memory, a CPU's is one."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from recon3d.geometry.extract import grid_bytes
+    from recon3d.inference import autoencoder
+    from recon3d.models.implicit_decoder import ImplicitDecoder
+
+    torch.manual_seed(0)
+    decoder = ImplicitDecoder(latent_dim=8, decoder_widths=[64, 64]).eval()
+    with torch.no_grad():  # blobs that the codes move about: 0.5 + a random MLP's output
+        decoder.last.bias.fill_(0.5)
+    task = SimpleNamespace(model=SimpleNamespace(decoder=decoder))
+    codes = torch.rand(3, 8) * 0.5
+    alone = [autoencoder.extract_mesh(task, code, 64) for code in codes]
+    assert len({len(faces) for _, faces, _ in alone}) == 3
+    for group in (3, 2):
+        for (verts, faces, evaluated), (one_verts, one_faces, one_evaluated) in \
+                zip(autoencoder.extract_many(task, codes, 64, group=group), alone):
+            assert evaluated == one_evaluated and len(faces) > 100
+            assert np.array_equal(faces, one_faces)
+            np.testing.assert_allclose(verts, one_verts, atol=1e-4)  # the GEMMs' rounding: 1/150 of a cell
+    monkeypatch.setattr(autoencoder, "available_memory", lambda device: 2 * 4 * grid_bytes(64))
+    assert autoencoder.extraction_group(64, "cuda") == 2 and autoencoder.extraction_group(64, "cpu") == 1

@@ -66,17 +66,36 @@ def test_point_features_are_the_coordinates_then_sines_and_cosines_per_octave():
     assert ImplicitDecoder(latent_dim=2, decoder_widths=[4]).point_features(p) is p  # IM-NET: raw coordinates
 
 
-@pytest.mark.parametrize("octaves", [0, 4])
-def test_decoder_equals_the_plain_mlp_on_features_and_code(octaves):
-    """The first layer's split (point part per point, code part per shape) computes Linear([features, z])."""
+def _random_decoder(octaves: int) -> ImplicitDecoder:
+    """A small decoder whose last layer is far from its near-zero init (so that outputs differ between inputs)."""
     torch.manual_seed(0)
     dec = ImplicitDecoder(latent_dim=5, decoder_widths=[16, 8], point_octaves=octaves)
     torch.nn.init.normal_(dec.last.weight)
+    return dec
+
+
+@pytest.mark.parametrize("octaves", [0, 4])
+def test_decoder_equals_the_plain_mlp_on_features_and_code(octaves):
+    """The first layer's split (point part per point, code part per shape) computes Linear([features, z])."""
+    dec = _random_decoder(octaves)
     points, z = torch.rand(2, 40, 3) - 0.5, torch.rand(2, 5)
     x = torch.cat([dec.point_features(points), z[:, None].expand(-1, 40, -1)], dim=-1)
     for layer in dec.hidden:
         x = torch.nn.functional.leaky_relu(layer(x), 0.02)
     assert torch.allclose(dec(points, z), leaky_clip(dec.last(x)), atol=1e-5)
+
+
+@pytest.mark.parametrize("octaves", [0, 4])
+def test_points_of_many_shapes_in_one_call_are_each_decoded_with_their_own_code(octaves):
+    dec = _random_decoder(octaves)
+    points, z = torch.rand(1, 60, 3) - 0.5, torch.rand(3, 5)
+    shape = torch.tensor([2, 0, 1] * 20)
+    mixed = dec(points, z, shape)
+    for s in range(3):
+        alone = dec(points[:, shape == s], z[s:s + 1])
+        assert torch.allclose(mixed[:, shape == s], alone, atol=1e-6)
+    with pytest.raises(ValueError, match=r"shape \(P,\)"):
+        dec(points, z, shape[:10])
 
 
 def test_point_octaves_fit_thin_columns_that_raw_coordinates_miss():
