@@ -81,8 +81,9 @@ def log(line: str) -> None:
 
 
 # mode -> (Lightning strategy, precision); each one GPU (or one CPU process with --tiny)
-STEP_MODES = {"fp32": ("auto", "32-true"), "bf16": ("auto", "bf16-mixed"), "bf16_ddp": ("ddp", "bf16-mixed"),
-              "zero2_bf16": ("deepspeed_stage_2", "bf16-mixed")}
+STEP_MODES = {"fp32": ("auto", "32-true"), "bf16": ("auto", "bf16-mixed"),
+              "bf16_direct_conv": ("auto", "bf16-mixed"),  # the encoder's first convolution not blocked: the baseline
+              "bf16_ddp": ("ddp", "bf16-mixed"), "zero2_bf16": ("deepspeed_stage_2", "bf16-mixed")}
 
 
 def proof_config(tiny: bool, shards: str, *overrides: str):
@@ -125,6 +126,7 @@ def step_part(mode: str, shards: str, tiny: bool) -> dict:
     torch.manual_seed(0)
     set_matmul_precision(cfg)
     task = AutoencoderTask.from_config(cfg, load_manifest(shards))
+    task.model.encoder.blocked_first_conv = mode != "bf16_direct_conv"  # (blocked runs on CUDA only)
     task.on_after_batch_transfer = lambda b, i: task.trainer.precision_plugin.convert_input(expand_batch(b))
     total = size["warmup"] + size["steps"]
     timer = step_timer(device.startswith("cuda"), size["warmup"])

@@ -94,11 +94,15 @@ class ImplicitDecoder(nn.Module):
             x = torch.baddbmm(per_shape, self.point_features(points.float()),
                               weight[:, :d].t().expand(points.shape[0], -1, -1))
         x = x.to(torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else first.weight.dtype)
-        x = nn.functional.leaky_relu_(x, 0.02)
+        rows = x.shape[:2]
+        # The hidden layers on (B P, H) rows: on a 3D input nn.Linear's output is a view, and an in-place activation
+        # of a view costs a clone and a copy of the whole activation in the backward pass (autograd's CopySlices:
+        # about 20 device copies a step in issue 39's profile); a 2D output is its own tensor.
+        x = nn.functional.leaky_relu_(x, 0.02).reshape(-1, x.shape[-1])
         for layer in self.hidden[1:]:
             x = nn.functional.leaky_relu_(layer(x), 0.02)
         with torch.autocast(kind, enabled=False):
-            x = nn.functional.linear(x.float(), self.last.weight.float(), self.last.bias.float())
+            x = nn.functional.linear(x.float(), self.last.weight.float(), self.last.bias.float()).reshape(*rows, 1)
         if self.output == "sigmoid":
             return torch.sigmoid(x)
         return leaky_clip(x)

@@ -65,12 +65,12 @@ def test_tiny_dry_run_measures_every_section(tmp_path, launch):
     result = json.loads((out / "gpu_proof.json").read_text())
     assert result["tiny"] and (out / "gpu_proof.log").is_file()
     assert {name: s["status"] for name, s in result["sections"].items()} == dict.fromkeys(
-        ["environment", "shards", "step_fp32", "step_bf16", "step_bf16_ddp", "step_zero2_bf16", "profile", "fit",
-         "loader", "extraction", "image_encoder", "vrn", "compile"], "ok")
+        ["environment", "shards", "step_fp32", "step_bf16", "step_bf16_direct_conv", "step_bf16_ddp", "step_zero2_bf16",
+         "profile", "fit", "loader", "extraction", "image_encoder", "vrn", "compile"], "ok")
     assert result["profile"]["top"] and set(result["profile"]["variants_step_ms"]) == {
         "cudnn_benchmark", "cudnn_benchmark_channels_last_3d"}
     assert result["flops"]["decoder_per_point"] == autoencoder_flops(resolution=16, **TINY_MODEL)["decoder_per_point"]
-    for mode in ("fp32", "bf16", "bf16_ddp", "zero2_bf16"):
+    for mode in ("fp32", "bf16", "bf16_direct_conv", "bf16_ddp", "zero2_bf16"):
         step = result[f"step_{mode}"]
         assert step["step_ms"] > 0 and step["peak_mib"] > 0 and step["samples_per_s"] > 0
     assert result["step_zero2_bf16"]["strategy"] == "deepspeed_stage_2"
@@ -79,4 +79,6 @@ def test_tiny_dry_run_measures_every_section(tmp_path, launch):
     extraction = result["extraction"]
     assert extraction["iou_vs_dense_fp32_min"] >= 0.99
     assert extraction["methods"]["coarse_to_fine"]["points"] <= extraction["methods"]["dense_fp32"]["points"]
+    assert extraction["batch"] == 3 and extraction["batched_shapes_per_s"] > 0
+    assert extraction["methods"]["mesh_end_to_end_batched"]["ms"] > extraction["methods"]["marching_cubes"]["ms"]
     assert result["compile"]["step_compiled_ms"] > 0 and result["compile"]["decoder_compiled_ms"] > 0
