@@ -148,12 +148,14 @@ def _eval(args, expect: str = "") -> int:
     if not is_object_url(args.ckpt):
         return _eval_here(args, expect)
     run_url, _, inside = args.ckpt.partition("/checkpoints/")
-    with mirrored(run_url.rstrip("/"), only=("eval", "logs")) as local:
+    run_url = run_url.rstrip("/")
+    with mirrored(run_url, only=("eval", "logs")) as local:
         args.ckpt = str(local / "checkpoints" / inside) if inside else str(local)
-        return _eval_here(args, expect)
+        return _eval_here(args, expect, "" if args.output else f"{run_url}/eval")
 
 
-def _eval_here(args, expect: str) -> int:
+def _eval_here(args, expect: str, tables_at: str = "") -> int:
+    """tables_at: where the tables are said to be when they are not where they are written (a bucket's run)."""
     from recon3d.inference.protocol import check_options
     from recon3d.inference.tables import eval_name, format_table, log_eval
     from recon3d.runs import run_folder
@@ -175,7 +177,7 @@ def _eval_here(args, expect: str) -> int:
         log_eval(args.ckpt, name, summary)
         print(format_table(summary, inference.TABLE_COLUMNS))
         print(inference.TABLE_NOTE)
-        print(f"tables: {out}/eval_{name}.csv, .json and per-shape eval_{name}_shapes.csv")
+        print(f"tables: {tables_at or out}/eval_{name}.csv, .json and per-shape eval_{name}_shapes.csv")
     for name, extra in extras.items():  # results that are not a per-category table (stereo: the real pair)
         print(f"{name}: {json.dumps(extra, indent=1)}")
     return 0

@@ -88,5 +88,6 @@ def test_shards_runs_latents_and_evaluations_live_in_a_bucket(s3, tiny_meshes, t
     evaluated = launch.recon3d("eval", "--ckpt", run_url, "--shards", shards, "--split", "test", "--device", "cpu",
                                timeout=300)
     assert evaluated.returncode == 0, evaluated.stdout[-2000:] + evaluated.stderr[-3000:]
+    assert f"tables: {run_url}/eval/eval_autoencoder_test.csv" in evaluated.stdout  # not the local mirror's path
     table = json.loads(s3.cat(f"{BUCKET}/runs/ae/eval/eval_autoencoder_test.json"))
     assert table and not s3.exists(f"{BUCKET}/runs/ae/eval/eval_autoencoder_test.json.tmp")
