@@ -9,7 +9,6 @@ from pathlib import Path
 
 from recon3d.cli import options
 from recon3d.cli.options import Verb
-from recon3d.config import load_config
 from recon3d.errors import ConfigError
 
 
@@ -90,12 +89,14 @@ def _shards_summary(args) -> int:
 
 
 def _demo(args) -> int:
-    from recon3d.workflows.demo import DEFAULTS, run_demo
+    from recon3d.workflows.demo import demo_config, run_demo
 
     extra = [f"shards.workers={args.workers}"] if args.workers else []
     if args.out:
         extra.append(f"demo.out_dir={args.out}")
-    cfg = load_config([DEFAULTS, *args.config], list(args.overrides) + extra)  # embedded defaults, then yours
+    cfg = demo_config(args.config, list(args.overrides) + extra)  # embedded defaults (and GPU profile), then yours
+    print(f"demo profile: {cfg.demo.profile}" + (" (configs/demo-gpu.yaml over demo.yaml)"
+                                                  if cfg.demo.profile == "gpu" else ""))
     return run_demo(cfg, meshes=args.meshes, progress=not args.no_progress)
 
 

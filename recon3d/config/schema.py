@@ -24,6 +24,9 @@ from recon3d.stages import STAGES, demo_steps
 DEMO_JOB_SHARES = {"meshes": 0.005, "shards": 0.05, "latents": 0.005, "evaluate": 0.04, "report": 0.005}
 
 
+DEMO_PROFILES = ("auto", "cpu", "gpu")  # demo.profile (recon3d/workflows/demo.py demo_config)
+
+
 def demo_shares() -> Dict[str, float]:
     """The default share of demo.minutes of every step of the demo, in the order the steps run."""
     return {step: DEMO_JOB_SHARES[step] if step in DEMO_JOB_SHARES else STAGES[step].demo_share
@@ -33,6 +36,8 @@ def demo_shares() -> Dict[str, float]:
 @dataclass
 class DemoConfig:
     out_dir: str = "runs/demo"  # run folder: meshes/, shards/, one folder per trained stage, report.html
+    profile: str = "auto"  # auto: gpu where CUDA is visible (and train.accelerator is not cpu), else cpu | cpu | gpu
+    # (gpu: configs/demo-gpu.yaml over demo.yaml; config.json records the profile that ran)
     shapes_per_category: int = 16  # procedural shapes per category
     categories: List[str] = field(default_factory=lambda: ["chair", "table", "lamp", "airplane", "car"])  # shapes made
     samples_per_shard: int = 16  # shard size for the demo (small, so that loaders have several shards to spread)
@@ -49,6 +54,7 @@ class DemoConfig:
     def __post_init__(self) -> None:
         _check(self.shapes_per_category >= 1 and self.samples_per_shard >= 1, "demo: counts must be >= 1")
         _check(self.minutes > 0, "demo.minutes must be > 0")
+        _check(self.profile in DEMO_PROFILES, f"demo.profile={self.profile!r}: {' | '.join(DEMO_PROFILES)}")
         _check(set(self.shares) <= set(demo_steps()), f"demo.shares: the steps are {', '.join(demo_steps())}")
         _check(min(self.shares.values(), default=0) >= 0 and sum(self.shares.values()) > 0,
                "demo.shares: shares >= 0 with a positive sum (they are normalised to it)")

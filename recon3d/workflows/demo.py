@@ -18,11 +18,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 import torch
 
-from recon3d.config import Config, to_dict, with_overrides
+from recon3d.config import Config, load_config, to_dict, with_overrides
 from recon3d.data.loading.shards import first_split, load_manifest
 from recon3d.data.tools.contact_sheet import contact_sheet
 from recon3d.data.tools.verify import summarise, verify_shards
@@ -39,7 +39,22 @@ from recon3d.training.run import run
 from recon3d.workflows.report import write_report
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # the demo's embedded configuration
+GPU_PROFILE = DEFAULTS.with_name("demo-gpu.yaml")  # layered over DEFAULTS where the demo runs on a GPU
 JOBS = "wandb-jobs"  # folder of the W&B runs of the steps that do not train (exporting latents, evaluating)
+
+
+def demo_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
+                cuda_available: bool | None = None) -> Config:
+    """The demo's configuration: its embedded defaults, the GPU profile where it applies (demo.profile: auto takes
+    it where CUDA is visible and train.accelerator is not cpu), then the user's files and overrides; demo.profile
+    holds the profile chosen, for config.json and the report."""
+    cfg = load_config([DEFAULTS, *files], overrides)
+    wanted = cfg.demo.profile
+    if wanted == "auto":
+        cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+        wanted = "gpu" if cuda and cfg.train.accelerator != "cpu" else "cpu"
+    layers = [DEFAULTS, GPU_PROFILE] if wanted == "gpu" else [DEFAULTS]
+    return load_config([*layers, *files], [*overrides, f"demo.profile={wanted}"])
 
 
 def trained_stages() -> List[str]:

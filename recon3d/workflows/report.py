@@ -192,6 +192,10 @@ def write_report(run_dir: str | Path) -> Path:
              f"</title><style>{STYLE}</style></head><body>", f"<h1>recon3d run <code>{html.escape(str(run_dir))}"
              f"</code></h1>"]
     config = _json(run_dir / "config.json")
+    profile = (config or {}).get("demo", {}).get("profile") if stages else None
+    if profile:  # which of the demo's profiles ran (recon3d/workflows/demo.py demo_config)
+        sizes = "configs/demo-gpu.yaml over demo.yaml: full-size autoencoder" if profile == "gpu" else "demo.yaml"
+        parts.append(f"<p>demo profile: <b>{html.escape(profile)}</b> ({sizes})</p>")
     if stages:
         parts.append(_timings(stages, (config or {}).get("demo", {}).get("minutes")))
     manifest = _json(run_dir / "shards" / "manifest.json")

@@ -52,8 +52,9 @@ def test_demo_end_to_end_then_resume(tiny_demo, capsys):
     assert (out / "evaluation" / "eval_gan_test.json").is_file()  # the GAN's COV / MMD on the test split
     for part in ("Timings", "budget (s)", "Data", "Autoencoder", "Single-view", "Latent GAN", "split, per category",
                  "cov@1x", "cov min", "train shapes (ceiling)",
-                 "<svg", "Configuration", "mae_shift", "vrn sheet", "stereo sheet"):
+                 "<svg", "Configuration", "mae_shift", "vrn sheet", "stereo sheet", "demo profile: <b>cpu</b>"):
         assert part in report, part
+    assert json.loads((out / "config.json").read_text())["demo"]["profile"] == "cpu"  # no GPU here
     before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*.ckpt")}
     capsys.readouterr()
     assert main(args) == 0  # a rerun resumes: finished stages are skipped, nothing retrained
@@ -104,3 +105,21 @@ def test_demo_on_a_folder_of_unusable_meshes_says_so_in_one_line(tmp_path, capsy
                  "--no-progress", "train.phase_fractions=[1,1]"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no shape to train on" in err and "2 input(s) rejected" in err and "rejects.jsonl" in err
+
+
+def test_the_gpu_profile_applies_where_cuda_is_and_the_cpu_demo_is_unchanged():
+    from recon3d.config import load_config, to_dict
+    from recon3d.workflows.demo import DEFAULTS, demo_config
+
+    cpu = demo_config(cuda_available=False)
+    plain = to_dict(load_config([DEFAULTS]))
+    plain["demo"]["profile"] = "cpu"
+    assert to_dict(cpu) == plain  # the CPU demo is demo.yaml as it was
+    gpu = demo_config(cuda_available=True)
+    assert gpu.demo.profile == "gpu" and list(gpu.model.decoder_widths) == [1024, 1024, 1024, 512, 256, 128]
+    assert (gpu.model.latent_dim, gpu.loader.batch_size, gpu.loader.points_per_sample) == (256, 32, 4096)
+    assert gpu.svr.base_width == 64 and gpu.demo.minutes == cpu.demo.minutes and gpu.demo.shares == cpu.demo.shares
+    assert demo_config(overrides=["demo.profile=cpu"], cuda_available=True).demo.profile == "cpu"
+    assert demo_config(overrides=["train.accelerator=cpu"], cuda_available=True).demo.profile == "cpu"
+    forced = demo_config(overrides=["demo.profile=gpu", "loader.batch_size=8"], cuda_available=False)
+    assert forced.demo.profile == "gpu" and forced.loader.batch_size == 8  # the user's overrides come last
