@@ -60,6 +60,9 @@ def reconstruct_images(ckpt: str | Path, images: Sequence[str | Path], out_dir: 
         save_png(out / f"{name}.input.png", view)
         verts, faces = make_mesh(view)
         path_out = save_mesh(out / f"{name}.{fmt}", verts, faces)
+        if not len(faces):
+            print(f"recon3d: {path_out} has no faces: the predicted shape is empty (its occupancy stays below 0.5 "
+                  "everywhere, as a barely trained model's may)", file=sys.stderr)
         rows.append({"name": name, "path": str(path_out), "faces": len(faces), "view": view, "mesh": (verts, faces)})
     return rows
 

@@ -65,3 +65,14 @@ def test_a_huge_image_is_skipped_from_its_header_and_the_others_go_on(trained_sv
     assert "bomb.png: more than a photo needs (Image size (400000000 pixels) exceeds limit" in err
     assert "big.png: 12000x12000 px (144 MP)" in err
     assert (out / "obj.obj").is_file()
+
+
+def test_an_empty_prediction_is_written_and_said(trained_svr, tmp_path, capsys, monkeypatch):
+    from recon3d.inference import svr
+
+    size, _ = svr.mesh_maker(trained_svr, 16, "cpu")
+    monkeypatch.setattr(svr, "mesh_maker", lambda *args: (size, lambda view: (np.zeros((0, 3)), np.zeros((0, 3), int))))
+    _object_png(tmp_path)
+    assert main(["reconstruct", str(tmp_path / "obj.png"), "--ckpt", str(trained_svr), "-o", str(tmp_path / "out"),
+                 "--resolution", "16"]) == 0
+    assert f"{tmp_path / 'out' / 'obj.obj'} has no faces: the predicted shape is empty" in capsys.readouterr().err
