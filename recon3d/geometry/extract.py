@@ -190,9 +190,10 @@ def _trace_surface(field: BatchField, values: torch.Tensor, exact: torch.Tensor,
     values, then of every cell whose exact corners straddle it while others are not exact yet, until there is none
     (the surface followed where the upsampling misplaced it); returns the points evaluated per shape.
 
-    Past the first round only the cells around the corners just evaluated are looked at: every cell the previous
-    round chose has all its corners exact now, and a cell none of whose corners changed cannot have become one
-    (the first round's cells include every cell whose exact corners straddle, as the upsampling keeps their values).
+    Past the first round only the cells around the corners just evaluated are looked at (unless so many were that
+    the whole grid costs less memory): every cell the previous round chose has all its corners exact now, and a
+    cell none of whose corners changed cannot have become one (the first round's cells include every cell whose
+    exact corners straddle, as the upsampling keeps their values).
     """
     above = values > threshold
     cells = _any_corner(above) & ~_all_corners(above)
@@ -202,12 +203,23 @@ def _trace_surface(field: BatchField, values: torch.Tensor, exact: torch.Tensor,
     evaluated = torch.zeros(shapes, dtype=torch.long, device=values.device)
     while len(new):
         evaluated += torch.bincount(new // side ** 3, minlength=shapes)
-        corners = _corners_of(_cells_around(new, side), side)  # (M, 8) flat corner indices
-        known = exact.view(-1)[corners]
-        high = values.view(-1)[corners] > threshold
-        chosen = (known & high).any(1) & (known & ~high).any(1) & (~known).any(1)
-        new = _evaluate_linear(field, values, exact, corners[chosen][~known[chosen]].unique(), batch_points)
+        if len(new) * SPARSE_BYTES_PER_CORNER > values.numel() * BYTES_PER_CORNER:  # the grid-wide test costs less
+            cells = (_any_corner(exact & (values > threshold)) & _any_corner(exact & (values <= threshold))
+                     & _any_corner(~exact))
+            todo = (_corner_mask(cells) & ~exact).view(-1).nonzero()[:, 0]
+        else:
+            corners = _corners_of(_cells_around(new, side), side)  # (M, 8) flat corner indices
+            known = exact.view(-1)[corners]
+            high = values.view(-1)[corners] > threshold
+            chosen = (known & high).any(1) & (known & ~high).any(1) & (~known).any(1)
+            todo = corners[chosen][~known[chosen]].unique()
+        new = _evaluate_linear(field, values, exact, todo, batch_points)
     return evaluated
+
+
+SPARSE_BYTES_PER_CORNER = 600  # peak memory of _trace_surface's sparse round per corner just evaluated (the cells
+# around it, their corners, their flags); a round whose new corners would need more than the grid itself looks at the
+# whole grid instead, which finds the same cells (the batched extraction's peak stays BYTES_PER_CORNER's)
 
 
 _OFFSETS = [(i, j, k) for i in range(2) for j in range(2) for k in range(2)]

@@ -123,3 +123,14 @@ def test_many_shapes_at_once_are_each_the_grid_of_one_at_a_time():
         np.testing.assert_allclose(grid.values, one.values, rtol=1e-6, atol=1e-9)
     assert len({grid.evaluated for grid in many[:4]}) == 4 and many[4].values.max() == 0.0
     assert many[4].evaluated == 17 ** 3  # the empty shape: its frame only
+
+
+def test_tracing_around_new_corners_finds_what_the_whole_grid_finds(monkeypatch):
+    """The tracing's rounds look at the cells around the corners just evaluated, or at the whole grid when that
+    costs less memory: both give the same grid and points."""
+    from recon3d.geometry import extract
+
+    sparse = coarse_to_fine_grid(chair_like_field, 128, coarse=16, band=0.0, batch_points=1 << 20)
+    monkeypatch.setattr(extract, "SPARSE_BYTES_PER_CORNER", 10 ** 9)  # every round over the whole grid
+    whole = coarse_to_fine_grid(chair_like_field, 128, coarse=16, band=0.0, batch_points=1 << 20)
+    assert whole.evaluated == sparse.evaluated and np.array_equal(whole.values, sparse.values)
