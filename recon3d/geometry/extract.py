@@ -176,8 +176,7 @@ def _evaluate_linear(field: BatchField, values: torch.Tensor, exact: torch.Tenso
     """Evaluate the corners at flat indices `linear` of (B, S, S, S) grids (none exact yet), in place; returns them."""
     side = values.shape[1]
     if len(linear):
-        within = linear % side ** 3
-        ijk = torch.stack([within // (side * side), (within // side) % side, within % side], dim=-1)
+        within, ijk = _grid_index(linear, side)
         values.view(-1)[linear] = _evaluate(field, ijk.float() / (side - 1) - 0.5, linear // side ** 3,
                                             batch_points)
         exact.view(-1)[linear] = True
@@ -196,7 +195,7 @@ def _trace_surface(field: BatchField, values: torch.Tensor, exact: torch.Tensor,
     exact corners straddle, as the upsampling keeps their values).
     """
     above = values > threshold
-    cells = _any_corner(above) & ~_all_corners(above)
+    cells = any_corner(above) & ~_all_corners(above)
     need = (_corner_mask(cells) & ~exact).view(-1).nonzero()[:, 0]
     new = _evaluate_linear(field, values, exact, need, batch_points)
     shapes, side = values.shape[0], values.shape[1]
@@ -204,8 +203,8 @@ def _trace_surface(field: BatchField, values: torch.Tensor, exact: torch.Tensor,
     while len(new):
         evaluated += torch.bincount(new // side ** 3, minlength=shapes)
         if len(new) * SPARSE_BYTES_PER_CORNER > values.numel() * BYTES_PER_CORNER:  # the grid-wide test costs less
-            cells = (_any_corner(exact & (values > threshold)) & _any_corner(exact & (values <= threshold))
-                     & _any_corner(~exact))
+            cells = (any_corner(exact & (values > threshold)) & any_corner(exact & (values <= threshold))
+                     & any_corner(~exact))
             todo = (_corner_mask(cells) & ~exact).view(-1).nonzero()[:, 0]
         else:
             corners = _corners_of(_cells_around(new, side), side)  # (M, 8) flat corner indices
@@ -228,13 +227,18 @@ _OFFSETS = [(i, j, k) for i in range(2) for j in range(2) for k in range(2)]
 def _cells_around(corners: torch.Tensor, side: int) -> torch.Tensor:
     """The cells (by their lowest corner's flat index) that have any of the flat `corners` of (B, S, S, S) grids as
     a corner, each once."""
-    within = corners % side ** 3
-    ijk = torch.stack([within // (side * side), (within // side) % side, within % side], dim=-1)
+    within, ijk = _grid_index(corners, side)
     offsets = torch.tensor(_OFFSETS, device=corners.device)
     low = ijk[:, None, :] - offsets  # (P, 8, 3)
     valid = ((low >= 0) & (low < side - 1)).all(-1)
     flat = (corners[:, None] - within[:, None]) + (low[..., 0] * side + low[..., 1]) * side + low[..., 2]
     return flat[valid].unique()
+
+
+def _grid_index(linear: torch.Tensor, side: int) -> tuple:
+    """Flat indices into (B, S, S, S) grids -> (the index within its shape's grid, (P, 3) i, j, k)."""
+    within = linear % side ** 3
+    return within, torch.stack([within // (side * side), (within // side) % side, within % side], dim=-1)
 
 
 def _corners_of(cells: torch.Tensor, side: int) -> torch.Tensor:
@@ -243,7 +247,7 @@ def _corners_of(cells: torch.Tensor, side: int) -> torch.Tensor:
     return cells[:, None] + offsets
 
 
-def _any_corner(corners: torch.Tensor) -> torch.Tensor:
+def any_corner(corners: torch.Tensor) -> torch.Tensor:
     """(B, N, N, N) bool: cells of (B, N+1, N+1, N+1) bool corner grids with at least one corner set."""
     out = corners[:, 1:] | corners[:, :-1]
     out = out[:, :, 1:] | out[:, :, :-1]
@@ -251,7 +255,7 @@ def _any_corner(corners: torch.Tensor) -> torch.Tensor:
 
 
 def _all_corners(corners: torch.Tensor) -> torch.Tensor:
-    return ~_any_corner(~corners)
+    return ~any_corner(~corners)
 
 
 def _corner_mask(cells: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,8 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
+from recon3d.geometry.extract import any_corner
+
 CORNERS = [(c & 1, (c >> 1) & 1, (c >> 2) & 1) for c in range(8)]  # corner c's offset along (i, j, k)
 EDGES = [(c, c | (1 << axis)) for axis in range(3) for c in range(8) if not c & (1 << axis)]  # edge e along e // 4
 
@@ -101,7 +103,7 @@ def marching_cubes(values: torch.Tensor, threshold: float) -> Tuple[torch.Tensor
     outside = min(float(values.min()), threshold - 1.0)  # the padding's value
     inside = torch.zeros([n + 2 for n in values.shape], dtype=torch.bool, device=values.device)  # padded: 1 byte
     inside[1:-1, 1:-1, 1:-1] = values > threshold  # per corner, where a padded float copy would take 4 and a fill
-    crossed = _any_corner(inside) & _any_corner(~inside)
+    crossed = (any_corner(inside[None]) & any_corner(~inside[None]))[0]
     cells = crossed.nonzero()  # (M, 3)
     device = values.device
     corners = cells[:, None, :] + torch.tensor(CORNERS, device=device)  # (M, 8, 3)
@@ -141,10 +143,3 @@ def _padded_values(values: torch.Tensor, index: torch.Tensor, outside: float) ->
     within = ((inner >= 0) & (inner < sizes)).all(-1)
     inner = torch.minimum(inner.clamp(min=0), sizes - 1)
     return torch.where(within, values[inner[:, 0], inner[:, 1], inner[:, 2]], outside)
-
-
-def _any_corner(corners: torch.Tensor) -> torch.Tensor:
-    """(N, N, N) bool: cells of an (N+1)^3 bool corner grid with at least one corner set (separable max)."""
-    out = corners[1:] | corners[:-1]
-    out = out[:, 1:] | out[:, :-1]
-    return out[:, :, 1:] | out[:, :, :-1]
