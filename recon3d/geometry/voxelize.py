@@ -6,8 +6,9 @@ Two rules (`geometry.voxel_rule`):
   triangle crosses one of its three centre lines, and inside when it lies between the first and the last surface hit
   of its column along every axis. A sheet keeps at least one voxel per column (it is a digital plane without 6-tunnels),
   a hole in the mesh opens only the columns that pass through it (no leak into the whole interior), and cavities that
-  no axis can see into are filled, as binvox fills them. Coarser grids are max-pooled from the fine one (IM-NET's
-  rule), so thin parts survive at every stored resolution.
+  no axis can see into are filled, as binvox fills them. The stored grid is carved on itself, so walls are as thick
+  as binvox makes them at that size; parts thinner than a voxel that its centre lines miss come from the fine solid,
+  max pooled (IM-NET's rule, which the point samples use), so thin parts survive at every stored resolution.
 - "fill" marks every voxel the surface touches, flood-fills the outside from the border (6-connected), calls the
   rest solid and pools with "more than half". It is exact for closed meshes but thins sheets, drops parts thinner than
   half a stored voxel, and leaks through holes; leaks are repaired where they happened: on the stored grid we close
@@ -152,6 +153,24 @@ def carved_solid(vertices: np.ndarray, faces: np.ndarray, origin, voxel_size: fl
     return inside | surface
 
 
+def binvox_solid(vertices: np.ndarray, faces: np.ndarray, origin, voxel_size: float, size: int,
+                 factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """binvox's solid carved on the grid itself (its wall thickness), plus the thin parts it missed; and the solid on
+    the `factor` times finer grid.
+
+    Carving at `size` marks a voxel only where a triangle crosses one of its centre lines, as binvox does, so walls
+    are as thick as ShapeNet's (max pooling the fine solid instead adds up to a voxel to each side of a wall). A part
+    thinner than a voxel that no centre line crosses vanishes there; the fine solid, max pooled, still holds it, and
+    every pooled voxel farther than one voxel from the carved solid is such a part and is kept.
+    Returns (solid at size, solid at size * factor); the grids and errors as in carved_solid.
+    """
+    fine = carved_solid(vertices, faces, origin, voxel_size / factor, size * factor)
+    if factor == 1:
+        return fine.copy(), fine
+    carved = carved_solid(vertices, faces, origin, voxel_size, size)
+    return carved | (pool(fine, factor, "any") & ~_dilate(carved, 1)), fine
+
+
 def fill_outside(surface: np.ndarray) -> np.ndarray:
     """Solid = everything not 6-connected to the grid border through empty voxels."""
     empty = ~surface
@@ -226,7 +245,8 @@ def solid_voxels(vertices: np.ndarray, faces: np.ndarray, resolution: int = 64, 
         vertices: (N, 3) float in the unit cube; faces: (M, 3) int.
         resolution: stored grid R; fine_resolution: F, a multiple of R, where the solid is computed.
         seal: leak-repair dilation in stored voxels for the "fill" rule (0 disables); "binvox" needs none.
-        rule: "binvox" (carving, max pooling) or "fill" (flood fill, leak seal, "more than half" pooling).
+        rule: "binvox" (carving on both grids, thin parts from the fine one) or "fill" (flood fill, leak seal,
+            "more than half" pooling).
 
     Raises:
         ValueError: bad shapes, F not a multiple of R, or an unknown rule.
@@ -237,8 +257,8 @@ def solid_voxels(vertices: np.ndarray, faces: np.ndarray, resolution: int = 64, 
         raise ValueError(f"unknown voxel rule {rule!r}: expected one of {RULES}")
     factor = fine_resolution // resolution
     if rule == "binvox":
-        fine = carved_solid(vertices, faces, (-0.5, -0.5, -0.5), 1.0 / fine_resolution, fine_resolution)
-        return Solid(coarse=pool(fine, factor, "any"), fine=fine, sealed_voxels=0)
+        coarse, fine = binvox_solid(vertices, faces, (-0.5, -0.5, -0.5), 1.0 / resolution, resolution, factor)
+        return Solid(coarse=coarse, fine=fine, sealed_voxels=0)
     surface = surface_voxels(vertices, faces, (-0.5, -0.5, -0.5), 1.0 / fine_resolution, (fine_resolution,) * 3)
     fine = fill_outside(surface)
     # A cheap check on the stored grid first; the closing runs on the fine grid only for meshes that leaked.
