@@ -133,8 +133,12 @@ class VRNConfig:
     lr: float = 2.5e-4  # RMSprop in VRN; Adam here (lr, betas below)
     beta1: float = 0.9  # Adam beta1
     beta2: float = 0.999  # Adam beta2
+    lr_schedule: str = "constant"  # constant | cosine: down to lr_final x lr along the run (its time or steps)
+    lr_final: float = 0.05  # cosine: the learning rate at the run's end, as a share of lr
 
     def __post_init__(self) -> None:
+        _check(self.lr_schedule in LR_SCHEDULES, f"vrn.lr_schedule={self.lr_schedule!r}: {' | '.join(LR_SCHEDULES)}")
+        _check(0 <= self.lr_final <= 1, "vrn.lr_final is a share of vrn.lr, in [0, 1]")
         _check(self.stacks >= 1 and self.width >= 4 and self.hourglass_levels >= 1, "vrn.stacks/width/levels >= 1")
         _check(self.epochs >= 1 and self.lr > 0 and self.positive_weight > 0,
                "vrn.epochs >= 1, vrn.lr > 0 and vrn.positive_weight > 0")
@@ -150,8 +154,12 @@ class StereoConfig:
     lr: float = 2e-4  # Adam learning rate
     beta1: float = 0.9  # Adam beta1
     beta2: float = 0.999  # Adam beta2
+    lr_schedule: str = "constant"  # constant | cosine: down to lr_final x lr along the run (its time or steps)
+    lr_final: float = 0.05  # cosine: the learning rate at the run's end, as a share of lr
 
     def __post_init__(self) -> None:
+        _check(self.lr_schedule in LR_SCHEDULES, f"stereo.lr_schedule={self.lr_schedule!r}: {' | '.join(LR_SCHEDULES)}")
+        _check(0 <= self.lr_final <= 1, "stereo.lr_final is a share of stereo.lr, in [0, 1]")
         _check(self.disparity_levels >= 2 and self.disparity_max > self.disparity_min,
                "stereo: disparity_levels >= 2 and disparity_max > disparity_min")
         _check(len(self.widths) >= 1 and min(self.widths) >= 1, "stereo.widths: at least one scale")

@@ -1,9 +1,15 @@
 """Deep3D's view synthesis: the right view as a per-pixel mixture of shifted copies of the left view.
 
 Xie et al. 2016 (Deep3D) predict, for every pixel, a softmax over D disparity planes from features at several
-scales, and render the right view with a differentiable selection layer: right(x, y) = sum_d p_d(x, y) *
-left(x + d, y). The only supervision is the right view (L1), so the disparities are learnt without ground truth;
-the expected disparity sum_d p_d d comes out as a by-product.
+scales and from the whole image (their VGG's fully connected layers), and render the right view with a
+differentiable selection layer: right(x, y) = sum_d p_d(x, y) * left(x + d, y). The only supervision is the right
+view (L1), so the disparities are learnt without ground truth; the expected disparity sum_d p_d d comes out as a
+by-product.
+
+Here the whole-image branch is a linear map of the deepest features averaged over the image: it gives every pixel
+the same logits, the scene's disparity (how far the camera is), which no convolution's window can see. The scales'
+logits are summed at half resolution, sharpened there by two convolutions that also see the image, and upsampled:
+the same planes at a quarter of the full-resolution cost.
 """
 
 from __future__ import annotations
@@ -61,17 +67,21 @@ class StereoViewSynthesizer(nn.Module):
             heads.append(nn.Conv2d(width, disparity_levels, 1))
             channels = width
         self.stages, self.heads = nn.ModuleList(stages), nn.ModuleList(heads)
-        # full resolution: the image itself sharpens the plane boundaries (Deep3D's last layers)
+        self.scene = nn.Linear(channels, disparity_levels)  # the whole-image branch
+        # the image itself sharpens the plane boundaries (Deep3D's last layers)
         self.refine = nn.Sequential(nn.Conv2d(disparity_levels + image_channels, disparity_levels, 3, padding=1),
                                     nn.ReLU(inplace=True), nn.Conv2d(disparity_levels, disparity_levels, 3, padding=1))
 
     def plane_logits(self, left: torch.Tensor) -> torch.Tensor:
         """(B, D, H, W) logits of the disparity planes."""
-        logits, x = 0.0, left
+        logits, x, size = 0.0, left, None
         for stage, head in zip(self.stages, self.heads):
             x = stage(x)
-            logits = logits + F.interpolate(head(x), size=left.shape[-2:], mode="bilinear", align_corners=False)
-        return logits + self.refine(torch.cat([logits, left], dim=1))
+            size = size or x.shape[-2:]  # the first stage's: half resolution
+            logits = logits + F.interpolate(head(x), size=size, mode="bilinear", align_corners=False)
+        logits = logits + self.scene(x.mean(dim=(2, 3)))[:, :, None, None]
+        logits = logits + self.refine(torch.cat([logits, F.adaptive_avg_pool2d(left, size)], dim=1))
+        return F.interpolate(logits, size=left.shape[-2:], mode="bilinear", align_corners=False)
 
     def forward(self, left: torch.Tensor) -> Dict[str, torch.Tensor]:
         """right (B, C, H, W), probs (B, D, H, W), disparity (B, H, W) in pixels.

@@ -44,8 +44,9 @@ class StereoTask(ViewTask):
 
     def __init__(self, *, image_channels: int = 1, disparity_levels: int = 33, disparity_min: float = 0.0,
                  disparity_max: float = 16.0, widths: List[int] = (32, 64, 128, 256), lr: float = 2e-4,
-                 beta1: float = 0.9, beta2: float = 0.999, crop_size: int = 128, holdout_views: int = 0,
-                 images_to_log: int = 4, run_dir: str = "") -> None:
+                 beta1: float = 0.9, beta2: float = 0.999, lr_schedule: str = "constant", lr_final: float = 0.05,
+                 max_minutes: float = 0.0, crop_size: int = 128, holdout_views: int = 0, images_to_log: int = 4,
+                 run_dir: str = "") -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = networks.view_synthesizer(self.hparams)
@@ -56,7 +57,7 @@ class StereoTask(ViewTask):
         settings = {k: v for k, v in to_dict(cfg.stereo).items() if k != "epochs"}
         return cls(image_channels=1 if cfg.loader.grayscale else 3, **settings, crop_size=cfg.loader.crop_size,
                    holdout_views=cfg.loader.holdout_views, images_to_log=cfg.train.reconstructions_to_log,
-                   run_dir=cfg.train.run_dir)
+                   max_minutes=cfg.train.max_minutes, run_dir=cfg.train.run_dir)
 
     def training_loss(self, batch: dict) -> torch.Tensor:
         return F.l1_loss(self.model(batch["left"])["right"].float(), batch["right"].float())

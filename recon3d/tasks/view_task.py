@@ -13,11 +13,13 @@ from recon3d.data.schema import take_in_turn
 from recon3d.tasks.autoencoder import check_finite
 from recon3d.tasks.checkpoints import StageCheckpoint
 from recon3d.tasks.pictures import publish_image
+from recon3d.tasks.schedule import lr_scheduler
 from recon3d.tasks.scores import CategoryScores
 
 
 class ViewTask(StageCheckpoint, L.LightningModule):
-    """Subclasses set `stage` and self.model and define training_loss(batch), validation_step (adding per-shape
+    """Subclasses set `stage` and self.model, keep lr, beta1, beta2, lr_schedule, lr_final and max_minutes in their
+    hyperparameters, and define training_loss(batch), validation_step (adding per-shape
     scores to self.scores and (key, picture) pairs to self.pictures for the rows picture_rows gives) and
     picture_sheet(pictures); the stage table names the sheet's folder and caption."""
 
@@ -28,8 +30,10 @@ class ViewTask(StageCheckpoint, L.LightningModule):
         self.scores, self.pictures = CategoryScores(), []
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr,
-                                betas=(self.hparams.beta1, self.hparams.beta2))
+        hp = self.hparams
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=hp.lr, betas=(hp.beta1, hp.beta2))
+        scheduler = lr_scheduler(optimizer, self, hp.lr_schedule, hp.lr_final, hp.max_minutes)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.training_loss(batch)

@@ -54,7 +54,7 @@ class VRNTask(ViewTask):
 
     def __init__(self, *, image_channels: int = 1, depth: int = 32, stacks: int = 2, width: int = 128,
                  hourglass_levels: int = 3, positive_weight: float = 1.0, lr: float = 2.5e-4, beta1: float = 0.9,
-                 beta2: float = 0.999,
+                 beta2: float = 0.999, lr_schedule: str = "constant", lr_final: float = 0.05, max_minutes: float = 0.0,
                  image_size: int = 137, crop_size: int = 128, holdout_views: int = 0, camera_focal: float = 150.0,
                  camera_distance: float = 1.4, images_to_log: int = 4, run_dir: str = "") -> None:
         super().__init__()
@@ -79,7 +79,8 @@ class VRNTask(ViewTask):
                               f"({4 * 2 ** vrn.hourglass_levels}) for the hourglass to pool and return")
         return cls(image_channels=1 if loader.grayscale else 3, depth=loader.volume_depth, stacks=vrn.stacks,
                    width=vrn.width, hourglass_levels=vrn.hourglass_levels, positive_weight=vrn.positive_weight,
-                   lr=vrn.lr, beta1=vrn.beta1, beta2=vrn.beta2, image_size=size, crop_size=loader.crop_size,
+                   lr=vrn.lr, beta1=vrn.beta1, beta2=vrn.beta2, lr_schedule=vrn.lr_schedule, lr_final=vrn.lr_final,
+                   max_minutes=cfg.train.max_minutes, image_size=size, crop_size=loader.crop_size,
                    holdout_views=loader.holdout_views, camera_focal=float(focal),
                    camera_distance=float(sum(distances) / 2), images_to_log=cfg.train.reconstructions_to_log,
                    run_dir=cfg.train.run_dir)

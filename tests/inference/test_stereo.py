@@ -4,6 +4,7 @@ rectified pair."""
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from recon3d.cli.main import main
@@ -52,4 +53,17 @@ def test_real_pair_check_reports_mae_beside_baselines(trained_stereo, tmp_path):
     result = real_pair_check(trained_stereo, tmp_path, scale=8)
     assert result["mae_shift"] < result["mae_copy"]  # the real pair's right view is a shifted left view
     assert 0 < result["mean_true_disparity_px"] < 8 and result["disparity_mae_px"] >= 0
+    for name in ("disparity_mae_px", "disparity_bad1", "disparity_bad2"):
+        assert name in result and f"{name}_constant" in result
+    assert 0 <= result["disparity_bad2"] <= result["disparity_bad1"] <= 1
     assert (tmp_path / "real_pair.png").is_file()
+
+
+def test_disparity_errors_are_end_point_error_and_bad_pixel_shares():
+    from recon3d.inference.stereo import disparity_errors
+
+    truth = np.array([[1.0, 2.0, 3.0, 9.0]])
+    known = np.array([[True, True, True, False]])  # the last pixel has no truth: not counted
+    errors = disparity_errors(np.array([[1.5, 4.0, 0.0, 0.0]]), truth, known, "_x")
+    assert errors == {"disparity_mae_px_x": pytest.approx(5.5 / 3), "disparity_bad1_x": pytest.approx(2 / 3),
+                      "disparity_bad2_x": pytest.approx(1 / 3)}

@@ -64,3 +64,19 @@ def test_hourglass_gives_a_supervised_volume_per_stack():
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(ValueError, match="image must be"):
         model(torch.rand(2, 3, 48, 48))
+
+
+def test_stereo_planes_see_the_whole_image():
+    """The whole-image branch: a change in one corner moves the planes' logits in the far corner, beyond any of the
+    convolutions' windows (the scene's disparity, as Deep3D's fully connected layers give it)."""
+    torch.manual_seed(0)
+    model = StereoViewSynthesizer(image_channels=1, disparity_levels=9, disparity_max=8, widths=[4, 8]).eval()
+    left = torch.rand(1, 1, 64, 64)
+    changed = left.clone()
+    changed[..., :8, :8] = 1 - changed[..., :8, :8]
+    with torch.no_grad():
+        far = model.plane_logits(left)[..., -8:, -8:], model.plane_logits(changed)[..., -8:, -8:]
+        assert not torch.allclose(*far)
+        model.scene.weight.zero_()
+        far = model.plane_logits(left)[..., -8:, -8:], model.plane_logits(changed)[..., -8:, -8:]
+        assert torch.allclose(*far)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -60,3 +62,22 @@ def test_validation_sheet_takes_each_category_in_turn():
     shown = [key for key, picture in task.pictures if any(picture is p for p in task.sheet_pictures())]
     assert shown == ["airplane/s00", "airplane/s01", "car/s00", "chair/s00"]
     assert task.picture_sheet(task.sheet_pictures()).shape == (4 * 16, 4 * 16, 3)
+
+
+@pytest.mark.parametrize("stage", ["vrn", "stereo"])
+def test_cosine_schedule_takes_the_lr_down_to_lr_final(stereo_shards, tmp_path, stage):
+    settings = VRN_TINY if stage == "vrn" else STEREO_TINY
+    _run(stereo_shards, tmp_path, *settings, f"{stage}.epochs=3", f"{stage}.lr=0.002", f"{stage}.lr_schedule=cosine",
+         f"{stage}.lr_final=0.1", "train.log_every_steps=1")
+    rows = (tmp_path / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    column = header.index("lr-Adam")
+    lrs = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
+    assert len(lrs) == 6 and lrs[0] == pytest.approx(0.002)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # 0.002 x (0.1 + 0.45 (1 + cos(pi s / 6))) at step s
+    assert lrs[-1] == pytest.approx(0.002 * (0.1 + 0.45 * (1 + math.cos(math.pi * 5 / 6))))
+
+
+def test_unknown_view_lr_schedule_is_refused():
+    with pytest.raises(ConfigError, match="stereo.lr_schedule"):
+        tiny_config("stereo.lr_schedule=step")
