@@ -10,7 +10,7 @@ from typing import Dict, List
 from recon3d.errors import ConfigError
 
 AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
-VOXEL_RULES = ("binvox", "fill")  # recon3d/geometry/voxelize.py RULES
+VOXEL_RULES = ("binvox", "shapenet", "fill")  # recon3d/geometry/voxelize.py RULES
 HDF5_POINT_GRIDS = ("auto", "resolution", "256")  # recon3d/data/writing/imnet.py LAYOUTS
 SOURCE_KINDS = ("auto", "folder", "shapenet", "modelnet", "binvox", "imnet_hdf5")
 
@@ -64,7 +64,8 @@ class GeometryConfig:
     point_counts: List[int] = field(default_factory=lambda: [4096, 8192, 32768])  # points per set, in that order
     edge_window: int = 7  # a voxel is "edge" when this cube around it holds both values (odd)
     surface_points: int = 8192  # points (+ normals) sampled on the normalised mesh, for surface metrics (0: none)
-    voxel_rule: str = "binvox"  # binvox: ShapeNet's solids (carving; thin parts max pooled from fine) | fill: flood
+    voxel_rule: str = "binvox"  # binvox: binvox carving + max pooling (keeps thin parts) | shapenet: carving on the
+    # stored grid (ShapeNet's wall thickness) | fill: flood
     # fill + leak seal + "more than half" pooling (exact for closed meshes, thins sheets; recon3d/geometry/voxelize.py)
     seal_voxels: int = 2  # fill rule only: dilation (stored voxels) sealing holes of leaky meshes; 0 disables it
     coverage_warn: float = 0.95  # flag a sample whose stored solid is farther than a voxel from more of its surface

@@ -1,14 +1,18 @@
 """Solid voxels in the field's convention, and the older flood-fill rule by name.
 
-Two rules (`geometry.voxel_rule`):
+Three rules (`geometry.voxel_rule`):
 - "binvox" (the default) reproduces binvox's z-buffer carving, the rule behind ShapeNet's own `*.solid.binvox`: the
   mesh is rasterised along each of the three axes through the voxel centres; a voxel is on the surface when a
   triangle crosses one of its three centre lines, and inside when it lies between the first and the last surface hit
   of its column along every axis. A sheet keeps at least one voxel per column (it is a digital plane without 6-tunnels),
   a hole in the mesh opens only the columns that pass through it (no leak into the whole interior), and cavities that
-  no axis can see into are filled, as binvox fills them. The stored grid is carved on itself, so walls are as thick
-  as binvox makes them at that size; parts thinner than a voxel that its centre lines miss come from the fine solid,
-  max pooled (IM-NET's rule, which the point samples use), so thin parts survive at every stored resolution.
+  no axis can see into are filled, as binvox fills them. Coarser grids are max-pooled from the fine one (IM-NET's
+  rule, which the point samples follow too), so thin parts survive at every stored resolution; walls come out up to
+  a voxel thicker on each side than binvox's own at the stored size.
+- "shapenet" is the same carving done on the stored grid itself, so walls are as thick as binvox makes them at that
+  size (ShapeNet's solid.binvox); parts thinner than a voxel that its centre lines miss come from the fine solid, max
+  pooled. The point samples stay max pooled, so an autoencoder learns walls thicker than the stored voxels it is
+  scored against (docs/data.md).
 - "fill" marks every voxel the surface touches, flood-fills the outside from the border (6-connected), calls the
   rest solid and pools with "more than half". It is exact for closed meshes but thins sheets, drops parts thinner than
   half a stored voxel, and leaks through holes; leaks are repaired where they happened: on the stored grid we close
@@ -25,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 _STACK = 96  # subdivision depth bound: each split halves the longest edge
-RULES = ("binvox", "fill")
+RULES = ("binvox", "shapenet", "fill")
 
 
 @numba.njit(cache=True, nogil=True)
@@ -245,8 +249,8 @@ def solid_voxels(vertices: np.ndarray, faces: np.ndarray, resolution: int = 64, 
         vertices: (N, 3) float in the unit cube; faces: (M, 3) int.
         resolution: stored grid R; fine_resolution: F, a multiple of R, where the solid is computed.
         seal: leak-repair dilation in stored voxels for the "fill" rule (0 disables); "binvox" needs none.
-        rule: "binvox" (carving on both grids, thin parts from the fine one) or "fill" (flood fill, leak seal,
-            "more than half" pooling).
+        rule: "binvox" (carving, max pooling), "shapenet" (carving on both grids, thin parts from the fine one) or
+            "fill" (flood fill, leak seal, "more than half" pooling).
 
     Raises:
         ValueError: bad shapes, F not a multiple of R, or an unknown rule.
@@ -257,6 +261,9 @@ def solid_voxels(vertices: np.ndarray, faces: np.ndarray, resolution: int = 64, 
         raise ValueError(f"unknown voxel rule {rule!r}: expected one of {RULES}")
     factor = fine_resolution // resolution
     if rule == "binvox":
+        fine = carved_solid(vertices, faces, (-0.5, -0.5, -0.5), 1.0 / fine_resolution, fine_resolution)
+        return Solid(coarse=pool(fine, factor, "any"), fine=fine, sealed_voxels=0)
+    if rule == "shapenet":
         coarse, fine = binvox_solid(vertices, faces, (-0.5, -0.5, -0.5), 1.0 / resolution, resolution, factor)
         return Solid(coarse=coarse, fine=fine, sealed_voxels=0)
     surface = surface_voxels(vertices, faces, (-0.5, -0.5, -0.5), 1.0 / fine_resolution, (fine_resolution,) * 3)
