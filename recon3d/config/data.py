@@ -64,9 +64,9 @@ class GeometryConfig:
     point_counts: List[int] = field(default_factory=lambda: [4096, 8192, 32768])  # points per set, in that order
     edge_window: int = 7  # a voxel is "edge" when this cube around it holds both values (odd)
     surface_points: int = 8192  # points (+ normals) sampled on the normalised mesh, for surface metrics (0: none)
-    voxel_rule: str = "binvox"  # binvox: binvox carving + max pooling (keeps thin parts) | shapenet: carving on the
-    # stored grid (ShapeNet's wall thickness) | fill: flood
-    # fill + leak seal + "more than half" pooling (exact for closed meshes, thins sheets; recon3d/geometry/voxelize.py)
+    voxel_rule: str = "shapenet"  # shapenet: binvox carving on the stored grid (ShapeNet's walls; thin parts from
+    # fine) | binvox: carving at fine_resolution + max pooling (IM-NET's) | fill: flood fill + leak seal + "more than
+    # half" pooling (exact for closed meshes, thins sheets; recon3d/geometry/voxelize.py)
     seal_voxels: int = 2  # fill rule only: dilation (stored voxels) sealing holes of leaky meshes; 0 disables it
     coverage_warn: float = 0.95  # flag a sample whose stored solid is farther than a voxel from more of its surface
     max_faces: int = 5_000_000  # reject meshes with more faces (bounds time and memory)

@@ -62,13 +62,15 @@ def choose_cells(edge: np.ndarray, count: int, rng: np.random.Generator) -> tupl
 
 
 def sample_points(fine: np.ndarray, resolution: int, count: int, rng: np.random.Generator,
-                  window: int = 7) -> PointSet:
+                  window: int = 7, cells: np.ndarray | None = None) -> PointSet:
     """Sample `count` labelled points at `resolution` from a fine solid (F, F, F) bool.
 
     Args:
         fine: cubic boolean solid; F must be a multiple of resolution.
         resolution: r, the cell grid; count: points, at most r^3; window: the edge test's cube (odd).
         rng: seeds the fill-up and the position inside each cell (same rng state -> same points).
+        cells: the (r, r, r) labels; default the fine solid max pooled (IM-NET). A point lies in a fine voxel of its
+            cell's value where the cell has one.
 
     Raises:
         ValueError: a non-cubic grid, F not a multiple of r, or count out of range.
@@ -77,7 +79,9 @@ def sample_points(fine: np.ndarray, resolution: int, count: int, rng: np.random.
     if fine.shape != (size, size, size) or size % resolution:
         raise ValueError(f"fine grid {fine.shape} must be cubic with a side that is a multiple of {resolution}")
     block = size // resolution
-    cells = pool(fine, block, "any")
+    cells = pool(fine, block, "any") if cells is None else cells
+    if cells.shape != (resolution,) * 3:
+        raise ValueError(f"cells {cells.shape} are not the {resolution}^3 grid")
     chosen, stage = choose_cells(edge_cells(cells, window), count, rng)
     cell_ijk = np.stack(np.unravel_index(chosen, cells.shape), axis=1)
     values = cells.ravel()[chosen]

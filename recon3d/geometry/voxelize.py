@@ -1,7 +1,7 @@
 """Solid voxels in the field's convention, and the older flood-fill rule by name.
 
 Three rules (`geometry.voxel_rule`):
-- "binvox" (the default) reproduces binvox's z-buffer carving, the rule behind ShapeNet's own `*.solid.binvox`: the
+- "binvox" reproduces binvox's z-buffer carving, the rule behind ShapeNet's own `*.solid.binvox`: the
   mesh is rasterised along each of the three axes through the voxel centres; a voxel is on the surface when a
   triangle crosses one of its three centre lines, and inside when it lies between the first and the last surface hit
   of its column along every axis. A sheet keeps at least one voxel per column (it is a digital plane without 6-tunnels),
@@ -9,10 +9,10 @@ Three rules (`geometry.voxel_rule`):
   no axis can see into are filled, as binvox fills them. Coarser grids are max-pooled from the fine one (IM-NET's
   rule, which the point samples follow too), so thin parts survive at every stored resolution; walls come out up to
   a voxel thicker on each side than binvox's own at the stored size.
-- "shapenet" is the same carving done on the stored grid itself, so walls are as thick as binvox makes them at that
-  size (ShapeNet's solid.binvox); parts thinner than a voxel that its centre lines miss come from the fine solid, max
-  pooled. The point samples stay max pooled, so an autoencoder learns walls thicker than the stored voxels it is
-  scored against (docs/data.md).
+- "shapenet" (the default) is the same carving done on the stored grid itself, so walls are as thick as binvox
+  makes them at that size (ShapeNet's solid.binvox); parts thinner than a voxel that its centre lines miss come from
+  the fine solid, max pooled. Its point samples are labelled by the same rule at their own size
+  (data/writing/prepare.py).
 - "fill" marks every voxel the surface touches, flood-fills the outside from the border (6-connected), calls the
   rest solid and pools with "more than half". It is exact for closed meshes but thins sheets, drops parts thinner than
   half a stored voxel, and leaks through holes; leaks are repaired where they happened: on the stored grid we close
@@ -159,20 +159,30 @@ def carved_solid(vertices: np.ndarray, faces: np.ndarray, origin, voxel_size: fl
 
 def binvox_solid(vertices: np.ndarray, faces: np.ndarray, origin, voxel_size: float, size: int,
                  factor: int) -> tuple[np.ndarray, np.ndarray]:
-    """binvox's solid carved on the grid itself (its wall thickness), plus the thin parts it missed; and the solid on
-    the `factor` times finer grid.
+    """The shapenet rule: binvox's solid carved on the grid itself (its wall thickness), plus the thin parts it
+    missed (thin_parts_kept); and the solid on the `factor` times finer grid.
 
-    Carving at `size` marks a voxel only where a triangle crosses one of its centre lines, as binvox does, so walls
-    are as thick as ShapeNet's (max pooling the fine solid instead adds up to a voxel to each side of a wall). A part
-    thinner than a voxel that no centre line crosses vanishes there; the fine solid, max pooled, still holds it, and
-    every pooled voxel farther than one voxel from the carved solid is such a part and is kept.
     Returns (solid at size, solid at size * factor); the grids and errors as in carved_solid.
     """
     fine = carved_solid(vertices, faces, origin, voxel_size / factor, size * factor)
+    return thin_parts_kept(vertices, faces, origin, voxel_size, size, fine), fine
+
+
+def thin_parts_kept(vertices: np.ndarray, faces: np.ndarray, origin, voxel_size: float, size: int,
+                    fine: np.ndarray) -> np.ndarray:
+    """The solid carved on the cubic grid (origin, voxel_size, size) whose refinement `fine` is (a multiple of size
+    per side, the same origin), plus the parts that carving missed.
+
+    Carving there marks a voxel only where a triangle crosses one of its centre lines, as binvox does, so walls are as
+    thick as ShapeNet's (max pooling the fine solid instead adds up to a voxel to each side of a wall). A part thinner
+    than a voxel that no centre line crosses vanishes there; the fine solid, max pooled, still holds it, and every
+    pooled voxel farther than one voxel from the carved solid is such a part and is kept.
+    """
+    factor = fine.shape[0] // size
     if factor == 1:
-        return fine.copy(), fine
+        return fine.copy()
     carved = carved_solid(vertices, faces, origin, voxel_size, size)
-    return carved | (pool(fine, factor, "any") & ~_dilate(carved, 1)), fine
+    return carved | (pool(fine, factor, "any") & ~_dilate(carved, 1))
 
 
 def fill_outside(surface: np.ndarray) -> np.ndarray:
@@ -242,7 +252,7 @@ class Solid:
 
 
 def solid_voxels(vertices: np.ndarray, faces: np.ndarray, resolution: int = 64, fine_resolution: int = 256,
-                 seal: int = 2, rule: str = "binvox") -> Solid:
+                 seal: int = 2, rule: str = "shapenet") -> Solid:
     """Voxelise a normalised mesh (inside [-0.5, 0.5]^3) into a solid on the fine and the stored grid.
 
     Args:

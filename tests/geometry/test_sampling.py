@@ -78,3 +78,17 @@ def test_thin_parts_survive_at_coarse_resolutions():
     points = sample_points(fine, 16, 4096, np.random.default_rng(0))
     assert points.values.sum() == 11  # y = 10..49 crosses cells 2..12
     assert fine[tuple(points.indices[points.values].astype(int).T)].all()
+
+
+def test_given_cells_label_the_points(fine):
+    """Labels from a grid of one's own (here the max-pooled cells eroded): each point carries its cell's value and
+    lies in a fine voxel of that value wherever its cell has one."""
+    from scipy import ndimage
+
+    cells = ndimage.binary_erosion(pool(fine, 4, "any"))
+    points = sample_points(fine, fine.shape[0] // 4, 512, np.random.default_rng(0), window=7, cells=cells)
+    index = points.indices.astype(int)
+    assert (cells[tuple((index // 4).T)] == points.values).all()
+    assert (fine[tuple(index.T)] == points.values).mean() > 0.99
+    with pytest.raises(ValueError, match="not the"):
+        sample_points(fine, fine.shape[0] // 4, 16, np.random.default_rng(0), cells=cells[1:])

@@ -27,7 +27,7 @@ from recon3d.geometry.metrics import sample_surface
 from recon3d.geometry.render import render_views
 from recon3d.geometry.sampling import sample_points
 from recon3d.geometry.transform import normalise
-from recon3d.geometry.voxelize import solid_voxels, surface_coverage
+from recon3d.geometry.voxelize import solid_voxels, surface_coverage, thin_parts_kept
 
 
 @dataclass
@@ -99,12 +99,23 @@ def solid_for(vertices, faces, geo: GeometryConfig):
     return solid_voxels(vertices, faces, geo.voxel_resolution, geo.fine_resolution, geo.seal_voxels, geo.voxel_rule)
 
 
+def point_cells(vertices, faces, solid, resolution: int, geo: GeometryConfig):
+    """The labels of the point set at `resolution`: None (the fine solid max pooled, IM-NET's) but under the shapenet
+    rule, whose labels are its own solid at that size, as thick as the stored voxels that score the models."""
+    if geo.voxel_rule != "shapenet":
+        return None
+    if resolution == geo.voxel_resolution:
+        return solid.coarse
+    return thin_parts_kept(vertices, faces, (-0.5, -0.5, -0.5), 1.0 / resolution, resolution, solid.fine)
+
+
 def _point_members(verts, faces, solid, item: Item, cfg: Config, rng, members: Dict[str, bytes]):
     """IM-NET point sets and surface samples into `members`; returns the point counts and the surface coverage."""
     geo = cfg.geometry
     counts = {}
     for res, count in zip(geo.point_resolutions, geo.point_counts):
-        sampled = sample_points(solid.fine, res, count, rng, geo.edge_window)
+        cells = point_cells(verts, faces, solid, res, geo)
+        sampled = sample_points(solid.fine, res, count, rng, geo.edge_window, cells)
         members[schema.points_member(res)] = schema.npy_bytes(sampled.indices)
         members[schema.values_member(res)] = schema.pack_values(sampled.values)
         counts[str(res)] = {"points": int(count), "stage": sampled.stage}

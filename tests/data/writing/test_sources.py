@@ -90,10 +90,10 @@ def test_front_axis_is_recorded_with_where_it_came_from(tmp_path):
     tars = sorted((tmp_path / "out").glob("*.tar"))
     metas = {k: schema.decode_meta(m) for tar in tars for k, m in read_tar(tar).items()}
     assert metas["chair/a"]["front"] == "+z" and metas["sofa/b"]["front_from"] == "assumed"
-    assert metas["chair/a"]["voxel_rule"] == "binvox" and metas["chair/a"]["surface_coverage"] == 1.0
+    assert metas["chair/a"]["voxel_rule"] == "shapenet" and metas["chair/a"]["surface_coverage"] == 1.0
     text = summarise(tmp_path / "out")
     assert "front +z (source.front_by_category): chair" in text and "front -z (assumed): sofa, table" in text
-    assert "rule binvox" in text and "min 1.000" in text
+    assert "rule shapenet" in text and "min 1.000" in text
 
 
 def test_summary_of_old_shards_and_flagged_coverage(tmp_path, tiny_shards):

@@ -308,3 +308,37 @@ def _keys(folder, split):
     import json
 
     return [k for side in folder.glob(f"{split}-*.json") for k in json.loads(side.read_text())["keys"]]
+
+
+def _thin_walled_cup(folder):
+    """An open box with walls a third of a 16^3 voxel thick, tilted off the grid's axes, as cup/a.obj."""
+    import trimesh
+
+    wall, parts = 0.02, []
+    for size, at in (((wall, 1, 1), (-0.5, 0, 0)), ((wall, 1, 1), (0.5, 0, 0)), ((1, 1, wall), (0, 0, -0.5)),
+                     ((1, 1, wall), (0, 0, 0.5)), ((1, wall, 1), (0, -0.5, 0))):
+        parts.append(trimesh.creation.box(size).apply_translation(at))
+    cup = trimesh.util.concatenate(parts).apply_transform(trimesh.transformations.rotation_matrix(0.3, (1, 1, 0)))
+    (folder / "cup").mkdir(parents=True)
+    cup.export(folder / "cup" / "a.obj")
+
+
+def _members(out):
+    return next(iter(read_tar(sorted(out.glob("*.tar"))[0]).values()))
+
+
+def test_shapenet_rule_labels_points_as_its_stored_voxels(tmp_path):
+    """Under geometry.voxel_rule=shapenet the point labels at the stored size are the stored voxels (not the fine
+    solid max pooled), so a model learns the walls that score it; the binvox rule's voxels are thicker."""
+    _thin_walled_cup(tmp_path / "in")
+    _build(tmp_path / "in", tmp_path / "binvox", "geometry.voxel_rule=binvox")
+    _build(tmp_path / "in", tmp_path / "shapenet", "geometry.voxel_rule=shapenet")
+    thick = schema.unpack_voxels(_members(tmp_path / "binvox")[schema.VOXELS])
+    members = _members(tmp_path / "shapenet")
+    voxels = schema.unpack_voxels(members[schema.VOXELS])
+    assert voxels.sum() < thick.sum() and (voxels & ~thick).sum() <= 0.01 * voxels.sum()
+    points = schema.load_npy(members[schema.points_member(16)]).astype(int)
+    values = schema.unpack_values(members[schema.values_member(16)], len(points))
+    cells = points // 2  # fine 32^3, stored 16^3
+    assert (voxels[tuple(cells.T)] == values).all()
+    assert (thick[tuple(cells.T)] != values).any()  # the max-pooled labels would differ
