@@ -157,7 +157,7 @@ def carved_solid(vertices: np.ndarray, faces: np.ndarray, origin, voxel_size: fl
     return inside | surface
 
 
-def binvox_solid(vertices: np.ndarray, faces: np.ndarray, origin, voxel_size: float, size: int,
+def shapenet_solid(vertices: np.ndarray, faces: np.ndarray, origin, voxel_size: float, size: int,
                  factor: int) -> tuple[np.ndarray, np.ndarray]:
     """The shapenet rule: binvox's solid carved on the grid itself (its wall thickness), plus the thin parts it
     missed (thin_parts_kept); and the solid on the `factor` times finer grid.
@@ -274,7 +274,7 @@ def solid_voxels(vertices: np.ndarray, faces: np.ndarray, resolution: int = 64, 
         fine = carved_solid(vertices, faces, (-0.5, -0.5, -0.5), 1.0 / fine_resolution, fine_resolution)
         return Solid(coarse=pool(fine, factor, "any"), fine=fine, sealed_voxels=0)
     if rule == "shapenet":
-        coarse, fine = binvox_solid(vertices, faces, (-0.5, -0.5, -0.5), 1.0 / resolution, resolution, factor)
+        coarse, fine = shapenet_solid(vertices, faces, (-0.5, -0.5, -0.5), 1.0 / resolution, resolution, factor)
         return Solid(coarse=coarse, fine=fine, sealed_voxels=0)
     surface = surface_voxels(vertices, faces, (-0.5, -0.5, -0.5), 1.0 / fine_resolution, (fine_resolution,) * 3)
     fine = fill_outside(surface)

@@ -7,11 +7,11 @@ from recon3d.data.writing.formats import load_mesh, read_binvox
 from recon3d.geometry.transform import normalise
 from recon3d.geometry.voxelize import (
     RULES,
-    binvox_solid,
     carved_solid,
     fill_outside,
     iou,
     pool,
+    shapenet_solid,
     solid_voxels,
     surface_coverage,
     surface_voxels,
@@ -151,7 +151,7 @@ def test_agrees_with_shapenets_own_solid_binvox(factor):
     root = shared_path("reference", "shapenet_v2_solid")
     ref = read_binvox(root / "model_normalized.solid.binvox")
     mesh = load_mesh(root / "model_normalized.obj")
-    ours, fine = binvox_solid(mesh.vertices, mesh.faces, ref.translate, ref.scale / 128, 128, factor)
+    ours, fine = shapenet_solid(mesh.vertices, mesh.faces, ref.translate, ref.scale / 128, 128, factor)
     assert fine.shape == (128 * factor,) * 3
     agreement, precision, recall = _agreement(ours, ref.occupancy)
     assert agreement >= 0.955 and precision >= 0.975 and recall >= 0.97, (agreement, precision, recall)
