@@ -129,6 +129,8 @@ class VRNConfig:
     hourglass_levels: int = 3  # down/up-sampling steps per hourglass (from the crop_size / 4 grid)
     positive_weight: float = 1.0  # weight of occupied voxels in the cross-entropy (1: VRN's plain loss; a few % of
     # a volume is occupied, so short runs collapse to "all empty" without a larger weight)
+    soft_iou_weight: float = 0.0  # > 0: add this x (1 - soft IoU of the sigmoid volume) per stack (0: VRN's loss); it
+    # pulls the logits > 0 decision towards the IoU the model is scored by, where positive_weight biases it to excess
     epochs: int = 40  # training epochs
     lr: float = 2.5e-4  # RMSprop in VRN; Adam here (lr, betas below)
     beta1: float = 0.9  # Adam beta1
@@ -140,8 +142,8 @@ class VRNConfig:
         _check(self.lr_schedule in LR_SCHEDULES, f"vrn.lr_schedule={self.lr_schedule!r}: {' | '.join(LR_SCHEDULES)}")
         _check(0 <= self.lr_final <= 1, "vrn.lr_final is a share of vrn.lr, in [0, 1]")
         _check(self.stacks >= 1 and self.width >= 4 and self.hourglass_levels >= 1, "vrn.stacks/width/levels >= 1")
-        _check(self.epochs >= 1 and self.lr > 0 and self.positive_weight > 0,
-               "vrn.epochs >= 1, vrn.lr > 0 and vrn.positive_weight > 0")
+        _check(self.epochs >= 1 and self.lr > 0 and self.positive_weight > 0 and self.soft_iou_weight >= 0,
+               "vrn.epochs >= 1, vrn.lr > 0, vrn.positive_weight > 0 and vrn.soft_iou_weight >= 0")
 
 
 @dataclass

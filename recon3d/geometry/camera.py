@@ -153,13 +153,20 @@ def view_aligned_occupancy(voxels: np.ndarray, intr: np.ndarray, extr: np.ndarra
     res = voxels.shape[0]
     if voxels.shape != (res, res, res):
         raise ValueError(f"voxels must be (R, R, R), got {voxels.shape}")
+    near, far = volume_depth_range(extr)
     offsets = (np.arange(depth_samples) + 0.5) / depth_samples - 0.5
-    cells = np.stack(np.meshgrid(np.arange(depth), np.arange(grid), np.arange(grid), offsets, indexing="ij"), -1)
-    cells = cells.reshape(-1, 4)
-    cam = volume_cell_points(cells[:, :3] + cells[:, 3:] * np.array([1.0, 0.0, 0.0]), intr, extr, size, grid, depth)
-    world = (cam - extr[:, 3]) @ extr[:, :3]  # R^T (x - t)
-    index = np.floor((world + 0.5) * res).astype(np.int64)
-    inside = ((index >= 0) & (index < res)).all(-1)
-    occupied = np.zeros(len(index), dtype=bool)
-    occupied[inside] = voxels[tuple(index[inside].T)]
-    return occupied.reshape(depth, grid, grid, depth_samples).any(-1)
+    z = near + (np.arange(depth)[:, None] + offsets + 0.5) * (far - near) / depth  # (depth, samples)
+    pixels = (np.arange(grid) + 0.5) * size / grid  # cell centres, as volume_cell_points places them
+    rays = np.ones((grid, grid, 3))  # camera point = z * (x/z, y/z, 1) of each (row, column)
+    rays[..., 0] = ((pixels - intr[0, 2]) / intr[0, 0])[None, :]
+    rays[..., 1] = ((pixels - intr[1, 2]) / intr[1, 1])[:, None]
+    rot, shift = extr[:, :3], extr[:, 3]
+    # voxel coordinate = (R^T (z * ray - t) + 0.5) * res, one axis at a time (no (N, 3) point arrays)
+    direction, origin = (rays @ rot) * res, (0.5 - shift @ rot) * res
+    flat = np.zeros((depth, grid, grid, depth_samples), np.int64)
+    inside = np.ones(flat.shape, dtype=bool)
+    for axis in range(3):
+        index = np.floor(direction[None, :, :, None, axis] * z[:, None, None, :] + origin[axis]).astype(np.int64)
+        inside &= (index >= 0) & (index < res)
+        flat = flat * res + index
+    return (voxels.reshape(-1)[np.where(inside, flat, 0)] & inside).any(-1)

@@ -20,6 +20,14 @@ def volume_iou(logits: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
     return batch_iou(logits > 0, volume > 0.5).float()
 
 
+def soft_iou_loss(logits: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of 1 - soft IoU (sigmoid probabilities as fuzzy occupancy; +1 keeps empty volumes
+    finite): a differentiable stand-in for the volume IoU the model is scored by."""
+    probability, truth = torch.sigmoid(logits.float()).flatten(1), volume.float().flatten(1)
+    overlap = (probability * truth).sum(1)
+    return (1 - (overlap + 1) / (probability.sum(1) + truth.sum(1) - overlap + 1)).mean()
+
+
 def volume_sheet(rows) -> np.ndarray:
     """(H', W', 3) uint8 sheet, one line per (image (S, S) float in [0, 1], true and predicted occupancy (D, s, s)
     bool): the input, the true depth and the predicted depth of the nearest occupied slice, scaled to S."""
@@ -42,8 +50,8 @@ def depth_picture(occupancy: np.ndarray) -> np.ndarray:
 class VRNTask(ViewTask):
     """Stacked-hourglass volumetric regression (VRN, Jackson et al. 2017) on the loader's volume stage.
 
-    Loss: sigmoid cross-entropy per voxel (occupied voxels weighted by positive_weight), summed over the stacks
-    (each supervised). Logs train/loss, val/loss,
+    Loss: sigmoid cross-entropy per voxel (occupied voxels weighted by positive_weight), plus soft_iou_weight x
+    `soft_iou_loss`, summed over the stacks (each supervised). Logs train/loss, val/loss,
     val/iou (in the camera frame, mean over categories) and val/iou/<category>; a picture per validation: the
     input, the true and the predicted depth of the nearest occupied slice. image_size, crop_size, depth,
     holdout_views and the training views' typical camera (focal in pixels, distance) record how it was trained, for
@@ -53,8 +61,9 @@ class VRNTask(ViewTask):
     stage = "vrn"
 
     def __init__(self, *, image_channels: int = 1, depth: int = 32, stacks: int = 2, width: int = 128,
-                 hourglass_levels: int = 3, positive_weight: float = 1.0, lr: float = 2.5e-4, beta1: float = 0.9,
-                 beta2: float = 0.999, lr_schedule: str = "constant", lr_final: float = 0.05, max_minutes: float = 0.0,
+                 hourglass_levels: int = 3, positive_weight: float = 1.0, soft_iou_weight: float = 0.0,
+                 lr: float = 2.5e-4, beta1: float = 0.9, beta2: float = 0.999, lr_schedule: str = "constant",
+                 lr_final: float = 0.05, max_minutes: float = 0.0,
                  image_size: int = 137, crop_size: int = 128, holdout_views: int = 0, camera_focal: float = 150.0,
                  camera_distance: float = 1.4, images_to_log: int = 4, run_dir: str = "") -> None:
         super().__init__()
@@ -79,7 +88,8 @@ class VRNTask(ViewTask):
                               f"({4 * 2 ** vrn.hourglass_levels}) for the hourglass to pool and return")
         return cls(image_channels=1 if loader.grayscale else 3, depth=loader.volume_depth, stacks=vrn.stacks,
                    width=vrn.width, hourglass_levels=vrn.hourglass_levels, positive_weight=vrn.positive_weight,
-                   lr=vrn.lr, beta1=vrn.beta1, beta2=vrn.beta2, lr_schedule=vrn.lr_schedule, lr_final=vrn.lr_final,
+                   soft_iou_weight=vrn.soft_iou_weight, lr=vrn.lr, beta1=vrn.beta1, beta2=vrn.beta2,
+                   lr_schedule=vrn.lr_schedule, lr_final=vrn.lr_final,
                    max_minutes=cfg.train.max_minutes, image_size=size, crop_size=loader.crop_size,
                    holdout_views=loader.holdout_views, camera_focal=float(focal),
                    camera_distance=float(sum(distances) / 2), images_to_log=cfg.train.reconstructions_to_log,
@@ -87,8 +97,9 @@ class VRNTask(ViewTask):
 
     def loss(self, outputs: list, volume: torch.Tensor) -> torch.Tensor:
         weight = torch.as_tensor(self.hparams.positive_weight, device=volume.device)
+        soft_iou = self.hparams.soft_iou_weight
         return sum(F.binary_cross_entropy_with_logits(logits.float(), volume.float(), pos_weight=weight)
-                   for logits in outputs)
+                   + (soft_iou * soft_iou_loss(logits, volume) if soft_iou else 0.0) for logits in outputs)
 
     def training_loss(self, batch: dict) -> torch.Tensor:
         return self.loss(self.model(batch["image"]), batch["volume"])

@@ -81,3 +81,27 @@ def test_view_aligned_occupancy_lines_up_with_the_rendered_silhouette(category):
             assert (seen & core[:, flip]).sum() >= 0.95 * core.sum()
             assert (seen & reach[:, flip]).sum() >= 0.95 * seen.sum()
             assert volume.any((1, 2)).sum() >= 4  # the shape spans several depth slices
+
+
+def test_view_aligned_occupancy_equals_the_cell_points_looked_up_one_by_one():
+    from recon3d.geometry.camera import sample_views, view_aligned_occupancy, volume_cell_points
+
+    rng = np.random.default_rng(3)
+    voxels = rng.random((24, 24, 24)) < 0.3
+    views = sample_views(3, rng, size=137, azimuth_range=[0, 360], elevation_range=[-20, 40],
+                         distance_range=[1.14, 1.66])
+    for i in range(3):
+        intr = views.intrinsics[i].astype(np.float64)
+        if i == 1:  # a mirrored crop
+            intr[0, 0], intr[0, 2] = -intr[0, 0], 137 - intr[0, 2]
+        extr = views.extrinsics[i].astype(np.float64)
+        volume = view_aligned_occupancy(voxels, intr, extr, 137, 8, 6, depth_samples=3)
+        d, r, c, s = np.meshgrid(np.arange(6), np.arange(8), np.arange(8), [-1 / 3, 0.0, 1 / 3], indexing="ij")
+        cam = volume_cell_points(np.stack([d + s, r, c], -1).reshape(-1, 3), intr, extr, 137, 8, 6)
+        index = np.floor(((cam - extr[:, 3]) @ extr[:, :3] + 0.5) * 24).astype(int)  # R^T (x - t), then the voxel
+        inside = ((index >= 0) & (index < 24)).all(-1)
+        hits = np.zeros(len(index), dtype=bool)
+        hits[inside] = voxels[tuple(index[inside].T)]
+        expected = hits.reshape(6, 8, 8, 3).any(-1)
+        assert volume.shape == (6, 8, 8) and 0 < expected.sum() < expected.size
+        assert np.array_equal(volume, expected)
