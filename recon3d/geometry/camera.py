@@ -126,15 +126,24 @@ def volume_depth_range(extr: np.ndarray) -> tuple[float, float]:
     return distance - UNIT_CUBE_RADIUS, distance + UNIT_CUBE_RADIUS
 
 
+def volume_slice_depth(slices: np.ndarray, extr: np.ndarray, depth: int) -> np.ndarray:
+    """Camera depth z of continuous slice coordinates of a `depth`-slice view-aligned volume (centres at integers)."""
+    near, far = volume_depth_range(extr)
+    return near + (slices + 0.5) * (far - near) / depth
+
+
+def volume_cell_pixel(cells: np.ndarray, size: int, grid: int) -> np.ndarray:
+    """Pixel coordinate of continuous row or column coordinates of a `grid`-cell volume over a `size`-pixel image."""
+    return (cells + 0.5) * size / grid
+
+
 def volume_cell_points(cells: np.ndarray, intr: np.ndarray, extr: np.ndarray, size: int, grid: int,
                        depth: int) -> np.ndarray:
     """Camera-frame points (N, 3) of continuous cell coordinates (N, 3) = (slice, row, column) of a view-aligned
     volume: `grid` x `grid` columns tiling the `size`-pixel image, `depth` slices evenly spaced in camera depth z
     over `volume_depth_range` (cell centres at integer coordinates). K may mirror x (a flipped crop)."""
-    near, far = volume_depth_range(extr)
-    z = near + (cells[:, 0] + 0.5) * (far - near) / depth
-    v = (cells[:, 1] + 0.5) * size / grid
-    u = (cells[:, 2] + 0.5) * size / grid
+    z = volume_slice_depth(cells[:, 0], extr, depth)
+    v, u = volume_cell_pixel(cells[:, 1], size, grid), volume_cell_pixel(cells[:, 2], size, grid)
     x = (u - intr[0, 2]) * z / intr[0, 0]
     y = (v - intr[1, 2]) * z / intr[1, 1]
     return np.stack([x, y, z], axis=-1)
@@ -153,10 +162,9 @@ def view_aligned_occupancy(voxels: np.ndarray, intr: np.ndarray, extr: np.ndarra
     res = voxels.shape[0]
     if voxels.shape != (res, res, res):
         raise ValueError(f"voxels must be (R, R, R), got {voxels.shape}")
-    near, far = volume_depth_range(extr)
     offsets = (np.arange(depth_samples) + 0.5) / depth_samples - 0.5
-    z = near + (np.arange(depth)[:, None] + offsets + 0.5) * (far - near) / depth  # (depth, samples)
-    pixels = (np.arange(grid) + 0.5) * size / grid  # cell centres, as volume_cell_points places them
+    z = volume_slice_depth(np.arange(depth)[:, None] + offsets, extr, depth)  # (depth, samples)
+    pixels = volume_cell_pixel(np.arange(grid), size, grid)
     rays = np.ones((grid, grid, 3))  # camera point = z * (x/z, y/z, 1) of each (row, column)
     rays[..., 0] = ((pixels - intr[0, 2]) / intr[0, 0])[None, :]
     rays[..., 1] = ((pixels - intr[1, 2]) / intr[1, 1])[:, None]
