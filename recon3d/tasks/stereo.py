@@ -16,7 +16,7 @@ from recon3d.tasks.view_task import ViewTask
 
 def shift_by(left: torch.Tensor, disparity: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W): each left view shifted by its own disparity (B,) pixels, right(x) = left(x + d)."""
-    return torch.cat([shifted_views(left[i:i + 1], disparity[i:i + 1])[:, :, :, 0] for i in range(len(left))])
+    return torch.cat([next(shifted_views(left[i:i + 1], [d])) for i, d in enumerate(disparity.tolist())])
 
 
 def pair_errors(predicted: torch.Tensor, left: torch.Tensor, right: torch.Tensor,

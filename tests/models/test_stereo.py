@@ -23,13 +23,31 @@ def naive_selection(image, probs, disparities):
     return out
 
 
-@pytest.mark.parametrize("disparities", [torch.arange(5.0), torch.tensor([-2.0, -0.5, 0.0, 1.25, 3.0, 7.5])])
+SELECTIONS = [torch.arange(5.0), torch.tensor([-2.0, -0.5, 0.0, 1.25, 3.0, 7.5]), torch.tensor([-11.5, 12.0, 9.25])]
+
+
+@pytest.mark.parametrize("disparities", SELECTIONS)
 def test_selection_layer_matches_a_naive_loop(disparities):
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(2, 3, 4, 9, generator=generator)
     probs = torch.softmax(torch.randn(2, len(disparities), 4, 9, generator=generator), dim=1)
     assert torch.allclose(select_disparity(image, probs, disparities), naive_selection(image, probs, disparities),
                           atol=1e-6)
+
+
+@pytest.mark.parametrize("disparities", SELECTIONS)
+def test_selection_layer_gradients_match_the_naive_loop(disparities):
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 2, 3, 9, generator=generator)
+    probs = torch.softmax(torch.randn(1, len(disparities), 3, 9, generator=generator), dim=1)
+    weights = torch.randn(1, 2, 3, 9, generator=generator)
+    grads = []
+    for select in (select_disparity, naive_selection):
+        leaves = image.clone().requires_grad_(), probs.clone().requires_grad_()
+        (select(*leaves, disparities) * weights).sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
+    for ours, naive in zip(*grads):
+        assert torch.allclose(ours, naive, atol=1e-5)
 
 
 def test_one_hot_planes_shift_the_image():
