@@ -140,7 +140,7 @@ def real_pair_check(ckpt: str | Path, out_dir: str | Path, scale: int = 4, devic
     known = known[::scale, ::scale][:size[1], :size[0]]
     predicted, disparity = synthesise_right(task, left, work_height=left.shape[0])
     mean_disparity = float(truth[known].mean())
-    as_tensor = torch.as_tensor(left, dtype=torch.float32).permute(2, 0, 1)[None]
+    as_tensor = torch.tensor(left, dtype=torch.float32).permute(2, 0, 1)[None]  # a copy: `left` is read-only
     shifted = shift_by(as_tensor, torch.tensor([mean_disparity]))[0].permute(1, 2, 0).numpy()
     result = {"image": f"{size[0]}x{size[1]} (1/{scale} of the original)", "mae": _mae(predicted, right),
               "mae_copy": _mae(left, right), "mae_shift": _mae(shifted, right),
