@@ -191,6 +191,8 @@ class TrainConfig:
     compile: str = "auto"  # torch.compile of the trained networks: auto (on where training runs on CUDA and triton
     # is installed; off on CPUs, where it buys little: docs/results.md) | on | off (recon3d/training/build.py)
     accumulate_grad_batches: int = 1  # gradient accumulation
+    ema_decay: float = 0.0  # > 0 (e.g. 0.99): validation, checkpoints and the model handed on hold an exponential
+    # moving average of the weights, updated every step (recon3d/training/callbacks.py WeightEma); 0: off
     val_resolution: int = 32  # grid on which val/iou is measured and val/chamfer's mesh is extracted
     val_every_epochs: int = 1  # validation frequency
     checkpoint_every_steps: int = 0  # also write last.ckpt every N steps (0: at epoch ends only)
@@ -230,6 +232,11 @@ class TrainConfig:
                "train.float32_matmul_precision: highest | high | medium")
         _check(not (deepspeed and not STAGES[self.stage].deepspeed), f"train.strategy={self.strategy}: the "
                f"{self.stage} stage has two optimisers and Lightning's DeepSpeed strategy takes one; use ddp or auto")
+        _check(0 <= self.ema_decay < 1, "train.ema_decay in [0, 1): 0 is off")
+        _check(not (self.ema_decay and self.stage == "gan"),
+               "train.ema_decay: the gan stage averages its generator itself (gan.ema_decay)")
+        _check(not (deepspeed and self.ema_decay), f"train.ema_decay with train.strategy={self.strategy}: DeepSpeed "
+               "keeps the weights itself (ZeRO-3 shards them), so the average would miss them; use ddp or auto")
         _check(str(self.compile).lower() in COMPILE_CHOICES,
                f"train.compile={self.compile!r}: {' | '.join(COMPILE_CHOICES[:3])}")
         self.compile = {"true": "on", "false": "off"}.get(str(self.compile).lower(), str(self.compile).lower())

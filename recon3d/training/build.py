@@ -27,7 +27,14 @@ from recon3d.hardware import native_bf16
 from recon3d.stages import STAGES
 from recon3d.tasks.checkpoints import register_safe_globals
 from recon3d.training.allocation import trains_on_gpu
-from recon3d.training.callbacks import AtomicCheckpointIO, EpochLog, Preemption, RankBanner, rolling_last_checkpoint
+from recon3d.training.callbacks import (
+    AtomicCheckpointIO,
+    EpochLog,
+    Preemption,
+    RankBanner,
+    WeightEma,
+    rolling_last_checkpoint,
+)
 from recon3d.training.deepspeed import build_deepspeed_strategy
 
 
@@ -64,6 +71,7 @@ def build_callbacks(cfg: Config) -> list:
                            save_top_k=1, auto_insert_metric_name=False)
     callbacks = [*last, best, LearningRateMonitor(logging_interval="step"), RankBanner(),
                  Preemption(keep=cfg.train.keep_hpc_checkpoints)]
+    callbacks += [WeightEma(cfg.train.ema_decay)] if cfg.train.ema_decay else []
     return callbacks + ([] if progress_bar(cfg) else [EpochLog()])
 
 

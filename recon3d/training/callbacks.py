@@ -21,7 +21,8 @@ from typing import Any, Iterator, List, Optional
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, WeightAveraging
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from recon3d.errors import Stopped
 from recon3d.files import atomic_path
@@ -232,6 +233,31 @@ def _requeue_slurm_job() -> None:
     done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     print(f"recon3d: requeued SLURM job {job}" if done.returncode == 0 else
           f"recon3d: could not requeue SLURM job {job}: {done.stderr.strip()}", file=sys.stderr, flush=True)
+
+
+class WeightEma(WeightAveraging):
+    """train.ema_decay: an exponential moving average of the task's weights and buffers (BatchNorm's statistics),
+    updated after every training step (Lightning's WeightAveraging). Validation sees the average, so the best
+    checkpoint is chosen by it; every checkpoint's state_dict holds it (what inference, export and the later stages
+    load) and keeps the live weights beside it for a resume. The average is made when fit starts, not at setup: the
+    tasks register buffers in their own setup, which runs after the callbacks', and a copy made before it would pair
+    the wrong tensors; a resumed checkpoint's weights are applied to it then."""
+
+    def __init__(self, decay: float) -> None:
+        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self._resumed: Optional[dict] = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        pass
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._resumed = checkpoint
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        super().setup(trainer, pl_module, "fit")
+        if self._resumed is not None:
+            super().on_load_checkpoint(trainer, pl_module, self._resumed)
+            self._resumed = None
 
 
 class RankBanner(Callback):
