@@ -7,6 +7,7 @@ not depend on which worker, process or order prepared it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import signal
 import time
 from contextlib import contextmanager
@@ -75,6 +76,19 @@ def time_limit(seconds: float):
         if usable:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+        if expired:
+            release_logging_locks()
+
+
+def release_logging_locks() -> None:
+    """Release the logging locks this thread holds. The timer's exception can land inside a logging call (trimesh
+    logs as it parses) after it took logging's lock and before the try that releases it: the lock then stays held by
+    this thread, which never notices (it is reentrant), and the next thread that logs waits forever (W&B's service
+    thread did, in the test suite). Called outside any logging call, where this thread holds none legitimately."""
+    handlers = [ref() for ref in list(getattr(logging, "_handlerList", []))]
+    for lock in [getattr(logging, "_lock", None)] + [h.lock for h in handlers if h is not None]:
+        while lock is not None and hasattr(lock, "_is_owned") and lock._is_owned():
+            lock.release()
 
 
 class _Clock:

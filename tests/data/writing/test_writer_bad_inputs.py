@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import threading
+import time
 
 import numpy as np
 import pytest
 import trimesh
 
 from recon3d.data.writing.executors import prepare_job
+from recon3d.data.writing.formats import RejectError
+from recon3d.data.writing.prepare import time_limit
 from recon3d.data.writing.sources import Item
 from recon3d.data.writing.writer import build_shards
 from tests.conftest import tiny_config
@@ -301,3 +306,23 @@ def test_a_folder_named_like_a_mesh_and_a_folder_link_get_a_reason(tmp_path):
     assert result.manifest["samples"] == 1
     assert reasons == {"chair/seat.obj": "a folder named like a .obj file, not a file",
                        "linked": "a link to a folder: not followed (give its target as the root, or copy it)"}
+
+
+def test_a_time_out_inside_a_logging_call_leaves_logging_usable_by_other_threads():
+    """The timer fires while this thread holds logging's lock (as between a logging call's acquire and its try):
+    afterwards another thread must still be able to take it (a W&B thread once waited on it forever)."""
+    with pytest.raises(RejectError, match="timed out"):
+        with time_limit(0.05):
+            logging._lock.acquire()
+            time.sleep(2)
+    taken = []
+
+    def take():
+        taken.append(logging._lock.acquire(timeout=2))
+        if taken[-1]:
+            logging._lock.release()
+
+    other = threading.Thread(target=take)
+    other.start()
+    other.join()
+    assert taken == [True]
